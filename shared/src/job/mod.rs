@@ -1,0 +1,338 @@
+//! The job model: what travels through the queue.
+//!
+//! A job is a [`JobSpec`] (what to do, and per-job options) plus the identity the
+//! producer gives it: a UUID v7 [`JobId`] and its creation time. On the wire and
+//! in Redis a spec is JSON. Two kinds exist: research jobs (a query for an agent)
+//! and lifecycle jobs (launch, pause, resume, terminate, refresh, scale, health-check
+//! agents; publish results); each kind has its own queue.
+//!
+//! Validation happens here, at the edge, before anything is written: a bad query
+//! is refused with a message that says what is wrong, and nothing is enqueued.
+
+pub mod batch;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A job's identity: a UUID v7, so IDs sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s.trim())
+            .map(JobId)
+            .map_err(|_| ValidationError::new(format!("not a job ID (expected a UUID): {s:?}")))
+    }
+}
+
+/// Which queue a job travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Research,
+    Lifecycle,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Research => "research",
+            QueueKind::Lifecycle => "lifecycle",
+        }
+    }
+    pub const ALL: [QueueKind; 2] = [QueueKind::Research, QueueKind::Lifecycle];
+}
+
+impl fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One research query for one agent profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResearchJob {
+    /// The question, passed to the agent as data (stdin, env or file), never as shell text.
+    pub query: String,
+    /// The agent profile (a key of `[agents.*]` in the settings) that answers it.
+    pub agent: String,
+    /// Run on this agent (sandbox) only, when set: the persistent-agent pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Launch a fresh agent for this query and terminate it after: the ephemeral pattern.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+}
+
+/// Agent lifecycle operations, run by the worker on the lifecycle queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LifecycleJob {
+    /// Create a sandbox for `agent` (a profile), set it up, and add it to the pool.
+    Launch { agent: String, persistent: bool },
+    Pause { agent_id: String },
+    Resume { agent_id: String },
+    Terminate { agent_id: String },
+    /// Re-set-up every agent of a profile (e.g. after a push to its repository).
+    Refresh { agent: String },
+    /// Grow or shrink the pool of a profile to `size` agents.
+    Scale { agent: String, size: u32 },
+    HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobPayload {
+    Research(ResearchJob),
+    Lifecycle(LifecycleJob),
+}
+
+impl JobPayload {
+    pub fn queue(&self) -> QueueKind {
+        match self {
+            JobPayload::Research(_) => QueueKind::Research,
+            JobPayload::Lifecycle(_) => QueueKind::Lifecycle,
+        }
+    }
+}
+
+/// Per-job options. Unset values fall back to the queue's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// How many attempts in all before the job is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Each attempt is killed after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_secs: Option<u64>,
+    /// The whole job (all attempts, waits included) must end within this many
+    /// seconds of submission; after that it is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+    /// The same key within its TTL returns the existing job's ID instead of a new job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Set by `fleet batch`: the batch record counts this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    /// Free-form labels, returned with the result.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What to do and how: the part of a job the producer is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    #[serde(flatten)]
+    pub payload: JobPayload,
+    #[serde(default)]
+    pub options: JobOptions,
+}
+
+impl JobSpec {
+    pub fn research(query: impl Into<String>, agent: impl Into<String>) -> Self {
+        JobSpec {
+            payload: JobPayload::Research(ResearchJob {
+                query: query.into(),
+                agent: agent.into(),
+                agent_id: None,
+                ephemeral: false,
+            }),
+            options: JobOptions::default(),
+        }
+    }
+
+    pub fn lifecycle(job: LifecycleJob) -> Self {
+        JobSpec {
+            payload: JobPayload::Lifecycle(job),
+            options: JobOptions::default(),
+        }
+    }
+
+    pub fn queue(&self) -> QueueKind {
+        self.payload.queue()
+    }
+
+    /// Check the spec against the limits; the error names what is wrong.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        if let JobPayload::Research(r) = &self.payload {
+            if r.query.trim().is_empty() {
+                return Err(ValidationError::new("the query is empty"));
+            }
+            if r.query.len() > limits.max_query_bytes {
+                return Err(ValidationError::new(format!(
+                    "the query is {} bytes, over the limit of {} bytes (queue.max_query_bytes)",
+                    r.query.len(),
+                    limits.max_query_bytes
+                )));
+            }
+            if r.query.contains('\0') {
+                return Err(ValidationError::new("the query contains a NUL byte"));
+            }
+            check_agent(&r.agent, limits)?;
+        }
+        if let JobPayload::Lifecycle(
+            LifecycleJob::Launch { agent, .. }
+            | LifecycleJob::Refresh { agent }
+            | LifecycleJob::Scale { agent, .. },
+        ) = &self.payload
+        {
+            check_agent(agent, limits)?;
+        }
+        let o = &self.options;
+        if o.max_attempts == Some(0) {
+            return Err(ValidationError::new("max_attempts must be at least 1"));
+        }
+        if o.attempt_timeout_secs == Some(0) {
+            return Err(ValidationError::new("attempt_timeout_secs must be at least 1"));
+        }
+        if o.deadline_secs == Some(0) {
+            return Err(ValidationError::new("deadline_secs must be at least 1"));
+        }
+        if let Some(key) = &o.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(ValidationError::new(
+                    "idempotency_key must be 1 to 256 bytes long",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_agent(agent: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if limits.agents.is_empty() || limits.agents.iter().any(|a| a == agent) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(format!(
+            "unknown agent profile {agent:?} (configured: {})",
+            limits.agents.join(", ")
+        )))
+    }
+}
+
+/// What the edge checks a spec against.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_query_bytes: usize,
+    /// Known agent profiles; empty means "do not check".
+    pub agents: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_query_bytes: 64 * 1024,
+            agents: Vec::new(),
+        }
+    }
+}
+
+/// A job as stored: its ID, its spec and when it was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub created_at_ms: u64,
+}
+
+impl Job {
+    pub fn new(spec: JobSpec) -> Self {
+        Job {
+            id: JobId::new(),
+            spec,
+            created_at_ms: crate::time::now_ms(),
+        }
+    }
+}
+
+/// Bad input, with a message a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_query_bytes: 16,
+            agents: vec!["demo".into()],
+        }
+    }
+
+    #[test]
+    fn empty_query_is_refused() {
+        let err = JobSpec::research("   ", "demo").validate(&limits()).unwrap_err();
+        assert_eq!(err.message, "the query is empty");
+    }
+
+    #[test]
+    fn oversized_query_names_the_limit() {
+        let err = JobSpec::research("x".repeat(17), "demo")
+            .validate(&limits())
+            .unwrap_err();
+        assert!(err.message.contains("17 bytes"), "{err}");
+        assert!(err.message.contains("queue.max_query_bytes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_agent_is_refused_with_the_known_ones() {
+        let err = JobSpec::research("q", "nope").validate(&limits()).unwrap_err();
+        assert!(err.message.contains("\"nope\""), "{err}");
+        assert!(err.message.contains("demo"), "{err}");
+    }
+
+    #[test]
+    fn spec_round_trips_as_json() {
+        let mut spec = JobSpec::research("What was ACME's revenue in 2023?", "demo");
+        spec.options.max_attempts = Some(4);
+        let job = Job::new(spec);
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"kind\":\"research\""), "{text}");
+        let back: Job = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn job_ids_are_uuid_v7() {
+        assert_eq!(JobId::new().0.get_version_num(), 7);
+    }
+}

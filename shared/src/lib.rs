@@ -1,0 +1,29 @@
+//! dexter-fleet's core library: everything the producer (`fleet`) and the worker
+//! (`fleet-worker`) share.
+//!
+//! The modules follow the path of one job through the system:
+//!
+//! - [`job`]: what a job is (research and lifecycle jobs), its ID and validation.
+//! - [`error`]: how failures are classified (transient, permanent, timeout,
+//!   sandbox-lost, cancelled) so the queue knows whether to retry.
+//! - [`queue`]: the project's own Redis backend for apalis: one Lua script per
+//!   state transition, leases with fencing tokens, delayed retries, dead letters.
+//! - [`results`]: the result store, keyed by job ID, and batch records.
+//! - [`pool`]: the agent pool that leases sandboxes to jobs.
+//! - [`sandbox`]: the sandbox provider trait and its `local` and `e2b` providers.
+//! - [`runtime`]: agent runtimes (`command`, `dexter`, `claude_code`) that run a
+//!   query inside a sandbox.
+//! - [`settings`]: configuration from `config/default.toml`, an optional file,
+//!   environment variables and `.env`, validated with errors that name the key.
+//! - [`secret`]: a wrapper that keeps API keys out of logs and debug output.
+
+pub mod error;
+pub mod job;
+pub mod pool;
+pub mod queue;
+pub mod results;
+pub mod runtime;
+pub mod sandbox;
+pub mod secret;
+pub mod settings;
+pub mod time;

@@ -1,0 +1,1 @@
+//! The result store (being written).

@@ -1,0 +1,1 @@
+//! The `command` runtime (being written).

@@ -1,0 +1,1 @@
+//! The `dexter` runtime (being written).

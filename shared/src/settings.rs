@@ -1,0 +1,519 @@
+//! Settings: `config/default.toml` (compiled in), an optional file, then
+//! `FLEET_<SECTION>__<KEY>` environment variables (a `.env` file is read first).
+//!
+//! Unknown keys are errors, and every error names the key it is about, so a typo
+//! in a config file is caught at start rather than silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::job::{Limits, QueueKind};
+use crate::secret::Secret;
+
+/// The defaults, exactly as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub default_agent: String,
+    pub redis: RedisSettings,
+    pub queue: QueueSettings,
+    pub worker: WorkerSettings,
+    pub pool: PoolSettings,
+    pub sandbox: SandboxSettings,
+    pub agents: BTreeMap<String, AgentProfile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub response_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub max_query_bytes: usize,
+    pub lease_ttl_secs: u64,
+    pub reclaim_interval_ms: u64,
+    pub promote_chunk: u32,
+    pub result_ttl_secs: u64,
+    pub idempotency_ttl_secs: u64,
+    pub research: RetryPolicy,
+    pub lifecycle: RetryPolicy,
+}
+
+impl QueueSettings {
+    pub fn policy(&self, kind: QueueKind) -> &RetryPolicy {
+        match kind {
+            QueueKind::Research => &self.research,
+            QueueKind::Lifecycle => &self.lifecycle,
+        }
+    }
+}
+
+/// Retries of one job kind.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub attempt_timeout_secs: u64,
+    pub deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub lifecycle_concurrency: usize,
+    pub drain_timeout_secs: u64,
+    pub http_addr: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdlePolicy {
+    Keep,
+    Pause,
+    Kill,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    pub idle_policy: IdlePolicy,
+    pub idle_pause_after_secs: u64,
+    pub sandbox_timeout_secs: u64,
+    pub recycle_after_jobs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Local,
+    E2b,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    pub provider: ProviderKind,
+    pub local: LocalSandboxSettings,
+    pub e2b: E2bSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSandboxSettings {
+    pub root: PathBuf,
+    pub env_allowlist: Vec<String>,
+    pub max_output_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2bSettings {
+    pub domain: String,
+    pub api_url: String,
+    pub envd_url: String,
+    pub template: String,
+    pub max_concurrent_sandboxes: u32,
+    pub creates_per_second: f64,
+    pub request_timeout_secs: u64,
+    pub request_attempts: u32,
+    /// From `E2B_API_KEY` only; never from a file.
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+impl E2bSettings {
+    pub fn api_base(&self) -> String {
+        if self.api_url.is_empty() {
+            format!("https://api.{}", self.domain)
+        } else {
+            self.api_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// The envd base URL of one sandbox.
+    pub fn envd_base(&self, sandbox_id: &str, domain: Option<&str>) -> String {
+        if self.envd_url.is_empty() {
+            format!(
+                "https://49983-{sandbox_id}.{}",
+                domain.unwrap_or(&self.domain)
+            )
+        } else {
+            self.envd_url
+                .replace("{id}", sandbox_id)
+                .trim_end_matches('/')
+                .to_string()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Command,
+    Dexter,
+    ClaudeCode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryVia {
+    Stdin,
+    Env,
+    File,
+}
+
+/// One agent profile (`[agents.<name>]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    pub runtime: RuntimeKind,
+    pub repo: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default = "default_query_via")]
+    pub query_via: QueryVia,
+    #[serde(default)]
+    pub setup: Vec<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    #[serde(default)]
+    pub template: String,
+}
+
+fn default_query_via() -> QueryVia {
+    QueryVia::Stdin
+}
+
+/// A settings error that names the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SettingsError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Load with the standard layering: defaults, `file` (or `FLEET_CONFIG`), environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let _ = dotenvy::dotenv();
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("FLEET_CONFIG").map(PathBuf::from));
+        let file_text = match &file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                SettingsError::new("config file", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Self::from_layers(file_text.as_deref(), &env)
+    }
+
+    /// Build from an optional file's text and an environment (for tests: no globals).
+    pub fn from_layers(
+        file_text: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Settings, SettingsError> {
+        let mut root: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| SettingsError::new("config/default.toml", format!("{e}")))?;
+        if let Some(text) = file_text {
+            let overlay: toml::Table = text
+                .parse()
+                .map_err(|e| SettingsError::new("config file", format!("{e}")))?;
+            merge(&mut root, overlay);
+        }
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("FLEET_") else {
+                continue;
+            };
+            if path == "CONFIG" {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            set_path(&mut root, &keys, parse_env_value(value));
+        }
+        let deserializer = toml::Value::Table(root);
+        let mut settings: Settings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            SettingsError::new(if key == "." { "config".into() } else { key }, message)
+        })?;
+        settings.sandbox.e2b.api_key = env
+            .iter()
+            .find(|(k, _)| k == "E2B_API_KEY")
+            .map(|(_, v)| Secret::new(v.clone()))
+            .filter(|s| !s.is_empty());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Check values against each other and their ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
+        if !self.redis.url.starts_with("redis://")
+            && !self.redis.url.starts_with("rediss://")
+            && !self.redis.url.starts_with("unix://")
+        {
+            return err("redis.url", "must start with redis://, rediss:// or unix://");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return err("redis.key_prefix", "must be non-empty and hold no braces");
+        }
+        if self.queue.lease_ttl_secs < 3 {
+            return err("queue.lease_ttl_secs", "must be at least 3");
+        }
+        if self.queue.reclaim_interval_ms == 0 {
+            return err("queue.reclaim_interval_ms", "must be at least 1");
+        }
+        if self.queue.promote_chunk == 0 {
+            return err("queue.promote_chunk", "must be at least 1");
+        }
+        if self.queue.max_query_bytes == 0 {
+            return err("queue.max_query_bytes", "must be at least 1");
+        }
+        for (name, p) in [
+            ("queue.research", &self.queue.research),
+            ("queue.lifecycle", &self.queue.lifecycle),
+        ] {
+            if p.max_attempts == 0 {
+                return err(&format!("{name}.max_attempts"), "must be at least 1");
+            }
+            if p.backoff_cap_ms < p.backoff_base_ms {
+                return err(
+                    &format!("{name}.backoff_cap_ms"),
+                    "must be at least backoff_base_ms",
+                );
+            }
+            if p.attempt_timeout_secs == 0 {
+                return err(&format!("{name}.attempt_timeout_secs"), "must be at least 1");
+            }
+        }
+        if self.worker.concurrency == 0 {
+            return err("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.lifecycle_concurrency == 0 {
+            return err("worker.lifecycle_concurrency", "must be at least 1");
+        }
+        if !self.worker.http_addr.is_empty()
+            && self.worker.http_addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return err("worker.http_addr", "must be host:port (an IP address) or empty");
+        }
+        if self.pool.sandbox_timeout_secs < self.queue.lease_ttl_secs {
+            return err(
+                "pool.sandbox_timeout_secs",
+                "must be at least queue.lease_ttl_secs",
+            );
+        }
+        if self.sandbox.local.max_output_bytes == 0 {
+            return err("sandbox.local.max_output_bytes", "must be at least 1");
+        }
+        let e2b = &self.sandbox.e2b;
+        if e2b.max_concurrent_sandboxes == 0 {
+            return err("sandbox.e2b.max_concurrent_sandboxes", "must be at least 1");
+        }
+        if !(e2b.creates_per_second > 0.0) {
+            return err("sandbox.e2b.creates_per_second", "must be above 0");
+        }
+        if e2b.request_attempts == 0 {
+            return err("sandbox.e2b.request_attempts", "must be at least 1");
+        }
+        if self.sandbox.provider == ProviderKind::E2b && e2b.api_key.is_none() {
+            return err(
+                "sandbox.provider",
+                "is \"e2b\" but E2B_API_KEY is not set in the environment",
+            );
+        }
+        if self.agents.is_empty() {
+            return err("agents", "at least one agent profile is needed");
+        }
+        if !self.agents.contains_key(&self.default_agent) {
+            return err(
+                "default_agent",
+                &format!(
+                    "{:?} is not a profile under [agents] (have: {})",
+                    self.default_agent,
+                    self.agent_names().join(", ")
+                ),
+            );
+        }
+        for (name, profile) in &self.agents {
+            if profile.runtime == RuntimeKind::Command && profile.command.is_empty() {
+                return err(
+                    &format!("agents.{name}.command"),
+                    "a \"command\" runtime needs a command line",
+                );
+            }
+            if profile.setup.iter().any(Vec::is_empty) {
+                return err(&format!("agents.{name}.setup"), "holds an empty command");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+
+    /// What the edge validates jobs against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_query_bytes: self.queue.max_query_bytes,
+            agents: self.agent_names(),
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.queue.lease_ttl_secs)
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
+    match keys {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// An environment value is read as a TOML value when it parses as one (numbers,
+/// booleans, arrays), else as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::from_layers(None, &[]).unwrap();
+        assert_eq!(s.queue.lease_ttl_secs, 30);
+        assert_eq!(s.queue.max_query_bytes, 65536);
+        assert_eq!(s.default_agent, "demo");
+        assert_eq!(s.sandbox.provider, ProviderKind::Local);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_typed_values() {
+        let s = Settings::from_layers(
+            None,
+            &env(&[
+                ("FLEET_WORKER__CONCURRENCY", "9"),
+                ("FLEET_REDIS__URL", "redis://10.0.0.1:7000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 9);
+        assert_eq!(s.redis.url, "redis://10.0.0.1:7000");
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let s = Settings::from_layers(Some("[queue]\nlease_ttl_secs = 12\n"), &[]).unwrap();
+        assert_eq!(s.queue.lease_ttl_secs, 12);
+        assert_eq!(s.queue.research.max_attempts, 3);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Settings::from_layers(Some("[worker]\nconcurency = 3\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("concurency"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Settings::from_layers(None, &env(&[("FLEET_WORKER__CONCURRENCY", "many")]))
+            .unwrap_err();
+        assert_eq!(e.key, "worker.concurrency", "{e}");
+    }
+
+    #[test]
+    fn range_errors_name_the_key() {
+        let e = Settings::from_layers(None, &env(&[("FLEET_WORKER__CONCURRENCY", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "worker.concurrency: must be at least 1");
+        let e = Settings::from_layers(None, &env(&[("FLEET_DEFAULT_AGENT", "nobody")])).unwrap_err();
+        assert_eq!(e.key, "default_agent");
+    }
+
+    #[test]
+    fn e2b_provider_needs_the_key_from_the_environment() {
+        let e = Settings::from_layers(None, &env(&[("FLEET_SANDBOX__PROVIDER", "e2b")])).unwrap_err();
+        assert_eq!(e.key, "sandbox.provider");
+        let s = Settings::from_layers(
+            None,
+            &env(&[("FLEET_SANDBOX__PROVIDER", "e2b"), ("E2B_API_KEY", "e2b_00")]),
+        )
+        .unwrap();
+        assert_eq!(s.sandbox.e2b.api_key.unwrap().expose(), "e2b_00");
+    }
+}
