@@ -172,8 +172,6 @@ impl E2bSettings {
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
     Command,
-    Dexter,
-    ClaudeCode,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

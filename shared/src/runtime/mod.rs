@@ -1,17 +1,14 @@
 //! Agent runtimes: how a query is run by one kind of agent inside a sandbox.
 //!
 //! - [`command`]: any command-line agent; the query goes in through stdin, an
-//!   environment variable or a file, never spliced into a shell string.
-//! - [`dexter`]: Dexter (TypeScript on Bun) through a small run-once wrapper.
-//! - [`claude_code`]: the Claude Code CLI in headless (`-p`) mode with JSON output.
+//!   environment variable or a file, never spliced into a shell string. Dexter and
+//!   Claude Code run through it today with a profile each (see `config/examples/`).
 //!
 //! A runtime prepares a new sandbox once (`setup`: the agent's files, installs)
 //! and then runs queries in it (`run`). Its errors are [`JobError`]s, already
 //! classified, so the queue knows whether to retry.
 
-pub mod claude_code;
 pub mod command;
-pub mod dexter;
 
 use std::time::Duration;
 

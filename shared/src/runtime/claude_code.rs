@@ -1,1 +1,0 @@
-//! The `claude_code` runtime (being written).

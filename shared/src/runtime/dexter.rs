@@ -1,1 +1,0 @@
-//! The `dexter` runtime (being written).
