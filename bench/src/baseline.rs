@@ -1,0 +1,174 @@
+//! The baseline: apalis-redis 1.0 with the settings its reference notes recommend
+//! (`/work/shared/reference/apalis.md` §1.8, §2.3, §6): an explicit queue name,
+//! `poll_with_interval`, a larger `batch_size`, a 5 s response timeout instead of
+//! redis-rs' 500 ms (a timeout is fatal to an apalis worker), unique worker names,
+//! `.concurrency(n)` and `.parallelize(tokio::spawn)`.
+//!
+//! Feeding it: every apalis-redis push lands in the `scheduled` ZSET, and its
+//! `fetch_next.lua` promotes *all* due entries with one `unpack`, which fails above
+//! ~8,000 (Lua's LUAI_MAXCSTACK). So a backlog bigger than that must never be left due
+//! in `scheduled` when a worker fetches. The benchmarks push with `push_bulk` in
+//! chunks of 1,000 while no worker runs, and then, for scenarios that need a backlog
+//! (drain, RSS), promote the entries to the `active` list by hand in chunks of 5,000
+//! (`promote_all`) — the workaround the reference names (ZRANGE … LIMIT) — before any
+//! worker starts. Workers then only read `active`, as in apalis' own steady state.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apalis::prelude::{BoxDynError, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis_core::backend::ext::BackendExt;
+use apalis_core::worker::ext::parallelize::ParallelizeExt;
+use apalis_redis::{Config, RedisStorage};
+use fleet_shared::job::JobSpec;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::child::{WorkerSpec, ready_then_wait_for_go};
+use crate::work;
+
+/// The apalis-redis queue name (keys `apalis-bench:*`).
+pub const QUEUE: &str = "apalis-bench";
+/// Tasks per `push_bulk` call (one `batch_push.lua` EVAL each).
+pub const PUSH_CHUNK: usize = 1000;
+/// Tasks moved from `scheduled` to `active` per hand-promotion call (< 8,000).
+const PROMOTE_CHUNK: usize = 5000;
+
+pub type Storage = RedisStorage<JobSpec>;
+
+/// A connection like `apalis_redis::connect`, but with a 5 s response timeout.
+pub async fn connect(url: &str) -> Result<ConnectionManager> {
+    let client = apalis_redis::Client::open(url)?;
+    Ok(client
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_connection_timeout(Some(Duration::from_secs(5))),
+        )
+        .await?)
+}
+
+pub fn config(batch: usize, heartbeat: Duration, missed: usize) -> Config {
+    Config::default()
+        .queue(QUEUE)
+        .batch_size(batch)
+        .heartbeat_interval(heartbeat)
+        .missed_heartbeats(missed)
+}
+
+/// A producer-side storage (the defaults for everything that matters to a push).
+pub async fn producer(url: &str) -> Result<Storage> {
+    Ok(
+        RedisStorage::new(connect(url).await?).with_config(config(
+            100,
+            Duration::from_secs(30),
+            10,
+        )),
+    )
+}
+
+/// Push `specs` with `push_bulk`, `PUSH_CHUNK` at a time.
+pub async fn push_bulk(storage: &mut Storage, specs: Vec<JobSpec>) -> Result<()> {
+    let mut specs = specs.into_iter().peekable();
+    while specs.peek().is_some() {
+        let chunk: Vec<JobSpec> = specs.by_ref().take(PUSH_CHUNK).collect();
+        storage
+            .push_bulk(chunk)
+            .await
+            .map_err(|e| anyhow::anyhow!("push_bulk: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// Move every `scheduled` entry to the `active` list, in bounded chunks, oldest first.
+pub async fn promote_all(conn: &mut ConnectionManager) -> Result<u64> {
+    let cfg = config(100, Duration::from_secs(30), 10);
+    let script = redis::Script::new(
+        r"
+        local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+        if #ids == 0 then return 0 end
+        redis.call('RPUSH', KEYS[2], unpack(ids))
+        redis.call('ZREM', KEYS[1], unpack(ids))
+        return #ids
+        ",
+    );
+    let mut moved = 0;
+    loop {
+        let n: u64 = script
+            .key(cfg.scheduled_jobs_set())
+            .key(cfg.active_jobs_list())
+            .arg(PROMOTE_CHUNK)
+            .invoke_async(conn)
+            .await?;
+        if n == 0 {
+            return Ok(moved);
+        }
+        moved += n;
+    }
+}
+
+/// Wait until `n` tasks are in the `done` set; returns how many times it looked
+/// (one SCARD each).
+pub async fn wait_done(
+    conn: &mut ConnectionManager,
+    n: u64,
+    limit: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<u64> {
+    let cfg = config(100, Duration::from_secs(30), 10);
+    let done_key = cfg.done_jobs_set();
+    let deadline = Instant::now() + limit;
+    let mut looks = 0;
+    loop {
+        let done: u64 = conn.scard(&done_key).await?;
+        looks += 1;
+        if done >= n {
+            return Ok(looks);
+        }
+        if !alive() {
+            bail!("a worker process exited during the drain ({done}/{n} done)");
+        }
+        if Instant::now() > deadline {
+            bail!("not drained within {limit:?}: {done}/{n} done");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn handle(spec: JobSpec) -> Result<serde_json::Value, BoxDynError> {
+    work::run(&spec).await.map_err(|e| e.to_string())?;
+    Ok(serde_json::Value::Null)
+}
+
+/// Worker-process main for apalis-redis.
+pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
+    let cfg = config(
+        spec.apalis_batch,
+        Duration::from_secs(spec.apalis_heartbeat_secs),
+        spec.apalis_missed,
+    );
+    let storage: Storage = RedisStorage::new(connect(&spec.redis_url).await?).with_config(cfg);
+    work::init(&spec.redis_url, &spec.name).await?;
+    // Unique per process and start, as the reference insists.
+    let name = format!("{}-{}", spec.name, std::process::id());
+    let backend = storage.poll_with_interval(Duration::from_millis(spec.apalis_poll_ms));
+    ready_then_wait_for_go().await?;
+    let result = if spec.apalis_parallelize {
+        WorkerBuilder::new(name.as_str())
+            .backend(backend)
+            .concurrency(spec.concurrency)
+            .parallelize(tokio::spawn)
+            .build(handle)
+            .run()
+            .await
+    } else {
+        WorkerBuilder::new(name.as_str())
+            .backend(backend)
+            .concurrency(spec.concurrency)
+            .build(handle)
+            .run()
+            .await
+    };
+    result.context("apalis worker ended")?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! This project's side of each benchmark, through the library only (`fleet-shared`):
+//! `RedisQueue` for producing and watching the queue, and in worker processes the
+//! apalis `RedisBackend` with its `LeaseKeeper`, exactly as a worker binary would use
+//! them (settings from `config/default.toml`, lease TTL from the command line).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use apalis::prelude::WorkerBuilder;
+use fleet_shared::error::JobError;
+use fleet_shared::job::{Job, QueueKind};
+use fleet_shared::queue::apalis_backend::{JobOutput, RedisBackend};
+use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
+use fleet_shared::queue::{QueueConfig, RedisQueue};
+use fleet_shared::settings::{RedisSettings, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::child::{WorkerSpec, ready_then_wait_for_go};
+use crate::work;
+
+/// Key prefix of the benchmark queue (`bench:{research}:…`).
+pub const KEY_PREFIX: &str = "bench";
+
+fn settings() -> Settings {
+    Settings::from_layers(None, &[]).expect("the default settings load")
+}
+
+pub fn redis_settings(url: &str) -> RedisSettings {
+    let mut r = settings().redis;
+    r.url = url.to_string();
+    r.key_prefix = KEY_PREFIX.into();
+    r
+}
+
+/// The research queue's config from the defaults, with this lease TTL.
+pub fn queue_config(lease_ttl: Duration) -> QueueConfig {
+    let mut c = QueueConfig::from_settings(&settings(), QueueKind::Research);
+    c.lease_ttl = lease_ttl;
+    c
+}
+
+/// The keeper timings a worker uses: renew every third of the TTL, reclaim as configured.
+pub fn keeper_timings(lease_ttl: Duration) -> KeeperTimings {
+    KeeperTimings {
+        renew_every: lease_ttl / 3,
+        reclaim_every: Duration::from_millis(settings().queue.reclaim_interval_ms),
+    }
+}
+
+pub async fn open(url: &str) -> Result<RedisQueue> {
+    Ok(RedisQueue::open(&redis_settings(url), queue_config(Duration::from_secs(30))).await?)
+}
+
+/// Wait until nothing is ready, running or delayed; fails if a job was dead-lettered
+/// or `limit` passes. Returns how many times it looked (each look is one pipeline of
+/// LLEN + 3 × ZCARD, subtracted from the command statistics).
+pub async fn wait_drained(
+    queue: &RedisQueue,
+    limit: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<u64> {
+    let deadline = Instant::now() + limit;
+    let mut looks = 0;
+    loop {
+        let c = queue.counts().await?;
+        looks += 1;
+        if c.dead > 0 {
+            bail!("{} jobs were dead-lettered during the drain", c.dead);
+        }
+        if c.ready == 0 && c.running == 0 && c.delayed == 0 {
+            return Ok(looks);
+        }
+        if !alive() {
+            bail!("a worker process exited during the drain");
+        }
+        if Instant::now() > deadline {
+            bail!("not drained within {limit:?}: {c:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn handle(job: Job) -> Result<JobOutput, JobError> {
+    work::run(&job.spec)
+        .await
+        .map_err(|e| JobError::permanent(e.to_string()))?;
+    Ok(JobOutput::Null)
+}
+
+/// Worker-process main for this project.
+pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
+    let ttl = Duration::from_secs(spec.lease_ttl_secs);
+    let redis = redis_settings(&spec.redis_url);
+    let config = queue_config(ttl);
+    let queue = RedisQueue::open(&redis, config.clone())
+        .await
+        .context("open queue")?;
+    let keeper = Arc::new(LeaseKeeper::start(redis, config, keeper_timings(ttl)));
+    work::init(&spec.redis_url, &spec.name).await?;
+    ready_then_wait_for_go().await?;
+    let backend = RedisBackend::start(
+        queue,
+        keeper,
+        &spec.name,
+        spec.concurrency,
+        CancellationToken::new(),
+    );
+    WorkerBuilder::new(spec.name.as_str())
+        .backend(backend)
+        .build(handle)
+        .run()
+        .await
+        .context("worker ended")?;
+    Ok(())
+}
