@@ -13,15 +13,18 @@
 //! (`promote_all`) — the workaround the reference names (ZRANGE … LIMIT) — before any
 //! worker starts. Workers then only read `active`, as in apalis' own steady state.
 
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{self, Poll};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use apalis::prelude::{BoxDynError, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::ext::BackendExt;
+use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, PollSnapshot, PollStrategy};
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use apalis_redis::{Config, RedisStorage};
 use fleet_shared::job::JobSpec;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use crate::child::{WorkerSpec, ready_then_wait_for_go};
@@ -107,34 +110,6 @@ pub async fn promote_all(conn: &mut ConnectionManager) -> Result<u64> {
     }
 }
 
-/// Wait until `n` tasks are in the `done` set; returns how many times it looked
-/// (one SCARD each).
-pub async fn wait_done(
-    conn: &mut ConnectionManager,
-    n: u64,
-    limit: Duration,
-    mut alive: impl FnMut() -> bool,
-) -> Result<u64> {
-    let cfg = config(100, Duration::from_secs(30), 10);
-    let done_key = cfg.done_jobs_set();
-    let deadline = Instant::now() + limit;
-    let mut looks = 0;
-    loop {
-        let done: u64 = conn.scard(&done_key).await?;
-        looks += 1;
-        if done >= n {
-            return Ok(looks);
-        }
-        if !alive() {
-            bail!("a worker process exited during the drain ({done}/{n} done)");
-        }
-        if Instant::now() > deadline {
-            bail!("not drained within {limit:?}: {done}/{n} done");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn handle(spec: JobSpec) -> Result<serde_json::Value, BoxDynError> {
     work::run(&spec).await.map_err(|e| e.to_string())?;
     Ok(serde_json::Value::Null)
@@ -151,7 +126,13 @@ pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
     work::init(&spec.redis_url, &spec.name).await?;
     // Unique per process and start, as the reference insists.
     let name = format!("{}-{}", spec.name, std::process::id());
-    let backend = storage.poll_with_interval(Duration::from_millis(spec.apalis_poll_ms));
+    let every = Duration::from_millis(spec.apalis_poll_ms);
+    let backend = storage.poll_with_strategy(if spec.apalis_rearming_poll {
+        PollTimer::Rearming(RearmingInterval { every, sleep: None })
+    } else {
+        // Exactly what `poll_with_interval(every)` builds.
+        PollTimer::Stock(IntervalStrategy::new(every))
+    });
     ready_then_wait_for_go().await?;
     let result = if spec.apalis_parallelize {
         WorkerBuilder::new(name.as_str())
@@ -171,4 +152,56 @@ pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
     };
     result.context("apalis worker ended")?;
     Ok(())
+}
+
+/// The poll timer of an apalis worker: apalis-core's own `IntervalStrategy` (what
+/// `poll_with_interval` uses; the benchmark's default), or [`RearmingInterval`].
+pub enum PollTimer {
+    Stock(IntervalStrategy),
+    Rearming(RearmingInterval),
+}
+
+impl PollStrategy for PollTimer {
+    fn poll_drive(
+        &mut self,
+        cx: &mut task::Context<'_>,
+        snapshot: &PollSnapshot,
+    ) -> Poll<Option<()>> {
+        match self {
+            PollTimer::Stock(s) => s.poll_drive(cx, snapshot),
+            PollTimer::Rearming(r) => r.poll_drive(cx, snapshot),
+        }
+    }
+}
+
+/// Not part of apalis: an interval strategy that arms its next tick before returning.
+/// apalis-core 1.0.0's `IntervalStrategy::poll_drive` replaces a fired `Delay` with a
+/// new one without polling it, so no waker is registered for the next tick; when the
+/// fetch driven by that same poll comes back empty, the worker parks with no timer
+/// armed and sleeps until its next heartbeat (30 s by default). This variant exists
+/// only to confirm that diagnosis (`--apalis-rearming-poll`); the reported baseline
+/// uses the stock strategy.
+pub struct RearmingInterval {
+    every: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PollStrategy for RearmingInterval {
+    fn poll_drive(&mut self, cx: &mut task::Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let mut fired = false;
+        loop {
+            let every = self.every;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    fired = true;
+                    self.sleep = None;
+                }
+                Poll::Pending if fired => return Poll::Ready(Some(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub struct WorkerSpec {
     pub apalis_missed: usize,
     /// apalis-redis: `.parallelize(tokio::spawn)`.
     pub apalis_parallelize: bool,
+    /// apalis-redis: a re-arming poll timer instead of apalis' own (diagnosis only).
+    pub apalis_rearming_poll: bool,
 }
 
 impl WorkerSpec {
@@ -60,6 +62,9 @@ impl WorkerSpec {
         ];
         if !self.apalis_parallelize {
             a.push("--apalis-no-parallelize".into());
+        }
+        if self.apalis_rearming_poll {
+            a.push("--apalis-rearming-poll".into());
         }
         a
     }

@@ -4,9 +4,9 @@
 //! them (settings from `config/default.toml`, lease TTL from the command line).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use apalis::prelude::WorkerBuilder;
 use fleet_shared::error::JobError;
 use fleet_shared::job::{Job, QueueKind};
@@ -50,35 +50,6 @@ pub fn keeper_timings(lease_ttl: Duration) -> KeeperTimings {
 
 pub async fn open(url: &str) -> Result<RedisQueue> {
     Ok(RedisQueue::open(&redis_settings(url), queue_config(Duration::from_secs(30))).await?)
-}
-
-/// Wait until nothing is ready, running or delayed; fails if a job was dead-lettered
-/// or `limit` passes. Returns how many times it looked (each look is one pipeline of
-/// LLEN + 3 × ZCARD, subtracted from the command statistics).
-pub async fn wait_drained(
-    queue: &RedisQueue,
-    limit: Duration,
-    mut alive: impl FnMut() -> bool,
-) -> Result<u64> {
-    let deadline = Instant::now() + limit;
-    let mut looks = 0;
-    loop {
-        let c = queue.counts().await?;
-        looks += 1;
-        if c.dead > 0 {
-            bail!("{} jobs were dead-lettered during the drain", c.dead);
-        }
-        if c.ready == 0 && c.running == 0 && c.delayed == 0 {
-            return Ok(looks);
-        }
-        if !alive() {
-            bail!("a worker process exited during the drain");
-        }
-        if Instant::now() > deadline {
-            bail!("not drained within {limit:?}: {c:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn handle(job: Job) -> Result<JobOutput, JobError> {

@@ -2,7 +2,7 @@
 //! side by side, on one redis-server the program starts itself (AOF off).
 //!
 //! ```text
-//! cargo run --release -p fleet-bench                         # everything, ~4 minutes
+//! cargo run --release -p fleet-bench                         # everything, ~5 minutes
 //! cargo run --release -p fleet-bench -- --only drain --jobs 20000
 //! ```
 //!
@@ -56,16 +56,19 @@ pub struct Cli {
     /// Jobs for bulk enqueue, drain, memory and RSS.
     #[arg(long, default_value_t = 100_000)]
     pub jobs: usize,
-    /// Backlog sizes for the drain scenario, comma-separated (default: 5000 and 20000,
-    /// each capped at --jobs). apalis-redis slows down as its backlog grows (an LREM over
-    /// its whole `active` list per task), so 100,000 would take it minutes.
-    #[arg(long, value_delimiter = ',')]
-    pub drain_jobs: Option<Vec<usize>>,
+    /// Jobs per drain run. Kept well below --jobs by default: with all of them queued up
+    /// front, apalis-redis slows down as its backlog grows (an LREM over its whole
+    /// `active` list per task), so 100,000 would take it many minutes.
+    #[arg(long, default_value_t = 20_000)]
+    pub drain_jobs: usize,
+    /// Runs per drain figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub drain_repeat: usize,
     /// Pickup-latency samples (one job at a time).
     #[arg(long, default_value_t = 500)]
     pub samples: usize,
     /// Time limit of each side's pickup-latency run (seconds).
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 60)]
     pub latency_budget_secs: u64,
     /// Concurrency of each worker process in drain and latency.
     #[arg(long, default_value_t = 64)]
@@ -85,6 +88,10 @@ pub struct Cli {
     /// apalis-redis: leave out `.parallelize(tokio::spawn)`.
     #[arg(long)]
     pub apalis_no_parallelize: bool,
+    /// apalis-redis: replace apalis' interval poll timer by one that re-arms itself
+    /// (not part of apalis; to confirm why its idle workers stall). Off for the report.
+    #[arg(long)]
+    pub apalis_rearming_poll: bool,
     /// Where to write the Markdown report (default: <target dir>/bench-report.md).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -119,16 +126,8 @@ impl Cli {
             apalis_heartbeat_secs: self.apalis_heartbeat_secs,
             apalis_missed: self.apalis_missed,
             apalis_parallelize: !self.apalis_no_parallelize,
+            apalis_rearming_poll: self.apalis_rearming_poll,
         }
-    }
-
-    fn drain_sizes(&self) -> Vec<usize> {
-        let mut sizes = self
-            .drain_jobs
-            .clone()
-            .unwrap_or_else(|| vec![self.jobs.min(5000), self.jobs.min(20_000)]);
-        sizes.dedup();
-        sizes
     }
 
     fn report_path(&self) -> PathBuf {
