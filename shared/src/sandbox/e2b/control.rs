@@ -240,10 +240,29 @@ impl ControlPlane {
             .headers(headers)
     }
 
-    /// Send and turn every non-2xx answer into a [`SandboxError`].
-    async fn send(&self, call: &str, rb: RequestBuilder) -> Result<Response, SandboxError> {
-        let resp = rb.send().await.map_err(|e| transport_error(call, e))?;
-        if resp.status().is_success() {
+    /// Send and turn every non-2xx answer into a [`SandboxError`]. Logged at
+    /// TRACE with the call, the sandbox and the status; never headers or bodies.
+    async fn send(
+        &self,
+        call: &str,
+        sandbox: &str,
+        rb: RequestBuilder,
+    ) -> Result<Response, SandboxError> {
+        let started = std::time::Instant::now();
+        let resp = rb.send().await.map_err(|e| {
+            let e = transport_error(call, e);
+            tracing::trace!(call, sandbox, error = %e, "control-plane request failed");
+            e
+        })?;
+        let status = resp.status();
+        tracing::trace!(
+            call,
+            sandbox,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "control-plane request"
+        );
+        if status.is_success() {
             return Ok(resp);
         }
         Err(read_error(Surface::Control, call, resp).await)
@@ -264,6 +283,7 @@ impl ControlPlane {
         let resp = self
             .send(
                 "create",
+                "-",
                 self.request(Method::POST, "/sandboxes").json(body),
             )
             .await?;
@@ -275,6 +295,7 @@ impl ControlPlane {
         let resp = self
             .send(
                 "get",
+                id,
                 self.request(Method::GET, &format!("/sandboxes/{id}")),
             )
             .await?;
@@ -288,7 +309,9 @@ impl ControlPlane {
         next_token: Option<&str>,
     ) -> Result<(Vec<ListedSandbox>, Option<String>), SandboxError> {
         let path = format!("/v2/sandboxes?{}", query.to_query(next_token));
-        let resp = self.send("list", self.request(Method::GET, &path)).await?;
+        let resp = self
+            .send("list", "-", self.request(Method::GET, &path))
+            .await?;
         let next = resp
             .headers()
             .get("X-Next-Token")
@@ -303,6 +326,7 @@ impl ControlPlane {
         match self
             .send(
                 "kill",
+                id,
                 self.request(Method::DELETE, &format!("/sandboxes/{id}")),
             )
             .await
@@ -317,6 +341,7 @@ impl ControlPlane {
     pub async fn set_timeout(&self, id: &str, secs: u32) -> Result<(), SandboxError> {
         self.send(
             "set_timeout",
+            id,
             self.request(Method::POST, &format!("/sandboxes/{id}/timeout"))
                 .json(&TimeoutBody { timeout: secs }),
         )
@@ -330,6 +355,7 @@ impl ControlPlane {
         let resp = self
             .send(
                 "connect",
+                id,
                 self.request(Method::POST, &format!("/sandboxes/{id}/connect"))
                     .json(&TimeoutBody { timeout: secs }),
             )
@@ -346,6 +372,7 @@ impl ControlPlane {
         match self
             .send(
                 "pause",
+                id,
                 self.request(Method::POST, &format!("/sandboxes/{id}/pause")),
             )
             .await

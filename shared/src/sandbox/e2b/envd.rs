@@ -295,6 +295,24 @@ impl Target {
     }
 }
 
+/// Why a stream could not be opened.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// No answer (connection failed or cut, no response head in time): the
+    /// request may or may not have reached envd.
+    NoAnswer(SandboxError),
+    /// An answer other than 200 (edge 502, envd's 401, ...).
+    Refused(SandboxError),
+}
+
+impl OpenError {
+    pub fn into_inner(self) -> SandboxError {
+        match self {
+            OpenError::NoAnswer(e) | OpenError::Refused(e) => e,
+        }
+    }
+}
+
 /// A unary RPC failure: a Connect error from envd, or anything else already mapped.
 #[derive(Debug)]
 pub(crate) enum UnaryError {
@@ -340,13 +358,13 @@ impl EnvdClient {
         t: &Target,
         req: &StartRequest<'_>,
         timeout: Option<Duration>,
-    ) -> Result<EventStream, SandboxError> {
+    ) -> Result<EventStream, OpenError> {
         let body = serde_json::to_vec(req).expect("StartRequest serializes");
         self.stream(t, "Start", body, timeout).await
     }
 
     /// `process.Process/Connect`: re-attach to a running process's events.
-    pub async fn connect(&self, t: &Target, sel: &Selector) -> Result<EventStream, SandboxError> {
+    pub async fn connect(&self, t: &Target, sel: &Selector) -> Result<EventStream, OpenError> {
         let body = serde_json::to_vec(&ProcessOnly { process: sel }).expect("serializes");
         self.stream(t, "Connect", body, None).await
     }
@@ -357,7 +375,7 @@ impl EnvdClient {
         method: &str,
         body: Vec<u8>,
         timeout: Option<Duration>,
-    ) -> Result<EventStream, SandboxError> {
+    ) -> Result<EventStream, OpenError> {
         let call = format!("process.{method}");
         let mut rb = self
             .http
@@ -376,17 +394,20 @@ impl EnvdClient {
         }
         let resp = match tokio::time::timeout(self.request_timeout, rb.send()).await {
             Err(_) => {
-                return Err(SandboxError::Unavailable(format!(
+                return Err(OpenError::NoAnswer(SandboxError::Unavailable(format!(
                     "{call}: no response within {:?}",
                     self.request_timeout
-                )));
+                ))));
             }
-            Ok(r) => r.map_err(|e| transport_error(&call, e))?,
+            Ok(r) => r.map_err(|e| OpenError::NoAnswer(transport_error(&call, e)))?,
         };
+        tracing::trace!(sandbox = %t.sandbox, call = %call, status = resp.status().as_u16(), "envd stream opened");
         // Errors from connect-go arrive as 200 plus an end-of-stream error; any
         // other status comes from a layer before it (edge proxy, envd's token check).
         if resp.status() != reqwest::StatusCode::OK {
-            return Err(read_error(Surface::Envd, &call, resp).await);
+            return Err(OpenError::Refused(
+                read_error(Surface::Envd, &call, resp).await,
+            ));
         }
         Ok(EventStream {
             body: resp.bytes_stream().boxed(),
@@ -409,6 +430,7 @@ impl EnvdClient {
             .await
             .map_err(|e| UnaryError::Other(transport_error(&call, e)))?;
         let status = resp.status();
+        tracing::trace!(sandbox = %t.sandbox, call = %call, status = status.as_u16(), "envd call");
         let headers = resp.headers().clone();
         let bytes = resp
             .bytes()
@@ -472,22 +494,32 @@ impl EnvdClient {
     }
 
     /// `POST /files?path=…` with the raw bytes.
+    ///
+    /// An empty file goes as `multipart/form-data` instead: the spec marks the
+    /// body required, and an empty octet-stream body reads as "no body" to a
+    /// request validator. The multipart form always has a body.
     pub async fn write_file(
         &self,
         t: &Target,
         path: &str,
         contents: &[u8],
     ) -> Result<(), SandboxError> {
+        let (content_type, body) = if contents.is_empty() {
+            empty_file_form(path)
+        } else {
+            ("application/octet-stream".to_string(), contents.to_vec())
+        };
         let resp = self
             .http
             .post(Self::file_url(t, path))
             .headers(t.auth_headers(false))
-            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_TYPE, content_type)
             .timeout(self.request_timeout)
-            .body(contents.to_vec())
+            .body(body)
             .send()
             .await
             .map_err(|e| transport_error("write_file", e))?;
+        tracing::trace!(sandbox = %t.sandbox, call = "write_file", status = resp.status().as_u16(), "envd call");
         if !resp.status().is_success() {
             return Err(file_error("write_file", path, resp).await);
         }
@@ -504,6 +536,7 @@ impl EnvdClient {
             .send()
             .await
             .map_err(|e| transport_error("read_file", e))?;
+        tracing::trace!(sandbox = %t.sandbox, call = "read_file", status = resp.status().as_u16(), "envd call");
         if !resp.status().is_success() {
             return Err(file_error("read_file", path, resp).await);
         }
@@ -513,6 +546,27 @@ impl EnvdClient {
             .map_err(|e| transport_error("read_file", e))?;
         Ok(bytes.to_vec())
     }
+}
+
+/// A multipart form with one empty part named `file` (the `path` query, not
+/// the part's file name, says where it goes).
+fn empty_file_form(path: &str) -> (String, Vec<u8>) {
+    let boundary = format!("dexter-fleet-{}", uuid::Uuid::now_v7().simple());
+    let name: String = path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+        .collect();
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n\r\n--{boundary}--\r\n"
+    );
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
 }
 
 /// A `/files` error. 404 and 400 are about the path (no such file, a directory),

@@ -19,7 +19,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::envd::{
-    EnvdClient, Event, ProcessConfig, Selector, StartRequest, StreamError, Target, UnaryError,
+    EnvdClient, Event, OpenError, ProcessConfig, Selector, StartRequest, StreamError, Target,
+    UnaryError,
 };
 use super::http::{RetryPolicy, is_retryable};
 use crate::sandbox::{ExecControl, ExecOutput, ExecRequest, OutputChunk, SandboxError};
@@ -122,23 +123,59 @@ async fn drive(
         tag: Some(tag),
     };
     tracing::debug!(sandbox = %target.sandbox, call = "process.Start", "starting process");
-    let mut stream = envd
+    // `None` while detached; `why` says how the last stream ended.
+    let (mut stream, mut why) = match envd
         .start(target, &start, request.timeout.map(|t| t + KILL_GRACE))
-        .await?;
+        .await
+    {
+        Ok(s) => (Some(s), String::new()),
+        // The request may have reached envd and started the process: look for it.
+        Err(OpenError::NoAnswer(e)) => (None, e.to_string()),
+        Err(OpenError::Refused(e)) => return Err(e),
+    };
     let mut stdin: Option<BoxFuture<'_, ()>> = None;
     let mut stdin_started = false;
     let mut exit: Option<i32> = None;
     let mut reattached = false;
-    let mut breaks = 0u32;
+    let mut tries = 0u32;
+    let max_tries = retry.attempts.max(2);
     loop {
+        let Some(events) = stream.as_mut() else {
+            // Detached: re-attach with Connect, by PID once known, else by tag.
+            tries += 1;
+            if tries >= max_tries {
+                return Err(SandboxError::Unavailable(format!(
+                    "lost the output stream of a process in sandbox {} {tries} times: {why}",
+                    target.sandbox
+                )));
+            }
+            let sel = match pid.load(Ordering::SeqCst) {
+                0 => Selector::Tag(tag.to_string()),
+                p => Selector::Pid(p),
+            };
+            tracing::info!(sandbox = %target.sandbox, call = "process.Connect", reason = %why, "re-attaching to process");
+            tokio::time::sleep(retry.min_delay * 2u32.saturating_pow(tries - 1)).await;
+            match envd.connect(target, &sel).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    reattached = true;
+                    // Whatever the process wrote while we were away is lost.
+                    out.truncated = true;
+                }
+                // The edge's 502 "not found": the sandbox is gone.
+                Err(OpenError::Refused(e)) if !is_retryable(&e) => return Err(e),
+                Err(e) => why = e.into_inner().to_string(),
+            }
+            continue;
+        };
         let next = match stdin.as_mut() {
             Some(writer) => tokio::select! {
                 _ = writer => { stdin = None; continue; }
-                ev = stream.next() => ev,
+                ev = events.next() => ev,
             },
-            None => stream.next().await,
+            None => events.next().await,
         };
-        let why = match next {
+        match next {
             Ok(Some(Event::Start { pid: p })) => {
                 pid.store(p, Ordering::SeqCst);
                 tracing::debug!(sandbox = %target.sandbox, pid = p, "process started");
@@ -146,25 +183,20 @@ async fn drive(
                     stdin_started = true;
                     stdin = Some(Box::pin(write_stdin(envd, target, Selector::Pid(p), data)));
                 }
-                continue;
             }
-            Ok(Some(Event::Stdout(b))) => {
-                out.push(false, b);
-                continue;
-            }
-            Ok(Some(Event::Stderr(b))) => {
-                out.push(true, b);
-                continue;
-            }
+            Ok(Some(Event::Stdout(b))) => out.push(false, b),
+            Ok(Some(Event::Stderr(b))) => out.push(true, b),
             Ok(Some(Event::End(end))) => {
                 tracing::debug!(sandbox = %target.sandbox, exit_code = end.exit_code, status = %end.status, "process ended");
                 exit = Some(end.exit_code);
-                continue;
             }
-            Ok(Some(Event::Keepalive | Event::Unknown)) => continue,
+            Ok(Some(Event::Keepalive | Event::Unknown)) => {}
             Ok(None) => match exit {
                 Some(code) => return Ok(code),
-                None => "stream ended without an end event".to_string(),
+                None => {
+                    why = "stream ended without an end event".into();
+                    stream = None;
+                }
             },
             Err(StreamError::Rpc(e)) => {
                 if e.code == "deadline_exceeded" {
@@ -174,52 +206,28 @@ async fn drive(
                     // The process ended; the error is about the stream after it.
                     return Ok(code);
                 }
-                if reattached && e.code == "not_found" {
+                if e.code == "not_found" && (reattached || pid.load(Ordering::SeqCst) == 0) {
                     return Err(SandboxError::Unavailable(format!(
-                        "process in sandbox {} ended while its output stream was disconnected; exit status lost",
+                        "process in sandbox {} is not running (ended while detached, or never started); \
+                         exit status unknown",
                         target.sandbox
                     )));
                 }
-                return Err(e.into_sandbox_error(if reattached {
+                let call = if reattached {
                     "process.Connect"
                 } else {
                     "process.Start"
-                }));
+                };
+                return Err(e.into_sandbox_error(call));
             }
-            Err(StreamError::Broken(why)) => match exit {
+            Err(StreamError::Broken(w)) => match exit {
                 Some(code) => return Ok(code),
-                None => why,
-            },
-        };
-
-        // The stream broke before the process ended: re-attach.
-        breaks += 1;
-        if breaks >= retry.attempts.max(2) {
-            return Err(SandboxError::Unavailable(format!(
-                "output stream of a process in sandbox {} broke {breaks} times: {why}",
-                target.sandbox
-            )));
-        }
-        let sel = match pid.load(Ordering::SeqCst) {
-            0 => Selector::Tag(tag.to_string()),
-            p => Selector::Pid(p),
-        };
-        tracing::info!(sandbox = %target.sandbox, call = "process.Connect", reason = %why, "re-attaching to process");
-        tokio::time::sleep(retry.min_delay * 2u32.saturating_pow(breaks - 1)).await;
-        stream = loop {
-            match envd.connect(target, &sel).await {
-                Ok(s) => break s,
-                Err(e) if is_retryable(&e) && breaks + 1 < retry.attempts.max(2) => {
-                    breaks += 1;
-                    tokio::time::sleep(retry.min_delay * 2u32.saturating_pow(breaks - 1)).await;
+                None => {
+                    why = w;
+                    stream = None;
                 }
-                // NotFound here is the edge saying the sandbox is gone.
-                Err(e) => return Err(e),
-            }
-        };
-        reattached = true;
-        // Whatever the process wrote while we were away is lost.
-        out.truncated = true;
+            },
+        }
     }
 }
 

@@ -144,8 +144,9 @@ impl E2bProvider {
         );
     }
 
-    /// The sandbox is gone: free its slot, forget its token.
-    fn lost(&self, id: &str) {
+    /// The sandbox is gone or paused: free its slot and forget its token (a
+    /// later call learns its state from `GET /sandboxes/{id}`).
+    fn forget(&self, id: &str) {
         self.limits.release(id);
         self.access.lock().unwrap().remove(id);
     }
@@ -153,7 +154,7 @@ impl E2bProvider {
     /// Release the slot and forget the sandbox when `r` says it is gone.
     fn note<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, SandboxError> {
         if let Err(SandboxError::NotFound(_)) = &r {
-            self.lost(id);
+            self.forget(id);
         }
         r
     }
@@ -378,7 +379,9 @@ impl SandboxProvider for E2bProvider {
             id,
             self.retry.run("pause", id, || self.control.pause(id)).await,
         )?;
-        self.limits.release(id);
+        // envd of a paused sandbox answers 502 "not found", which would read as
+        // "lost"; forgetting it makes `exec` ask the control plane and say "paused".
+        self.forget(id);
         tracing::info!(sandbox = %id, call = "pause", already_paused = !newly, "sandbox paused");
         Ok(())
     }
@@ -386,7 +389,7 @@ impl SandboxProvider for E2bProvider {
     async fn kill(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
         let existed = self.retry.run("kill", id, || self.control.kill(id)).await?;
-        self.lost(id);
+        self.forget(id);
         tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed");
         Ok(())
     }
