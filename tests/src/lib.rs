@@ -2,7 +2,9 @@
 //! benchmarks: a real `redis-server` per test, settings and queue helpers, and (in
 //! `fake_e2b`) a fake E2B server that follows E2B's published specs and injects faults.
 
+pub mod fixture;
 pub mod harness;
+pub mod processes;
 pub mod redis_server;
 
 pub use redis_server::RedisServer;

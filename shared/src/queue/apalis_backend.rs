@@ -23,7 +23,9 @@ use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::RandomId;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -199,7 +201,8 @@ async fn fetch_loop(
                 attempt_timeout,
                 worker: worker.clone(),
             };
-            let mut task = Task::new(job);
+            let task_id = TaskId::from_string(job.id.to_string());
+            let mut task = TaskBuilder::new(job).task_id(task_id).build();
             task.inject_data(ctx.clone());
             task.inject_data(Slot(Arc::new(permit)));
             if tx.send(task).await.is_err() {
