@@ -1,10 +1,11 @@
 //! `fleet`: the dexter-fleet producer CLI. Thin: parse the command line (`cli`), run
-//! the command (`commands`) on a single-threaded runtime, print any error and
+//! the command (`commands`, `demo`) on a single-threaded runtime, print any error and
 //! exit with the code it means (`exit`; documented in `fleet --help`).
 
 mod cli;
 mod commands;
 mod context;
+mod demo;
 mod exit;
 mod output;
 

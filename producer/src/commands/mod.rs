@@ -17,7 +17,7 @@ use crate::context::{Ctx, load_settings};
 
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings = load_settings(cli.config.as_deref(), cli.redis_url.as_deref())?;
-    let ctx = Ctx::new(settings, cli.json);
+    let mut ctx = Ctx::new(settings, cli.json);
     match cli.command {
         Command::Submit(args) => submit::submit(&ctx, args).await,
         Command::Batch(args) => batch::batch(&ctx, args).await,
@@ -28,6 +28,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cancel(args) => cancel::cancel(&ctx, &args.id).await,
         Command::Agents { command } => agents::agents(&ctx, command).await,
         Command::Pool { command } => agents::pool(&ctx, command).await,
-        Command::Demo(_) => anyhow::bail!("`fleet demo` is not wired yet"),
+        Command::Demo(args) => crate::demo::demo(&mut ctx, args, cli.config).await,
     }
 }
