@@ -1,1 +1,240 @@
-//! The result store (being written).
+//! The result store: a job's record, keyed by its job ID, and batch records.
+//!
+//! A job's hash (`…:job:<id>`) holds its status, attempt count, timings, last error
+//! and, once it succeeded, its result (the agent's output plus metadata: timings,
+//! attempts, worker, agent and sandbox IDs). Its attempt history is a list beside it
+//! (`…:attempts:<id>`). Both expire `queue.result_ttl_secs` after the job ends; a
+//! dead-lettered job is kept until it is retried or purged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobId, JobSpec};
+use crate::queue::{AttemptRecord, QueueError, RedisQueue};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    /// Dead-lettered: out of attempts, or a permanent error. Can be retried.
+    Dead,
+    /// Dead-lettered and then purged: final.
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Dead => "dead",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+    /// No further change will happen without someone acting (retrying a dead job).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Dead | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Retrying,
+        JobStatus::Succeeded,
+        JobStatus::Dead,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything stored about one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// When a retrying job runs next (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// The last error: `{class, message, attempt}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// The result of the successful attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// A batch: how many of its jobs are in each status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub id: String,
+    pub total: u64,
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl BatchRecord {
+    pub fn count(&self, status: JobStatus) -> u64 {
+        self.counts.get(status.as_str()).copied().unwrap_or(0)
+    }
+    /// Jobs that reached an end state.
+    pub fn finished(&self) -> u64 {
+        JobStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| self.count(*s))
+            .sum()
+    }
+}
+
+fn num(map: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    map.get(key).and_then(|v| v.parse().ok())
+}
+
+impl RedisQueue {
+    /// A job's record, or `None` when no such job exists (or its record expired).
+    pub async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let mut conn = self.connection();
+        let (fields, history): (BTreeMap<String, String>, Vec<String>) = redis::pipe()
+            .hgetall(self.keys().job(id))
+            .lrange(self.keys().attempts(id), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let Some(status) = fields.get("status").and_then(|s| JobStatus::parse(s)) else {
+            return Ok(None);
+        };
+        let json = |k: &str| fields.get(k).and_then(|v| serde_json::from_str(v).ok());
+        Ok(Some(JobRecord {
+            id: id.to_string(),
+            status,
+            spec: fields
+                .get("spec")
+                .and_then(|v| serde_json::from_str(v).ok()),
+            attempts: num(&fields, "attempts").unwrap_or(0) as u32,
+            max_attempts: num(&fields, "max_attempts").unwrap_or(0) as u32,
+            created_at: num(&fields, "created_at").unwrap_or(0),
+            started_at: num(&fields, "first_started_at"),
+            finished_at: num(&fields, "finished_at"),
+            run_at: num(&fields, "run_at"),
+            worker: fields.get("worker").cloned(),
+            error: json("error"),
+            result: json("result"),
+            batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
+            history: history
+                .iter()
+                .filter_map(|h| serde_json::from_str(h).ok())
+                .collect(),
+        }))
+    }
+
+    /// Statuses of many jobs in one round trip (`None` where unknown).
+    pub async fn job_statuses(&self, ids: &[JobId]) -> Result<Vec<Option<JobStatus>>, QueueError> {
+        let mut conn = self.connection();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.keys().job(&id.to_string()), "status");
+        }
+        let raw: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .map(|s| s.and_then(|s| JobStatus::parse(&s)))
+            .collect())
+    }
+
+    /// A batch's counters, or `None` if unknown.
+    pub async fn batch_record(&self, id: &str) -> Result<Option<BatchRecord>, QueueError> {
+        let mut conn = self.connection();
+        let fields: BTreeMap<String, i64> = conn.hgetall(self.keys().batch(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let total = fields.get("total").copied().unwrap_or(0).max(0) as u64;
+        let counts = fields
+            .into_iter()
+            .filter(|(k, _)| k != "total")
+            .map(|(k, v)| (k, v.max(0) as u64))
+            .collect();
+        Ok(Some(BatchRecord {
+            id: id.to_string(),
+            total,
+            counts,
+        }))
+    }
+
+    /// Wait until a job reaches a final status (or `timeout` passes); returns its record.
+    /// Listens on the queue's `done` channel, re-reading the record on each message and
+    /// at least every second (a message can be missed across a reconnect).
+    pub async fn wait_for_final(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<JobRecord>, QueueError> {
+        use futures::StreamExt;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let client = redis::Client::open(self.redis_settings().url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await.ok();
+        if let Some(p) = pubsub.as_mut() {
+            let _ = p.subscribe(&self.keys().done_channel).await;
+        }
+        let mut messages = pubsub.as_mut().map(|p| p.on_message());
+        loop {
+            let record = self.job_record(id).await?;
+            match &record {
+                None => return Ok(None),
+                Some(r) if r.status.is_final() => return Ok(record),
+                _ => {}
+            }
+            if let Some(d) = deadline
+                && tokio::time::Instant::now() >= d
+            {
+                return Ok(record);
+            }
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            match messages.as_mut() {
+                Some(stream) => {
+                    tokio::select! {
+                        _ = tick => {}
+                        msg = stream.next() => {
+                            if msg.is_none() { messages = None; }
+                        }
+                    }
+                }
+                None => tick.await,
+            }
+        }
+    }
+}

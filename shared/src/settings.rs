@@ -233,7 +233,10 @@ impl Settings {
             .or_else(|| std::env::var_os("FLEET_CONFIG").map(PathBuf::from));
         let file_text = match &file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                SettingsError::new("config file", format!("cannot read {}: {e}", path.display()))
+                SettingsError::new(
+                    "config file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?),
             None => None,
         };
@@ -265,11 +268,12 @@ impl Settings {
             set_path(&mut root, &keys, parse_env_value(value));
         }
         let deserializer = toml::Value::Table(root);
-        let mut settings: Settings = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().to_string();
-            SettingsError::new(if key == "." { "config".into() } else { key }, message)
-        })?;
+        let mut settings: Settings =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.inner().to_string();
+                SettingsError::new(if key == "." { "config".into() } else { key }, message)
+            })?;
         settings.sandbox.e2b.api_key = env
             .iter()
             .find(|(k, _)| k == "E2B_API_KEY")
@@ -286,7 +290,10 @@ impl Settings {
             && !self.redis.url.starts_with("rediss://")
             && !self.redis.url.starts_with("unix://")
         {
-            return err("redis.url", "must start with redis://, rediss:// or unix://");
+            return err(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            );
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return err("redis.key_prefix", "must be non-empty and hold no braces");
@@ -317,7 +324,10 @@ impl Settings {
                 );
             }
             if p.attempt_timeout_secs == 0 {
-                return err(&format!("{name}.attempt_timeout_secs"), "must be at least 1");
+                return err(
+                    &format!("{name}.attempt_timeout_secs"),
+                    "must be at least 1",
+                );
             }
         }
         if self.worker.concurrency == 0 {
@@ -327,9 +337,16 @@ impl Settings {
             return err("worker.lifecycle_concurrency", "must be at least 1");
         }
         if !self.worker.http_addr.is_empty()
-            && self.worker.http_addr.parse::<std::net::SocketAddr>().is_err()
+            && self
+                .worker
+                .http_addr
+                .parse::<std::net::SocketAddr>()
+                .is_err()
         {
-            return err("worker.http_addr", "must be host:port (an IP address) or empty");
+            return err(
+                "worker.http_addr",
+                "must be host:port (an IP address) or empty",
+            );
         }
         if self.pool.sandbox_timeout_secs < self.queue.lease_ttl_secs {
             return err(
@@ -344,7 +361,7 @@ impl Settings {
         if e2b.max_concurrent_sandboxes == 0 {
             return err("sandbox.e2b.max_concurrent_sandboxes", "must be at least 1");
         }
-        if !(e2b.creates_per_second > 0.0) {
+        if e2b.creates_per_second.is_nan() || e2b.creates_per_second <= 0.0 {
             return err("sandbox.e2b.creates_per_second", "must be above 0");
         }
         if e2b.request_attempts == 0 {
@@ -436,7 +453,9 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -497,19 +516,25 @@ mod tests {
 
     #[test]
     fn range_errors_name_the_key() {
-        let e = Settings::from_layers(None, &env(&[("FLEET_WORKER__CONCURRENCY", "0")])).unwrap_err();
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_WORKER__CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(e.to_string(), "worker.concurrency: must be at least 1");
-        let e = Settings::from_layers(None, &env(&[("FLEET_DEFAULT_AGENT", "nobody")])).unwrap_err();
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_DEFAULT_AGENT", "nobody")])).unwrap_err();
         assert_eq!(e.key, "default_agent");
     }
 
     #[test]
     fn e2b_provider_needs_the_key_from_the_environment() {
-        let e = Settings::from_layers(None, &env(&[("FLEET_SANDBOX__PROVIDER", "e2b")])).unwrap_err();
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_SANDBOX__PROVIDER", "e2b")])).unwrap_err();
         assert_eq!(e.key, "sandbox.provider");
         let s = Settings::from_layers(
             None,
-            &env(&[("FLEET_SANDBOX__PROVIDER", "e2b"), ("E2B_API_KEY", "e2b_00")]),
+            &env(&[
+                ("FLEET_SANDBOX__PROVIDER", "e2b"),
+                ("E2B_API_KEY", "e2b_00"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.sandbox.e2b.api_key.unwrap().expose(), "e2b_00");

@@ -51,7 +51,7 @@ impl FromStr for JobId {
 }
 
 /// Which queue a job travels on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueKind {
     Research,
@@ -94,14 +94,28 @@ pub struct ResearchJob {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LifecycleJob {
     /// Create a sandbox for `agent` (a profile), set it up, and add it to the pool.
-    Launch { agent: String, persistent: bool },
-    Pause { agent_id: String },
-    Resume { agent_id: String },
-    Terminate { agent_id: String },
+    Launch {
+        agent: String,
+        persistent: bool,
+    },
+    Pause {
+        agent_id: String,
+    },
+    Resume {
+        agent_id: String,
+    },
+    Terminate {
+        agent_id: String,
+    },
     /// Re-set-up every agent of a profile (e.g. after a push to its repository).
-    Refresh { agent: String },
+    Refresh {
+        agent: String,
+    },
     /// Grow or shrink the pool of a profile to `size` agents.
-    Scale { agent: String, size: u32 },
+    Scale {
+        agent: String,
+        size: u32,
+    },
     HealthCheck,
 }
 
@@ -209,17 +223,19 @@ impl JobSpec {
             return Err(ValidationError::new("max_attempts must be at least 1"));
         }
         if o.attempt_timeout_secs == Some(0) {
-            return Err(ValidationError::new("attempt_timeout_secs must be at least 1"));
+            return Err(ValidationError::new(
+                "attempt_timeout_secs must be at least 1",
+            ));
         }
         if o.deadline_secs == Some(0) {
             return Err(ValidationError::new("deadline_secs must be at least 1"));
         }
-        if let Some(key) = &o.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(ValidationError::new(
-                    "idempotency_key must be 1 to 256 bytes long",
-                ));
-            }
+        if let Some(key) = &o.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(ValidationError::new(
+                "idempotency_key must be 1 to 256 bytes long",
+            ));
         }
         Ok(())
     }
@@ -300,7 +316,9 @@ mod tests {
 
     #[test]
     fn empty_query_is_refused() {
-        let err = JobSpec::research("   ", "demo").validate(&limits()).unwrap_err();
+        let err = JobSpec::research("   ", "demo")
+            .validate(&limits())
+            .unwrap_err();
         assert_eq!(err.message, "the query is empty");
     }
 
@@ -315,7 +333,9 @@ mod tests {
 
     #[test]
     fn unknown_agent_is_refused_with_the_known_ones() {
-        let err = JobSpec::research("q", "nope").validate(&limits()).unwrap_err();
+        let err = JobSpec::research("q", "nope")
+            .validate(&limits())
+            .unwrap_err();
         assert!(err.message.contains("\"nope\""), "{err}");
         assert!(err.message.contains("demo"), "{err}");
     }

@@ -55,7 +55,8 @@ pub trait AgentRuntime: Send + Sync + 'static {
 
     /// Prepare a freshly created sandbox: put the agent's files in place and run
     /// its setup commands.
-    async fn setup(&self, provider: &dyn SandboxProvider, sandbox_id: &str) -> Result<(), JobError>;
+    async fn setup(&self, provider: &dyn SandboxProvider, sandbox_id: &str)
+    -> Result<(), JobError>;
 
     /// Run one query to its answer.
     async fn run(

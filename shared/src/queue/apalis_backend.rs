@@ -1,0 +1,498 @@
+//! The queue as an apalis 1.0 backend: [`RedisBackend`] feeds a `WorkerBuilder`, and
+//! its middleware, [`AttemptLayer`], settles every attempt through the fenced scripts.
+//!
+//! ```text
+//!  fetcher task ──(leases, ≤ free slots)──► channel ──poll_next──► apalis worker
+//!     │ blocks in BZPOPMIN when idle                                   │
+//!     │                                       AttemptLayer (backend middleware)
+//!     │                                         └─ user layers (tracing, catch_panic)
+//!     │                                              └─ handler: the job's own logic
+//!     └─ a slot (semaphore permit) per leased job, freed when the attempt is settled
+//! ```
+//!
+//! The backend never returns an error to apalis: Redis faults are retried inside, so
+//! a Redis restart does not kill the worker (apalis-redis 1.0.0's defect #8). Jobs that
+//! cannot be decoded are dead-lettered with the reason and never reach the handler.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::RandomId;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::attempt::{AbortReason, AttemptContext};
+use super::backoff::retry_delay;
+use super::lease_keeper::LeaseKeeper;
+use super::{AttemptRecord, Fenced, Lease, RedisQueue, Settlement};
+use crate::error::{ErrorClass, JobError};
+use crate::job::Job;
+use crate::time::now_ms;
+
+/// How long an idle fetcher blocks before looking again (also bounded by the next
+/// delayed job's due time).
+const IDLE_BLOCK: Duration = Duration::from_secs(5);
+/// The most jobs one fetch leases.
+const MAX_FETCH: usize = 64;
+/// Extra time an attempt gets past its timeout before the layer gives up on it (the
+/// runtime should have killed the work at the timeout already).
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
+/// The handler's answer: JSON stored as the job's output.
+pub type JobOutput = serde_json::Value;
+
+/// What a task carries into the middleware and handler besides the job.
+#[derive(Clone)]
+pub struct Slot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// The apalis backend of one queue.
+pub struct RedisBackend {
+    queue: RedisQueue,
+    keeper: Arc<LeaseKeeper>,
+    rx: mpsc::Receiver<Task<Job>>,
+    stop: CancellationToken,
+    fetcher: Option<JoinHandle<()>>,
+    closing: Option<JoinHandle<()>>,
+}
+
+impl RedisBackend {
+    /// Start fetching for `worker` with at most `concurrency` jobs leased at once.
+    /// Cancelling `stop` stops fetching; the worker then drains and ends.
+    pub fn start(
+        queue: RedisQueue,
+        keeper: Arc<LeaseKeeper>,
+        worker: &str,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> RedisBackend {
+        let (tx, rx) = mpsc::channel(concurrency.max(1));
+        let fetcher = tokio::spawn(fetch_loop(
+            queue.clone(),
+            keeper.clone(),
+            Arc::from(worker),
+            Arc::new(Semaphore::new(concurrency.max(1))),
+            tx,
+            stop.clone(),
+        ));
+        RedisBackend {
+            queue,
+            keeper,
+            rx,
+            stop,
+            fetcher: Some(fetcher),
+            closing: None,
+        }
+    }
+}
+
+async fn fetch_loop(
+    queue: RedisQueue,
+    keeper: Arc<LeaseKeeper>,
+    worker: Arc<str>,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Task<Job>>,
+    stop: CancellationToken,
+) {
+    let mut blocking = None;
+    let policy = queue.config().policy.clone();
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("slots never close"),
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_FETCH {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let fetched = tokio::select! {
+            _ = stop.cancelled() => return,
+            f = queue.fetch(&worker, permits.len()) => f,
+        };
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed; retrying");
+                drop(permits);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+        };
+        if fetched.leases.is_empty() {
+            drop(permits);
+            let block = match fetched.next_due_ms {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_BLOCK),
+                None => IDLE_BLOCK,
+            };
+            if block.is_zero() {
+                continue;
+            }
+            if blocking.is_none() {
+                blocking = queue.blocking_connection(IDLE_BLOCK).await.ok();
+            }
+            let waited = match blocking.as_mut() {
+                Some(conn) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = queue.wait_for_work(conn, block) => r,
+                },
+                None => Err(super::QueueError::Corrupt("no blocking connection".into())),
+            };
+            if let Err(e) = waited {
+                tracing::debug!(error = %e, "blocking wait failed; reconnecting");
+                blocking = None;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            continue;
+        }
+        for lease in fetched.leases {
+            let permit = permits.pop().expect("a slot per lease");
+            let job = match lease.decode() {
+                Ok(job) => job,
+                Err(reason) => {
+                    tracing::error!(job_id = %lease.id, %reason, "dead-lettering an undecodable job");
+                    let record = AttemptRecord {
+                        attempt: lease.attempt,
+                        worker: worker.to_string(),
+                        started_at: lease.leased_at_ms,
+                        ended_at: now_ms(),
+                        outcome: ErrorClass::Permanent.as_str().into(),
+                        error: Some(reason.clone()),
+                        ..Default::default()
+                    };
+                    let error = json!({"class": "permanent", "message": reason});
+                    if let Err(e) = queue.fail(&lease, Settlement::Dead, &error, &record).await {
+                        tracing::error!(error = %e, "could not dead-letter the job; its lease will expire and it will be retried");
+                    }
+                    continue;
+                }
+            };
+            let attempt_timeout = Duration::from_secs(
+                job.spec
+                    .options
+                    .attempt_timeout_secs
+                    .unwrap_or(policy.attempt_timeout_secs),
+            );
+            let abort = keeper.hold(&lease);
+            let ctx = AttemptContext {
+                lease: Arc::new(lease),
+                abort,
+                attempt_timeout,
+                worker: worker.clone(),
+            };
+            let task_id = TaskId::from_string(job.id.to_string());
+            let mut task = TaskBuilder::new(job).task_id(task_id).build();
+            task.inject_data(ctx.clone());
+            task.inject_data(Slot(Arc::new(permit)));
+            if tx.send(task).await.is_err() {
+                // The worker is gone: hand the job back at once.
+                release(&queue, &keeper, &ctx).await;
+            }
+        }
+    }
+}
+
+async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext) {
+    let record = AttemptRecord {
+        attempt: ctx.lease.attempt,
+        worker: ctx.worker.to_string(),
+        outcome: "released".into(),
+        ..Default::default()
+    };
+    if let Err(e) = queue
+        .fail(&ctx.lease, Settlement::Release, &json!(null), &record)
+        .await
+    {
+        tracing::warn!(job_id = %ctx.lease.id, error = %e, "could not release the job; it runs again when its lease expires");
+    }
+    keeper.release(&ctx.lease.id);
+}
+
+impl Backend for RedisBackend {
+    type Task = Task<Job>;
+    type Error = std::convert::Infallible;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|t| t.map(Ok))
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            self.stop.cancel();
+            let fetcher = self.fetcher.take();
+            let (_, closed) = mpsc::channel(1);
+            let mut rx = std::mem::replace(&mut self.rx, closed);
+            let queue = self.queue.clone();
+            let keeper = self.keeper.clone();
+            self.closing = Some(tokio::spawn(async move {
+                if let Some(f) = fetcher {
+                    let _ = f.await;
+                }
+                // Leased but never started: hand back without counting an attempt.
+                while let Some(task) = rx.recv().await {
+                    if let Some(ctx) = task.data().get::<AttemptContext>() {
+                        release(&queue, &keeper, ctx).await;
+                    }
+                }
+            }));
+        }
+        match self.closing.as_mut().expect("set above").poll_unpin(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl BackendConfig for RedisBackend {
+    type Args = Job;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = AttemptLayer;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        AttemptLayer {
+            queue: self.queue.clone(),
+            keeper: self.keeper.clone(),
+        }
+    }
+}
+
+/// Middleware that settles each attempt: result written under the fencing token, or
+/// the failure classified and retried, dead-lettered, cancelled or released.
+#[derive(Clone)]
+pub struct AttemptLayer {
+    queue: RedisQueue,
+    keeper: Arc<LeaseKeeper>,
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = AttemptService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AttemptService {
+            inner,
+            queue: self.queue.clone(),
+            keeper: self.keeper.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AttemptService<S> {
+    inner: S,
+    queue: RedisQueue,
+    keeper: Arc<LeaseKeeper>,
+}
+
+impl<S, E> Service<Task<Job>> for AttemptService<S>
+where
+    S: Service<Task<Job>, Response = JobOutput, Error = E>,
+    S::Future: Send + 'static,
+    E: Into<BoxDynError>,
+{
+    type Response = ();
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<Job>) -> Self::Future {
+        let Some(ctx) = task.data().get::<AttemptContext>().cloned() else {
+            return Box::pin(async { Err("task without an attempt context".into()) });
+        };
+        let slot = task.data().get::<Slot>().cloned();
+        let queue = self.queue.clone();
+        let keeper = self.keeper.clone();
+        let started_at = now_ms();
+        let deadline = ctx.lease.deadline_at_ms;
+        let run: BoxFuture<'static, Result<JobOutput, JobError>> =
+            if deadline != 0 && started_at > deadline {
+                Box::pin(async {
+                    Err(JobError::permanent(
+                        "deadline passed before the attempt could start",
+                    ))
+                })
+            } else {
+                let fut = self.inner.call(task);
+                let limit = ctx.attempt_timeout + TIMEOUT_GRACE;
+                Box::pin(async move {
+                    match tokio::time::timeout(limit, fut).await {
+                        Ok(Ok(output)) => Ok(output),
+                        Ok(Err(e)) => Err(to_job_error(e.into())),
+                        Err(_) => Err(JobError::timeout(format!(
+                            "attempt still running {}s after its timeout; abandoned",
+                            TIMEOUT_GRACE.as_secs()
+                        ))),
+                    }
+                })
+            };
+        Box::pin(async move {
+            let outcome = run.await;
+            settle(&queue, &ctx, outcome, started_at).await;
+            keeper.release(&ctx.lease.id);
+            drop(slot);
+            Ok(())
+        })
+    }
+}
+
+/// The handler's error as a classified job error. Errors that are not `JobError`s
+/// (a panic caught by `catch_panic`, a missing extractor) are bugs: permanent.
+fn to_job_error(err: BoxDynError) -> JobError {
+    match err.downcast::<JobError>() {
+        Ok(e) => *e,
+        Err(other) => JobError::permanent(format!("worker error: {other}")),
+    }
+}
+
+/// Decide and write the outcome of one attempt.
+async fn settle(
+    queue: &RedisQueue,
+    ctx: &AttemptContext,
+    outcome: Result<JobOutput, JobError>,
+    started_at: u64,
+) {
+    let lease = &ctx.lease;
+    let ended_at = now_ms();
+    let mut record = AttemptRecord {
+        attempt: lease.attempt,
+        worker: ctx.worker.to_string(),
+        started_at,
+        ended_at,
+        ..Default::default()
+    };
+    if let Ok(output) = &outcome {
+        for (field, slot) in [
+            ("agent_id", &mut record.agent_id),
+            ("sandbox_id", &mut record.sandbox_id),
+        ] {
+            *slot = output
+                .get(field)
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+        }
+    }
+    let reason = ctx.abort.reason();
+    if reason == Some(AbortReason::LeaseLost) {
+        tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");
+        return;
+    }
+    let written = match outcome {
+        Ok(output) => {
+            record.outcome = "succeeded".into();
+            let result = json!({
+                "output": output,
+                "attempts": lease.attempt,
+                "worker": ctx.worker.as_ref(),
+                "created_at": lease.created_at_ms,
+                "started_at": started_at,
+                "finished_at": ended_at,
+                "queued_ms": lease.leased_at_ms.saturating_sub(lease.created_at_ms),
+                "run_ms": ended_at.saturating_sub(started_at),
+                "total_ms": ended_at.saturating_sub(lease.created_at_ms),
+            });
+            queue.complete(lease, &result.to_string(), &record).await
+        }
+        Err(err) => {
+            let settlement = decide(queue, lease, &err, reason, ended_at);
+            record.outcome = match settlement {
+                Settlement::Release => "released".into(),
+                _ => err.class.as_str().into(),
+            };
+            record.error = Some(err.message.clone());
+            if let Settlement::Retry { delay } = settlement {
+                record.retry_in_ms = Some(delay.as_millis() as u64);
+            }
+            let message = match settlement {
+                Settlement::Dead if err.class.is_retryable() => format!(
+                    "{} (gave up after attempt {} of {})",
+                    err.message, lease.attempt, lease.max_attempts
+                ),
+                _ => err.message.clone(),
+            };
+            let error = json!({"class": err.class, "message": message, "attempt": lease.attempt});
+            tracing::info!(job_id = %lease.id, attempt = lease.attempt, class = %err.class, settlement = ?settlement, error = %err.message, "attempt failed");
+            queue.fail(lease, settlement, &error, &record).await
+        }
+    };
+    match written {
+        Ok(Fenced::Accepted) => {}
+        Ok(Fenced::Stale) => {
+            tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "outcome refused: this attempt's lease was lost (fencing token is stale)")
+        }
+        Err(e) => {
+            tracing::error!(job_id = %lease.id, error = %e, "could not record the outcome; the job runs again when its lease expires")
+        }
+    }
+}
+
+fn decide(
+    queue: &RedisQueue,
+    lease: &Lease,
+    err: &JobError,
+    reason: Option<AbortReason>,
+    now: u64,
+) -> Settlement {
+    if reason == Some(AbortReason::Shutdown) {
+        return Settlement::Release;
+    }
+    if reason == Some(AbortReason::Cancelled) || err.class == ErrorClass::Cancelled {
+        return Settlement::Cancelled;
+    }
+    if !err.class.is_retryable() || lease.attempt >= lease.max_attempts {
+        return Settlement::Dead;
+    }
+    let delay = if err.class == ErrorClass::SandboxLost {
+        // Another agent can take it at once; the lost sandbox is not coming back.
+        err.retry_after.unwrap_or_default()
+    } else {
+        retry_delay(&queue.config().policy, lease.attempt, err.retry_after)
+    };
+    if lease.deadline_at_ms != 0 && now + delay.as_millis() as u64 > lease.deadline_at_ms {
+        return Settlement::Dead;
+    }
+    Settlement::Retry { delay }
+}

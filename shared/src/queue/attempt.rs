@@ -1,0 +1,78 @@
+//! What a running attempt knows about itself: its lease, its limits, and a signal
+//! that tells it to stop — because its job was cancelled, because its lease was lost
+//! (another worker now owns the job), or because the worker is shutting down.
+//! Handlers get it as `Data<AttemptContext>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Lease;
+
+/// Why an attempt was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// `fleet cancel`: kill the work, end the job `cancelled`.
+    Cancelled,
+    /// The lease was reclaimed: another attempt owns the job; this one's writes are refused.
+    LeaseLost,
+    /// The drain timeout passed: hand the job back to the queue, attempt not counted.
+    Shutdown,
+}
+
+impl AbortReason {
+    fn code(self) -> u8 {
+        match self {
+            AbortReason::Cancelled => 1,
+            AbortReason::LeaseLost => 2,
+            AbortReason::Shutdown => 3,
+        }
+    }
+    fn from_code(code: u8) -> Option<AbortReason> {
+        match code {
+            1 => Some(AbortReason::Cancelled),
+            2 => Some(AbortReason::LeaseLost),
+            3 => Some(AbortReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// The stop signal of one attempt: a cancellation token plus the first reason given.
+#[derive(Debug, Clone, Default)]
+pub struct AbortSignal {
+    token: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+impl AbortSignal {
+    /// Stop the attempt; the first reason given sticks.
+    pub fn abort(&self, reason: AbortReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.code(), Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<AbortReason> {
+        AbortReason::from_code(self.reason.load(Ordering::SeqCst))
+    }
+
+    /// Cancelled when the attempt must stop; give it to the work (e.g. `RunOptions::cancel`).
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// One attempt's context, injected into each task.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    pub lease: Arc<Lease>,
+    pub abort: AbortSignal,
+    /// The attempt's time limit (the job's option, else the queue's policy).
+    pub attempt_timeout: Duration,
+    /// The worker's name (for attempt records and sandbox tags).
+    pub worker: Arc<str>,
+}

@@ -1,0 +1,79 @@
+//! The Redis key map of one queue. Every key starts with `<key_prefix>:{<queue>}:`;
+//! the braces are a Redis Cluster hash tag, so one queue lives in one slot and each
+//! Lua script touches keys of one slot only.
+//!
+//! | key                        | type   | holds                                              |
+//! |----------------------------|--------|----------------------------------------------------|
+//! | `…:wait`                   | LIST   | ready job IDs (LPUSH in, RPOP out: FIFO)           |
+//! | `…:active`                 | ZSET   | running job ID → lease expiry (ms)                 |
+//! | `…:delayed`                | ZSET   | job ID → run_at (ms): retries and scheduled jobs   |
+//! | `…:dead`                   | ZSET   | dead-lettered job ID → when (ms)                   |
+//! | `…:marker`                 | ZSET   | one member; wakes a worker blocked in BZPOPMIN     |
+//! | `…:token`                  | STRING | fencing-token counter                              |
+//! | `…:job:<id>`               | HASH   | the job: spec, status, attempts, lease, result     |
+//! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
+//! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
+//! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
+//! | `…:done` (channel)         | PUBSUB | job IDs as they reach an end state                 |
+//! | `…:cancel` (channel)       | PUBSUB | job IDs whose cancellation was requested           |
+
+use crate::job::QueueKind;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `<key_prefix>:{<queue>}:`, passed to every script.
+    pub prefix: String,
+    pub wait: String,
+    pub active: String,
+    pub delayed: String,
+    pub dead: String,
+    pub marker: String,
+    pub token: String,
+    pub done_channel: String,
+    pub cancel_channel: String,
+}
+
+impl Keys {
+    pub fn new(key_prefix: &str, queue: QueueKind) -> Keys {
+        let prefix = format!("{key_prefix}:{{{}}}:", queue.as_str());
+        let k = |name: &str| format!("{prefix}{name}");
+        Keys {
+            wait: k("wait"),
+            active: k("active"),
+            delayed: k("delayed"),
+            dead: k("dead"),
+            marker: k("marker"),
+            token: k("token"),
+            done_channel: k("done"),
+            cancel_channel: k("cancel"),
+            prefix,
+        }
+    }
+
+    pub fn job(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    pub fn attempts(&self, id: &str) -> String {
+        format!("{}attempts:{id}", self.prefix)
+    }
+
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}batch:{id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let k = Keys::new("fleet", QueueKind::Research);
+        assert_eq!(k.wait, "fleet:{research}:wait");
+        assert_eq!(k.job("abc"), "fleet:{research}:job:abc");
+        for key in [&k.wait, &k.active, &k.delayed, &k.dead, &k.marker, &k.token] {
+            assert!(key.contains("{research}"));
+        }
+    }
+}

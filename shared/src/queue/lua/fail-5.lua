@@ -1,0 +1,54 @@
+-- fail: settle an attempt that did not succeed, as the worker decided:
+--   retry      -> `retrying`, due again after the backoff delay (delayed set)
+--   dead       -> `dead`, in the dead-letter set with the reason; kept until retried or purged
+--   cancelled  -> `cancelled`; ends the job
+--   release    -> back to the front of the ready list at once, the attempt not counted
+--                 (graceful shutdown handing unfinished work back)
+-- Fenced like complete: a stale attempt's call is refused.
+--
+-- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead
+--
+-- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] token, ARGV[4] now (ms), ARGV[5] decision,
+-- ARGV[6] delay (ms), ARGV[7] error JSON, ARGV[8] attempt record JSON, ARGV[9] result TTL (ms)
+--
+-- Returns 1 done, 2 already done by this token, 0 refused (stale).
+local prefix = ARGV[1]
+local id = ARGV[2]
+local jk = job_key(prefix, id)
+local fence = check_fence(jk, ARGV[3])
+if fence == 'settled' then
+  return 2
+elseif fence ~= 'ok' then
+  return 0
+end
+local now = tonumber(ARGV[4])
+local decision = ARGV[5]
+redis.call('ZREM', KEYS[1], id)
+redis.call('HSET', jk, 'settled', ARGV[3])
+redis.call('HDEL', jk, 'lease_until')
+if decision ~= 'release' then
+  redis.call('HSET', jk, 'error', ARGV[7])
+  redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[8])
+end
+if decision == 'retry' then
+  local run_at = now + tonumber(ARGV[6])
+  set_status(prefix, jk, 'retrying')
+  redis.call('HSET', jk, 'run_at', run_at)
+  redis.call('ZADD', KEYS[3], run_at, id)
+  redis.call('ZADD', KEYS[4], 0, '0')
+elseif decision == 'release' then
+  redis.call('HINCRBY', jk, 'attempts', -1)
+  set_status(prefix, jk, 'queued')
+  redis.call('RPUSH', KEYS[2], id)
+  redis.call('ZADD', KEYS[4], 0, '0')
+elseif decision == 'dead' then
+  set_status(prefix, jk, 'dead')
+  redis.call('HSET', jk, 'finished_at', now)
+  redis.call('ZADD', KEYS[5], now, id)
+  redis.call('PUBLISH', prefix .. 'done', id)
+else
+  set_status(prefix, jk, 'cancelled')
+  redis.call('HDEL', jk, 'cancel')
+  finish(prefix, jk, id, now, tonumber(ARGV[9]))
+end
+return 1

@@ -1,0 +1,29 @@
+-- purge_dead: remove jobs from the dead-letter set for good. Their records stay, with
+-- status `failed`, until the result TTL runs out, so `fleet status` still explains them.
+--
+-- KEYS[1] dead
+--
+-- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms), ARGV[4] max jobs,
+-- then job IDs (none: the oldest dead jobs, up to max)
+--
+-- Returns the number of jobs purged.
+local prefix = ARGV[1]
+local now = tonumber(ARGV[2])
+local ids = {}
+if #ARGV > 4 then
+  for i = 5, #ARGV do
+    ids[#ids + 1] = ARGV[i]
+  end
+else
+  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+end
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local jk = job_key(prefix, id)
+    set_status(prefix, jk, 'failed')
+    finish(prefix, jk, id, now, tonumber(ARGV[3]))
+    n = n + 1
+  end
+end
+return n

@@ -1,0 +1,30 @@
+-- renew_leases: extend the leases a worker holds, all in one call.
+--
+-- KEYS[1] active  ZSET job ID -> lease expiry (ms)
+--
+-- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] lease TTL (ms), then pairs: job ID, token
+--
+-- Returns one code per pair: 1 renewed, 2 renewed but cancellation was requested,
+-- 0 lost (the lease expired and was reclaimed, or the job was settled): the holder must
+-- stop the attempt, whose writes will be refused.
+local prefix = ARGV[1]
+local now = tonumber(ARGV[2])
+local lease_ms = tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local jk = job_key(prefix, id)
+  local f = redis.call('HMGET', jk, 'token', 'status', 'cancel')
+  if f[1] == ARGV[i + 1] and f[2] == 'running' and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, id)
+    redis.call('HSET', jk, 'lease_until', now + lease_ms)
+    if f[3] == '1' then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 1
+    end
+  else
+    out[#out + 1] = 0
+  end
+end
+return out

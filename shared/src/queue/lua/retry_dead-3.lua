@@ -1,0 +1,36 @@
+-- retry_dead: give dead-lettered jobs a fresh set of attempts. Their attempt history
+-- is kept (the attempts list grows); the attempt counter starts again from zero.
+--
+-- KEYS[1] dead, KEYS[2] wait, KEYS[3] marker
+--
+-- ARGV[1] prefix, ARGV[2] max jobs, then job IDs (none: the oldest dead jobs, up to max)
+--
+-- Returns the number of jobs requeued.
+local prefix = ARGV[1]
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do
+    ids[#ids + 1] = ARGV[i]
+  end
+else
+  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+end
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local jk = job_key(prefix, id)
+    if redis.call('HEXISTS', jk, 'spec') == 1 then
+      redis.call('PERSIST', jk)
+      redis.call('PERSIST', prefix .. 'attempts:' .. id)
+      redis.call('HSET', jk, 'attempts', 0)
+      redis.call('HDEL', jk, 'finished_at', 'settled')
+      set_status(prefix, jk, 'queued')
+      redis.call('LPUSH', KEYS[2], id)
+      n = n + 1
+    end
+  end
+end
+if n > 0 then
+  redis.call('ZADD', KEYS[3], 0, '0')
+end
+return n
