@@ -10,7 +10,7 @@
 //! responses), keeps the plan limits, pages through lists, and never lets the API
 //! key or an access token reach a log line.
 //!
-//! Commands run through the fake's `DirProvider` (a directory per sandbox).
+//! Commands run through the local provider (`fleet_shared::sandbox::local`) behind the fake.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -28,13 +28,13 @@ use fleet_shared::sandbox::{
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::E2bSettings;
 use fleet_tests::fake_e2b::openapi::{OpenApi, RequestParts, specs_dir};
-use fleet_tests::fake_e2b::{DirProvider, FakeE2b, NotFoundBody, RecordedRequest};
+use fleet_tests::fake_e2b::{FakeE2b, NotFoundBody, RecordedRequest};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn fake() -> FakeE2b {
-    FakeE2b::start(Arc::new(DirProvider::new().unwrap())).await
+    FakeE2b::start_local().await
 }
 
 /// A client of `fake` with fast retries; `tweak` adjusts its settings.
@@ -662,11 +662,12 @@ async fn a_missing_file_is_invalid_not_a_lost_sandbox() {
     let sb = p.create(&spec(&[])).await.unwrap();
     let e = p.read_file(&sb.id, "nope.txt").await.unwrap_err();
     assert!(matches!(e, SandboxError::Invalid(_)), "{e:?}");
-    p.write_file(&sb.id, "/abs/dir/f.bin", &[0, 1, 2, 255])
+    // Absolute paths in the sandbox's home work as in E2B.
+    p.write_file(&sb.id, "/home/user/abs/dir/f.bin", &[0, 1, 2, 255])
         .await
         .unwrap();
     assert_eq!(
-        p.read_file(&sb.id, "/abs/dir/f.bin").await.unwrap(),
+        p.read_file(&sb.id, "abs/dir/f.bin").await.unwrap(),
         [0, 1, 2, 255]
     );
 }

@@ -8,13 +8,12 @@
 //!   FLEET_SANDBOX__E2B__ENVD_URL='http://127.0.0.1:3900/envd/{id}' fleet-worker
 //! ```
 //!
-//! Commands run on this machine, one temporary directory per sandbox: it is a
-//! development tool, not a sandbox. It listens on loopback only.
+//! Commands run on this machine through the local provider, in a temporary
+//! directory: it is a development tool, not a sandbox. It listens on loopback only.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use fleet_tests::fake_e2b::{DEFAULT_API_KEY, DirProvider, FakeE2b};
+use fleet_tests::fake_e2b::{DEFAULT_API_KEY, FakeE2b, local_provider};
 
 fn usage() -> ! {
     eprintln!("usage: fake-e2b [--port PORT] [--api-key KEY]");
@@ -38,10 +37,14 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let provider = Arc::new(DirProvider::new()?);
+    // The sandboxes live in a temporary directory, deleted on exit.
+    let (provider, root) = local_provider()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let fake = FakeE2b::start_on(addr, provider, &api_key).await?;
-    println!("fake E2B listening");
+    println!(
+        "fake E2B listening (sandboxes in {})",
+        root.path().display()
+    );
     println!("  FLEET_SANDBOX__E2B__API_URL={}", fake.api_url());
     println!("  FLEET_SANDBOX__E2B__ENVD_URL={}", fake.envd_url());
     println!("  E2B_API_KEY={api_key}");

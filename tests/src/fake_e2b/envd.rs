@@ -8,6 +8,9 @@
 //! a 502 `{"sandboxId","message":"The sandbox was not found","code":502}`, and a
 //! missing or wrong `X-Access-Token` is envd's 401.
 //!
+//! Paths (`/files?path=`, `cwd`) under `/home/user` are given to the provider
+//! relative to its sandbox's home.
+//!
 //! Processes run through the provider's `exec`, which takes stdin whole; so a
 //! process started with `stdin: true` starts when `CloseStdin` arrives (envd
 //! starts it at once with a pipe). The `start` event is sent at once either way.
@@ -39,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::sweep;
 use super::faults::{NotFoundBody, StreamFault};
 use super::openapi::{OpenApi, RequestParts};
-use super::{Shared, State};
+use super::{Shared, State, provider_path};
 
 /// What a process publishes to its stream subscribers.
 #[derive(Debug, Clone)]
@@ -238,7 +241,7 @@ async fn read_file(
         Ok(p) => p,
         Err(r) => return r,
     };
-    match s.provider.read_file(&inner, &path).await {
+    match s.provider.read_file(&inner, &provider_path(&path)).await {
         Ok(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
         Err(_) => files_error(404, format!("path '{path}' does not exist")),
     }
@@ -276,7 +279,11 @@ async fn write_file(
     } else {
         return files_error(400, format!("unsupported content type {content_type:?}"));
     };
-    match s.provider.write_file(&inner, &path, &contents).await {
+    match s
+        .provider
+        .write_file(&inner, &provider_path(&path), &contents)
+        .await
+    {
         Ok(()) => {
             let name = path.rsplit('/').next().unwrap_or(&path).to_string();
             Json(json!([{"path": path, "name": name, "type": "file"}])).into_response()
@@ -559,7 +566,7 @@ async fn start(s: Arc<Shared>, id: String, headers: &HeaderMap, payload: &[u8]) 
         program: req.process.cmd,
         args: req.process.args,
         env: req.process.envs,
-        cwd: req.process.cwd,
+        cwd: req.process.cwd.as_deref().map(provider_path),
         stdin: None,
         timeout,
         max_output_bytes: 64 << 20,

@@ -11,14 +11,15 @@
 //!   `CloseStdin`, `SendSignal`, `List`), checking `X-Access-Token`. Point the
 //!   client's `envd_url` at [`FakeE2b::envd_url`].
 //!
-//! Commands and files go to the [`SandboxProvider`] the fake is given: each fake
-//! sandbox is backed by one of the provider's. Every request is recorded
+//! Commands and files go to the [`SandboxProvider`] the fake is given (by
+//! default the local provider in a temporary directory): each fake sandbox is
+//! backed by one of the provider's. Paths are shown as in E2B's templates: the
+//! home directory is `/home/user`, and relative paths start there. Every request is recorded
 //! ([`RecordedRequest`]); [`Faults`] switch on failures at runtime; [`Counters`]
 //! tell what happened (created, killed, running, paused, the most running at once,
 //! and when each create or resume arrived).
 
 mod control;
-mod dir_provider;
 mod envd;
 mod faults;
 pub mod openapi;
@@ -31,18 +32,31 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use fleet_shared::sandbox::SandboxProvider;
+use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::E2bSettings;
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use dir_provider::DirProvider;
 pub use faults::{Faults, NotFoundBody};
 pub use record::RecordedRequest;
 
 /// The API key the fake accepts unless told otherwise (E2B's format).
 pub const DEFAULT_API_KEY: &str = "e2b_f00dfeedfacecafe0123456789abcdef";
+
+/// The home directory of E2B's default user, as sandbox paths show it.
+pub const SANDBOX_HOME: &str = "/home/user";
+
+/// A sandbox path as the provider takes it: `/home/user/x` and `x` both become
+/// `x` (relative to the provider sandbox's home); other paths pass unchanged.
+pub(crate) fn provider_path(path: &str) -> String {
+    match path.strip_prefix(SANDBOX_HOME) {
+        Some("") => ".".into(),
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/').to_string(),
+        _ => path.to_string(),
+    }
+}
 
 /// What happened at the fake so far.
 #[derive(Debug, Clone, Default)]
@@ -139,9 +153,32 @@ pub struct FakeE2b {
     shared: Arc<Shared>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
+    /// The local provider's directory, when the fake made one.
+    _root: Option<tempfile::TempDir>,
+}
+
+/// A local provider in a new temporary directory (deleted with the directory).
+pub fn local_provider() -> std::io::Result<(Arc<LocalProvider>, tempfile::TempDir)> {
+    let root = tempfile::Builder::new().prefix("fake-e2b-").tempdir()?;
+    let provider = LocalProvider::new(LocalConfig {
+        root: root.path().to_path_buf(),
+        env_allowlist: vec!["PATH".into(), "LANG".into()],
+        max_output_bytes: 1 << 20,
+        extra_path: Vec::new(),
+    });
+    Ok((Arc::new(provider), root))
 }
 
 impl FakeE2b {
+    /// Serve on a free loopback port, accepting [`DEFAULT_API_KEY`], running
+    /// commands with the local provider in a temporary directory.
+    pub async fn start_local() -> FakeE2b {
+        let (provider, root) = local_provider().expect("temporary directory");
+        let mut fake = Self::start(provider).await;
+        fake._root = Some(root);
+        fake
+    }
+
     /// Serve on a free loopback port, accepting [`DEFAULT_API_KEY`].
     pub async fn start(provider: Arc<dyn SandboxProvider>) -> FakeE2b {
         Self::start_on("127.0.0.1:0".parse().unwrap(), provider, DEFAULT_API_KEY)
@@ -183,6 +220,7 @@ impl FakeE2b {
             shared,
             stop,
             server,
+            _root: None,
         })
     }
 
@@ -346,6 +384,15 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn e2b_home_paths_map_into_the_provider_home() {
+        assert_eq!(provider_path("/home/user/a/b.txt"), "a/b.txt");
+        assert_eq!(provider_path("/home/user"), ".");
+        assert_eq!(provider_path("a/b.txt"), "a/b.txt");
+        assert_eq!(provider_path("/home/username/x"), "/home/username/x");
+        assert_eq!(provider_path("/etc/passwd"), "/etc/passwd");
     }
 
     #[test]
