@@ -914,6 +914,19 @@ async fn connect_to_an_unknown_or_expired_sandbox_is_not_found() {
     let listed = p.list(&ListFilter::default()).await.unwrap();
     assert_eq!(listed[0].state, SandboxState::Paused);
     assert_eq!(p.running_sandboxes(), 0);
+
+    // One killed on expiry frees its slot once a full list no longer shows it.
+    let sb = p.create(&spec(&[])).await.unwrap();
+    assert_eq!(p.running_sandboxes(), 1);
+    fake.expire(&sb.id);
+    assert!(
+        p.list(&ListFilter::default())
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.id != sb.id)
+    );
+    assert_eq!(p.running_sandboxes(), 0);
 }
 
 #[tokio::test]

@@ -141,6 +141,11 @@ impl PlanLimits {
         }
     }
 
+    /// The IDs held now.
+    pub fn held(&self) -> HashSet<String> {
+        self.state.lock().unwrap().running.clone()
+    }
+
     pub fn running(&self) -> usize {
         self.state.lock().unwrap().running.len()
     }

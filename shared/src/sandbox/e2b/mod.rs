@@ -421,6 +421,9 @@ impl SandboxProvider for E2bProvider {
             states,
             metadata: filter.metadata.clone(),
         };
+        // Held before the list was asked for: only these can be judged by it (a
+        // sandbox created meanwhile may be missing from the answer).
+        let held_before = self.limits.held();
         let listed = self.list_all(&query).await?;
 
         // What E2B says corrects our slot count: paused sandboxes (auto-paused on
@@ -437,7 +440,8 @@ impl SandboxProvider for E2bProvider {
         if filter.metadata.is_empty()
             && (filter.states.is_empty() || filter.states.contains(&SandboxState::Running))
         {
-            self.limits.retain(|id| running.contains(id));
+            self.limits
+                .retain(|id| !held_before.contains(id) || running.contains(id));
         }
 
         let wanted =
