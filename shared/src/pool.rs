@@ -581,7 +581,7 @@ impl AgentPool {
                 .get(META_AGENT_ID)
                 .cloned()
                 .unwrap_or_default();
-            if worker == self.worker || (worker != self.worker && is_live_worker(&worker)) {
+            if worker == self.worker || is_live_worker(&worker) {
                 continue;
             }
             if persistent
