@@ -423,3 +423,48 @@ async fn max_attempts_is_honoured() {
             .contains("attempt 3 of 3")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
+    let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
+    fleet.start_worker("doomed");
+    let ids = fleet.queue.enqueue_many(specs(8), Some("b")).await.unwrap();
+    fleet
+        .wait_batch_final("b", 8, Duration::from_secs(60))
+        .await;
+    let sandboxes = fleet.path("sandboxes");
+    let count = || {
+        std::fs::read_dir(&sandboxes)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(count() > 0, "the pool kept warm agents");
+    fleet.workers[0].kill9();
+    assert!(count() > 0, "a killed worker cannot clean up after itself");
+    // Once the dead worker's announcement expires (3 lease TTLs), a new worker
+    // reconciles at start: the strays are killed.
+    let mut conn = fleet.redis.conn();
+    let key = fleet.queue.keys().worker("doomed");
+    fleet
+        .eventually(
+            "the dead worker's announcement to expire",
+            Duration::from_secs(30),
+            || {
+                let gone = !redis::Commands::exists::<_, bool>(&mut conn, &key).unwrap();
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+    fleet.start_worker("heir");
+    fleet
+        .eventually("strays killed", Duration::from_secs(30), || async {
+            (count() == 0).then_some(())
+        })
+        .await;
+    for id in &ids {
+        assert_eq!(
+            fleet.record(&id.to_string()).await.status,
+            JobStatus::Succeeded
+        );
+    }
+}

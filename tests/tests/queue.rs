@@ -310,6 +310,11 @@ async fn cancelling_a_queued_job_means_it_never_runs() {
         q.job_record(&id.to_string()).await.unwrap().unwrap().status,
         JobStatus::Cancelled
     );
+    assert_eq!(
+        q.cancel(&id).await.unwrap(),
+        fleet_shared::queue::CancelOutcome::AlreadyEnded("cancelled".into()),
+        "a second cancel changes nothing and says so"
+    );
     let missing = fleet_shared::job::JobId::new();
     assert_eq!(
         q.cancel(&missing).await.unwrap(),

@@ -116,13 +116,13 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         queues.insert(kind, queue);
     }
 
-    let executor = Arc::new(Executor::new(
-        pool.clone(),
-        queues[&QueueKind::Research].clone(),
-    ));
-    if let Err(e) = pool.reconcile(|_| true).await {
-        tracing::warn!(error = %e, "could not list sandboxes to reconcile");
-    }
+    let research_queue = queues[&QueueKind::Research].clone();
+    keepers[&QueueKind::Research].announce_worker(&worker);
+    research_queue
+        .announce_worker(&worker, lease_ttl * 3)
+        .await?;
+    let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
+    reconcile(&pool, &research_queue).await;
     let http =
         crate::http::serve(&settings.worker.http_addr, executor.clone(), stop.clone()).await?;
 
@@ -131,15 +131,18 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         keepers.values().cloned().collect(),
         Duration::from_secs(settings.worker.drain_timeout_secs),
     );
-    let idle_pauser = {
+    let maintenance = {
         let pool = pool.clone();
         let stop = stop.clone();
+        let queue = research_queue.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut idle = tokio::time::interval(Duration::from_secs(5));
+            let mut strays = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => pool.pause_idle().await,
+                    _ = idle.tick() => pool.pause_idle().await,
+                    _ = strays.tick() => reconcile(&pool, &queue).await,
                 }
             }
         })
@@ -218,13 +221,58 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         .run_with_signal(signal)
         .await
         .context("apalis monitor")?;
-    idle_pauser.abort();
+    maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
     pool.shutdown().await;
     drop(keepers);
     let _ = http.await;
     tracing::info!(stats = ?pool.stats(), "worker stopped");
     Ok(())
+}
+
+/// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
+async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
+    use fleet_shared::pool::META_WORKER;
+    use fleet_shared::sandbox::{ListFilter, META_OWNER};
+    let mut filter = ListFilter::default();
+    filter
+        .metadata
+        .insert(META_OWNER.into(), fleet_shared::pool::OWNER.into());
+    let owners: Vec<String> = match pool.provider().list(&filter).await {
+        Ok(found) => {
+            let mut v: Vec<String> = found
+                .iter()
+                .filter_map(|s| s.metadata.get(META_WORKER).cloned())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list sandboxes to reconcile");
+            return;
+        }
+    };
+    let live = match queue.live_workers(&owners).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check which workers are alive");
+            return;
+        }
+    };
+    let live: std::collections::HashSet<&String> = owners
+        .iter()
+        .zip(live)
+        .filter_map(|(w, alive)| alive.then_some(w))
+        .collect();
+    match pool.reconcile(|w| live.contains(&w.to_string())).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            sandboxes = n,
+            "reconciled sandboxes left by workers that are gone"
+        ),
+        Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+    }
 }
 
 async fn open_until_reachable(
