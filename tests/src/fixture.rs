@@ -55,7 +55,9 @@ query_via = "stdin"
             repo = agent_repo.display(),
         );
         std::fs::write(&config, &text).unwrap();
-        let settings = Settings::from_layers(Some(&text), &[]).expect("fixture config is valid");
+        // A placeholder key, so that configs choosing the e2b provider validate.
+        let env = [("E2B_API_KEY".to_string(), "e2b_fixture".to_string())];
+        let settings = Settings::from_layers(Some(&text), &env).expect("fixture config is valid");
         let queue = queue(&settings, QueueKind::Research).await;
         Fleet {
             redis,
@@ -72,7 +74,11 @@ query_via = "stdin"
     }
 
     pub fn start_worker(&mut self, name: &str) -> usize {
-        let w = WorkerProcess::start(&self.config, name, &[], self.dir.path());
+        self.start_worker_with_env(name, &[])
+    }
+
+    pub fn start_worker_with_env(&mut self, name: &str, env: &[(&str, String)]) -> usize {
+        let w = WorkerProcess::start(&self.config, name, env, self.dir.path());
         self.workers.push(w);
         self.workers.len() - 1
     }

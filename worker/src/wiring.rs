@@ -16,6 +16,7 @@ use fleet_shared::queue::{QueueConfig, RedisQueue};
 use fleet_shared::runtime::AgentRuntime;
 use fleet_shared::runtime::command::CommandRuntime;
 use fleet_shared::sandbox::SandboxProvider;
+use fleet_shared::sandbox::e2b::E2bProvider;
 use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::{ProviderKind, RuntimeKind, Settings};
@@ -45,7 +46,10 @@ pub fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProv
             }
             Arc::new(LocalProvider::new(config))
         }
-        ProviderKind::E2b => anyhow::bail!("the e2b provider is not wired in yet"),
+        ProviderKind::E2b => Arc::new(
+            E2bProvider::new(&settings.sandbox.e2b)
+                .map_err(|e| anyhow::anyhow!("sandbox.e2b: {e}"))?,
+        ),
     })
 }
 
