@@ -147,3 +147,68 @@ fn submitted_query_is_answered_and_read_back_by_job_id() {
     assert!(result["output"]["sandbox_id"].as_str().is_some());
     assert!(result["run_ms"].as_u64().is_some());
 }
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((code, body))
+}
+
+#[test]
+fn worker_serves_health_readiness_and_metrics() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = fleet_tests::redis_server::free_port();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nhttp_addr = \"127.0.0.1:{port}\"\n[sandbox.local]\nroot = \"{}\"\n",
+            dir.path().join("sandboxes").display()
+        ),
+    )
+    .unwrap();
+    let mut e = env(&redis);
+    // The fixture clears the address by default; this test wants the server.
+    e.push(("FLEET_WORKER__HTTP_ADDR", format!("127.0.0.1:{port}")));
+    let mut worker = WorkerProcess::start(&config, "http", &e, dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        if let Some(r) = http_get(port, "/healthz") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /healthz: {}",
+            worker.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 200);
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert_eq!(metrics.0, 200);
+    for name in [
+        "fleet_attempts_started_total",
+        "fleet_queue_ready",
+        "fleet_pool_agents",
+    ] {
+        assert!(
+            metrics.1.contains(name),
+            "{name} missing from /metrics:\n{}",
+            metrics.1
+        );
+    }
+    worker.sigterm();
+    assert_eq!(worker.wait(), Some(0));
+}

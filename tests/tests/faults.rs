@@ -474,3 +474,57 @@ async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempt_timeout_kills_the_agent_and_is_retried_as_a_timeout() {
+    let mut fleet = Fleet::start(r#"echo $$ >> {dir}/pids; exec sleep 300"#, FAST_RECOVERY).await;
+    fleet.start_worker("w1");
+    let mut spec = JobSpec::research("hangs", "test");
+    spec.options.attempt_timeout_secs = Some(1);
+    spec.options.max_attempts = Some(2);
+    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(60))
+        .await;
+    assert_eq!(r.attempts, 2);
+    assert!(r.history.iter().all(|h| h.outcome == "timeout"), "{r:?}");
+    for h in &r.history {
+        let took = h.ended_at - h.started_at;
+        assert!(
+            took < 10_000,
+            "the attempt ended at its 1 s timeout, not at the agent's end: {took} ms"
+        );
+    }
+    let pids = std::fs::read_to_string(fleet.path("pids")).unwrap();
+    for pid in pids.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        assert!(
+            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
+            "agent {pid} still runs after its attempt timed out"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_its_deadline_is_dead_lettered_instead_of_retried() {
+    let extra = FAST_RECOVERY
+        .replace("backoff_base_ms = 50", "backoff_base_ms = 3000")
+        .replace("backoff_cap_ms = 200", "backoff_cap_ms = 3000");
+    let mut fleet = Fleet::start(r#"echo "flaky" >&2; exit 75"#, &extra).await;
+    fleet.start_worker("w1");
+    let mut spec = JobSpec::research("in a hurry", "test");
+    spec.options.deadline_secs = Some(1);
+    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    assert!(
+        r.attempts < 10,
+        "max_attempts was not what stopped it: {r:?}"
+    );
+    let finished = r.finished_at.unwrap();
+    assert!(
+        finished - r.created_at < 10_000,
+        "it ended near its deadline: {r:?}"
+    );
+}

@@ -447,9 +447,18 @@ async fn settle(
                 record.retry_in_ms = Some(delay.as_millis() as u64);
             }
             let message = match settlement {
+                Settlement::Dead
+                    if err.class.is_retryable() && lease.attempt >= lease.max_attempts =>
+                {
+                    format!(
+                        "{} (gave up after attempt {} of {})",
+                        err.message, lease.attempt, lease.max_attempts
+                    )
+                }
                 Settlement::Dead if err.class.is_retryable() => format!(
-                    "{} (gave up after attempt {} of {})",
-                    err.message, lease.attempt, lease.max_attempts
+                    "{} (not retried: the job's deadline would pass before attempt {})",
+                    err.message,
+                    lease.attempt + 1
                 ),
                 _ => err.message.clone(),
             };
