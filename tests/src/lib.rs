@@ -1,7 +1,11 @@
 //! Test support for dexter-fleet's integration tests (in `tests/tests/`) and
-//! benchmarks: a real `redis-server` per test, and (in `fake_e2b`) a fake E2B
-//! server that follows E2B's published specs and injects faults.
+//! benchmarks: a real `redis-server` per test, settings and queue helpers, and (in
+//! `fake_e2b`) a fake E2B server that follows E2B's published specs and injects faults.
 
+pub mod fake_e2b;
+pub mod fixture;
+pub mod harness;
+pub mod processes;
 pub mod redis_server;
 
 pub use redis_server::RedisServer;

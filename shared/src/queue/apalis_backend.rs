@@ -23,7 +23,9 @@ use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::RandomId;
+use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -199,7 +201,8 @@ async fn fetch_loop(
                 attempt_timeout,
                 worker: worker.clone(),
             };
-            let mut task = Task::new(job);
+            let task_id = TaskId::from_string(job.id.to_string());
+            let mut task = TaskBuilder::new(job).task_id(task_id).build();
             task.inject_data(ctx.clone());
             task.inject_data(Slot(Arc::new(permit)));
             if tx.send(task).await.is_err() {
@@ -444,9 +447,18 @@ async fn settle(
                 record.retry_in_ms = Some(delay.as_millis() as u64);
             }
             let message = match settlement {
+                Settlement::Dead
+                    if err.class.is_retryable() && lease.attempt >= lease.max_attempts =>
+                {
+                    format!(
+                        "{} (gave up after attempt {} of {})",
+                        err.message, lease.attempt, lease.max_attempts
+                    )
+                }
                 Settlement::Dead if err.class.is_retryable() => format!(
-                    "{} (gave up after attempt {} of {})",
-                    err.message, lease.attempt, lease.max_attempts
+                    "{} (not retried: the job's deadline would pass before attempt {})",
+                    err.message,
+                    lease.attempt + 1
                 ),
                 _ => err.message.clone(),
             };

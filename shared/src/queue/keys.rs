@@ -14,6 +14,7 @@
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
+//! | `…:worker:<name>`          | STRING | a live worker (expires 3 lease TTLs after its last beat) |
 //! | `…:done` (channel)         | PUBSUB | job IDs as they reach an end state                 |
 //! | `…:cancel` (channel)       | PUBSUB | job IDs whose cancellation was requested           |
 
@@ -56,6 +57,10 @@ impl Keys {
 
     pub fn attempts(&self, id: &str) -> String {
         format!("{}attempts:{id}", self.prefix)
+    }
+
+    pub fn worker(&self, name: &str) -> String {
+        format!("{}worker:{name}", self.prefix)
     }
 
     pub fn batch(&self, id: &str) -> String {

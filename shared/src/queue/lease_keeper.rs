@@ -30,6 +30,7 @@ struct Held {
 /// Handle to the keeper thread of one queue.
 pub struct LeaseKeeper {
     held: Arc<Mutex<HashMap<String, Held>>>,
+    announced: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -49,10 +50,12 @@ impl LeaseKeeper {
         timings: KeeperTimings,
     ) -> LeaseKeeper {
         let held: Arc<Mutex<HashMap<String, Held>>> = Arc::default();
+        let announced: Arc<Mutex<Option<String>>> = Arc::default();
         let stop = CancellationToken::new();
         config.give_up_after = None;
         let thread = {
             let held = held.clone();
+            let announced = announced.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("lease-keeper-{}", config.kind))
@@ -61,15 +64,22 @@ impl LeaseKeeper {
                         .enable_all()
                         .build()
                         .expect("lease keeper runtime");
-                    runtime.block_on(keeper_main(redis, config, timings, held, stop));
+                    runtime.block_on(keeper_main(redis, config, timings, held, announced, stop));
                 })
                 .expect("spawn lease keeper thread")
         };
         LeaseKeeper {
             held,
+            announced,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// From now on, also announce worker `name` as alive at every renewal tick (the
+    /// pool's reconcile tells live workers' sandboxes from strays by it).
+    pub fn announce_worker(&self, name: &str) {
+        *self.announced.lock().unwrap() = Some(name.to_string());
     }
 
     /// Start renewing `lease`; returns the attempt's stop signal.
@@ -129,6 +139,7 @@ async fn keeper_main(
     config: QueueConfig,
     timings: KeeperTimings,
     held: Arc<Mutex<HashMap<String, Held>>>,
+    announced: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 ) {
     let queue = loop {
@@ -156,7 +167,15 @@ async fn keeper_main(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = renew.tick() => renew_all(&queue, &held, timings.renew_every).await,
+            _ = renew.tick() => {
+                let name = announced.lock().unwrap().clone();
+                if let Some(name) = name
+                    && let Err(e) = queue.announce_worker(&name, config.lease_ttl * 3).await
+                {
+                    tracing::warn!(error = %e, "could not announce this worker as alive");
+                }
+                renew_all(&queue, &held, timings.renew_every).await
+            }
             _ = reclaim.tick() => {
                 match queue.reclaim_expired(100).await {
                     Ok(0) => {}

@@ -586,7 +586,9 @@ impl RedisQueue {
             "cancelled" => CancelOutcome::Cancelled,
             "cancelling" => CancelOutcome::Cancelling,
             "missing" => CancelOutcome::NotFound,
-            other => CancelOutcome::AlreadyEnded(other.to_string()),
+            other => CancelOutcome::AlreadyEnded(
+                other.strip_prefix("ended:").unwrap_or(other).to_string(),
+            ),
         })
     }
 
@@ -677,6 +679,40 @@ impl RedisQueue {
             delayed,
             dead,
         })
+    }
+
+    /// Announce that worker `name` is alive for `ttl` (refreshed by its lease keeper).
+    pub async fn announce_worker(&self, name: &str, ttl: Duration) -> Result<(), QueueError> {
+        self.retrying("announce_worker", || {
+            let mut conn = self.conn.clone();
+            let key = self.keys.worker(name);
+            async move {
+                conn.set_options::<_, _, ()>(
+                    key,
+                    crate::time::now_ms(),
+                    redis::SetOptions::default()
+                        .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64)),
+                )
+                .await
+            }
+        })
+        .await
+    }
+
+    /// Workers whose announcement has not expired, among `names`.
+    pub async fn live_workers(&self, names: &[String]) -> Result<Vec<bool>, QueueError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.retrying("live_workers", || {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            for n in names {
+                pipe.exists(self.keys.worker(n));
+            }
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
     }
 
     /// Block until work may be ready (the marker is set), at most `timeout`, on a

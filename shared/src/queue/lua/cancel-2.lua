@@ -7,7 +7,8 @@
 --
 -- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] now (ms), ARGV[4] result TTL (ms)
 --
--- Returns 'cancelled', 'cancelling', 'missing', or the job's (end) status unchanged.
+-- Returns 'cancelled', 'cancelling', 'missing', or 'ended:<status>' for a job that had
+-- already ended (nothing changes).
 local prefix = ARGV[1]
 local id = ARGV[2]
 local jk = job_key(prefix, id)
@@ -28,4 +29,4 @@ elseif status == 'running' then
   redis.call('PUBLISH', prefix .. 'cancel', id)
   return 'cancelling'
 end
-return status
+return 'ended:' .. status

@@ -21,7 +21,8 @@ local now = tonumber(ARGV[4])
 redis.call('ZREM', KEYS[1], id)
 set_status(prefix, jk, 'succeeded')
 redis.call('HSET', jk, 'result', ARGV[5], 'settled', ARGV[3])
-redis.call('HDEL', jk, 'cancel', 'lease_until')
+-- earlier attempts' errors stay in the attempt history, not on a succeeded job
+redis.call('HDEL', jk, 'cancel', 'lease_until', 'error')
 redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[6])
 finish(prefix, jk, id, now, tonumber(ARGV[7]))
 return 1

@@ -1,0 +1,499 @@
+//! The command line of `fleet`, defined once with clap derive.
+//!
+//! The help text is the documentation: `fleet --help` (exit codes, configuration),
+//! `fleet <command> --help`. Nothing here talks to Redis; `commands` does the work.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+Submit research queries to dexter-fleet and follow them: one query (`submit`) or a \
+file of them (`batch`), their status and answers, the dead-letter queue, cancellation, \
+and agent lifecycle jobs. Workers (`fleet-worker`) run the jobs; `fleet demo` starts \
+everything on this machine.
+
+Humans get readable text; with --json every command prints one JSON document on \
+stdout for scripts. Errors and progress go to stderr.";
+
+const AFTER_LONG_HELP: &str = "\
+Exit codes:
+  0    success
+  1    a job did not succeed (it ended dead, cancelled or failed), a request was only
+       partly applied (e.g. `dead retry` of a job that is not dead), or another error
+  2    usage or input error: bad arguments, bad configuration (the message names the
+       key), an invalid query or batch line, a malformed or unknown job ID, a missing file
+  3    Redis is unreachable or failed; or `fleet demo` could not start redis-server or
+       fleet-worker, or a worker exited early
+  4    the job has not ended yet (`result` without --wait, or --timeout ran out)
+  130  interrupted (Ctrl-C)
+
+Configuration, later wins: config/default.toml (built in); --config FILE or FLEET_CONFIG;
+FLEET_<SECTION>__<KEY> environment variables (e.g. FLEET_REDIS__URL, read from .env too);
+--redis-url.
+
+Examples:
+  fleet submit \"What was ACME's revenue in 2023?\" --wait
+  echo 'Compare Globex and Initech margins' | fleet submit - --meta team=research
+  fleet batch queries.txt --wait
+  fleet status 01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f
+  fleet dead list
+  fleet demo";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet",
+    version,
+    about = "Submit research jobs to dexter-fleet and follow them",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+)]
+pub struct Cli {
+    /// Settings file layered over the built-in defaults
+    #[arg(long, global = true, value_name = "FILE", env = "FLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print one JSON document on stdout, for scripts (errors stay on stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Redis to use; overrides `redis.url` from the settings (and FLEET_REDIS__URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit one research query; prints its job ID
+    Submit(SubmitArgs),
+    /// Submit a file of queries as one batch; prints the batch ID and count
+    Batch(BatchArgs),
+    /// Show a job's status, attempts, timings, last error and attempt history
+    Status(IdArg),
+    /// Print a job's answer (exit 1 if it ended without one, 4 if it has not ended)
+    Result(ResultArgs),
+    /// Show the depths of the research and lifecycle queues
+    Jobs,
+    /// List, inspect, retry and purge dead-lettered jobs
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Cancel a job: at once if it has not started, else its worker stops it
+    Cancel(IdArg),
+    /// Launch, pause, resume and terminate agents (jobs on the lifecycle queue)
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Grow or shrink agent pools (jobs on the lifecycle queue)
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+    /// Quickstart: Redis, a worker and the demo agent answering sample questions
+    #[command(long_about = DEMO_LONG_ABOUT)]
+    Demo(DemoArgs),
+}
+
+const DEMO_LONG_ABOUT: &str = "\
+Quickstart, no API key needed:
+  1. use Redis at the configured URL if it answers PING; else start `redis-server` on a
+     free port with its data under .fleet/redis/ (AOF on), stopped at the end;
+  2. start `fleet-worker` (found next to this executable, else on PATH) with its log
+     under .fleet/demo/, its HTTP server off, and that executable's directory first on
+     its PATH (so `fleet-demo-agent` beside it is found);
+  3. submit the queries file as one batch to the `demo` agent and show progress;
+  4. print each question with its answer;
+  5. stop the worker with SIGTERM and wait for it, then the Redis it started.
+Ctrl-C stops it in the same order. Exits 0 only if every job succeeded.";
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// The job ID (a UUID, as printed by `submit`)
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The question; `-` reads it from stdin
+    pub query: String,
+
+    /// Agent profile that answers it (a key of [agents.*]; default: `default_agent`)
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+
+    /// Attempts in all before the job is dead-lettered (default: queue.research.max_attempts)
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// Kill each attempt after this many seconds (default: queue.research.attempt_timeout_secs)
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+
+    /// The whole job must end within this many seconds of submission, or it is dead-lettered
+    #[arg(long, value_name = "SECS")]
+    pub deadline: Option<u64>,
+
+    /// Submitting the same key again (within queue.idempotency_ttl_secs) returns the first job's ID
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    /// A label returned with the result, KEY=VALUE; repeatable
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+
+    /// Wait for the job to end and print its answer
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// One query per line, or JSON Lines with per-job options; `-` reads stdin
+    #[arg(long_help = "\
+One query per line, or JSON Lines with per-job options (`-` reads stdin):
+
+  What was ACME's revenue in 2023?
+  {\"query\": \"Compare Globex and Initech margins\", \"agent\": \"demo\", \"max_attempts\": 5}
+
+JSON fields: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs,
+deadline_secs, idempotency_key, metadata. Blank lines are skipped. One bad line refuses
+the whole batch (the error names the line); nothing is enqueued then.")]
+    pub file: String,
+
+    /// Agent profile for lines that name none (default: `default_agent`)
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+
+    /// Show progress until every job ended, then each answer or error in file order
+    /// (exit 1 if any job did not succeed)
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: no progress bar
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// The job ID (a UUID, as printed by `submit`)
+    pub id: String,
+
+    /// Wait for the job to end if it has not
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Wait at most this many seconds (implies --wait); exit 4 if it has not ended by then
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead-lettered jobs of both queues, oldest first
+    List {
+        /// Show at most this many
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Show a dead job's full record, with each attempt's outcome, error and timings
+    Show(IdArg),
+    /// Requeue dead jobs with a fresh set of attempts (their history is kept)
+    Retry(Selection),
+    /// Remove dead jobs for good; their records stay, status `failed`, until they expire
+    Purge(Selection),
+}
+
+/// Which dead jobs: the IDs given, or all of them.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["ids", "all"])))]
+pub struct Selection {
+    /// Job IDs
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// Every dead job, in both queues
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Create a sandbox for an agent profile, set it up, add it to the pool
+    Launch {
+        /// Agent profile (default: `default_agent`)
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+
+        /// Keep it: a persistent agent, which jobs can target by its ID
+        #[arg(long)]
+        persistent: bool,
+
+        #[command(flatten)]
+        wait: WaitFlag,
+    },
+    /// Pause an agent (its sandbox keeps its state)
+    Pause(AgentIdArgs),
+    /// Resume a paused agent
+    Resume(AgentIdArgs),
+    /// Terminate an agent and its sandbox
+    Terminate(AgentIdArgs),
+    /// List agents (the worker's pool holds them; see its /metrics)
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentIdArgs {
+    /// The agent's ID
+    pub agent_id: String,
+
+    #[command(flatten)]
+    pub wait: WaitFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitFlag {
+    /// Wait for the lifecycle job to end and print its outcome
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Grow or shrink a profile's pool to N agents
+    Scale {
+        /// The pool size wanted
+        #[arg(value_name = "N")]
+        size: u32,
+
+        /// Agent profile (default: `default_agent`)
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+
+        #[command(flatten)]
+        wait: WaitFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Questions to ask, one per line (or JSON Lines, as for `batch`)
+    #[arg(long, value_name = "FILE", default_value = "agents/demo/queries.txt")]
+    pub queries: PathBuf,
+
+    /// How many `fleet-worker` processes to start
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub workers: u16,
+
+    /// No progress bar
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `KEY=VALUE`, with a non-empty key.
+pub fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn submit_takes_its_options() {
+        let cli = parse(&[
+            "submit",
+            "What was ACME's revenue?",
+            "--agent",
+            "demo",
+            "--max-attempts",
+            "5",
+            "--timeout",
+            "60",
+            "--deadline",
+            "600",
+            "--idempotency-key",
+            "k1",
+            "--meta",
+            "team=research",
+            "--meta",
+            "run=a=b",
+            "--wait",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Submit(s) = cli.command else {
+            panic!("not submit")
+        };
+        assert_eq!(s.query, "What was ACME's revenue?");
+        assert_eq!(s.agent.as_deref(), Some("demo"));
+        assert_eq!(s.max_attempts, Some(5));
+        assert_eq!(s.timeout, Some(60));
+        assert_eq!(s.deadline, Some(600));
+        assert_eq!(s.idempotency_key.as_deref(), Some("k1"));
+        assert_eq!(
+            s.meta,
+            vec![
+                ("team".to_string(), "research".to_string()),
+                ("run".to_string(), "a=b".to_string())
+            ]
+        );
+        assert!(s.wait);
+    }
+
+    #[test]
+    fn submit_accepts_dash_for_stdin() {
+        let Command::Submit(s) = parse(&["submit", "-"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.query, "-");
+    }
+
+    #[test]
+    fn meta_without_equals_is_refused() {
+        let err = parse(&["submit", "q", "--meta", "nokey"]).unwrap_err();
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        assert!(parse_meta("=v").is_err());
+        assert_eq!(parse_meta("k=").unwrap(), ("k".into(), "".into()));
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["jobs", "--redis-url", "redis://h:1", "--config", "x.toml"]).unwrap();
+        assert_eq!(cli.redis_url.as_deref(), Some("redis://h:1"));
+        assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
+        assert!(matches!(cli.command, Command::Jobs));
+    }
+
+    #[test]
+    fn batch_flags() {
+        let Command::Batch(b) = parse(&["batch", "-", "--wait", "--no-progress"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(b.file, "-");
+        assert!(b.wait && b.no_progress);
+        assert!(b.agent.is_none());
+    }
+
+    #[test]
+    fn result_timeout() {
+        let Command::Result(r) = parse(&["result", "x", "--timeout", "5"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(r.timeout, Some(5));
+        assert!(!r.wait);
+    }
+
+    #[test]
+    fn dead_retry_needs_ids_or_all_but_not_both() {
+        assert!(parse(&["dead", "retry"]).is_err());
+        assert!(parse(&["dead", "purge", "a", "--all"]).is_err());
+        let Command::Dead {
+            command: DeadCommand::Retry(sel),
+        } = parse(&["dead", "retry", "a", "b"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(sel.ids, vec!["a", "b"]);
+        assert!(!sel.all);
+        let Command::Dead {
+            command: DeadCommand::Purge(sel),
+        } = parse(&["dead", "purge", "--all"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert!(sel.all && sel.ids.is_empty());
+    }
+
+    #[test]
+    fn dead_list_limit_defaults() {
+        let Command::Dead {
+            command: DeadCommand::List { limit },
+        } = parse(&["dead", "list"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(limit, 50);
+        assert!(parse(&["dead", "list", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn agents_and_pool() {
+        let Command::Agents {
+            command:
+                AgentsCommand::Launch {
+                    agent,
+                    persistent,
+                    wait,
+                },
+        } = parse(&[
+            "agents",
+            "launch",
+            "--agent",
+            "demo",
+            "--persistent",
+            "--wait",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(agent.as_deref(), Some("demo"));
+        assert!(persistent && wait.wait);
+        let Command::Pool {
+            command: PoolCommand::Scale { size, agent, .. },
+        } = parse(&["pool", "scale", "3"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(size, 3);
+        assert!(agent.is_none());
+        assert!(parse(&["agents", "pause"]).is_err());
+        assert!(parse(&["pool", "scale", "-1"]).is_err());
+    }
+
+    #[test]
+    fn demo_defaults() {
+        let Command::Demo(d) = parse(&["demo"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(d.queries, PathBuf::from("agents/demo/queries.txt"));
+        assert_eq!(d.workers, 1);
+        assert!(parse(&["demo", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        for code in ["  0 ", "  1 ", "  2 ", "  3 ", "  4 ", "  130 "] {
+            assert!(help.contains(code), "missing {code:?} in {help}");
+        }
+    }
+}

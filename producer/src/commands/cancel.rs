@@ -1,0 +1,73 @@
+//! `fleet cancel ID`: a job that has not started ends `cancelled` at once; a running
+//! one is flagged and its worker stops it; an ended one is left as it is.
+
+use anyhow::Context as _;
+use fleet_shared::queue::CancelOutcome;
+use serde_json::json;
+
+use crate::context::{Ctx, parse_id};
+use crate::exit::{Fail, SUCCESS};
+use crate::output::{emit_json, emit_text};
+
+/// What to tell the user, and the outcome's name for `--json`.
+pub fn describe(outcome: &CancelOutcome) -> (&'static str, String) {
+    match outcome {
+        CancelOutcome::Cancelled => ("cancelled", "cancelled".into()),
+        CancelOutcome::Cancelling => (
+            "cancelling",
+            "cancelling (the worker is stopping it)".into(),
+        ),
+        CancelOutcome::AlreadyEnded(s) => ("already_ended", format!("already ended: {s}")),
+        CancelOutcome::NotFound => ("not_found", "no such job".into()),
+    }
+}
+
+pub async fn cancel(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
+    let id = parse_id(raw_id)?;
+    let queues = ctx.queues().await?;
+    let (kind, record) = queues.find(&id).await?;
+    // An ended job is left alone. (The cancel script answers an already-cancelled job
+    // with "cancelled", which would read as if this call had cancelled it.)
+    let outcome = if record.status.is_final() {
+        CancelOutcome::AlreadyEnded(record.status.to_string())
+    } else {
+        queues
+            .get(kind)
+            .cancel(&id)
+            .await
+            .with_context(|| format!("cancelling job {id}"))?
+    };
+    if outcome == CancelOutcome::NotFound {
+        return Err(Fail::usage(format!("no job with ID {id} (its record just expired)")).into());
+    }
+    let (name, text) = describe(&outcome);
+    if ctx.json {
+        let status = match &outcome {
+            CancelOutcome::AlreadyEnded(s) => Some(s.as_str()),
+            _ => None,
+        };
+        emit_json(&json!({"id": id, "queue": kind.as_str(), "outcome": name, "status": status}))?;
+    } else {
+        emit_text(&text)?;
+    }
+    Ok(SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_read_as_specified() {
+        assert_eq!(describe(&CancelOutcome::Cancelled).1, "cancelled");
+        assert_eq!(
+            describe(&CancelOutcome::Cancelling).1,
+            "cancelling (the worker is stopping it)"
+        );
+        let (name, text) = describe(&CancelOutcome::AlreadyEnded("succeeded".into()));
+        assert_eq!(
+            (name, text.as_str()),
+            ("already_ended", "already ended: succeeded")
+        );
+    }
+}

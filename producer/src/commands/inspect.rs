@@ -1,0 +1,78 @@
+//! `fleet status` and `fleet result`: find a job (research queue, then lifecycle) and
+//! show where it is, or its answer. `report_final` is shared with `submit --wait` and
+//! the lifecycle commands' `--wait`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleet_shared::job::QueueKind;
+use fleet_shared::results::{JobRecord, JobStatus};
+use fleet_shared::time::now_ms;
+
+use crate::cli::ResultArgs;
+use crate::context::{Ctx, parse_id};
+use crate::exit::{FAILED, NOT_ENDED, SUCCESS};
+use crate::output::{answer_text, emit_json, emit_text, error_text, record_json, render_status};
+
+pub async fn status(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
+    let id = parse_id(raw_id)?;
+    let (kind, record) = ctx.queues().await?.find(&id).await?;
+    if ctx.json {
+        emit_json(&record_json(kind, &record))?;
+    } else {
+        emit_text(&render_status(kind, &record, now_ms()))?;
+    }
+    Ok(SUCCESS)
+}
+
+pub async fn result(ctx: &Ctx, args: ResultArgs) -> anyhow::Result<u8> {
+    let id = parse_id(&args.id)?;
+    let queues = ctx.queues().await?;
+    let (kind, record) = queues.find(&id).await?;
+    let wait = args.wait || args.timeout.is_some();
+    let key = id.to_string();
+    let record = if wait && !record.status.is_final() {
+        queues
+            .get(kind)
+            .wait_for_final(&key, args.timeout.map(Duration::from_secs))
+            .await
+            .with_context(|| format!("waiting for job {key}"))?
+    } else {
+        Some(record)
+    };
+    report_final(ctx, kind, &key, record)
+}
+
+/// Print how a job ended and return the exit code: its answer (0); its error (1); or
+/// that it has not ended (4). With `--json`, the whole record in every case.
+pub fn report_final(
+    ctx: &Ctx,
+    kind: QueueKind,
+    id: &str,
+    record: Option<JobRecord>,
+) -> anyhow::Result<u8> {
+    let Some(record) = record else {
+        anyhow::bail!("the record of job {id} disappeared while waiting (it expired)");
+    };
+    let code = match record.status {
+        JobStatus::Succeeded => SUCCESS,
+        s if s.is_final() => FAILED,
+        _ => NOT_ENDED,
+    };
+    if ctx.json {
+        emit_json(&record_json(kind, &record))?;
+        return Ok(code);
+    }
+    match code {
+        SUCCESS => {
+            let answer = record.result.as_ref().map(answer_text).unwrap_or_default();
+            emit_text(&answer)?;
+        }
+        FAILED => eprintln!("job {id} ended {}", error_text(&record)),
+        _ => eprintln!(
+            "job {id} has not ended: it is {} (attempt {} of {}); `fleet result --wait {id}` waits for it",
+            record.status, record.attempts, record.max_attempts
+        ),
+    }
+    Ok(code)
+}

@@ -1,0 +1,114 @@
+//! `fleet submit`: validate one query at the edge, enqueue it on the research queue,
+//! print its job ID; with `--wait`, then wait and print the answer like `fleet result`.
+
+use anyhow::Context as _;
+use fleet_shared::job::{JobOptions, JobSpec, QueueKind};
+use serde_json::json;
+
+use crate::cli::SubmitArgs;
+use crate::commands::inspect::report_final;
+use crate::context::{Ctx, read_input};
+use crate::exit::{Fail, SUCCESS};
+use crate::output::{emit_json, emit_text};
+
+/// The job spec the arguments describe (`query` already read from stdin for `-`).
+pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpec {
+    let mut spec = JobSpec::research(query, agent);
+    spec.options = JobOptions {
+        max_attempts: args.max_attempts,
+        attempt_timeout_secs: args.timeout,
+        deadline_secs: args.deadline,
+        idempotency_key: args.idempotency_key.clone(),
+        batch_id: None,
+        metadata: args.meta.iter().cloned().collect(),
+    };
+    spec
+}
+
+/// The query from stdin: UTF-8, without the trailing newline `echo` adds.
+pub fn query_from_stdin(bytes: Vec<u8>) -> Result<String, Fail> {
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| Fail::usage("the query on stdin is not valid UTF-8"))?;
+    while text.ends_with('\n') || text.ends_with('\r') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<u8> {
+    let query = if args.query == "-" {
+        query_from_stdin(read_input("-")?)?
+    } else {
+        args.query.clone()
+    };
+    let spec = spec_from_args(&args, query, ctx.agent(args.agent.as_deref()));
+    spec.validate(&ctx.settings.limits())
+        .map_err(|e| Fail::usage(format!("invalid job: {e}")))?;
+    let queue = &ctx.queues().await?.research;
+    let (id, existing) = queue.enqueue(spec).await.context("submitting the job")?;
+    if existing {
+        eprintln!("note: the idempotency key was used before; this is that job");
+    }
+    if !args.wait {
+        if ctx.json {
+            emit_json(&json!({"id": id, "existing": existing, "queue": "research"}))?;
+        } else {
+            emit_text(&id.to_string())?;
+        }
+        return Ok(SUCCESS);
+    }
+    if !ctx.json {
+        emit_text(&id.to_string())?;
+    }
+    let id = id.to_string();
+    let record = queue
+        .wait_for_final(&id, None)
+        .await
+        .with_context(|| format!("waiting for job {id}"))?;
+    report_final(ctx, QueueKind::Research, &id, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn args_become_options() {
+        let cli = Cli::try_parse_from([
+            "fleet",
+            "submit",
+            "q",
+            "--timeout",
+            "30",
+            "--meta",
+            "a=1",
+            "--max-attempts",
+            "2",
+        ])
+        .unwrap();
+        let Command::Submit(args) = cli.command else {
+            panic!()
+        };
+        let spec = spec_from_args(&args, "q".into(), "demo".into());
+        assert_eq!(spec.options.attempt_timeout_secs, Some(30));
+        assert_eq!(spec.options.max_attempts, Some(2));
+        assert_eq!(
+            spec.options.metadata.get("a").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(spec.options.deadline_secs, None);
+        assert_eq!(spec.queue(), QueueKind::Research);
+    }
+
+    #[test]
+    fn stdin_query_loses_its_newline_only() {
+        assert_eq!(
+            query_from_stdin(b"  what?\r\n".to_vec()).unwrap(),
+            "  what?"
+        );
+        assert_eq!(query_from_stdin(b"a\nb\n".to_vec()).unwrap(), "a\nb");
+        assert!(query_from_stdin(vec![0xff]).is_err());
+    }
+}

@@ -1,1 +1,0 @@
-//! The E2B sandbox provider (being written).

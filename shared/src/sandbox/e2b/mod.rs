@@ -1,0 +1,563 @@
+//! The E2B sandbox provider: sandboxes in E2B's cloud, driven through E2B's
+//! control-plane REST API ([`control`]) and the envd daemon inside each sandbox
+//! ([`envd`], over the Connect protocol: [`connect`]).
+//!
+//! Built to E2B's published specs (`tests/specs/e2b/`) and tested against a fake
+//! server that follows them (`fleet_tests::fake_e2b`). What it guarantees:
+//!
+//! - Passing failures (5xx, 409, 429, network errors and timeouts) of idempotent
+//!   control-plane calls and of create are retried with exponential backoff and
+//!   jitter, `request_attempts` tries in all, waiting at least `Retry-After`.
+//!   A create that failed ambiguously (timeout, 5xx) may have created a sandbox
+//!   anyway; each create is tagged with a one-off ID ([`META_CREATE_ID`]) and any
+//!   such orphan is killed.
+//! - The plan limits are kept on our side (see `limits.rs`): at the concurrency cap
+//!   or the create rate, `create` and a resuming `connect` wait up to
+//!   `request_timeout_secs` and then fail with `LimitReached`.
+//! - The API key and the sandboxes' envd access tokens never reach logs, error
+//!   messages or `Debug` output: they are [`Secret`]s, sent as sensitive header
+//!   values, and kept in memory only (re-fetched with `GET /sandboxes/{id}` when
+//!   unknown, e.g. after a worker restart).
+//!
+//! Error mapping: 404 → `NotFound`; 409 → `Conflict`; 429 → `RateLimited` (with
+//! `Retry-After`); envd's 502 "sandbox not found" → `NotFound` (the sandbox is
+//! lost); other 5xx and transport failures → `Unavailable`; other 4xx → `Invalid`.
+//! A missing file is `Invalid`, not `NotFound`: the sandbox is fine.
+
+pub mod connect;
+pub mod control;
+pub mod envd;
+mod exec;
+mod http;
+mod limits;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use self::control::{ApiSandboxState, ControlPlane, ListQuery, NewSandbox, Sandbox, api_seconds};
+use self::envd::{EnvdClient, Target};
+use self::http::RetryPolicy;
+use self::limits::PlanLimits;
+use crate::sandbox::{
+    ExecControl, ExecOutput, ExecRequest, ListFilter, SandboxError, SandboxInfo, SandboxProvider,
+    SandboxSpec, SandboxState,
+};
+use crate::secret::Secret;
+use crate::settings::E2bSettings;
+
+/// Metadata key holding a one-off ID per `create` call, so that a sandbox created
+/// by an attempt whose answer was lost can be found and killed. It is not shown
+/// in the [`SandboxInfo`] this provider returns.
+pub const META_CREATE_ID: &str = "dexter-fleet-create-id";
+
+/// At most this many list pages are read, so a server that never stops handing
+/// out `X-Next-Token` cannot loop us forever (100 per page: 100,000 sandboxes).
+const MAX_LIST_PAGES: usize = 1000;
+
+/// What envd needs for one sandbox, learnt from create, connect or get.
+#[derive(Clone)]
+struct Access {
+    token: Option<Secret>,
+    domain: Option<String>,
+}
+
+/// The E2B provider. One per worker process: its plan limits count the sandboxes
+/// this instance created or resumed.
+pub struct E2bProvider {
+    settings: E2bSettings,
+    control: ControlPlane,
+    envd: EnvdClient,
+    limits: Arc<PlanLimits>,
+    retry: RetryPolicy,
+    access: Mutex<HashMap<String, Access>>,
+}
+
+impl fmt::Debug for E2bProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("E2bProvider")
+            .field("api", &self.settings.api_base())
+            .field("template", &self.settings.template)
+            .field("running", &self.limits.running())
+            .field(
+                "max_concurrent_sandboxes",
+                &self.settings.max_concurrent_sandboxes,
+            )
+            .field("creates_per_second", &self.settings.creates_per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+impl E2bProvider {
+    /// A provider for the account whose key is `settings.api_key`.
+    pub fn new(settings: &E2bSettings) -> Result<Self, SandboxError> {
+        let api_key = settings
+            .api_key
+            .as_ref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| SandboxError::Invalid("E2B_API_KEY is not set".into()))?;
+        let timeout = Duration::from_secs(settings.request_timeout_secs.max(1));
+        Ok(Self {
+            control: ControlPlane::new(settings.api_base(), api_key, timeout)?,
+            envd: EnvdClient::new(timeout)?,
+            limits: PlanLimits::new(
+                settings.max_concurrent_sandboxes,
+                settings.creates_per_second,
+                timeout,
+            ),
+            retry: RetryPolicy::new(settings.request_attempts),
+            access: Mutex::new(HashMap::new()),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Change the retry backoff (default 250 ms doubling to 10 s, with jitter).
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry.min_delay = min;
+        self.retry.max_delay = max.max(min);
+        self
+    }
+
+    /// Change how long `create`/`connect` wait at a plan limit before
+    /// `LimitReached` (default: `request_timeout_secs`).
+    pub fn with_limit_wait(self, wait: Duration) -> Self {
+        self.limits.set_wait(wait);
+        self
+    }
+
+    /// Sandboxes this provider holds as running (counted against the cap).
+    pub fn running_sandboxes(&self) -> usize {
+        self.limits.running()
+    }
+
+    fn remember(&self, s: &Sandbox) {
+        self.access.lock().unwrap().insert(
+            s.sandbox_id.clone(),
+            Access {
+                token: s.envd_access_token.clone(),
+                domain: s.domain.clone(),
+            },
+        );
+    }
+
+    /// The sandbox is gone or paused: free its slot and forget its token (a
+    /// later call learns its state from `GET /sandboxes/{id}`).
+    fn forget(&self, id: &str) {
+        self.limits.release(id);
+        self.access.lock().unwrap().remove(id);
+    }
+
+    /// Release the slot and forget the sandbox when `r` says it is gone.
+    fn note<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, SandboxError> {
+        if let Err(SandboxError::NotFound(_)) = &r {
+            self.forget(id);
+        }
+        r
+    }
+
+    /// Where the sandbox's envd is, fetching its access token when unknown.
+    async fn target(&self, id: &str) -> Result<Target, SandboxError> {
+        let known = self.access.lock().unwrap().get(id).cloned();
+        let access = match known {
+            Some(a) => a,
+            None => {
+                let detail =
+                    self.note(id, self.retry.run("get", id, || self.control.get(id)).await)?;
+                if detail.state == ApiSandboxState::Paused {
+                    self.limits.release(id);
+                    return Err(SandboxError::Conflict(format!(
+                        "sandbox {id} is paused; connect to resume it"
+                    )));
+                }
+                let a = Access {
+                    token: detail.envd_access_token,
+                    domain: detail.domain,
+                };
+                self.access
+                    .lock()
+                    .unwrap()
+                    .insert(id.to_string(), a.clone());
+                a
+            }
+        };
+        Target::new(
+            id,
+            self.settings.envd_base(id, access.domain.as_deref()),
+            access.token.as_ref(),
+        )
+    }
+
+    /// Kill every sandbox tagged with `create_id` except `keep`: the leftovers of
+    /// create attempts whose answers were lost. Best effort.
+    async fn remove_orphans(&self, create_id: &str, keep: Option<&str>) {
+        let query = ListQuery {
+            states: vec![],
+            metadata: BTreeMap::from([(META_CREATE_ID.to_string(), create_id.to_string())]),
+        };
+        let found = match self.list_all(&query).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(call = "create", error = %e, "could not look for sandboxes left by failed create attempts");
+                return;
+            }
+        };
+        for s in found {
+            if Some(s.sandbox_id.as_str()) == keep
+                || s.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(META_CREATE_ID))
+                    .map(String::as_str)
+                    != Some(create_id)
+            {
+                continue;
+            }
+            tracing::warn!(sandbox = %s.sandbox_id, call = "create", "killing sandbox left by a failed create attempt");
+            if let Err(e) = self
+                .retry
+                .run("kill", &s.sandbox_id, || self.control.kill(&s.sandbox_id))
+                .await
+            {
+                tracing::warn!(sandbox = %s.sandbox_id, call = "kill", error = %e, "could not kill orphan sandbox");
+            }
+        }
+    }
+
+    async fn list_all(
+        &self,
+        query: &ListQuery,
+    ) -> Result<Vec<control::ListedSandbox>, SandboxError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let (page, next) = self
+                .retry
+                .run("list", "-", || {
+                    self.control.list_page(query, token.as_deref())
+                })
+                .await?;
+            all.extend(page);
+            match next {
+                None => return Ok(all),
+                Some(n) if token.as_deref() == Some(n.as_str()) => {
+                    return Err(SandboxError::Unavailable(
+                        "list: the server repeated the same X-Next-Token".into(),
+                    ));
+                }
+                Some(n) => token = Some(n),
+            }
+        }
+        Err(SandboxError::Unavailable(format!(
+            "list: more than {MAX_LIST_PAGES} pages"
+        )))
+    }
+}
+
+/// IDs go into URL paths: refuse anything but E2B's alphabet (lowercase
+/// alphanumerics, and `-` in legacy composite IDs) so no ID can alter a path.
+fn check_id(id: &str) -> Result<(), SandboxError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::Invalid(format!(
+            "not an E2B sandbox ID: {id:?}"
+        )))
+    }
+}
+
+fn without_create_id(mut m: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.remove(META_CREATE_ID);
+    m
+}
+
+#[async_trait]
+impl SandboxProvider for E2bProvider {
+    fn name(&self) -> &'static str {
+        "e2b"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, SandboxError> {
+        let template = if spec.template.is_empty() {
+            self.settings.template.as_str()
+        } else {
+            spec.template.as_str()
+        };
+        let create_id = uuid::Uuid::now_v7().to_string();
+        let mut metadata = spec.metadata.clone();
+        metadata.insert(META_CREATE_ID.to_string(), create_id.clone());
+        let body = NewSandbox {
+            template_id: template,
+            timeout: api_seconds(spec.timeout),
+            auto_pause: spec.auto_pause,
+            secure: true,
+            metadata: &metadata,
+            env_vars: &spec.env,
+        };
+        let slot = self.limits.reserve().await?;
+        let ambiguous = AtomicBool::new(false);
+        let result = self
+            .retry
+            .run("create", "-", || async {
+                self.limits.start_turn().await?;
+                let r = self.control.create(&body).await;
+                if let Err(SandboxError::Unavailable(_)) = &r {
+                    // A timeout or a 5xx: the sandbox may exist even so.
+                    ambiguous.store(true, Ordering::SeqCst);
+                }
+                r
+            })
+            .await;
+        if ambiguous.load(Ordering::SeqCst) {
+            let keep = result.as_ref().ok().map(|s| s.sandbox_id.as_str());
+            self.remove_orphans(&create_id, keep).await;
+        }
+        let sandbox = result?;
+        slot.commit(&sandbox.sandbox_id);
+        self.remember(&sandbox);
+        tracing::info!(sandbox = %sandbox.sandbox_id, call = "create", template, envd = %sandbox.envd_version, "sandbox created");
+        Ok(SandboxInfo {
+            id: sandbox.sandbox_id,
+            state: SandboxState::Running,
+            template: template.to_string(),
+            metadata: spec.metadata.clone(),
+        })
+    }
+
+    async fn connect(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, SandboxError> {
+        check_id(id)?;
+        let secs = api_seconds(timeout);
+        // A sandbox we hold as running only has its TTL extended; anything else may
+        // be resumed, which takes a slot and a create turn.
+        let slot = if self.limits.is_running(id) {
+            None
+        } else {
+            Some(self.limits.reserve().await?)
+        };
+        let needs_turn = slot.is_some();
+        let result = self
+            .retry
+            .run("connect", id, || async {
+                if needs_turn {
+                    self.limits.start_turn().await?;
+                }
+                self.control.connect(id, secs).await
+            })
+            .await;
+        let (sandbox, resumed) = self.note(id, result)?;
+        if let Some(slot) = slot {
+            slot.commit(id);
+        }
+        self.remember(&sandbox);
+        tracing::info!(sandbox = %id, call = "connect", resumed, "sandbox connected");
+        // `Sandbox` carries no metadata: fetch it. The sandbox is running either way,
+        // so a failure here only costs the metadata.
+        let metadata = match self.retry.run("get", id, || self.control.get(id)).await {
+            Ok(d) => without_create_id(d.metadata.unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, call = "get", error = %e, "connected, but metadata unavailable");
+                BTreeMap::new()
+            }
+        };
+        Ok(SandboxInfo {
+            id: id.to_string(),
+            state: SandboxState::Running,
+            template: sandbox.alias.unwrap_or(sandbox.template_id),
+            metadata,
+        })
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), SandboxError> {
+        check_id(id)?;
+        let newly = self.note(
+            id,
+            self.retry.run("pause", id, || self.control.pause(id)).await,
+        )?;
+        // envd of a paused sandbox answers 502 "not found", which would read as
+        // "lost"; forgetting it makes `exec` ask the control plane and say "paused".
+        self.forget(id);
+        tracing::info!(sandbox = %id, call = "pause", already_paused = !newly, "sandbox paused");
+        Ok(())
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), SandboxError> {
+        check_id(id)?;
+        let existed = self.retry.run("kill", id, || self.control.kill(id)).await?;
+        self.forget(id);
+        tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed");
+        Ok(())
+    }
+
+    async fn set_timeout(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        check_id(id)?;
+        let secs = api_seconds(timeout);
+        let r = self
+            .retry
+            .run("set_timeout", id, || self.control.set_timeout(id, secs))
+            .await;
+        self.note(id, r)?;
+        tracing::debug!(sandbox = %id, call = "set_timeout", secs, "sandbox timeout set");
+        Ok(())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SandboxInfo>, SandboxError> {
+        let mut states: Vec<&'static str> = filter
+            .states
+            .iter()
+            .map(|s| match s {
+                SandboxState::Running => "running",
+                SandboxState::Paused => "paused",
+            })
+            .collect();
+        states.sort_unstable();
+        states.dedup();
+        let query = ListQuery {
+            states,
+            metadata: filter.metadata.clone(),
+        };
+        // Held before the list was asked for: only these can be judged by it (a
+        // sandbox created meanwhile may be missing from the answer).
+        let held_before = self.limits.held();
+        let listed = self.list_all(&query).await?;
+
+        // What E2B says corrects our slot count: paused sandboxes (auto-paused on
+        // timeout) hold no slot, and an unfiltered list of running sandboxes is
+        // the whole truth about which ones do.
+        let running: HashSet<&str> = listed
+            .iter()
+            .filter(|s| s.state == ApiSandboxState::Running)
+            .map(|s| s.sandbox_id.as_str())
+            .collect();
+        for s in listed.iter().filter(|s| s.state == ApiSandboxState::Paused) {
+            self.limits.release(&s.sandbox_id);
+        }
+        if filter.metadata.is_empty()
+            && (filter.states.is_empty() || filter.states.contains(&SandboxState::Running))
+        {
+            self.limits
+                .retain(|id| !held_before.contains(id) || running.contains(id));
+        }
+
+        let wanted =
+            |state: SandboxState| filter.states.is_empty() || filter.states.contains(&state);
+        let mut out = Vec::with_capacity(listed.len());
+        for s in listed {
+            let state = match s.state {
+                ApiSandboxState::Running => SandboxState::Running,
+                ApiSandboxState::Paused => SandboxState::Paused,
+                ApiSandboxState::Other => continue,
+            };
+            let metadata = s.metadata.unwrap_or_default();
+            // Checked again here: a server that ignored the filter must not hand the
+            // pool sandboxes that are not its own.
+            if !wanted(state)
+                || !filter
+                    .metadata
+                    .iter()
+                    .all(|(k, v)| metadata.get(k) == Some(v))
+            {
+                continue;
+            }
+            out.push(SandboxInfo {
+                id: s.sandbox_id,
+                state,
+                template: s.alias.unwrap_or(s.template_id),
+                metadata: without_create_id(metadata),
+            });
+        }
+        tracing::debug!(call = "list", count = out.len(), "sandboxes listed");
+        Ok(out)
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+        control: ExecControl,
+    ) -> Result<ExecOutput, SandboxError> {
+        check_id(id)?;
+        let target = self.target(id).await?;
+        let r = exec::run(&self.envd, &target, self.retry, request, control).await;
+        if let Err(SandboxError::NotFound(_)) = &r {
+            // The edge says the sandbox is gone; forget its token (a later call
+            // re-fetches it, or learns from the control plane that it is gone).
+            self.access.lock().unwrap().remove(id);
+        }
+        r
+    }
+
+    async fn write_file(&self, id: &str, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
+        check_id(id)?;
+        let target = self.target(id).await?;
+        self.retry
+            .run("write_file", id, || {
+                self.envd.write_file(&target, path, contents)
+            })
+            .await
+    }
+
+    async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, SandboxError> {
+        check_id(id)?;
+        let target = self.target(id).await?;
+        self.retry
+            .run("read_file", id, || self.envd.read_file(&target, path))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> E2bSettings {
+        E2bSettings {
+            domain: "e2b.app".into(),
+            api_url: String::new(),
+            envd_url: String::new(),
+            template: "base".into(),
+            max_concurrent_sandboxes: 2,
+            creates_per_second: 1.0,
+            request_timeout_secs: 5,
+            request_attempts: 3,
+            api_key: Some(Secret::new("e2b_0123456789abcdef")),
+        }
+    }
+
+    #[test]
+    fn needs_an_api_key() {
+        let mut s = settings();
+        s.api_key = None;
+        assert!(matches!(
+            E2bProvider::new(&s),
+            Err(SandboxError::Invalid(_))
+        ));
+        s.api_key = Some(Secret::new(""));
+        assert!(matches!(
+            E2bProvider::new(&s),
+            Err(SandboxError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn debug_output_holds_no_key() {
+        let p = E2bProvider::new(&settings()).unwrap();
+        let d = format!("{p:?}");
+        assert!(d.contains("https://api.e2b.app"), "{d}");
+        assert!(!d.contains("0123456789abcdef"), "{d}");
+    }
+
+    #[test]
+    fn ids_that_could_change_a_path_are_refused() {
+        assert!(check_id("i4k2abcdefghijklmnopq").is_ok());
+        assert!(check_id("i4k2abc-6532622b").is_ok());
+        for bad in ["", "../x", "a/b", "a?b", "a%2F", "-x", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+}

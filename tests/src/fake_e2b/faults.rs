@@ -1,0 +1,204 @@
+//! Switchable faults of the fake E2B server. A [`Faults`] handle is shared with
+//! the running server, so a test can change them at any moment; each fault
+//! imitates something E2B (or the network to it) really does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What the control plane answers instead of doing the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlFault {
+    /// An error status (5xx) with E2B's JSON error body.
+    Status(u16),
+    /// 429 with `Retry-After: <secs>`.
+    RateLimited(u64),
+}
+
+/// How envd's edge answers for a sandbox it cannot find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFoundBody {
+    /// `{"sandboxId","message":"The sandbox was not found","code":502}`.
+    Json,
+    /// The HTML page the edge serves to browser-like clients.
+    Html,
+}
+
+#[derive(Debug)]
+struct State {
+    rng: StdRng,
+    fail_next: VecDeque<ControlFault>,
+    error_rate: f64,
+    error_status: u16,
+    delay_all: Duration,
+    delay_next: VecDeque<Duration>,
+    envd_not_found: Option<NotFoundBody>,
+    vanish_next_exec: bool,
+    cut_next_stream: bool,
+    lose_next_start: bool,
+    pause_keeps_files: bool,
+    list_page_size: Option<usize>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(0x0e2b),
+            fail_next: VecDeque::new(),
+            error_rate: 0.0,
+            error_status: 503,
+            delay_all: Duration::ZERO,
+            delay_next: VecDeque::new(),
+            envd_not_found: None,
+            vanish_next_exec: false,
+            cut_next_stream: false,
+            lose_next_start: false,
+            pause_keeps_files: true,
+            list_page_size: None,
+        }
+    }
+}
+
+/// The fault switches. Cloning gives another handle on the same switches.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Mutex<State>>);
+
+impl Faults {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    /// Back to a healthy server.
+    pub fn clear(&self) {
+        self.with(|s| *s = State::default());
+    }
+
+    /// The next `n` control-plane requests are answered `status` (e.g. 503).
+    pub fn fail_next_control(&self, n: usize, status: u16) {
+        self.with(|s| {
+            s.fail_next
+                .extend(std::iter::repeat_n(ControlFault::Status(status), n))
+        });
+    }
+
+    /// A `fraction` (0..=1) of control-plane requests, drawn at random with a
+    /// fixed seed, is answered `status`.
+    pub fn set_control_error_rate(&self, fraction: f64, status: u16) {
+        self.with(|s| {
+            s.error_rate = fraction.clamp(0.0, 1.0);
+            s.error_status = status;
+        });
+    }
+
+    /// The next `n` control-plane requests are answered 429 with `Retry-After`.
+    pub fn rate_limit_next(&self, n: usize, retry_after: Duration) {
+        self.with(|s| {
+            s.fail_next.extend(std::iter::repeat_n(
+                ControlFault::RateLimited(retry_after.as_secs().max(1)),
+                n,
+            ))
+        });
+    }
+
+    /// Every control-plane response waits `delay` after the work is done (so a
+    /// client that gives up still finds the effect, as with a slow real server).
+    pub fn set_control_delay(&self, delay: Duration) {
+        self.with(|s| s.delay_all = delay);
+    }
+
+    /// Only the next `n` control-plane responses wait `delay` (after the work).
+    pub fn delay_next_control(&self, n: usize, delay: Duration) {
+        self.with(|s| s.delay_next.extend(std::iter::repeat_n(delay, n)));
+    }
+
+    /// envd requests to every sandbox get 502 "The sandbox was not found".
+    pub fn set_envd_not_found(&self, body: Option<NotFoundBody>) {
+        self.with(|s| s.envd_not_found = body);
+    }
+
+    /// The next `process.Start`: after the `start` event the stream is cut and
+    /// the sandbox is killed (it is gone for envd and the control plane alike).
+    pub fn vanish_during_next_exec(&self) {
+        self.with(|s| s.vanish_next_exec = true);
+    }
+
+    /// The next `process.Start`: after the `start` event the stream is cut; the
+    /// process goes on running (re-attach with `process.Connect`).
+    pub fn cut_next_stream(&self) {
+        self.with(|s| s.cut_next_stream = true);
+    }
+
+    /// The next `process.Start`: the process starts, but the connection is cut
+    /// before any event (the client never learns the PID; re-attach by tag).
+    pub fn lose_next_start_answer(&self) {
+        self.with(|s| s.lose_next_start = true);
+    }
+
+    /// Whether a paused sandbox keeps its files when resumed (default true;
+    /// false imitates E2B#884, files lost across pause/resume).
+    pub fn set_pause_keeps_files(&self, keep: bool) {
+        self.with(|s| s.pause_keeps_files = keep);
+    }
+
+    /// Cap list pages at `n` items whatever `limit` the client asks for, so
+    /// pagination shows with few sandboxes.
+    pub fn set_list_page_size(&self, n: Option<usize>) {
+        self.with(|s| s.list_page_size = n);
+    }
+
+    pub(crate) fn take_control_fault(&self) -> Option<ControlFault> {
+        self.with(|s| {
+            if let Some(f) = s.fail_next.pop_front() {
+                return Some(f);
+            }
+            if s.error_rate > 0.0 && s.rng.random_bool(s.error_rate) {
+                return Some(ControlFault::Status(s.error_status));
+            }
+            None
+        })
+    }
+
+    pub(crate) fn take_control_delay(&self) -> Duration {
+        self.with(|s| s.delay_next.pop_front().unwrap_or(s.delay_all))
+    }
+
+    pub(crate) fn envd_not_found(&self) -> Option<NotFoundBody> {
+        self.with(|s| s.envd_not_found)
+    }
+
+    /// Which stream fault the next Start gets (vanish wins), consuming it.
+    pub(crate) fn take_stream_fault(&self) -> Option<StreamFault> {
+        self.with(|s| {
+            if std::mem::take(&mut s.vanish_next_exec) {
+                Some(StreamFault::Vanish)
+            } else if std::mem::take(&mut s.cut_next_stream) {
+                Some(StreamFault::Cut)
+            } else if std::mem::take(&mut s.lose_next_start) {
+                Some(StreamFault::LoseStart)
+            } else {
+                None
+            }
+        })
+    }
+
+    pub(crate) fn pause_keeps_files(&self) -> bool {
+        self.with(|s| s.pause_keeps_files)
+    }
+
+    pub(crate) fn list_page_size(&self) -> Option<usize> {
+        self.with(|s| s.list_page_size)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamFault {
+    /// Cut after the `start` event.
+    Cut,
+    /// Cut after the `start` event, and kill the sandbox.
+    Vanish,
+    /// Cut before the `start` event.
+    LoseStart,
+}

@@ -1,0 +1,214 @@
+//! The `fleet` and `fleet-worker` binaries at the edge: bad input gets a clear error
+//! and writes nothing; a submitted query's result is read back by its job ID.
+
+use fleet_tests::RedisServer;
+use fleet_tests::processes::{WorkerProcess, fleet};
+
+fn env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![("FLEET_REDIS__URL", redis.url())]
+}
+
+fn keys_in(redis: &RedisServer) -> i64 {
+    redis::cmd("DBSIZE").query(&mut redis.conn()).unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Arguments, standard input, and the message expected on stderr.
+type BadInput<'a> = (Vec<&'a str>, Option<&'a [u8]>, &'a str);
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let cases: Vec<BadInput> = vec![
+        (vec!["submit", ""], None, "the query is empty"),
+        (vec!["submit", "   "], None, "the query is empty"),
+        (
+            vec!["submit", "q", "--agent", "nobody"],
+            None,
+            "unknown agent profile \"nobody\"",
+        ),
+        (
+            vec!["submit", "-"],
+            Some(&[b'x'; 70_000]),
+            "over the limit of 65536 bytes",
+        ),
+        (
+            vec!["batch", "-"],
+            Some(b"fine\nbad \xff line\n"),
+            "line 2: not valid UTF-8",
+        ),
+        (
+            vec!["batch", "-"],
+            Some(b"fine\n{\"query\": 3}\n"),
+            "line 2: malformed JSON",
+        ),
+        (
+            vec!["batch", "-"],
+            Some(b"fine\n\n{\"query\": \"\"}\n"),
+            "line 3: the query is empty",
+        ),
+        (
+            vec!["batch", "/definitely/not/here.txt"],
+            None,
+            "no such file",
+        ),
+        (vec!["status", "not-an-id"], None, "not a job ID"),
+        (
+            vec!["status", "01a217cf-bef0-7595-8600-e8846f368fb2"],
+            None,
+            "no job with ID",
+        ),
+    ];
+    for (args, stdin, expected) in cases {
+        let out = fleet(&args, &e, stdin);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: wanted {expected:?} in {}",
+            stderr(&out)
+        );
+        assert_eq!(keys_in(&redis), 0, "{args:?} wrote to Redis");
+    }
+}
+
+#[test]
+fn bad_configuration_names_the_key_in_both_binaries() {
+    let redis = RedisServer::start();
+    let mut e = env(&redis);
+    e.push(("FLEET_WORKER__CONCURRENCY", "0".into()));
+    let out = fleet(&["jobs"], &e, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("worker.concurrency: must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[queue]\nlease_ttl_secs = \"soon\"\n").unwrap();
+    let mut w = WorkerProcess::start(&config, "bad", &env(&redis), dir.path());
+    assert_eq!(w.wait(), Some(2));
+    assert!(
+        w.log_text().contains("queue.lease_ttl_secs"),
+        "{}",
+        w.log_text()
+    );
+}
+
+#[test]
+fn submitted_query_is_answered_and_read_back_by_job_id() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox.local]\nroot = \"{}\"\n",
+            dir.path().join("sandboxes").display()
+        ),
+    )
+    .unwrap();
+    let _worker = WorkerProcess::start(&config, "w1", &env(&redis), dir.path());
+    let e = env(&redis);
+    let out = fleet(
+        &[
+            "--json",
+            "submit",
+            "What was Acme Robotics' revenue in 2023?",
+        ],
+        &e,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = submitted["id"].as_str().expect("the job ID").to_string();
+
+    let out = fleet(&["result", &id, "--wait", "--timeout", "60"], &e, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("$1,342 million"), "{answer}");
+
+    let out = fleet(&["--json", "status", &id], &e, None);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["attempts"], 1);
+    let result = &record["result"];
+    assert!(
+        result["output"]["agent_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("agent-")
+    );
+    assert!(result["output"]["sandbox_id"].as_str().is_some());
+    assert!(result["run_ms"].as_u64().is_some());
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((code, body))
+}
+
+#[test]
+fn worker_serves_health_readiness_and_metrics() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = fleet_tests::redis_server::free_port();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[worker]\nhttp_addr = \"127.0.0.1:{port}\"\n[sandbox.local]\nroot = \"{}\"\n",
+            dir.path().join("sandboxes").display()
+        ),
+    )
+    .unwrap();
+    let mut e = env(&redis);
+    // The fixture clears the address by default; this test wants the server.
+    e.push(("FLEET_WORKER__HTTP_ADDR", format!("127.0.0.1:{port}")));
+    let mut worker = WorkerProcess::start(&config, "http", &e, dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        if let Some(r) = http_get(port, "/healthz") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /healthz: {}",
+            worker.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(health.0, 200);
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert_eq!(metrics.0, 200);
+    for name in [
+        "fleet_attempts_started_total",
+        "fleet_queue_ready",
+        "fleet_pool_agents",
+    ] {
+        assert!(
+            metrics.1.contains(name),
+            "{name} missing from /metrics:\n{}",
+            metrics.1
+        );
+    }
+    worker.sigterm();
+    assert_eq!(worker.wait(), Some(0));
+}

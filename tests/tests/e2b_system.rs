@@ -1,0 +1,153 @@
+//! The whole system on the E2B provider: producer → Redis → worker processes → the
+//! real E2B client → the spec-following fake E2B server, with faults injected.
+
+use std::time::Duration;
+
+use fleet_shared::job::JobSpec;
+use fleet_shared::results::JobStatus;
+use fleet_tests::fake_e2b::FakeE2b;
+use fleet_tests::fixture::Fleet;
+
+const N: usize = 100;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_survives_e2b_faults_and_leaves_no_sandbox_running() {
+    let fake = FakeE2b::start_local().await;
+    let extra = format!(
+        r#"
+[queue]
+lease_ttl_secs = 5
+reclaim_interval_ms = 200
+[queue.research]
+max_attempts = 8
+backoff_base_ms = 50
+backoff_cap_ms = 500
+[worker]
+concurrency = 4
+drain_timeout_secs = 5
+[sandbox]
+provider = "e2b"
+[sandbox.e2b]
+api_url = "{api}"
+envd_url = "{envd}"
+creates_per_second = 20.0
+max_concurrent_sandboxes = 8
+request_timeout_secs = 5
+request_attempts = 8
+"#,
+        api = fake.api_url(),
+        envd = fake.envd_url(),
+    );
+    let mut fleet = Fleet::start(r#"q=$(cat); sleep 0.05; printf 'answer: %s' "$q""#, &extra).await;
+    let env = [
+        ("E2B_API_KEY", fake.api_key().to_string()),
+        ("RUST_LOG", "debug,fleet_shared=trace".to_string()),
+    ];
+    fleet.start_worker_with_env("e1", &env);
+    fleet.start_worker_with_env("e2", &env);
+
+    // Weather: 30% of control-plane calls fail with 5xx, a burst of 429s with
+    // Retry-After, and 5% of jobs lose their sandbox mid-command.
+    fake.faults().set_control_error_rate(0.3, 503);
+    fake.faults().rate_limit_next(3, Duration::from_secs(1));
+    let specs: Vec<JobSpec> = (0..N)
+        .map(|i| JobSpec::research(format!("q{i}"), "test"))
+        .collect();
+    let ids = fleet.queue.enqueue_many(specs, Some("e2b")).await.unwrap();
+    for step in 1..=5u64 {
+        fleet
+            .eventually("progress", Duration::from_secs(120), || async {
+                let b = fleet.queue.batch_record("e2b").await.ok()??;
+                (b.finished() >= step * 15).then_some(())
+            })
+            .await;
+        fake.faults().vanish_during_next_exec();
+    }
+    fleet
+        .wait_batch_final("e2b", N as u64, Duration::from_secs(180))
+        .await;
+
+    let (mut succeeded, mut dead) = (0, 0);
+    let mut lost = 0;
+    for id in &ids {
+        let r = fleet.record(&id.to_string()).await;
+        lost += r
+            .history
+            .iter()
+            .filter(|h| h.outcome == "sandbox_lost")
+            .count();
+        match r.status {
+            JobStatus::Succeeded => {
+                succeeded += 1;
+                let answer = r.result.as_ref().unwrap()["output"]["answer"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let query = match &r.spec.as_ref().unwrap().payload {
+                    fleet_shared::job::JobPayload::Research(q) => q.query.clone(),
+                    _ => unreachable!(),
+                };
+                assert_eq!(answer, format!("answer: {query}"));
+            }
+            JobStatus::Dead => {
+                dead += 1;
+                let message = r.error.as_ref().unwrap()["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                assert!(
+                    !message.is_empty(),
+                    "a dead letter carries its reason: {r:?}"
+                );
+            }
+            other => panic!("job {id} ended {other}"),
+        }
+    }
+    eprintln!(
+        "e2b batch: {succeeded} succeeded, {dead} dead-lettered, {lost} attempts lost their sandbox"
+    );
+    assert_eq!(succeeded + dead, N);
+    assert!(
+        lost >= 1,
+        "vanishing sandboxes were retried on other agents"
+    );
+    assert!(
+        succeeded >= N * 9 / 10,
+        "weather is retried: {succeeded}/{N} succeeded"
+    );
+
+    // Shutdown: the pools kill what they own; nothing is left running.
+    fake.faults().clear();
+    for w in fleet.workers.iter() {
+        w.sigterm();
+    }
+    for w in fleet.workers.iter_mut() {
+        assert_eq!(w.wait(), Some(0));
+    }
+    let c = fake.counters();
+    eprintln!(
+        "fake E2B: created {}, killed {}, paused {}, running {}",
+        c.created, c.killed, c.paused, c.running
+    );
+    assert_eq!(c.running, 0, "no sandbox left running after shutdown");
+    assert_eq!(
+        c.created,
+        c.killed + c.paused,
+        "every sandbox created was killed or pooled (paused)"
+    );
+    assert!(c.max_running <= 8 * 2, "each worker's plan cap held");
+
+    // Secrets never reach the logs.
+    let logs = fleet.logs();
+    assert!(logs.contains("fleet_shared"), "trace logs were captured");
+    assert!(
+        !logs.contains(fake.api_key()),
+        "the API key leaked into the logs"
+    );
+    for token in fake.issued_tokens() {
+        assert!(
+            !logs.contains(&token),
+            "an envd access token leaked into the logs"
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! Fault tests: real `fleet-worker` processes, a real redis-server, and the faults
+//! production brings — kill -9, Redis restarts, SIGTERM, cancellation, failing agents.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fleet_shared::job::JobSpec;
+use fleet_shared::results::{JobRecord, JobStatus};
+use fleet_tests::fixture::Fleet;
+use fleet_tests::harness::eventually;
+
+/// The test agent: records each run in `runs.log`, then answers with the query.
+const RECORDING_ECHO: &str =
+    r#"q=$(cat); echo "$q" >> {dir}/runs.log; sleep 0.05; printf '%s' "$q""#;
+
+fn specs(n: usize) -> Vec<JobSpec> {
+    (0..n)
+        .map(|i| JobSpec::research(format!("query {i}"), "test"))
+        .collect()
+}
+
+/// Lines of a run log the test agent appends to: one line per run of a query.
+fn runs(path: &std::path::Path) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        *m.entry(line.to_string()).or_default() += 1;
+    }
+    m
+}
+
+fn assert_consistent(r: &JobRecord) {
+    assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.attempts as usize,
+        r.history.len(),
+        "one history entry per attempt: {r:?}"
+    );
+    assert_eq!(r.history.last().unwrap().outcome, "succeeded", "{r:?}");
+    assert_eq!(
+        r.history
+            .iter()
+            .filter(|h| h.outcome == "succeeded")
+            .count(),
+        1,
+        "exactly one final result: {r:?}"
+    );
+    assert!(
+        r.history[..r.history.len() - 1]
+            .iter()
+            .all(|h| h.outcome == "lease_lost"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_worker_processes_share_a_queue_and_run_no_job_twice() {
+    let mut fleet = Fleet::start(RECORDING_ECHO, "").await;
+    fleet.start_worker("w1");
+    fleet.start_worker("w2");
+    let ids = fleet
+        .queue
+        .enqueue_many(specs(200), Some("b"))
+        .await
+        .unwrap();
+    fleet
+        .wait_batch_final("b", 200, Duration::from_secs(120))
+        .await;
+    for id in &ids {
+        let r = fleet.record(&id.to_string()).await;
+        assert_eq!(r.status, JobStatus::Succeeded);
+        assert_eq!(r.attempts, 1);
+    }
+    let runs = runs(&fleet.path("runs.log"));
+    assert_eq!(runs.len(), 200);
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice: {runs:?}");
+    let workers: std::collections::HashSet<_> = {
+        let mut s = std::collections::HashSet::new();
+        for id in &ids {
+            s.insert(
+                fleet.record(&id.to_string()).await.history[0]
+                    .worker
+                    .clone(),
+            );
+        }
+        s
+    };
+    assert_eq!(workers.len(), 2, "both workers took jobs");
+}
+
+const FAST_RECOVERY: &str = r#"
+[queue]
+lease_ttl_secs = 3
+reclaim_interval_ms = 200
+[queue.research]
+max_attempts = 10
+backoff_base_ms = 50
+backoff_cap_ms = 200
+[worker]
+concurrency = 4
+drain_timeout_secs = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_workers_jobs_all_complete_with_exactly_one_result() {
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); echo "$q" >> {dir}/runs.log; sleep 0.3; printf '%s' "$q""#,
+        FAST_RECOVERY,
+    )
+    .await;
+    for i in 0..3 {
+        fleet.start_worker(&format!("w{i}"));
+    }
+    let ids = fleet
+        .queue
+        .enqueue_many(specs(300), Some("b"))
+        .await
+        .unwrap();
+    // Five kill -9s while the batch runs, each replaced by a new worker.
+    let mut kills = 0;
+    let mut next = 3;
+    while kills < 5 {
+        let done_before = fleet
+            .queue
+            .batch_record("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .finished();
+        eventually(
+            "progress between kills",
+            Duration::from_secs(60),
+            || async {
+                let b = fleet.queue.batch_record("b").await.ok()??;
+                (b.finished() >= done_before + 20).then_some(())
+            },
+        )
+        .await;
+        let victim = kills % fleet.workers.len();
+        fleet.workers[victim].kill9();
+        kills += 1;
+        fleet.workers.remove(victim);
+        fleet.start_worker(&format!("w{next}"));
+        next += 1;
+    }
+    fleet
+        .wait_batch_final("b", 300, Duration::from_secs(180))
+        .await;
+    let mut lost_leases = 0;
+    for id in &ids {
+        let r = fleet.record(&id.to_string()).await;
+        assert_consistent(&r);
+        lost_leases += r
+            .history
+            .iter()
+            .filter(|h| h.outcome == "lease_lost")
+            .count();
+    }
+    assert!(lost_leases > 0, "the kills interrupted running jobs");
+    // Every query ran. (An agent orphaned by a kill -9 may log a truncated line when
+    // its stdin pipe breaks, so extra lines are expected; missing ones are not.)
+    let runs = runs(&fleet.path("runs.log"));
+    let missing: Vec<String> = (0..300)
+        .map(|i| format!("query {i}"))
+        .filter(|q| !runs.contains_key(q))
+        .collect();
+    assert!(missing.is_empty(), "never ran: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restart_mid_batch_loses_nothing_and_workers_survive() {
+    let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
+    fleet.start_worker("w1");
+    fleet.start_worker("w2");
+    let ids = fleet
+        .queue
+        .enqueue_many(specs(150), Some("b"))
+        .await
+        .unwrap();
+    eventually("some progress", Duration::from_secs(60), || async {
+        let b = fleet.queue.batch_record("b").await.ok()??;
+        (b.finished() >= 30).then_some(())
+    })
+    .await;
+    fleet.redis.kill9();
+    fleet.redis.restart();
+    fleet
+        .wait_batch_final("b", 150, Duration::from_secs(180))
+        .await;
+    for id in &ids {
+        assert_eq!(
+            fleet.record(&id.to_string()).await.status,
+            JobStatus::Succeeded
+        );
+    }
+    for w in fleet.workers.iter_mut() {
+        assert!(
+            w.is_running(),
+            "worker {} died of a Redis restart:\n{}",
+            w.name,
+            w.log_text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_jobs_finish_and_runs_none_twice() {
+    let extra = FAST_RECOVERY.replace("drain_timeout_secs = 2", "drain_timeout_secs = 30");
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); echo "$q" >> {dir}/runs.log; sleep 1; printf '%s' "$q""#,
+        &extra,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let ids = fleet.queue.enqueue_many(specs(4), Some("b")).await.unwrap();
+    eventually("all four running", Duration::from_secs(30), || async {
+        let b = fleet.queue.batch_record("b").await.ok()??;
+        (b.count(JobStatus::Running) == 4).then_some(())
+    })
+    .await;
+    fleet.workers[0].sigterm();
+    assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());
+    for id in &ids {
+        let r = fleet.record(&id.to_string()).await;
+        assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
+        assert_eq!(r.attempts, 1);
+    }
+    assert!(runs(&fleet.path("runs.log")).values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_timeout_releases_unfinished_jobs_without_counting_an_attempt() {
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); echo "$q" >> {dir}/runs.log; if [ -f {dir}/fast ]; then printf '%s' "$q"; else sleep 60; fi"#,
+        FAST_RECOVERY,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let (id, _) = fleet
+        .queue
+        .enqueue(JobSpec::research("slow one", "test"))
+        .await
+        .unwrap();
+    fleet
+        .wait_status(&id.to_string(), JobStatus::Running, Duration::from_secs(30))
+        .await;
+    eventually("agent started", Duration::from_secs(10), || async {
+        fleet.path("runs.log").exists().then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    fleet.workers[0].sigterm();
+    assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "drain timeout (2 s) bounded the stop"
+    );
+    let r = fleet.record(&id.to_string()).await;
+    assert_eq!(
+        r.status,
+        JobStatus::Queued,
+        "released back to the queue: {r:?}"
+    );
+    assert_eq!(r.attempts, 0, "the released attempt is not counted");
+    // A new worker runs it to the end.
+    std::fs::write(fleet.path("fast"), "").unwrap();
+    fleet.start_worker("w2");
+    let r = fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(r.attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_kills_its_process() {
+    let mut fleet = Fleet::start(
+        r#"echo $$ > {dir}/agent.pid; exec sleep 300"#,
+        FAST_RECOVERY,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let (id, _) = fleet
+        .queue
+        .enqueue(JobSpec::research("long", "test"))
+        .await
+        .unwrap();
+    let pid: i32 = eventually("agent pid", Duration::from_secs(30), || async {
+        std::fs::read_to_string(fleet.path("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .await;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let outcome = fleet.queue.cancel(&id).await.unwrap();
+    assert_eq!(outcome, fleet_shared::queue::CancelOutcome::Cancelling);
+    let r = fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Cancelled,
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(r.history.last().unwrap().outcome, "cancelled");
+    eventually("agent process gone", Duration::from_secs(10), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // gone, or a zombie awaiting its reaper
+        match stat {
+            None => Some(()),
+            Some(s) => s
+                .split_whitespace()
+                .nth(2)
+                .filter(|st| *st == "Z")
+                .map(|_| ()),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_retried_inside_the_backoff_envelope() {
+    // Fails with EX_TEMPFAIL (75) twice, then answers. One agent, so the counter
+    // file in its sandbox survives between attempts.
+    let extra = r#"
+[queue.research]
+max_attempts = 5
+backoff_base_ms = 300
+backoff_cap_ms = 1000
+[worker]
+concurrency = 1
+"#;
+    let mut fleet = Fleet::start(
+        r#"n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; if [ $n -lt 3 ]; then echo "upstream busy" >&2; exit 75; fi; cat"#,
+        extra,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let (id, _) = fleet
+        .queue
+        .enqueue(JobSpec::research("retry me", "test"))
+        .await
+        .unwrap();
+    let r = fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.result.as_ref().unwrap()["output"]["answer"], "retry me");
+    let h = &r.history;
+    assert_eq!(h[0].outcome, "transient");
+    assert!(
+        h[0].error.as_deref().unwrap().contains("upstream busy"),
+        "{h:?}"
+    );
+    // retry n waits a random time in [0, min(cap, base * 2^(n-1))]
+    for (n, ceiling) in [(0, 300), (1, 600)] {
+        let planned = h[n].retry_in_ms.expect("a retry delay was recorded");
+        assert!(
+            planned <= ceiling,
+            "retry {} planned {planned} ms > {ceiling} ms",
+            n + 1
+        );
+        let gap = h[n + 1].started_at.saturating_sub(h[n].ended_at);
+        assert!(
+            gap + 5 >= planned,
+            "attempt {} started {gap} ms after the failure, before its {planned} ms delay",
+            n + 2
+        );
+        assert!(
+            gap <= planned + 1500,
+            "attempt {} started {gap} ms after the failure; planned {planned} ms",
+            n + 2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_error_dead_letters_on_the_first_attempt_with_its_reason() {
+    let mut fleet =
+        Fleet::start(r#"echo "no such ticker: ZZZZ" >&2; exit 65"#, FAST_RECOVERY).await;
+    fleet.start_worker("w1");
+    let (id, _) = fleet
+        .queue
+        .enqueue(JobSpec::research("ZZZZ revenue?", "test"))
+        .await
+        .unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.attempts, 1);
+    let err = r.error.unwrap();
+    assert_eq!(err["class"], "permanent");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("no such ticker: ZZZZ"),
+        "{err}"
+    );
+    assert_eq!(
+        fleet.queue.dead_list(0, 10).await.unwrap()[0].0,
+        id.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_attempts_is_honoured() {
+    let mut fleet = Fleet::start(r#"echo "still down" >&2; exit 75"#, FAST_RECOVERY).await;
+    fleet.start_worker("w1");
+    let mut spec = JobSpec::research("never works", "test");
+    spec.options.max_attempts = Some(3);
+    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.history.len(), 3);
+    assert!(
+        r.error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("attempt 3 of 3")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
+    let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
+    fleet.start_worker("doomed");
+    let ids = fleet.queue.enqueue_many(specs(8), Some("b")).await.unwrap();
+    fleet
+        .wait_batch_final("b", 8, Duration::from_secs(60))
+        .await;
+    let sandboxes = fleet.path("sandboxes");
+    let count = || {
+        std::fs::read_dir(&sandboxes)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(count() > 0, "the pool kept warm agents");
+    fleet.workers[0].kill9();
+    assert!(count() > 0, "a killed worker cannot clean up after itself");
+    // Once the dead worker's announcement expires (3 lease TTLs), a new worker
+    // reconciles at start: the strays are killed.
+    let mut conn = fleet.redis.conn();
+    let key = fleet.queue.keys().worker("doomed");
+    fleet
+        .eventually(
+            "the dead worker's announcement to expire",
+            Duration::from_secs(30),
+            || {
+                let gone = !redis::Commands::exists::<_, bool>(&mut conn, &key).unwrap();
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+    fleet.start_worker("heir");
+    fleet
+        .eventually("strays killed", Duration::from_secs(30), || async {
+            (count() == 0).then_some(())
+        })
+        .await;
+    for id in &ids {
+        assert_eq!(
+            fleet.record(&id.to_string()).await.status,
+            JobStatus::Succeeded
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempt_timeout_kills_the_agent_and_is_retried_as_a_timeout() {
+    let mut fleet = Fleet::start(r#"echo $$ >> {dir}/pids; exec sleep 300"#, FAST_RECOVERY).await;
+    fleet.start_worker("w1");
+    let mut spec = JobSpec::research("hangs", "test");
+    spec.options.attempt_timeout_secs = Some(1);
+    spec.options.max_attempts = Some(2);
+    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(60))
+        .await;
+    assert_eq!(r.attempts, 2);
+    assert!(r.history.iter().all(|h| h.outcome == "timeout"), "{r:?}");
+    for h in &r.history {
+        let took = h.ended_at - h.started_at;
+        assert!(
+            took < 10_000,
+            "the attempt ended at its 1 s timeout, not at the agent's end: {took} ms"
+        );
+    }
+    let pids = std::fs::read_to_string(fleet.path("pids")).unwrap();
+    for pid in pids.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        assert!(
+            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
+            "agent {pid} still runs after its attempt timed out"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_its_deadline_is_dead_lettered_instead_of_retried() {
+    let extra = FAST_RECOVERY
+        .replace("backoff_base_ms = 50", "backoff_base_ms = 3000")
+        .replace("backoff_cap_ms = 200", "backoff_cap_ms = 3000");
+    let mut fleet = Fleet::start(r#"echo "flaky" >&2; exit 75"#, &extra).await;
+    fleet.start_worker("w1");
+    let mut spec = JobSpec::research("in a hurry", "test");
+    spec.options.deadline_secs = Some(1);
+    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let r = fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    assert!(
+        r.attempts < 10,
+        "max_attempts was not what stopped it: {r:?}"
+    );
+    let finished = r.finished_at.unwrap();
+    assert!(
+        finished - r.created_at < 10_000,
+        "it ended near its deadline: {r:?}"
+    );
+}

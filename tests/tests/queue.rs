@@ -1,0 +1,439 @@
+//! The queue backend against a real redis-server: each test states one promise.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{Data, WorkerBuilder};
+use fleet_shared::error::JobError;
+use fleet_shared::job::{Job, JobPayload, JobSpec, QueueKind};
+use fleet_shared::queue::apalis_backend::{JobOutput, RedisBackend};
+use fleet_shared::queue::attempt::AttemptContext;
+use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
+use fleet_shared::queue::{AttemptRecord, Fenced, QueueConfig, Settlement};
+use fleet_shared::results::JobStatus;
+use fleet_tests::RedisServer;
+use fleet_tests::harness::{eventually, queue, settings};
+use redis::Commands;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn spec(q: &str) -> JobSpec {
+    JobSpec::research(q, "demo")
+}
+
+fn record(attempt: u32, outcome: &str) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        outcome: outcome.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn submitted_job_is_leased_completed_and_readable_by_id() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let (id, existing) = q
+        .enqueue(spec("What was Acme's revenue in 2023?"))
+        .await
+        .unwrap();
+    assert!(!existing);
+    assert_eq!(
+        q.job_record(&id.to_string()).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+
+    let fetched = q.fetch("w1", 10).await.unwrap();
+    assert_eq!(fetched.leases.len(), 1);
+    let lease = &fetched.leases[0];
+    assert_eq!(lease.id, id.to_string());
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.decode().unwrap().id, id);
+    let r = q.job_record(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!(r.status, JobStatus::Running);
+
+    let out = q
+        .complete(
+            lease,
+            &json!({"output": {"answer": "42"}}).to_string(),
+            &record(1, "succeeded"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, Fenced::Accepted);
+    let r = q.job_record(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!(r.status, JobStatus::Succeeded);
+    assert_eq!(r.result.unwrap()["output"]["answer"], "42");
+    assert_eq!(r.history.len(), 1);
+    let ttl: i64 = redis.conn().pttl(q.keys().job(&id.to_string())).unwrap();
+    assert!(ttl > 0, "a finished job's record expires (result TTL)");
+    assert!(q.fetch("w1", 10).await.unwrap().leases.is_empty());
+}
+
+#[tokio::test]
+async fn stale_attempt_cannot_write_after_its_lease_is_reclaimed() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[("QUEUE__LEASE_TTL_SECS", "3")]);
+    let mut cfg = QueueConfig::from_settings(&s, QueueKind::Research);
+    cfg.lease_ttl = Duration::from_millis(200);
+    let q = fleet_shared::queue::RedisQueue::open(&s.redis, cfg)
+        .await
+        .unwrap();
+    let (id, _) = q.enqueue(spec("q")).await.unwrap();
+    let first = q.fetch("w1", 1).await.unwrap().leases.remove(0);
+
+    // w1 stalls past its lease; any worker reclaims it.
+    let reclaimed = eventually("lease expiry", Duration::from_secs(5), || async {
+        let n = q.reclaim_expired(10).await.unwrap();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(reclaimed, 1);
+    let second = q.fetch("w2", 1).await.unwrap().leases.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.token, first.token);
+
+    // The stale attempt's writes are refused...
+    let stale = q
+        .complete(&first, r#"{"output":"stale"}"#, &record(1, "succeeded"))
+        .await
+        .unwrap();
+    assert_eq!(stale, Fenced::Stale);
+    assert_eq!(
+        q.renew(&[(first.id.clone(), first.token.clone())])
+            .await
+            .unwrap()[0],
+        fleet_shared::queue::Renewal::Lost
+    );
+    // ...and the new attempt's result is the final one.
+    assert_eq!(
+        q.complete(&second, r#"{"output":"fresh"}"#, &record(2, "succeeded"))
+            .await
+            .unwrap(),
+        Fenced::Accepted
+    );
+    assert_eq!(
+        q.complete(&first, r#"{"output":"stale"}"#, &record(1, "succeeded"))
+            .await
+            .unwrap(),
+        Fenced::Stale
+    );
+    let r = q.job_record(&id.to_string()).await.unwrap().unwrap();
+    assert_eq!(r.result.unwrap()["output"], "fresh");
+    assert_eq!(r.history[0].outcome, "lease_lost");
+    assert_eq!(r.history[1].outcome, "succeeded");
+}
+
+#[tokio::test]
+async fn a_settle_retried_after_a_lost_reply_is_recognised() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    q.enqueue(spec("q")).await.unwrap();
+    let lease = q.fetch("w1", 1).await.unwrap().leases.remove(0);
+    assert_eq!(
+        q.complete(&lease, "{}", &record(1, "succeeded"))
+            .await
+            .unwrap(),
+        Fenced::Accepted
+    );
+    // the same call again (as after a timeout whose write had landed) is not an error
+    assert_eq!(
+        q.complete(&lease, "{}", &record(1, "succeeded"))
+            .await
+            .unwrap(),
+        Fenced::Accepted
+    );
+    let r = q.job_record(&lease.id).await.unwrap().unwrap();
+    assert_eq!(r.history.len(), 1, "written once");
+}
+
+#[tokio::test]
+async fn undecodable_payloads_are_dead_lettered_with_the_reason() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let mut conn = redis.conn();
+    // a job whose payload is garbage, and a bare ID with no record at all
+    let bad = uuid::Uuid::now_v7().to_string();
+    let _: () = conn
+        .hset_multiple(
+            q.keys().job(&bad),
+            &[
+                ("id", bad.as_str()),
+                ("spec", "{not json"),
+                ("status", "queued"),
+                ("attempts", "0"),
+                ("max_attempts", "3"),
+            ],
+        )
+        .unwrap();
+    let _: () = conn.lpush(&q.keys().wait, &bad).unwrap();
+    let _: () = conn.lpush(&q.keys().wait, "garbage-id").unwrap();
+    let (good, _) = q.enqueue(spec("fine")).await.unwrap();
+
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 4, ran.clone(), |_| Ok(json!({"answer": "ok"}))).await;
+    eventually("good job done", Duration::from_secs(10), || async {
+        let r = q.job_record(&good.to_string()).await.unwrap()?;
+        (r.status == JobStatus::Succeeded).then_some(())
+    })
+    .await;
+    let dead = eventually("two dead letters", Duration::from_secs(10), || async {
+        let d = q.dead_list(0, 10).await.unwrap();
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    let reasons: Vec<String> = {
+        let mut v = Vec::new();
+        for (id, _) in &dead {
+            let r = q.job_record(id).await.unwrap().unwrap();
+            assert_eq!(r.status, JobStatus::Dead);
+            v.push(r.error.unwrap()["message"].as_str().unwrap().to_string());
+        }
+        v
+    };
+    assert!(
+        reasons
+            .iter()
+            .any(|m| m.contains("undecodable job payload")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|m| m.contains("no job record")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        *ran.lock().unwrap(),
+        vec!["fine".to_string()],
+        "the worker kept going and ran only the good job"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn ten_thousand_jobs_enqueued_at_once_all_complete() {
+    let redis = RedisServer::start_with(false);
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let specs: Vec<JobSpec> = (0..10_000).map(|i| spec(&format!("q{i}"))).collect();
+    let ids = q.enqueue_many(specs, Some("big")).await.unwrap();
+    assert_eq!(ids.len(), 10_000);
+    assert_eq!(q.counts().await.unwrap().ready, 10_000);
+
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 64, ran.clone(), |_| Ok(json!({"answer": "ok"}))).await;
+    let batch = eventually("batch finished", Duration::from_secs(120), || async {
+        let b = q.batch_record("big").await.unwrap()?;
+        (b.count(JobStatus::Succeeded) == 10_000).then_some(b)
+    })
+    .await;
+    assert_eq!(batch.total, 10_000);
+    assert_eq!(batch.count(JobStatus::Queued), 0);
+    assert_eq!(batch.count(JobStatus::Running), 0);
+    let ran = ran.lock().unwrap();
+    assert_eq!(ran.len(), 10_000);
+    assert_eq!(
+        ran.iter().collect::<HashSet<_>>().len(),
+        10_000,
+        "no job ran twice"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn ten_thousand_due_retries_do_not_break_the_queue() {
+    // apalis-redis 1.0.0's fetch dies above ~8,000 due tasks (Lua unpack limit).
+    let redis = RedisServer::start_with(false);
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    q.enqueue_many((0..10_000).map(|i| spec(&format!("q{i}"))).collect(), None)
+        .await
+        .unwrap();
+    let mut leases = Vec::new();
+    while leases.len() < 10_000 {
+        leases.extend(q.fetch("w", 1000).await.unwrap().leases);
+    }
+    for l in &leases {
+        let f = q
+            .fail(
+                l,
+                Settlement::Retry {
+                    delay: Duration::ZERO,
+                },
+                &json!({"class": "transient"}),
+                &record(1, "transient"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(f, Fenced::Accepted);
+    }
+    assert_eq!(q.counts().await.unwrap().delayed, 10_000);
+    let mut again = 0;
+    while again < 10_000 {
+        let got = q.fetch("w", 1000).await.unwrap().leases;
+        assert!(!got.is_empty(), "promotion keeps up in bounded chunks");
+        assert!(got.iter().all(|l| l.attempt == 2));
+        again += got.len();
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_existing_job() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let mut a = spec("q");
+    a.options.idempotency_key = Some("order-7".into());
+    let (first, existing) = q.enqueue(a.clone()).await.unwrap();
+    assert!(!existing);
+    let (second, existing) = q.enqueue(a).await.unwrap();
+    assert!(existing);
+    assert_eq!(first, second);
+    assert_eq!(q.counts().await.unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_job_means_it_never_runs() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let (id, _) = q.enqueue(spec("q")).await.unwrap();
+    assert_eq!(
+        q.cancel(&id).await.unwrap(),
+        fleet_shared::queue::CancelOutcome::Cancelled
+    );
+    assert!(q.fetch("w", 10).await.unwrap().leases.is_empty());
+    assert_eq!(
+        q.job_record(&id.to_string()).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert_eq!(
+        q.cancel(&id).await.unwrap(),
+        fleet_shared::queue::CancelOutcome::AlreadyEnded("cancelled".into()),
+        "a second cancel changes nothing and says so"
+    );
+    let missing = fleet_shared::job::JobId::new();
+    assert_eq!(
+        q.cancel(&missing).await.unwrap(),
+        fleet_shared::queue::CancelOutcome::NotFound
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_retried_and_purged() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    q.enqueue_many(vec![spec("a"), spec("b")], None)
+        .await
+        .unwrap();
+    for l in q.fetch("w", 10).await.unwrap().leases {
+        q.fail(
+            &l,
+            Settlement::Dead,
+            &json!({"class": "permanent", "message": "bad"}),
+            &record(1, "permanent"),
+        )
+        .await
+        .unwrap();
+    }
+    let dead = q.dead_list(0, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(q.retry_dead(&[dead[0].0.clone()], 100).await.unwrap(), 1);
+    let l = q.fetch("w", 10).await.unwrap().leases;
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        l[0].attempt, 1,
+        "a retried dead letter gets a fresh set of attempts"
+    );
+    assert_eq!(q.purge_dead(&[], 100).await.unwrap(), 1);
+    assert_eq!(q.dead_count().await.unwrap(), 0);
+    let r = q.job_record(&dead[1].0).await.unwrap().unwrap();
+    assert_eq!(r.status, JobStatus::Failed);
+}
+
+#[tokio::test]
+async fn an_idle_worker_picks_up_a_new_job_without_polling() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 2, ran.clone(), |_| Ok(json!({"answer": "ok"}))).await;
+    // let the worker go idle: its first fetch finds nothing and it blocks
+    eventually(
+        "worker blocked on the marker",
+        Duration::from_secs(5),
+        || async {
+            let mut c = redis.conn();
+            let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+            info.contains("blocked_clients:1").then_some(())
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let (id, _) = q.enqueue(spec("wake up")).await.unwrap();
+    q.wait_for_final(&id.to_string(), Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // far below the 5 s idle block: the enqueue woke it
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+}
+
+/// Run an in-process apalis worker on the research queue whose handler records each
+/// query and answers with `answer`.
+async fn run_worker(
+    s: &fleet_shared::settings::Settings,
+    name: &str,
+    concurrency: usize,
+    ran: Arc<Mutex<Vec<String>>>,
+    answer: fn(&str) -> Result<JobOutput, JobError>,
+) -> CancellationToken {
+    let cfg = QueueConfig::from_settings(s, QueueKind::Research);
+    let q = queue(s, QueueKind::Research).await;
+    let keeper = Arc::new(LeaseKeeper::start(
+        s.redis.clone(),
+        cfg,
+        KeeperTimings {
+            renew_every: Duration::from_secs(1),
+            reclaim_every: Duration::from_millis(500),
+        },
+    ));
+    let stop = CancellationToken::new();
+    let backend = RedisBackend::start(q, keeper, name, concurrency, stop.clone());
+    #[derive(Clone)]
+    struct Ctx {
+        ran: Arc<Mutex<Vec<String>>>,
+        answer: fn(&str) -> Result<JobOutput, JobError>,
+    }
+    async fn handle(
+        job: Job,
+        _a: Data<AttemptContext>,
+        ctx: Data<Ctx>,
+    ) -> Result<JobOutput, JobError> {
+        let JobPayload::Research(r) = job.spec.payload else {
+            unreachable!()
+        };
+        ctx.ran.lock().unwrap().push(r.query.clone());
+        (ctx.answer)(&r.query)
+    }
+    let worker = WorkerBuilder::new(name.to_string())
+        .backend(backend)
+        .data(Ctx { ran, answer })
+        .build(handle);
+    tokio::spawn(worker.run_until({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        }
+    }));
+    stop
+}

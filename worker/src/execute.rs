@@ -1,0 +1,152 @@
+//! The job handlers: what a research job and a lifecycle job do. Leases, retries,
+//! timeouts and result writing are middleware (`AttemptLayer`); these read as the
+//! job's own logic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use apalis::prelude::Data;
+use fleet_shared::error::{ErrorClass, JobError};
+use fleet_shared::job::{Job, JobPayload, LifecycleJob};
+use fleet_shared::pool::AgentPool;
+use fleet_shared::queue::RedisQueue;
+use fleet_shared::queue::apalis_backend::JobOutput;
+use fleet_shared::queue::attempt::AttemptContext;
+use fleet_shared::runtime::RunOptions;
+use serde_json::json;
+
+/// What the handlers share.
+pub struct Executor {
+    pub pool: Arc<AgentPool>,
+    pub research_queue: RedisQueue,
+    pub attempts_started: AtomicU64,
+    pub attempts_succeeded: AtomicU64,
+    pub attempts_failed: AtomicU64,
+}
+
+impl Executor {
+    pub fn new(pool: Arc<AgentPool>, research_queue: RedisQueue) -> Executor {
+        Executor {
+            pool,
+            research_queue,
+            attempts_started: AtomicU64::new(0),
+            attempts_succeeded: AtomicU64::new(0),
+            attempts_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn count<T>(&self, result: &Result<T, JobError>) {
+        let counter = if result.is_ok() {
+            &self.attempts_succeeded
+        } else {
+            &self.attempts_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Run one research query: lease an agent, run the query in its sandbox, give it back.
+pub async fn run_research(
+    job: Job,
+    attempt: Data<AttemptContext>,
+    exec: Data<Arc<Executor>>,
+) -> Result<JobOutput, JobError> {
+    exec.attempts_started.fetch_add(1, Ordering::Relaxed);
+    let result = research(&job, &attempt, &exec).await;
+    exec.count(&result);
+    result
+}
+
+async fn research(
+    job: &Job,
+    attempt: &AttemptContext,
+    exec: &Executor,
+) -> Result<JobOutput, JobError> {
+    let JobPayload::Research(research) = &job.spec.payload else {
+        return Err(JobError::permanent(
+            "a lifecycle job reached the research queue",
+        ));
+    };
+    let cancel = attempt.abort.token();
+    let runtime = exec.pool.runtime(&research.agent).ok_or_else(|| {
+        JobError::permanent(format!("unknown agent profile {:?}", research.agent))
+    })?;
+    let lease = exec
+        .pool
+        .lease(
+            &research.agent,
+            research.agent_id.as_deref(),
+            research.ephemeral,
+            attempt.attempt_timeout,
+            cancel,
+        )
+        .await?;
+    let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
+    tracing::info!(job_id = %job.id, attempt = attempt.lease.attempt, %agent_id, %sandbox_id, "running query");
+    let output = runtime
+        .run(
+            exec.pool.provider().as_ref(),
+            &sandbox_id,
+            &research.query,
+            RunOptions {
+                timeout: Some(attempt.attempt_timeout),
+                cancel: cancel.clone(),
+                output: None,
+            },
+        )
+        .await;
+    let sandbox_healthy = !matches!(&output, Err(e) if e.class == ErrorClass::SandboxLost);
+    exec.pool.give_back(lease, sandbox_healthy).await;
+    let output = output?;
+    Ok(json!({
+        "answer": output.answer,
+        "agent": research.agent,
+        "agent_id": agent_id,
+        "sandbox_id": sandbox_id,
+        "exit_code": output.exit_code,
+        "metadata": output.metadata,
+        "truncated": output.truncated,
+    }))
+}
+
+/// Run one lifecycle operation on this worker's pool.
+pub async fn run_lifecycle(
+    job: Job,
+    _attempt: Data<AttemptContext>,
+    exec: Data<Arc<Executor>>,
+) -> Result<JobOutput, JobError> {
+    let JobPayload::Lifecycle(op) = &job.spec.payload else {
+        return Err(JobError::permanent(
+            "a research job reached the lifecycle queue",
+        ));
+    };
+    let pool = &exec.pool;
+    let result = match op {
+        LifecycleJob::Launch { agent, persistent } => {
+            let info = pool.launch(agent, *persistent).await?;
+            json!({"agent": info})
+        }
+        LifecycleJob::Pause { agent_id } => json!({"agent": pool.pause(agent_id).await?}),
+        LifecycleJob::Resume { agent_id } => json!({"agent": pool.resume(agent_id).await?}),
+        LifecycleJob::Terminate { agent_id } => {
+            pool.terminate(agent_id).await?;
+            json!({"terminated": agent_id})
+        }
+        LifecycleJob::Scale { agent, size } => {
+            json!({"agent": agent, "size": pool.scale(agent, *size as usize).await?})
+        }
+        LifecycleJob::Refresh { agent } => {
+            // Fresh agents get the new code: drop the idle ones; busy ones are
+            // replaced as they come back.
+            let before = pool
+                .agents()
+                .into_iter()
+                .filter(|a| &a.profile == agent)
+                .count();
+            pool.scale(agent, 0).await?;
+            json!({"agent": agent, "replaced": before})
+        }
+        LifecycleJob::HealthCheck => json!({"agents": pool.agents(), "stats": pool.stats()}),
+    };
+    Ok(result)
+}

@@ -1,0 +1,140 @@
+//! `/healthz` (the process is up), `/readyz` (Redis answers and the worker is not
+//! draining) and `/metrics` (Prometheus text: attempts, pool, queue depths).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::execute::Executor;
+
+#[derive(Clone)]
+struct AppState {
+    exec: Arc<Executor>,
+    stop: CancellationToken,
+}
+
+/// Serve on `addr` until `stop`; an empty address serves nothing.
+pub async fn serve(
+    addr: &str,
+    exec: Arc<Executor>,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    if addr.is_empty() {
+        return Ok(tokio::spawn(async {}));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("worker.http_addr: cannot listen on {addr}: {e}"))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            exec,
+            stop: stop.clone(),
+        });
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    }))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.stop.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.exec.research_queue.counts(),
+    )
+    .await
+    {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    let e = &state.exec;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "fleet_attempts_started_total",
+        "counter",
+        "Research attempts started.",
+        e.attempts_started.load(Ordering::Relaxed),
+    );
+    metric(
+        "fleet_attempts_succeeded_total",
+        "counter",
+        "Research attempts that succeeded.",
+        e.attempts_succeeded.load(Ordering::Relaxed),
+    );
+    metric(
+        "fleet_attempts_failed_total",
+        "counter",
+        "Research attempts that failed.",
+        e.attempts_failed.load(Ordering::Relaxed),
+    );
+    let s = e.pool.stats();
+    metric(
+        "fleet_pool_sandboxes_created_total",
+        "counter",
+        "Sandboxes created by this worker's pool.",
+        s.created,
+    );
+    metric(
+        "fleet_pool_sandboxes_killed_total",
+        "counter",
+        "Sandboxes killed by this worker's pool.",
+        s.killed,
+    );
+    metric(
+        "fleet_pool_agents",
+        "gauge",
+        "Agents in this worker's pool.",
+        e.pool.agents().len() as u64,
+    );
+    if let Ok(Ok(c)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), e.research_queue.counts()).await
+    {
+        metric(
+            "fleet_queue_ready",
+            "gauge",
+            "Research jobs ready to run.",
+            c.ready,
+        );
+        metric(
+            "fleet_queue_running",
+            "gauge",
+            "Research jobs running.",
+            c.running,
+        );
+        metric(
+            "fleet_queue_delayed",
+            "gauge",
+            "Research jobs waiting for a retry or their time.",
+            c.delayed,
+        );
+        metric(
+            "fleet_queue_dead",
+            "gauge",
+            "Dead-lettered research jobs.",
+            c.dead,
+        );
+    }
+    out
+}

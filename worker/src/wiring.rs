@@ -1,0 +1,299 @@
+//! Builds the worker from its settings and runs it until shutdown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apalis::layers::WorkerBuilderExt;
+use apalis::prelude::{Monitor, WorkerBuilder};
+use fleet_shared::job::QueueKind;
+use fleet_shared::pool::{AgentPool, PoolProfile};
+use fleet_shared::queue::apalis_backend::RedisBackend;
+use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
+use fleet_shared::queue::{QueueConfig, RedisQueue};
+use fleet_shared::runtime::AgentRuntime;
+use fleet_shared::runtime::command::CommandRuntime;
+use fleet_shared::sandbox::SandboxProvider;
+use fleet_shared::sandbox::e2b::E2bProvider;
+use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
+use fleet_shared::secret::Secret;
+use fleet_shared::settings::{ProviderKind, RuntimeKind, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::execute::{Executor, run_lifecycle, run_research};
+
+/// A name unique to this process: `host-pid-random`.
+pub fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let salt: u32 = rand::random();
+    format!("{host}-{}-{:06x}", std::process::id(), salt & 0xffffff)
+}
+
+pub fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProvider>> {
+    Ok(match settings.sandbox.provider {
+        ProviderKind::Local => {
+            let mut config = LocalConfig::from_settings(&settings.sandbox.local);
+            // The bundled demo agent sits next to this binary.
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(PathBuf::from))
+            {
+                config.extra_path.push(dir);
+            }
+            Arc::new(LocalProvider::new(config))
+        }
+        ProviderKind::E2b => Arc::new(
+            E2bProvider::new(&settings.sandbox.e2b)
+                .map_err(|e| anyhow::anyhow!("sandbox.e2b: {e}"))?,
+        ),
+    })
+}
+
+pub fn build_pool(
+    settings: &Settings,
+    provider: Arc<dyn SandboxProvider>,
+    worker: &str,
+) -> anyhow::Result<AgentPool> {
+    let base_dir = std::env::current_dir().context("current directory")?;
+    let mut profiles = BTreeMap::new();
+    for (name, profile) in &settings.agents {
+        let secrets: BTreeMap<String, Secret> = profile
+            .secret_env
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), Secret::new(v))))
+            .collect();
+        let runtime: Arc<dyn AgentRuntime> = match profile.runtime {
+            RuntimeKind::Command => Arc::new(CommandRuntime::new(
+                profile.clone(),
+                secrets,
+                base_dir.clone(),
+            )),
+        };
+        let template = if profile.template.is_empty() {
+            settings.sandbox.e2b.template.clone()
+        } else {
+            profile.template.clone()
+        };
+        profiles.insert(
+            name.clone(),
+            PoolProfile {
+                runtime,
+                template,
+                env: BTreeMap::new(),
+                max_agents: settings.worker.concurrency,
+            },
+        );
+    }
+    Ok(AgentPool::new(
+        provider,
+        profiles,
+        settings.pool.clone(),
+        worker,
+    ))
+}
+
+pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()> {
+    let worker = name.unwrap_or_else(default_worker_name);
+    let provider = build_provider(&settings)?;
+    let pool = Arc::new(build_pool(&settings, provider, &worker)?);
+    let stop = CancellationToken::new();
+
+    let lease_ttl = settings.lease_ttl();
+    let timings = KeeperTimings {
+        renew_every: lease_ttl / 3,
+        reclaim_every: Duration::from_millis(settings.queue.reclaim_interval_ms),
+    };
+    let mut queues = BTreeMap::new();
+    let mut keepers = BTreeMap::new();
+    for kind in QueueKind::ALL {
+        let mut config = QueueConfig::from_settings(&settings, kind);
+        config.give_up_after = None;
+        let queue = open_until_reachable(&settings, config.clone(), &stop).await?;
+        keepers.insert(
+            kind,
+            Arc::new(LeaseKeeper::start(settings.redis.clone(), config, timings)),
+        );
+        queues.insert(kind, queue);
+    }
+
+    let research_queue = queues[&QueueKind::Research].clone();
+    keepers[&QueueKind::Research].announce_worker(&worker);
+    research_queue
+        .announce_worker(&worker, lease_ttl * 3)
+        .await?;
+    let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
+    reconcile(&pool, &research_queue).await;
+    let http =
+        crate::http::serve(&settings.worker.http_addr, executor.clone(), stop.clone()).await?;
+
+    crate::shutdown::watch_signals(
+        stop.clone(),
+        keepers.values().cloned().collect(),
+        Duration::from_secs(settings.worker.drain_timeout_secs),
+    );
+    let maintenance = {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        let queue = research_queue.clone();
+        tokio::spawn(async move {
+            let mut idle = tokio::time::interval(Duration::from_secs(5));
+            let mut strays = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = idle.tick() => pool.pause_idle().await,
+                    _ = strays.tick() => reconcile(&pool, &queue).await,
+                }
+            }
+        })
+    };
+
+    tracing::info!(%worker, concurrency = settings.worker.concurrency, provider = pool.provider().name(), "worker started");
+    let research = (
+        queues[&QueueKind::Research].clone(),
+        keepers[&QueueKind::Research].clone(),
+    );
+    let lifecycle = (
+        queues[&QueueKind::Lifecycle].clone(),
+        keepers[&QueueKind::Lifecycle].clone(),
+    );
+    let (research_n, lifecycle_n) = (
+        settings.worker.concurrency,
+        settings.worker.lifecycle_concurrency,
+    );
+    let monitor = Monitor::new()
+        .register({
+            let (queue, keeper, stop, exec, worker) = (
+                research.0,
+                research.1,
+                stop.clone(),
+                executor.clone(),
+                worker.clone(),
+            );
+            move |run| {
+                WorkerBuilder::new(format!("{worker}-research-{run}"))
+                    .backend(RedisBackend::start(
+                        queue.clone(),
+                        keeper.clone(),
+                        &worker,
+                        research_n,
+                        stop.clone(),
+                    ))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(research_n)
+                    .data(exec.clone())
+                    .build(run_research)
+            }
+        })
+        .register({
+            let (queue, keeper, stop, exec, worker) = (
+                lifecycle.0,
+                lifecycle.1,
+                stop.clone(),
+                executor.clone(),
+                worker.clone(),
+            );
+            move |run| {
+                WorkerBuilder::new(format!("{worker}-lifecycle-{run}"))
+                    .backend(RedisBackend::start(
+                        queue.clone(),
+                        keeper.clone(),
+                        &worker,
+                        lifecycle_n,
+                        stop.clone(),
+                    ))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(lifecycle_n)
+                    .data(exec.clone())
+                    .build(run_lifecycle)
+            }
+        });
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            Ok(())
+        }
+    };
+    monitor
+        .run_with_signal(signal)
+        .await
+        .context("apalis monitor")?;
+    maintenance.abort();
+    tracing::info!("workers stopped; shutting the pool down");
+    pool.shutdown().await;
+    drop(keepers);
+    let _ = http.await;
+    tracing::info!(stats = ?pool.stats(), "worker stopped");
+    Ok(())
+}
+
+/// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
+async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
+    use fleet_shared::pool::META_WORKER;
+    use fleet_shared::sandbox::{ListFilter, META_OWNER};
+    let mut filter = ListFilter::default();
+    filter
+        .metadata
+        .insert(META_OWNER.into(), fleet_shared::pool::OWNER.into());
+    let owners: Vec<String> = match pool.provider().list(&filter).await {
+        Ok(found) => {
+            let mut v: Vec<String> = found
+                .iter()
+                .filter_map(|s| s.metadata.get(META_WORKER).cloned())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list sandboxes to reconcile");
+            return;
+        }
+    };
+    let live = match queue.live_workers(&owners).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check which workers are alive");
+            return;
+        }
+    };
+    let live: std::collections::HashSet<&String> = owners
+        .iter()
+        .zip(live)
+        .filter_map(|(w, alive)| alive.then_some(w))
+        .collect();
+    match pool.reconcile(|w| live.contains(&w.to_string())).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            sandboxes = n,
+            "reconciled sandboxes left by workers that are gone"
+        ),
+        Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+    }
+}
+
+async fn open_until_reachable(
+    settings: &Settings,
+    config: QueueConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<RedisQueue> {
+    loop {
+        match RedisQueue::open(&settings.redis, config.clone()).await {
+            Ok(q) => return Ok(q),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis not reachable yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => anyhow::bail!("stopped before Redis became reachable"),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
