@@ -5,6 +5,7 @@
 //! and starts fetching only when the parent writes `go` on its stdin. The parent
 //! therefore times from the moment every worker is ready, not from process start.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub struct WorkerSpec {
     pub apalis_parallelize: bool,
     /// apalis-redis: a re-arming poll timer instead of apalis' own (diagnosis only).
     pub apalis_rearming_poll: bool,
+    /// The agent-pool worker: where its local sandboxes live.
+    pub pool_root: Option<PathBuf>,
 }
 
 impl WorkerSpec {
@@ -65,6 +68,10 @@ impl WorkerSpec {
         }
         if self.apalis_rearming_poll {
             a.push("--apalis-rearming-poll".into());
+        }
+        if let Some(root) = &self.pool_root {
+            a.push("--pool-root".into());
+            a.push(root.display().to_string());
         }
         a
     }

@@ -12,6 +12,7 @@
 mod baseline;
 mod child;
 mod fleet;
+mod pool;
 mod report;
 mod scenarios;
 mod util;
@@ -29,6 +30,8 @@ pub enum System {
     Fleet,
     /// apalis-redis 1.0 (the baseline).
     Apalis,
+    /// This project's worker with an agent pool (makespan scenario).
+    FleetPool,
 }
 
 impl System {
@@ -36,6 +39,7 @@ impl System {
         match self {
             System::Fleet => "fleet",
             System::Apalis => "apalis",
+            System::FleetPool => "fleet-pool",
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct Cli {
     /// (not part of apalis; to confirm why its idle workers stall). Off for the report.
     #[arg(long)]
     pub apalis_rearming_poll: bool,
+    /// Jobs in the pool makespan scenario (each runs a 200 ms agent command).
+    #[arg(long, default_value_t = 1000)]
+    pub makespan_jobs: usize,
     /// Where to write the Markdown report (default: <target dir>/bench-report.md).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -111,6 +118,8 @@ pub struct Cli {
     pub apalis_heartbeat_secs: u64,
     #[arg(long, hide = true, default_value_t = 10)]
     pub apalis_missed: usize,
+    #[arg(long, hide = true)]
+    pub pool_root: Option<PathBuf>,
 }
 
 impl Cli {
@@ -127,6 +136,7 @@ impl Cli {
             apalis_missed: self.apalis_missed,
             apalis_parallelize: !self.apalis_no_parallelize,
             apalis_rearming_poll: self.apalis_rearming_poll,
+            pool_root: self.pool_root.clone(),
         }
     }
 
@@ -148,6 +158,7 @@ async fn main() -> Result<()> {
         return match spec.system {
             System::Fleet => fleet::worker_main(spec).await,
             System::Apalis => baseline::worker_main(spec).await,
+            System::FleetPool => pool::worker_main(spec).await,
         };
     }
     let report = scenarios::run_all(&cli).await?;
