@@ -254,8 +254,8 @@ impl Bench<'_> {
                     ));
                     f_rates.push(f.rate);
                     a_rates.push(a.rate);
-                    if feed == Feed::Backlog && workers == 1 && r + 1 == repeat {
-                        self.profile_lines(&f, &a, n);
+                    if workers == 1 && r + 1 == repeat {
+                        self.profile_lines(&f, &a, n, feed);
                     }
                 }
                 f_rates.sort_by(f64::total_cmp);
@@ -434,15 +434,29 @@ impl Bench<'_> {
         })
     }
 
-    fn profile_lines(&mut self, f: &DrainRun, a: &DrainRun, n: usize) {
+    fn profile_lines(&mut self, f: &DrainRun, a: &DrainRun, n: usize, feed: Feed) {
         let p = &mut self.profile;
-        p.push(format!(
-            "Measured during the one-process drain of {n} no-op jobs with `INFO commandstats` \
-             deltas (the parent's own polling subtracted) and `/proc/<pid>/stat` CPU time of \
-             redis-server and of the worker process. A \"round trip\" is a command a client \
-             sent (EVALSHA/EVAL/BZPOPMIN/…); \"commands inside scripts\" are the `redis.call`s \
-             those scripts made.\n"
-        ));
+        p.push(match feed {
+            Feed::Steady => format!(
+                "### Steady state: one worker process, {n} jobs fed in while it runs\n\n\
+                 Everything Redis did for each job end to end: the producer's enqueue *and* the \
+                 worker's fetch and settle (the parent's own polling subtracted).\n"
+            ),
+            Feed::Backlog => format!(
+                "### All {n} jobs queued up front: one worker process\n\n\
+                 The workers' part only (fetch and settle; the enqueue happened before).\n"
+            ),
+        });
+        if feed == Feed::Steady {
+            p.insert(
+                0,
+                "Measured with `INFO commandstats` deltas and `/proc/<pid>/stat` CPU time of \
+                 redis-server and of the worker process, in the last of the drain runs. A \
+                 \"round trip\" is a command a client sent (EVALSHA/EVAL/BZPOPMIN/…); \
+                 \"commands inside scripts\" are the `redis.call`s those scripts made.\n"
+                    .to_string(),
+            );
+        }
         p.push("| Per job | This project | apalis-redis |".into());
         p.push("|---|---:|---:|".into());
         let rows: [(&str, ProfileCell); 9] = [
@@ -583,7 +597,7 @@ impl Bench<'_> {
              the next job; {WARM_UP} unrecorded warm-up job first (script cache); each side stops after {samples} \
              samples or {} s. Collected: {}. apalis-redis polls every {} ms \
              (`poll_with_interval`); a sample over 1 s means its poll timer was lost and the \
-             job waited for the worker's next 30 s heartbeat (see \"apalis-redis defects met\").",
+             job waited for the worker's next 30 s heartbeat (see `BENCHMARKS.md`, \"apalis-redis defects met\").",
             self.cli.concurrency,
             budget.as_secs(),
             counts.join("; "),
