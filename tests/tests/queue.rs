@@ -437,3 +437,37 @@ async fn run_worker(
     }));
     stop
 }
+
+#[tokio::test]
+async fn batched_completions_are_fenced_one_by_one() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    q.enqueue_many(vec![spec("a"), spec("b")], None)
+        .await
+        .unwrap();
+    let leases = q.fetch("w", 2).await.unwrap().leases;
+    let completion =
+        |l: &fleet_shared::queue::Lease, token: &str| fleet_shared::queue::Completion {
+            id: l.id.clone(),
+            token: token.to_string(),
+            result_json: r#"{"output":"x"}"#.into(),
+            record_json: serde_json::to_string(&record(1, "succeeded")).unwrap(),
+        };
+    let out = q
+        .complete_many(&[
+            completion(&leases[0], &leases[0].token),
+            completion(&leases[1], "999999"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Fenced::Accepted, Fenced::Stale]);
+    assert_eq!(
+        q.job_record(&leases[0].id).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+    assert_eq!(
+        q.job_record(&leases[1].id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+}

@@ -10,7 +10,7 @@ use fleet_shared::job::{JobSpec, LifecycleJob, QueueKind};
 use serde_json::json;
 
 use crate::cli::{AgentIdArgs, AgentsCommand, PoolCommand};
-use crate::commands::inspect::report_final;
+use crate::commands::inspect::announce_or_wait;
 use crate::context::Ctx;
 use crate::exit::{Fail, SUCCESS};
 use crate::output::{describe_lifecycle, emit_json, emit_text};
@@ -97,23 +97,8 @@ async fn enqueue(ctx: &Ctx, job: LifecycleJob, wait: bool) -> anyhow::Result<u8>
         .enqueue(spec)
         .await
         .with_context(|| format!("submitting `{operation}`"))?;
-    if !wait {
-        if ctx.json {
-            emit_json(&json!({"id": id, "queue": "lifecycle", "operation": operation}))?;
-        } else {
-            emit_text(&id.to_string())?;
-        }
-        return Ok(SUCCESS);
-    }
-    if !ctx.json {
-        emit_text(&id.to_string())?;
-    }
-    let id = id.to_string();
-    let record = queue
-        .wait_for_final(&id, None)
-        .await
-        .with_context(|| format!("waiting for job {id}"))?;
-    report_final(ctx, QueueKind::Lifecycle, &id, record)
+    let fields = json!({"queue": "lifecycle", "operation": operation});
+    announce_or_wait(ctx, queue, QueueKind::Lifecycle, id, wait, fields).await
 }
 
 #[cfg(test)]

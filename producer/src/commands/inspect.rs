@@ -45,6 +45,39 @@ pub async fn result(ctx: &Ctx, args: ResultArgs) -> anyhow::Result<u8> {
 
 /// Print how a job ended and return the exit code: its answer (0); its error (1); or
 /// that it has not ended (4). With `--json`, the whole record in every case.
+/// After a submit: print the job ID (with `fields` in JSON mode) and return, or,
+/// with `wait`, print the ID, wait for the job to end and report how it ended.
+pub async fn announce_or_wait(
+    ctx: &Ctx,
+    queue: &fleet_shared::queue::RedisQueue,
+    kind: QueueKind,
+    id: fleet_shared::job::JobId,
+    wait: bool,
+    fields: serde_json::Value,
+) -> anyhow::Result<u8> {
+    if !wait {
+        if ctx.json {
+            let mut doc = serde_json::json!({"id": id});
+            if let (Some(doc), serde_json::Value::Object(extra)) = (doc.as_object_mut(), fields) {
+                doc.extend(extra);
+            }
+            emit_json(&doc)?;
+        } else {
+            emit_text(&id.to_string())?;
+        }
+        return Ok(SUCCESS);
+    }
+    if !ctx.json {
+        emit_text(&id.to_string())?;
+    }
+    let id = id.to_string();
+    let record = queue
+        .wait_for_final(&id, None)
+        .await
+        .with_context(|| format!("waiting for job {id}"))?;
+    report_final(ctx, kind, &id, record)
+}
+
 pub fn report_final(
     ctx: &Ctx,
     kind: QueueKind,

@@ -6,10 +6,9 @@ use fleet_shared::job::{JobOptions, JobSpec, QueueKind};
 use serde_json::json;
 
 use crate::cli::SubmitArgs;
-use crate::commands::inspect::report_final;
+use crate::commands::inspect::announce_or_wait;
 use crate::context::{Ctx, read_input};
-use crate::exit::{Fail, SUCCESS};
-use crate::output::{emit_json, emit_text};
+use crate::exit::Fail;
 
 /// The job spec the arguments describe (`query` already read from stdin for `-`).
 pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpec {
@@ -49,23 +48,8 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<u8> {
     if existing {
         eprintln!("note: the idempotency key was used before; this is that job");
     }
-    if !args.wait {
-        if ctx.json {
-            emit_json(&json!({"id": id, "existing": existing, "queue": "research"}))?;
-        } else {
-            emit_text(&id.to_string())?;
-        }
-        return Ok(SUCCESS);
-    }
-    if !ctx.json {
-        emit_text(&id.to_string())?;
-    }
-    let id = id.to_string();
-    let record = queue
-        .wait_for_final(&id, None)
-        .await
-        .with_context(|| format!("waiting for job {id}"))?;
-    report_final(ctx, QueueKind::Research, &id, record)
+    let fields = json!({"existing": existing, "queue": "research"});
+    announce_or_wait(ctx, queue, QueueKind::Research, id, args.wait, fields).await
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 use super::attempt::{AbortReason, AttemptContext};
 use super::backoff::retry_delay;
 use super::lease_keeper::LeaseKeeper;
-use super::{AttemptRecord, Fenced, Lease, RedisQueue, Settlement};
+use super::{AttemptRecord, Completion, Fenced, Lease, QueueError, RedisQueue, Settlement};
 use crate::error::{ErrorClass, JobError};
 use crate::job::Job;
 use crate::time::now_ms;
@@ -59,10 +59,71 @@ pub type JobOutput = serde_json::Value;
 #[derive(Clone)]
 pub struct Slot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
+/// Most completions written in one script call.
+const MAX_COMPLETE_BATCH: usize = 256;
+
+type CompletionReply = oneshot::Sender<Result<Fenced, String>>;
+
+/// Writes results to Redis in batches without adding latency: a completion that
+/// arrives when no call is in flight goes at once; those that arrive while one is in
+/// flight go together in the next call. One script call per job was the drain path's
+/// largest cost (see BENCHMARKS.md).
+#[derive(Clone)]
+pub struct CompletionBatcher {
+    tx: mpsc::UnboundedSender<(Completion, CompletionReply)>,
+}
+
+impl CompletionBatcher {
+    /// Start the batching task; it ends when the last handle is dropped.
+    pub fn start(queue: RedisQueue) -> CompletionBatcher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, CompletionReply)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_COMPLETE_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (completions, replies): (Vec<Completion>, Vec<CompletionReply>) =
+                    batch.into_iter().unzip();
+                match queue.complete_many(&completions).await {
+                    Ok(outcomes) => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        CompletionBatcher { tx }
+    }
+
+    /// Write one result (fenced), batched with others in flight.
+    pub async fn complete(&self, completion: Completion) -> Result<Fenced, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((completion, reply))
+            .map_err(|_| QueueError::Batch("the completion writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| QueueError::Batch("the completion writer has stopped".into()))?
+            .map_err(QueueError::Batch)
+    }
+}
+
 /// The apalis backend of one queue.
 pub struct RedisBackend {
     queue: RedisQueue,
     keeper: Arc<LeaseKeeper>,
+    completions: CompletionBatcher,
     rx: mpsc::Receiver<Task<Job>>,
     stop: CancellationToken,
     fetcher: Option<JoinHandle<()>>,
@@ -89,6 +150,7 @@ impl RedisBackend {
             stop.clone(),
         ));
         RedisBackend {
+            completions: CompletionBatcher::start(queue.clone()),
             queue,
             keeper,
             rx,
@@ -295,6 +357,7 @@ impl BackendConfig for RedisBackend {
         AttemptLayer {
             queue: self.queue.clone(),
             keeper: self.keeper.clone(),
+            completions: self.completions.clone(),
         }
     }
 }
@@ -305,6 +368,7 @@ impl BackendConfig for RedisBackend {
 pub struct AttemptLayer {
     queue: RedisQueue,
     keeper: Arc<LeaseKeeper>,
+    completions: CompletionBatcher,
 }
 
 impl<S> Layer<S> for AttemptLayer {
@@ -314,6 +378,7 @@ impl<S> Layer<S> for AttemptLayer {
             inner,
             queue: self.queue.clone(),
             keeper: self.keeper.clone(),
+            completions: self.completions.clone(),
         }
     }
 }
@@ -323,6 +388,7 @@ pub struct AttemptService<S> {
     inner: S,
     queue: RedisQueue,
     keeper: Arc<LeaseKeeper>,
+    completions: CompletionBatcher,
 }
 
 impl<S, E> Service<Task<Job>> for AttemptService<S>
@@ -346,6 +412,7 @@ where
         let slot = task.data().get::<Slot>().cloned();
         let queue = self.queue.clone();
         let keeper = self.keeper.clone();
+        let completions = self.completions.clone();
         let started_at = now_ms();
         let deadline = ctx.lease.deadline_at_ms;
         let run: BoxFuture<'static, Result<JobOutput, JobError>> =
@@ -371,7 +438,7 @@ where
             };
         Box::pin(async move {
             let outcome = run.await;
-            settle(&queue, &ctx, outcome, started_at).await;
+            settle(&queue, &completions, &ctx, outcome, started_at).await;
             keeper.release(&ctx.lease.id);
             drop(slot);
             Ok(())
@@ -391,6 +458,7 @@ fn to_job_error(err: BoxDynError) -> JobError {
 /// Decide and write the outcome of one attempt.
 async fn settle(
     queue: &RedisQueue,
+    completions: &CompletionBatcher,
     ctx: &AttemptContext,
     outcome: Result<JobOutput, JobError>,
     started_at: u64,
@@ -434,7 +502,14 @@ async fn settle(
                 "run_ms": ended_at.saturating_sub(started_at),
                 "total_ms": ended_at.saturating_sub(lease.created_at_ms),
             });
-            queue.complete(lease, &result.to_string(), &record).await
+            completions
+                .complete(Completion {
+                    id: lease.id.clone(),
+                    token: lease.token.clone(),
+                    result_json: result.to_string(),
+                    record_json: serde_json::to_string(&record).expect("attempt record serialises"),
+                })
+                .await
         }
         Err(err) => {
             let settlement = decide(queue, lease, &err, reason, ended_at);

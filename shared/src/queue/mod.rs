@@ -62,6 +62,9 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("bad data in Redis: {0}")]
     Corrupt(String),
+    /// A batched call failed; every caller in the batch gets its message.
+    #[error("{0}")]
+    Batch(String),
 }
 
 /// How one queue behaves; built from the settings for one [`QueueKind`].
@@ -166,6 +169,15 @@ pub struct Fetched {
     pub leases: Vec<Lease>,
     /// When the earliest delayed job falls due (ms), if any.
     pub next_due_ms: Option<u64>,
+}
+
+/// One successful attempt's result, for [`RedisQueue::complete_many`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: String,
+    pub token: String,
+    pub result_json: String,
+    pub record_json: String,
 }
 
 /// How a failed attempt is settled.
@@ -485,26 +497,52 @@ impl RedisQueue {
         record: &AttemptRecord,
     ) -> Result<Fenced, QueueError> {
         let record = serde_json::to_string(record).expect("attempt record serialises");
-        let code: i64 = self
+        let done = self
+            .complete_many(&[Completion {
+                id: lease.id.clone(),
+                token: lease.token.clone(),
+                result_json: result_json.to_string(),
+                record_json: record,
+            }])
+            .await?;
+        Ok(done[0])
+    }
+
+    /// Write several results in one call (fenced one by one); one outcome each, in order.
+    pub async fn complete_many(
+        &self,
+        completions: &[Completion],
+    ) -> Result<Vec<Fenced>, QueueError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codes: Vec<i64> = self
             .retrying("complete", || {
                 let mut conn = self.conn.clone();
                 let mut inv = SCRIPTS.complete.prepare_invoke();
                 inv.key(&self.keys.active)
                     .arg(&self.keys.prefix)
-                    .arg(&lease.id)
-                    .arg(&lease.token)
                     .arg(now_ms())
-                    .arg(result_json)
-                    .arg(&record)
                     .arg(self.config.result_ttl.as_millis() as u64);
+                for c in completions {
+                    inv.arg(&c.id)
+                        .arg(&c.token)
+                        .arg(&c.result_json)
+                        .arg(&c.record_json);
+                }
                 async move { inv.invoke_async(&mut conn).await }
             })
             .await?;
-        Ok(if code == 0 {
-            Fenced::Stale
-        } else {
-            Fenced::Accepted
-        })
+        Ok(codes
+            .into_iter()
+            .map(|c| {
+                if c == 0 {
+                    Fenced::Stale
+                } else {
+                    Fenced::Accepted
+                }
+            })
+            .collect())
     }
 
     /// Settle an attempt that did not succeed (fenced).

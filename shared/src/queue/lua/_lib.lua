@@ -8,9 +8,9 @@ end
 
 -- Move a job to a new status, keeping its batch record's per-status counters true.
 local function set_status(prefix, jk, new_status)
-  local old = redis.call('HGET', jk, 'status')
+  local f = redis.call('HMGET', jk, 'status', 'batch')
+  local old, batch = f[1], f[2]
   redis.call('HSET', jk, 'status', new_status)
-  local batch = redis.call('HGET', jk, 'batch')
   if batch and batch ~= '' then
     local bk = prefix .. 'batch:' .. batch
     if old then
