@@ -498,14 +498,21 @@ impl Bench<'_> {
             p.push(format!("| {label} | {} | {} |", get(f), get(a)));
         }
         let fetches = f.stats.get("zrange").map(|s| s.0).unwrap_or(0);
-        let completes = f.stats.get("publish").map(|s| s.0).unwrap_or(0);
+        let other_calls = f.evals.saturating_sub(fetches);
         let a_fetches = a.stats.get("lrange").map(|s| s.0).unwrap_or(0);
         p.push(format!(
             "\nThis project: {fetches} `fetch` calls for {n} jobs ({:.1} jobs per fetch; the \
-             fetch script's closing `ZRANGE` counts them), {completes} `complete` calls (its \
-             `PUBLISH` counts them). apalis-redis: {a_fetches} `fetch_next` calls ({:.1} tasks \
-             per fetch; its `LRANGE` counts them).\n",
+             fetch script's closing `ZRANGE` counts them) and {other_calls} other script calls \
+             (settling — `complete` batches — plus lease renewal and reclaim passes{}; {:.1} \
+             jobs per call). apalis-redis: {a_fetches} `fetch_next` calls ({:.1} tasks per \
+             fetch; its `LRANGE` counts them).\n",
             n as f64 / fetches.max(1) as f64,
+            if feed == Feed::Steady {
+                ", and the producer's enqueue calls"
+            } else {
+                ""
+            },
+            n as f64 / other_calls.max(1) as f64,
             n as f64 / a_fetches.max(1) as f64,
         ));
         for (label, d) in [("This project", f), ("apalis-redis", a)] {
