@@ -138,6 +138,15 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "SECS")]
     pub deadline: Option<u64>,
 
+    /// Retry backoff base in milliseconds: retry n waits up to base * 2^(n-1), full jitter
+    /// (default: queue.research.backoff_base_ms)
+    #[arg(long, value_name = "MS")]
+    pub backoff_base_ms: Option<u64>,
+
+    /// Retry backoff cap in milliseconds (default: queue.research.backoff_cap_ms)
+    #[arg(long, value_name = "MS")]
+    pub backoff_cap_ms: Option<u64>,
+
     /// Submitting the same key again (within queue.idempotency_ttl_secs) returns the first job's ID
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
@@ -161,7 +170,7 @@ One query per line, or JSON Lines with per-job options (`-` reads stdin):
   {\"query\": \"Compare Globex and Initech margins\", \"agent\": \"demo\", \"max_attempts\": 5}
 
 JSON fields: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs,
-deadline_secs, idempotency_key, metadata. Blank lines are skipped. One bad line refuses
+deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata. Blank lines are skipped. One bad line refuses
 the whole batch (the error names the line); nothing is enqueued then.")]
     pub file: String,
 

@@ -70,6 +70,25 @@ pub struct RetryPolicy {
     pub deadline_secs: u64,
 }
 
+impl RetryPolicy {
+    /// This policy with a job's own overrides (max attempts, timeouts, backoff).
+    pub fn for_job(&self, options: &crate::job::JobOptions) -> RetryPolicy {
+        let backoff_base_ms = options.backoff_base_ms.unwrap_or(self.backoff_base_ms);
+        RetryPolicy {
+            max_attempts: options.max_attempts.unwrap_or(self.max_attempts),
+            backoff_base_ms,
+            backoff_cap_ms: options
+                .backoff_cap_ms
+                .unwrap_or(self.backoff_cap_ms)
+                .max(backoff_base_ms),
+            attempt_timeout_secs: options
+                .attempt_timeout_secs
+                .unwrap_or(self.attempt_timeout_secs),
+            deadline_secs: options.deadline_secs.unwrap_or(self.deadline_secs),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
@@ -522,6 +541,26 @@ mod tests {
         let e =
             Settings::from_layers(None, &env(&[("FLEET_DEFAULT_AGENT", "nobody")])).unwrap_err();
         assert_eq!(e.key, "default_agent");
+    }
+
+    #[test]
+    fn a_job_overrides_its_queue_policy() {
+        let s = Settings::from_layers(None, &[]).unwrap();
+        let queue = &s.queue.research;
+        let options = crate::job::JobOptions {
+            max_attempts: Some(7),
+            backoff_base_ms: Some(90_000),
+            ..Default::default()
+        };
+        let p = queue.for_job(&options);
+        assert_eq!(p.max_attempts, 7);
+        assert_eq!(p.backoff_base_ms, 90_000);
+        assert_eq!(
+            p.backoff_cap_ms, 90_000,
+            "the cap never falls below the base"
+        );
+        assert_eq!(p.attempt_timeout_secs, queue.attempt_timeout_secs);
+        assert_eq!(queue.for_job(&Default::default()), *queue);
     }
 
     #[test]

@@ -528,3 +528,55 @@ async fn a_job_past_its_deadline_is_dead_lettered_instead_of_retried() {
         "it ended near its deadline: {r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_workers_late_result_cannot_overwrite_the_new_attempts() {
+    // The first run is slow; any later run answers at once.
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); if [ -f {dir}/first ]; then printf 'second:%s' "$q"; else touch {dir}/first; sleep 4; printf 'first:%s' "$q"; fi"#,
+        FAST_RECOVERY,
+    )
+    .await;
+    fleet.start_worker("frozen");
+    let (id, _) = fleet
+        .queue
+        .enqueue(JobSpec::research("q", "test"))
+        .await
+        .unwrap();
+    let id = id.to_string();
+    fleet
+        .wait_status(&id, JobStatus::Running, Duration::from_secs(30))
+        .await;
+    fleet
+        .eventually("first run started", Duration::from_secs(10), || async {
+            fleet.path("first").exists().then_some(())
+        })
+        .await;
+    // Freeze the whole worker (its lease keeper too), as a stalled host would.
+    let frozen = fleet.workers[0].pid();
+    unsafe { libc::kill(frozen, libc::SIGSTOP) };
+    fleet.start_worker("rescuer");
+    let r = fleet
+        .wait_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.result.as_ref().unwrap()["output"]["answer"], "second:q");
+    assert_eq!(r.history.first().unwrap().outcome, "lease_lost");
+
+    // Thaw it: its attempt ends, and whatever it tries to write is refused.
+    unsafe { libc::kill(frozen, libc::SIGCONT) };
+    fleet
+        .eventually(
+            "the stale attempt noticed",
+            Duration::from_secs(30),
+            || async {
+                let log = fleet.workers[0].log_text();
+                (log.contains("outcome refused") || log.contains("stale attempt ended"))
+                    .then_some(())
+            },
+        )
+        .await;
+    let after = fleet.record(&id).await;
+    assert_eq!(after.result, r.result, "the result was written once");
+    assert_eq!(after.history, r.history);
+    assert_eq!(after.status, JobStatus::Succeeded);
+}

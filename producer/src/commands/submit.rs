@@ -17,6 +17,8 @@ pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpe
         max_attempts: args.max_attempts,
         attempt_timeout_secs: args.timeout,
         deadline_secs: args.deadline,
+        backoff_base_ms: args.backoff_base_ms,
+        backoff_cap_ms: args.backoff_cap_ms,
         idempotency_key: args.idempotency_key.clone(),
         batch_id: None,
         metadata: args.meta.iter().cloned().collect(),

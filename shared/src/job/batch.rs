@@ -29,6 +29,10 @@ struct BatchLine {
     #[serde(default)]
     attempt_timeout_secs: Option<u64>,
     #[serde(default)]
+    backoff_base_ms: Option<u64>,
+    #[serde(default)]
+    backoff_cap_ms: Option<u64>,
+    #[serde(default)]
     deadline_secs: Option<u64>,
     #[serde(default)]
     idempotency_key: Option<String>,
@@ -69,6 +73,8 @@ pub fn parse_batch(
                 options: JobOptions {
                     max_attempts: parsed.max_attempts,
                     attempt_timeout_secs: parsed.attempt_timeout_secs,
+                    backoff_base_ms: parsed.backoff_base_ms,
+                    backoff_cap_ms: parsed.backoff_cap_ms,
                     deadline_secs: parsed.deadline_secs,
                     idempotency_key: parsed.idempotency_key,
                     batch_id: None,

@@ -141,6 +141,12 @@ pub struct JobOptions {
     /// How many attempts in all before the job is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Retry backoff of this job: the n-th retry waits a random time in
+    /// `[0, min(cap, base * 2^(n-1))]` (milliseconds). Unset: the queue's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_cap_ms: Option<u64>,
     /// Each attempt is killed after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_timeout_secs: Option<u64>,
@@ -221,6 +227,13 @@ impl JobSpec {
         let o = &self.options;
         if o.max_attempts == Some(0) {
             return Err(ValidationError::new("max_attempts must be at least 1"));
+        }
+        if let (Some(base), Some(cap)) = (o.backoff_base_ms, o.backoff_cap_ms)
+            && cap < base
+        {
+            return Err(ValidationError::new(
+                "backoff_cap_ms must be at least backoff_base_ms",
+            ));
         }
         if o.attempt_timeout_secs == Some(0) {
             return Err(ValidationError::new(

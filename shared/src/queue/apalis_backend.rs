@@ -250,17 +250,14 @@ async fn fetch_loop(
                     continue;
                 }
             };
-            let attempt_timeout = Duration::from_secs(
-                job.spec
-                    .options
-                    .attempt_timeout_secs
-                    .unwrap_or(policy.attempt_timeout_secs),
-            );
             let abort = keeper.hold(&lease);
+            let job_policy = policy.for_job(&job.spec.options);
+            let attempt_timeout = Duration::from_secs(job_policy.attempt_timeout_secs);
             let ctx = AttemptContext {
                 lease: Arc::new(lease),
                 abort,
                 attempt_timeout,
+                policy: Arc::new(job_policy),
                 worker: worker.clone(),
             };
             let task_id = TaskId::from_string(job.id.to_string());
@@ -512,7 +509,7 @@ async fn settle(
                 .await
         }
         Err(err) => {
-            let settlement = decide(queue, lease, &err, reason, ended_at);
+            let settlement = decide(&ctx.policy, lease, &err, reason, ended_at);
             record.outcome = match settlement {
                 Settlement::Release => "released".into(),
                 _ => err.class.as_str().into(),
@@ -554,7 +551,7 @@ async fn settle(
 }
 
 fn decide(
-    queue: &RedisQueue,
+    policy: &crate::settings::RetryPolicy,
     lease: &Lease,
     err: &JobError,
     reason: Option<AbortReason>,
@@ -573,7 +570,7 @@ fn decide(
         // Another agent can take it at once; the lost sandbox is not coming back.
         err.retry_after.unwrap_or_default()
     } else {
-        retry_delay(&queue.config().policy, lease.attempt, err.retry_after)
+        retry_delay(policy, lease.attempt, err.retry_after)
     };
     if lease.deadline_at_ms != 0 && now + delay.as_millis() as u64 > lease.deadline_at_ms {
         return Settlement::Dead;

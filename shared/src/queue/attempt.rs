@@ -73,6 +73,8 @@ pub struct AttemptContext {
     pub abort: AbortSignal,
     /// The attempt's time limit (the job's option, else the queue's policy).
     pub attempt_timeout: Duration,
+    /// The retry policy for this job: the queue's, with the job's own overrides.
+    pub policy: Arc<crate::settings::RetryPolicy>,
     /// The worker's name (for attempt records and sandbox tags).
     pub worker: Arc<str>,
 }
