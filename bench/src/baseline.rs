@@ -2,16 +2,19 @@
 //! (`/work/shared/reference/apalis.md` §1.8, §2.3, §6): an explicit queue name,
 //! `poll_with_interval`, a larger `batch_size`, a 5 s response timeout instead of
 //! redis-rs' 500 ms (a timeout is fatal to an apalis worker), unique worker names,
-//! `.concurrency(n)` and `.parallelize(tokio::spawn)`.
+//! `.concurrency(n)`, and `.parallelize(tokio::spawn)` in the drain only (see
+//! `scenarios.rs`: with it an idle worker stopped polling).
 //!
 //! Feeding it: every apalis-redis push lands in the `scheduled` ZSET, and its
 //! `fetch_next.lua` promotes *all* due entries with one `unpack`, which fails above
 //! ~8,000 (Lua's LUAI_MAXCSTACK). So a backlog bigger than that must never be left due
-//! in `scheduled` when a worker fetches. The benchmarks push with `push_bulk` in
-//! chunks of 1,000 while no worker runs, and then, for scenarios that need a backlog
-//! (drain, RSS), promote the entries to the `active` list by hand in chunks of 5,000
-//! (`promote_all`) — the workaround the reference names (ZRANGE … LIMIT) — before any
-//! worker starts. Workers then only read `active`, as in apalis' own steady state.
+//! in `scheduled` when a worker fetches. The benchmarks push with `push_bulk` in chunks
+//! of 1,000: either a few at a time while the workers run (the fed drain; apalis' own
+//! promotion copes), or all of them while no worker runs, and then, where a backlog is
+//! the point (the all-up-front drain, RSS), the entries are moved to the `active` list
+//! by hand in chunks of 5,000 (`promote_all`) — the workaround the reference names
+//! (ZRANGE … LIMIT) — before any worker starts: the state apalis' fetch would leave
+//! them in, had it not failed.
 
 use std::future::Future;
 use std::pin::Pin;
