@@ -435,9 +435,11 @@ where
             };
         Box::pin(async move {
             let outcome = run.await;
+            // The work is done: let the fetcher lease the next job while this one's
+            // outcome is written (the lease stays held and renewed until then).
+            drop(slot);
             settle(&queue, &completions, &ctx, outcome, started_at).await;
             keeper.release(&ctx.lease.id);
-            drop(slot);
             Ok(())
         })
     }

@@ -20,6 +20,37 @@ local function set_status(prefix, jk, new_status)
   end
 end
 
+-- Batch counters, accumulated over one script call and written once per batch and
+-- status at the end (the hot scripts move many jobs of one batch per call).
+local function count_move(deltas, batch, old, new)
+  if not batch or batch == '' then
+    return
+  end
+  local d = deltas[batch]
+  if not d then
+    d = {}
+    deltas[batch] = d
+  end
+  if old then
+    d[old] = (d[old] or 0) - 1
+  end
+  d[new] = (d[new] or 0) + 1
+end
+
+local function write_counts(prefix, deltas, ttl_ms)
+  for batch, d in pairs(deltas) do
+    local bk = prefix .. 'batch:' .. batch
+    for status, n in pairs(d) do
+      if n ~= 0 then
+        redis.call('HINCRBY', bk, status, n)
+      end
+    end
+    if ttl_ms and ttl_ms > 0 then
+      redis.call('PEXPIRE', bk, ttl_ms)
+    end
+  end
+end
+
 -- A job reached an end state: stamp it, let its record (and attempts, and batch
 -- record) expire after the result TTL, and tell waiters.
 local function finish(prefix, jk, id, now, ttl_ms)

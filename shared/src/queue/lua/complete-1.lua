@@ -15,24 +15,43 @@ local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local out = {}
+local deltas = {}
+local any = nil
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local token = ARGV[i + 1]
   local jk = job_key(prefix, id)
-  local fence = check_fence(jk, token)
-  if fence == 'settled' then
-    out[#out + 1] = 2
-  elseif fence ~= 'ok' then
+  local f = redis.call('HMGET', jk, 'token', 'status', 'settled', 'batch', 'cancel', 'error')
+  if f[1] ~= token then
     out[#out + 1] = 0
+  elseif f[2] ~= 'running' then
+    if f[3] == token then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 0
+    end
   else
     redis.call('ZREM', KEYS[1], id)
-    set_status(prefix, jk, 'succeeded')
-    redis.call('HSET', jk, 'result', ARGV[i + 2], 'settled', token)
-    -- earlier attempts' errors stay in the attempt history, not on a succeeded job
-    redis.call('HDEL', jk, 'cancel', 'lease_until', 'error')
-    redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[i + 3])
-    finish(prefix, jk, id, now, ttl)
+    count_move(deltas, f[4], 'running', 'succeeded')
+    redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'settled', token,
+      'finished_at', now)
+    if f[5] or f[6] then
+      -- earlier attempts' errors stay in the attempt history, not on a succeeded job
+      redis.call('HDEL', jk, 'cancel', 'error')
+    end
+    local ak = prefix .. 'attempts:' .. id
+    redis.call('RPUSH', ak, ARGV[i + 3])
+    if ttl > 0 then
+      redis.call('PEXPIRE', jk, ttl)
+      redis.call('PEXPIRE', ak, ttl)
+    end
+    any = id
     out[#out + 1] = 1
   end
+end
+write_counts(prefix, deltas, ttl)
+if any then
+  -- Waiters re-read their job on any message, so one per call is enough.
+  redis.call('PUBLISH', prefix .. 'done', any)
 end
 return out

@@ -16,6 +16,7 @@ local now = tonumber(ARGV[2])
 local idem_ttl = tonumber(ARGV[3])
 local out = {}
 local woke = false
+local deltas = {}
 for i = 4, #ARGV, 7 do
   local id = ARGV[i]
   local batch = ARGV[i + 4]
@@ -38,13 +39,13 @@ for i = 4, #ARGV, 7 do
     skip = true
   end
   if not skip then
-    redis.call('HSET', jk, 'id', id, 'spec', ARGV[i + 1], 'attempts', 0,
+    redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'attempts', 0,
       'max_attempts', ARGV[i + 2], 'deadline_at', ARGV[i + 3], 'created_at', now,
       'batch', batch)
     if batch ~= '' then
-      redis.call('HINCRBY', prefix .. 'batch:' .. batch, 'total', 1)
+      count_move(deltas, batch, nil, 'total')
+      count_move(deltas, batch, nil, 'queued')
     end
-    set_status(prefix, jk, 'queued')
     if run_at > now then
       redis.call('HSET', jk, 'run_at', run_at)
       redis.call('ZADD', KEYS[2], run_at, id)
@@ -55,6 +56,7 @@ for i = 4, #ARGV, 7 do
   end
   out[#out + 1] = result_id
 end
+write_counts(prefix, deltas, nil)
 if woke then
   redis.call('ZADD', KEYS[3], 0, '0')
 end

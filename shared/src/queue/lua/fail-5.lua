@@ -25,7 +25,6 @@ local now = tonumber(ARGV[4])
 local decision = ARGV[5]
 redis.call('ZREM', KEYS[1], id)
 redis.call('HSET', jk, 'settled', ARGV[3])
-redis.call('HDEL', jk, 'lease_until')
 if decision ~= 'release' then
   redis.call('HSET', jk, 'error', ARGV[7])
   redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[8])

@@ -25,7 +25,6 @@ for _, id in ipairs(ids) do
       attempt = attempt, worker = f[3] or '', started_at = tonumber(f[4]) or 0,
       ended_at = now, outcome = 'lease_lost', error = message }))
     redis.call('HSET', jk, 'error', err)
-    redis.call('HDEL', jk, 'lease_until')
     if f[5] == '1' then
       set_status(prefix, jk, 'cancelled')
       redis.call('HDEL', jk, 'cancel')

@@ -17,7 +17,6 @@ for i = 4, #ARGV, 2 do
   local f = redis.call('HMGET', jk, 'token', 'status', 'cancel')
   if f[1] == ARGV[i + 1] and f[2] == 'running' and redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, id)
-    redis.call('HSET', jk, 'lease_until', now + lease_ms)
     if f[3] == '1' then
       out[#out + 1] = 2
     else
