@@ -154,8 +154,12 @@ impl RedisQueue {
             error: json("error"),
             result: json("result"),
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
+            // Earlier attempts are in the list; a succeeded job's final attempt is in
+            // its hash (`last_attempt`).
             history: history
                 .iter()
+                .map(String::as_str)
+                .chain(fields.get("last_attempt").map(String::as_str))
                 .filter_map(|h| serde_json::from_str(h).ok())
                 .collect(),
         }))

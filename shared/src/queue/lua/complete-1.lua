@@ -21,7 +21,8 @@ for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local token = ARGV[i + 1]
   local jk = job_key(prefix, id)
-  local f = redis.call('HMGET', jk, 'token', 'status', 'settled', 'batch', 'cancel', 'error')
+  local f = redis.call('HMGET', jk, 'token', 'status', 'settled', 'batch', 'cancel', 'error',
+    'attempts')
   if f[1] ~= token then
     out[#out + 1] = 0
   elseif f[2] ~= 'running' then
@@ -33,17 +34,20 @@ for i = 4, #ARGV, 4 do
   else
     redis.call('ZREM', KEYS[1], id)
     count_move(deltas, f[4], 'running', 'succeeded')
+    -- The successful attempt's record stays in the job hash (`last_attempt`); the
+    -- attempts list holds only earlier attempts, so a first-attempt success creates
+    -- no second key.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'settled', token,
-      'finished_at', now)
+      'finished_at', now, 'last_attempt', ARGV[i + 3])
     if f[5] or f[6] then
       -- earlier attempts' errors stay in the attempt history, not on a succeeded job
       redis.call('HDEL', jk, 'cancel', 'error')
     end
-    local ak = prefix .. 'attempts:' .. id
-    redis.call('RPUSH', ak, ARGV[i + 3])
     if ttl > 0 then
       redis.call('PEXPIRE', jk, ttl)
-      redis.call('PEXPIRE', ak, ttl)
+      if f[7] ~= '1' then
+        redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl)
+      end
     end
     any = id
     out[#out + 1] = 1
