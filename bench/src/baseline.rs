@@ -1,5 +1,5 @@
-//! The baseline: apalis-redis 1.0 with the settings its reference notes recommend
-//! (`/work/shared/reference/apalis.md` §1.8, §2.3, §6): an explicit queue name,
+//! The baseline: apalis-redis 1.0 with the settings advised for production use (see
+//! BENCHMARKS.md, "How each scenario was measured"): an explicit queue name,
 //! `poll_with_interval`, a larger `batch_size`, a 5 s response timeout instead of
 //! redis-rs' 500 ms (a timeout is fatal to an apalis worker), unique worker names,
 //! `.concurrency(n)`, and `.parallelize(tokio::spawn)` in the drain only (see
