@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::JobError;
 use crate::runtime::AgentRuntime;
 use crate::sandbox::{
-    ListFilter, META_AGENT_ID, META_OWNER, META_POOL, SandboxError, SandboxProvider, SandboxSpec,
-    SandboxState,
+    ListFilter, META_AGENT_ID, META_OWNER, META_POOL, SandboxError, SandboxInfo, SandboxProvider,
+    SandboxSpec, SandboxState,
 };
 use crate::settings::{IdlePolicy, PoolSettings};
 
@@ -554,15 +554,16 @@ impl AgentPool {
     /// Adopt this system's sandboxes left by an earlier run of this worker, and kill
     /// strays: sandboxes tagged by a worker for which `is_live_worker` is false.
     /// Persistent agents that are paused are adopted (their state is on disk/at E2B).
+    ///
+    /// `found` is one listing of the system's sandboxes (see [`AgentPool::owned_sandboxes`]),
+    /// and `is_live_worker` must have been computed from that same listing: a second
+    /// listing could hold sandboxes created since by a live worker that the liveness
+    /// check never looked at, and they would be killed as strays.
     pub async fn reconcile(
         &self,
+        found: Vec<SandboxInfo>,
         is_live_worker: impl Fn(&str) -> bool,
     ) -> Result<usize, SandboxError> {
-        let mut filter = ListFilter::default();
-        filter
-            .metadata
-            .insert(META_OWNER.to_string(), OWNER.to_string());
-        let found = self.provider.list(&filter).await?;
         let mut changed = 0;
         for sandbox in found {
             let worker = sandbox
@@ -611,6 +612,15 @@ impl AgentPool {
         Ok(changed)
     }
 
+    /// Every sandbox this system created (tagged with its owner), any worker's.
+    pub async fn owned_sandboxes(&self) -> Result<Vec<SandboxInfo>, SandboxError> {
+        let mut filter = ListFilter::default();
+        filter
+            .metadata
+            .insert(META_OWNER.to_string(), OWNER.to_string());
+        self.provider.list(&filter).await
+    }
+
     /// At worker shutdown: pause persistent agents, kill the rest. Afterwards the
     /// pool owns no running sandbox.
     pub async fn shutdown(&self) {
@@ -625,5 +635,88 @@ impl AgentPool {
                 self.forget(&a.agent_id, &a.sandbox_id).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::local::{LocalConfig, LocalProvider};
+
+    fn spec(worker: &str, persistent: bool) -> SandboxSpec {
+        let mut metadata = BTreeMap::new();
+        metadata.insert(META_OWNER.to_string(), OWNER.to_string());
+        metadata.insert(META_POOL.to_string(), "demo".to_string());
+        metadata.insert(META_AGENT_ID.to_string(), format!("agent-{worker}"));
+        metadata.insert(META_WORKER.to_string(), worker.to_string());
+        metadata.insert(META_PERSISTENT.to_string(), persistent.to_string());
+        SandboxSpec {
+            metadata,
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_kills_strays_of_dead_workers_only_and_adopts_paused_persistent_agents() {
+        let root = tempfile::tempdir().unwrap();
+        let provider: Arc<dyn SandboxProvider> = Arc::new(LocalProvider::new(LocalConfig {
+            root: root.path().to_path_buf(),
+            env_allowlist: vec![],
+            max_output_bytes: 1024,
+            extra_path: vec![],
+        }));
+        let stray = provider.create(&spec("dead", false)).await.unwrap().id;
+        let kept_paused = provider.create(&spec("dead", true)).await.unwrap().id;
+        provider.pause(&kept_paused).await.unwrap();
+        let live = provider.create(&spec("alive", false)).await.unwrap().id;
+
+        let profile = PoolProfile {
+            runtime: Arc::new(crate::runtime::command::CommandRuntime::new(
+                toml::from_str("runtime = \"command\"\nrepo = \".\"\ncommand = [\"true\"]")
+                    .unwrap(),
+                BTreeMap::new(),
+                root.path().to_path_buf(),
+            )),
+            template: String::new(),
+            env: BTreeMap::new(),
+            max_agents: 2,
+        };
+        let settings: crate::settings::Settings =
+            crate::settings::Settings::from_layers(None, &[]).unwrap();
+        let pool = AgentPool::new(
+            provider.clone(),
+            BTreeMap::from([("demo".to_string(), profile)]),
+            settings.pool.clone(),
+            "me",
+        );
+        let found = pool.owned_sandboxes().await.unwrap();
+        assert_eq!(found.len(), 3);
+        let changed = pool.reconcile(found, |w| w == "alive").await.unwrap();
+        assert_eq!(changed, 2);
+
+        let left: Vec<String> = provider
+            .list(&ListFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert!(
+            !left.contains(&stray),
+            "the dead worker's sandbox was killed"
+        );
+        assert!(
+            left.contains(&live),
+            "a live worker's sandbox is left alone"
+        );
+        assert!(
+            left.contains(&kept_paused),
+            "a paused persistent agent is kept"
+        );
+        let adopted = pool.agents();
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].sandbox_id, kept_paused);
+        assert_eq!(adopted[0].state, AgentState::Paused);
     }
 }

@@ -154,13 +154,16 @@ impl RedisQueue {
             error: json("error"),
             result: json("result"),
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
-            // Earlier attempts are in the list; a succeeded job's final attempt is in
-            // its hash (`last_attempt`).
+            // Earlier attempts are in the list; a succeeded job's final attempt is
+            // described by its result.
             history: history
                 .iter()
-                .map(String::as_str)
-                .chain(fields.get("last_attempt").map(String::as_str))
                 .filter_map(|h| serde_json::from_str(h).ok())
+                .chain(
+                    (status == JobStatus::Succeeded)
+                        .then(|| json("result").map(|r| crate::queue::success_record(&r)))
+                        .flatten(),
+                )
                 .collect(),
         }))
     }

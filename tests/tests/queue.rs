@@ -55,11 +55,7 @@ async fn submitted_job_is_leased_completed_and_readable_by_id() {
     assert_eq!(r.status, JobStatus::Running);
 
     let out = q
-        .complete(
-            lease,
-            &json!({"output": {"answer": "42"}}).to_string(),
-            &record(1, "succeeded"),
-        )
+        .complete(lease, &json!({"output": {"answer": "42"}}).to_string())
         .await
         .unwrap();
     assert_eq!(out, Fenced::Accepted);
@@ -96,10 +92,7 @@ async fn stale_attempt_cannot_write_after_its_lease_is_reclaimed() {
     assert_ne!(second.token, first.token);
 
     // The stale attempt's writes are refused...
-    let stale = q
-        .complete(&first, r#"{"output":"stale"}"#, &record(1, "succeeded"))
-        .await
-        .unwrap();
+    let stale = q.complete(&first, r#"{"output":"stale"}"#).await.unwrap();
     assert_eq!(stale, Fenced::Stale);
     assert_eq!(
         q.renew(&[(first.id.clone(), first.token.clone())])
@@ -109,15 +102,11 @@ async fn stale_attempt_cannot_write_after_its_lease_is_reclaimed() {
     );
     // ...and the new attempt's result is the final one.
     assert_eq!(
-        q.complete(&second, r#"{"output":"fresh"}"#, &record(2, "succeeded"))
-            .await
-            .unwrap(),
+        q.complete(&second, r#"{"output":"fresh"}"#).await.unwrap(),
         Fenced::Accepted
     );
     assert_eq!(
-        q.complete(&first, r#"{"output":"stale"}"#, &record(1, "succeeded"))
-            .await
-            .unwrap(),
+        q.complete(&first, r#"{"output":"stale"}"#).await.unwrap(),
         Fenced::Stale
     );
     let r = q.job_record(&id.to_string()).await.unwrap().unwrap();
@@ -133,19 +122,9 @@ async fn a_settle_retried_after_a_lost_reply_is_recognised() {
     let q = queue(&s, QueueKind::Research).await;
     q.enqueue(spec("q")).await.unwrap();
     let lease = q.fetch("w1", 1).await.unwrap().leases.remove(0);
-    assert_eq!(
-        q.complete(&lease, "{}", &record(1, "succeeded"))
-            .await
-            .unwrap(),
-        Fenced::Accepted
-    );
+    assert_eq!(q.complete(&lease, "{}").await.unwrap(), Fenced::Accepted);
     // the same call again (as after a timeout whose write had landed) is not an error
-    assert_eq!(
-        q.complete(&lease, "{}", &record(1, "succeeded"))
-            .await
-            .unwrap(),
-        Fenced::Accepted
-    );
+    assert_eq!(q.complete(&lease, "{}").await.unwrap(), Fenced::Accepted);
     let r = q.job_record(&lease.id).await.unwrap().unwrap();
     assert_eq!(r.history.len(), 1, "written once");
 }
@@ -452,7 +431,6 @@ async fn batched_completions_are_fenced_one_by_one() {
             id: l.id.clone(),
             token: token.to_string(),
             result_json: r#"{"output":"x"}"#.into(),
-            record_json: serde_json::to_string(&record(1, "succeeded")).unwrap(),
         };
     let out = q
         .complete_many(&[

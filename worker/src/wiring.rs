@@ -235,28 +235,22 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
 }
 
 /// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
+/// One listing serves both the liveness check and the reconcile (see `AgentPool::reconcile`).
 async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
     use fleet_shared::pool::META_WORKER;
-    use fleet_shared::sandbox::{ListFilter, META_OWNER};
-    let mut filter = ListFilter::default();
-    filter
-        .metadata
-        .insert(META_OWNER.into(), fleet_shared::pool::OWNER.into());
-    let owners: Vec<String> = match pool.provider().list(&filter).await {
-        Ok(found) => {
-            let mut v: Vec<String> = found
-                .iter()
-                .filter_map(|s| s.metadata.get(META_WORKER).cloned())
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        }
+    let found = match pool.owned_sandboxes().await {
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "could not list sandboxes to reconcile");
             return;
         }
     };
+    let mut owners: Vec<String> = found
+        .iter()
+        .filter_map(|s| s.metadata.get(META_WORKER).cloned())
+        .collect();
+    owners.sort();
+    owners.dedup();
     let live = match queue.live_workers(&owners).await {
         Ok(live) => live,
         Err(e) => {
@@ -264,12 +258,12 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
             return;
         }
     };
-    let live: std::collections::HashSet<&String> = owners
+    let live: std::collections::HashSet<&str> = owners
         .iter()
         .zip(live)
-        .filter_map(|(w, alive)| alive.then_some(w))
+        .filter_map(|(w, alive)| alive.then_some(w.as_str()))
         .collect();
-    match pool.reconcile(|w| live.contains(&w.to_string())).await {
+    match pool.reconcile(found, |w| live.contains(w)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             sandboxes = n,

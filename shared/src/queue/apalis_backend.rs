@@ -471,17 +471,6 @@ async fn settle(
         ended_at,
         ..Default::default()
     };
-    if let Ok(output) = &outcome {
-        for (field, slot) in [
-            ("agent_id", &mut record.agent_id),
-            ("sandbox_id", &mut record.sandbox_id),
-        ] {
-            *slot = output
-                .get(field)
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
-        }
-    }
     let reason = ctx.abort.reason();
     if reason == Some(AbortReason::LeaseLost) {
         tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");
@@ -489,7 +478,6 @@ async fn settle(
     }
     let written = match outcome {
         Ok(output) => {
-            record.outcome = "succeeded".into();
             let result = json!({
                 "output": output,
                 "attempts": lease.attempt,
@@ -506,7 +494,6 @@ async fn settle(
                     id: lease.id.clone(),
                     token: lease.token.clone(),
                     result_json: result.to_string(),
-                    record_json: serde_json::to_string(&record).expect("attempt record serialises"),
                 })
                 .await
         }

@@ -171,13 +171,29 @@ pub struct Fetched {
     pub next_due_ms: Option<u64>,
 }
 
-/// One successful attempt's result, for [`RedisQueue::complete_many`].
+/// One successful attempt's result, for [`RedisQueue::complete_many`]. The result
+/// describes the attempt too (see [`success_record`]): no separate record is stored.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub id: String,
     pub token: String,
     pub result_json: String,
-    pub record_json: String,
+}
+
+/// The history entry of a succeeded job's final attempt, read back from its result.
+pub fn success_record(result: &serde_json::Value) -> AttemptRecord {
+    let num = |k: &str| result.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    AttemptRecord {
+        attempt: num("attempts") as u32,
+        worker: text(result.get("worker")).unwrap_or_default(),
+        started_at: num("started_at"),
+        ended_at: num("finished_at"),
+        outcome: "succeeded".into(),
+        agent_id: text(result.pointer("/output/agent_id")),
+        sandbox_id: text(result.pointer("/output/sandbox_id")),
+        ..Default::default()
+    }
 }
 
 /// How a failed attempt is settled.
@@ -490,19 +506,12 @@ impl RedisQueue {
     }
 
     /// Write the result of a successful attempt (fenced).
-    pub async fn complete(
-        &self,
-        lease: &Lease,
-        result_json: &str,
-        record: &AttemptRecord,
-    ) -> Result<Fenced, QueueError> {
-        let record = serde_json::to_string(record).expect("attempt record serialises");
+    pub async fn complete(&self, lease: &Lease, result_json: &str) -> Result<Fenced, QueueError> {
         let done = self
             .complete_many(&[Completion {
                 id: lease.id.clone(),
                 token: lease.token.clone(),
                 result_json: result_json.to_string(),
-                record_json: record,
             }])
             .await?;
         Ok(done[0])
@@ -525,10 +534,7 @@ impl RedisQueue {
                     .arg(now_ms())
                     .arg(self.config.result_ttl.as_millis() as u64);
                 for c in completions {
-                    inv.arg(&c.id)
-                        .arg(&c.token)
-                        .arg(&c.result_json)
-                        .arg(&c.record_json);
+                    inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
                 }
                 async move { inv.invoke_async(&mut conn).await }
             })

@@ -7,7 +7,8 @@
 -- KEYS[1] active  ZSET job ID -> lease expiry (ms)
 --
 -- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms),
--- then 4 per completion: job ID, token, result JSON, attempt record JSON
+-- then 3 per completion: job ID, token, result JSON (which also describes the successful
+-- attempt: worker, times, agent; `fleet status` derives its history entry from it)
 --
 -- Returns one code per completion: 1 done, 2 already done by this token (a retried
 -- call), 0 refused (stale).
@@ -17,7 +18,7 @@ local ttl = tonumber(ARGV[3])
 local out = {}
 local deltas = {}
 local any = nil
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   local token = ARGV[i + 1]
   local jk = job_key(prefix, id)
@@ -34,11 +35,10 @@ for i = 4, #ARGV, 4 do
   else
     redis.call('ZREM', KEYS[1], id)
     count_move(deltas, f[4], 'running', 'succeeded')
-    -- The successful attempt's record stays in the job hash (`last_attempt`); the
-    -- attempts list holds only earlier attempts, so a first-attempt success creates
-    -- no second key.
+    -- The attempts list holds only earlier attempts, so a first-attempt success
+    -- creates no second key.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'settled', token,
-      'finished_at', now, 'last_attempt', ARGV[i + 3])
+      'finished_at', now)
     if f[5] or f[6] then
       -- earlier attempts' errors stay in the attempt history, not on a succeeded job
       redis.call('HDEL', jk, 'cancel', 'error')
