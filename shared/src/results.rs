@@ -128,11 +128,14 @@ fn num(map: &BTreeMap<String, String>, key: &str) -> Option<u64> {
 impl RedisQueue {
     /// A job's record, or `None` when no such job exists (or its record expired).
     pub async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
-        let mut conn = self.connection();
-        let (fields, history): (BTreeMap<String, String>, Vec<String>) = redis::pipe()
-            .hgetall(self.keys().job(id))
-            .lrange(self.keys().attempts(id), 0, -1)
-            .query_async(&mut conn)
+        let (fields, history): (BTreeMap<String, String>, Vec<String>) = self
+            .retrying("job_record", || {
+                let mut conn = self.connection();
+                let mut pipe = redis::pipe();
+                pipe.hgetall(self.keys().job(id))
+                    .lrange(self.keys().attempts(id), 0, -1);
+                async move { pipe.query_async(&mut conn).await }
+            })
             .await?;
         let Some(status) = fields.get("status").and_then(|s| JobStatus::parse(s)) else {
             return Ok(None);
@@ -170,12 +173,16 @@ impl RedisQueue {
 
     /// Statuses of many jobs in one round trip (`None` where unknown).
     pub async fn job_statuses(&self, ids: &[JobId]) -> Result<Vec<Option<JobStatus>>, QueueError> {
-        let mut conn = self.connection();
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hget(self.keys().job(&id.to_string()), "status");
-        }
-        let raw: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        let raw: Vec<Option<String>> = self
+            .retrying("job_statuses", || {
+                let mut conn = self.connection();
+                let mut pipe = redis::pipe();
+                for id in ids {
+                    pipe.hget(self.keys().job(&id.to_string()), "status");
+                }
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
         Ok(raw
             .into_iter()
             .map(|s| s.and_then(|s| JobStatus::parse(&s)))
@@ -184,8 +191,13 @@ impl RedisQueue {
 
     /// A batch's counters, or `None` if unknown.
     pub async fn batch_record(&self, id: &str) -> Result<Option<BatchRecord>, QueueError> {
-        let mut conn = self.connection();
-        let fields: BTreeMap<String, i64> = conn.hgetall(self.keys().batch(id)).await?;
+        let fields: BTreeMap<String, i64> = self
+            .retrying("batch_record", || {
+                let mut conn = self.connection();
+                let key = self.keys().batch(id);
+                async move { conn.hgetall(key).await }
+            })
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }

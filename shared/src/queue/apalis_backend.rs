@@ -51,6 +51,8 @@ const MAX_FETCH: usize = 64;
 /// Extra time an attempt gets past its timeout before the layer gives up on it (the
 /// runtime should have killed the work at the timeout already).
 const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+/// How long the fetcher waits before trying Redis again after a failed call.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// The handler's answer: JSON stored as the job's output.
 pub type JobOutput = serde_json::Value;
@@ -192,9 +194,8 @@ async fn fetch_loop(
             Err(e) => {
                 tracing::warn!(error = %e, "fetch failed; retrying");
                 drop(permits);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                if !pause(&stop, RECONNECT_PAUSE).await {
+                    return;
                 }
                 continue;
             }
@@ -208,22 +209,28 @@ async fn fetch_loop(
             if block.is_zero() {
                 continue;
             }
-            if blocking.is_none() {
-                blocking = queue.blocking_connection(IDLE_BLOCK).await.ok();
-            }
-            let waited = match blocking.as_mut() {
-                Some(conn) => tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = queue.wait_for_work(conn, block) => r,
+            let conn = match blocking.as_mut() {
+                Some(conn) => conn,
+                None => match queue.blocking_connection(IDLE_BLOCK).await {
+                    Ok(conn) => blocking.insert(conn),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no connection to block on yet; retrying");
+                        if !pause(&stop, RECONNECT_PAUSE).await {
+                            return;
+                        }
+                        continue;
+                    }
                 },
-                None => Err(super::QueueError::Corrupt("no blocking connection".into())),
+            };
+            let waited = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = queue.wait_for_work(conn, block) => r,
             };
             if let Err(e) = waited {
                 tracing::debug!(error = %e, "blocking wait failed; reconnecting");
                 blocking = None;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                if !pause(&stop, RECONNECT_PAUSE).await {
+                    return;
                 }
             }
             continue;
@@ -234,15 +241,13 @@ async fn fetch_loop(
                 Ok(job) => job,
                 Err(reason) => {
                     tracing::error!(job_id = %lease.id, %reason, "dead-lettering an undecodable job");
-                    let record = AttemptRecord {
-                        attempt: lease.attempt,
-                        worker: worker.to_string(),
-                        started_at: lease.leased_at_ms,
-                        ended_at: now_ms(),
-                        outcome: ErrorClass::Permanent.as_str().into(),
-                        error: Some(reason.clone()),
-                        ..Default::default()
-                    };
+                    let record = AttemptRecord::ended(
+                        &lease,
+                        &worker,
+                        lease.leased_at_ms,
+                        ErrorClass::Permanent.as_str(),
+                        Some(reason.clone()),
+                    );
                     let error = json!({"class": "permanent", "message": reason});
                     if let Err(e) = queue.fail(&lease, Settlement::Dead, &error, &record).await {
                         tracing::error!(error = %e, "could not dead-letter the job; its lease will expire and it will be retried");
@@ -272,13 +277,16 @@ async fn fetch_loop(
     }
 }
 
+/// Wait `d` unless `stop` comes first; `false` when stopped.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
 async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext) {
-    let record = AttemptRecord {
-        attempt: ctx.lease.attempt,
-        worker: ctx.worker.to_string(),
-        outcome: "released".into(),
-        ..Default::default()
-    };
+    let record = AttemptRecord::ended(&ctx.lease, &ctx.worker, now_ms(), "released", None);
     if let Err(e) = queue
         .fail(&ctx.lease, Settlement::Release, &json!(null), &record)
         .await
@@ -464,13 +472,6 @@ async fn settle(
 ) {
     let lease = &ctx.lease;
     let ended_at = now_ms();
-    let mut record = AttemptRecord {
-        attempt: lease.attempt,
-        worker: ctx.worker.to_string(),
-        started_at,
-        ended_at,
-        ..Default::default()
-    };
     let reason = ctx.abort.reason();
     if reason == Some(AbortReason::LeaseLost) {
         tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");
@@ -499,11 +500,17 @@ async fn settle(
         }
         Err(err) => {
             let settlement = decide(&ctx.policy, lease, &err, reason, ended_at);
-            record.outcome = match settlement {
-                Settlement::Release => "released".into(),
-                _ => err.class.as_str().into(),
+            let outcome = match settlement {
+                Settlement::Release => "released",
+                _ => err.class.as_str(),
             };
-            record.error = Some(err.message.clone());
+            let mut record = AttemptRecord::ended(
+                lease,
+                &ctx.worker,
+                started_at,
+                outcome,
+                Some(err.message.clone()),
+            );
             if let Settlement::Retry { delay } = settlement {
                 record.retry_in_ms = Some(delay.as_millis() as u64);
             }

@@ -271,6 +271,27 @@ pub struct AttemptRecord {
     pub retry_in_ms: Option<u64>,
 }
 
+impl AttemptRecord {
+    /// The record of `lease`'s attempt by `worker`, from `started_at` until now.
+    pub fn ended(
+        lease: &Lease,
+        worker: &str,
+        started_at: u64,
+        outcome: &str,
+        error: Option<String>,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            attempt: lease.attempt,
+            worker: worker.to_string(),
+            started_at,
+            ended_at: now_ms(),
+            outcome: outcome.to_string(),
+            error,
+            ..Default::default()
+        }
+    }
+}
+
 /// One queue (research or lifecycle) in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -323,7 +344,11 @@ impl RedisQueue {
     }
 
     /// Run `op` again on passing Redis faults, with backoff.
-    async fn retrying<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, QueueError>
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        what: &'static str,
+        op: F,
+    ) -> Result<T, QueueError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

@@ -81,3 +81,16 @@ local function check_fence(jk, token)
   end
   return 'ok'
 end
+
+-- The job IDs a dead-letter command acts on: ARGV[first..] when given, else up to
+-- `max` of the oldest in the dead set.
+local function dead_ids(dead_key, first, max)
+  if #ARGV >= first then
+    local ids = {}
+    for i = first, #ARGV do
+      ids[#ids + 1] = ARGV[i]
+    end
+    return ids
+  end
+  return redis.call('ZRANGE', dead_key, 0, max - 1)
+end

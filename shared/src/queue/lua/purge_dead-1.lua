@@ -9,14 +9,7 @@
 -- Returns the number of jobs purged.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
-local ids = {}
-if #ARGV > 4 then
-  for i = 5, #ARGV do
-    ids[#ids + 1] = ARGV[i]
-  end
-else
-  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
-end
+local ids = dead_ids(KEYS[1], 5, tonumber(ARGV[4]))
 local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then

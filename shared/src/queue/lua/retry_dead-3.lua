@@ -7,14 +7,7 @@
 --
 -- Returns the number of jobs requeued.
 local prefix = ARGV[1]
-local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do
-    ids[#ids + 1] = ARGV[i]
-  end
-else
-  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-end
+local ids = dead_ids(KEYS[1], 3, tonumber(ARGV[2]))
 local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
