@@ -83,6 +83,11 @@ query_via = "stdin"
         self.workers.len() - 1
     }
 
+    /// Enqueue one job on the research queue; its ID.
+    pub async fn submit(&self, spec: fleet_shared::job::JobSpec) -> fleet_shared::job::JobId {
+        self.queue.enqueue(spec).await.expect("enqueue").0
+    }
+
     pub async fn record(&self, id: &str) -> JobRecord {
         self.queue
             .job_record(id)

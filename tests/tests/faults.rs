@@ -235,11 +235,7 @@ async fn drain_timeout_releases_unfinished_jobs_without_counting_an_attempt() {
     )
     .await;
     fleet.start_worker("w1");
-    let (id, _) = fleet
-        .queue
-        .enqueue(JobSpec::research("slow one", "test"))
-        .await
-        .unwrap();
+    let id = fleet.submit(JobSpec::research("slow one", "test")).await;
     fleet
         .wait_status(&id.to_string(), JobStatus::Running, Duration::from_secs(30))
         .await;
@@ -282,11 +278,7 @@ async fn cancelling_a_running_job_kills_its_process() {
     )
     .await;
     fleet.start_worker("w1");
-    let (id, _) = fleet
-        .queue
-        .enqueue(JobSpec::research("long", "test"))
-        .await
-        .unwrap();
+    let id = fleet.submit(JobSpec::research("long", "test")).await;
     let pid: i32 = eventually("agent pid", Duration::from_secs(30), || async {
         std::fs::read_to_string(fleet.path("agent.pid"))
             .ok()?
@@ -339,11 +331,7 @@ concurrency = 1
     )
     .await;
     fleet.start_worker("w1");
-    let (id, _) = fleet
-        .queue
-        .enqueue(JobSpec::research("retry me", "test"))
-        .await
-        .unwrap();
+    let id = fleet.submit(JobSpec::research("retry me", "test")).await;
     let r = fleet
         .wait_status(
             &id.to_string(),
@@ -386,11 +374,9 @@ async fn permanent_error_dead_letters_on_the_first_attempt_with_its_reason() {
     let mut fleet =
         Fleet::start(r#"echo "no such ticker: ZZZZ" >&2; exit 65"#, FAST_RECOVERY).await;
     fleet.start_worker("w1");
-    let (id, _) = fleet
-        .queue
-        .enqueue(JobSpec::research("ZZZZ revenue?", "test"))
-        .await
-        .unwrap();
+    let id = fleet
+        .submit(JobSpec::research("ZZZZ revenue?", "test"))
+        .await;
     let r = fleet
         .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
         .await;
@@ -416,7 +402,7 @@ async fn max_attempts_is_honoured() {
     fleet.start_worker("w1");
     let mut spec = JobSpec::research("never works", "test");
     spec.options.max_attempts = Some(3);
-    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let id = fleet.submit(spec).await;
     let r = fleet
         .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
         .await;
@@ -482,7 +468,7 @@ async fn attempt_timeout_kills_the_agent_and_is_retried_as_a_timeout() {
     let mut spec = JobSpec::research("hangs", "test");
     spec.options.attempt_timeout_secs = Some(1);
     spec.options.max_attempts = Some(2);
-    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let id = fleet.submit(spec).await;
     let r = fleet
         .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(60))
         .await;
@@ -514,7 +500,7 @@ async fn a_job_past_its_deadline_is_dead_lettered_instead_of_retried() {
     fleet.start_worker("w1");
     let mut spec = JobSpec::research("in a hurry", "test");
     spec.options.deadline_secs = Some(1);
-    let (id, _) = fleet.queue.enqueue(spec).await.unwrap();
+    let id = fleet.submit(spec).await;
     let r = fleet
         .wait_status(&id.to_string(), JobStatus::Dead, Duration::from_secs(30))
         .await;
@@ -538,11 +524,7 @@ async fn a_frozen_workers_late_result_cannot_overwrite_the_new_attempts() {
     )
     .await;
     fleet.start_worker("frozen");
-    let (id, _) = fleet
-        .queue
-        .enqueue(JobSpec::research("q", "test"))
-        .await
-        .unwrap();
+    let id = fleet.submit(JobSpec::research("q", "test")).await;
     let id = id.to_string();
     fleet
         .wait_status(&id, JobStatus::Running, Duration::from_secs(30))
