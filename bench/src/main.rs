@@ -99,6 +99,10 @@ pub struct Cli {
     /// Jobs in the pool makespan scenario (each runs a 200 ms agent command).
     #[arg(long, default_value_t = 1000)]
     pub makespan_jobs: usize,
+    /// Drain: run this project only, no baseline (for profiling its Redis side with perf;
+    /// the report then has no ratios).
+    #[arg(long)]
+    pub fleet_only: bool,
     /// Where to write the Markdown report (default: <target dir>/bench-report.md).
     #[arg(long)]
     pub report: Option<PathBuf>,

@@ -245,18 +245,33 @@ impl Bench<'_> {
                 // falls on both alike; report the median.
                 for r in 0..repeat {
                     let f = self.drain_fleet(n, workers, feed).await?;
+                    if self.cli.fleet_only {
+                        progress(format!(
+                            "drain {feed:?} {workers}w run {}: this project {:.0}/s ({})",
+                            r + 1,
+                            f.rate,
+                            f.busy()
+                        ));
+                        continue;
+                    }
                     let a = self.drain_apalis(n, workers, feed).await?;
                     progress(format!(
-                        "drain {feed:?} {workers}w run {}: this project {:.0}/s, apalis {:.0}/s",
+                        "drain {feed:?} {workers}w run {}: this project {:.0}/s ({}), \
+                         apalis {:.0}/s ({})",
                         r + 1,
                         f.rate,
-                        a.rate
+                        f.busy(),
+                        a.rate,
+                        a.busy()
                     ));
                     f_rates.push(f.rate);
                     a_rates.push(a.rate);
                     if workers == 1 && r + 1 == repeat {
                         self.profile_lines(&f, &a, n, feed);
                     }
+                }
+                if self.cli.fleet_only {
+                    continue;
                 }
                 f_rates.sort_by(f64::total_cmp);
                 a_rates.sort_by(f64::total_cmp);
@@ -1118,6 +1133,18 @@ const TOP_LEVEL: &[&str] = &[
 ];
 
 impl DrainRun {
+    /// Where the time went, for the progress line: redis-server's share of the wall
+    /// time, and CPU per job of redis-server and of the worker process(es).
+    fn busy(&self) -> String {
+        let per_job = |d: Duration| d.as_secs_f64() * 1e6 / self.n as f64;
+        format!(
+            "redis busy {:.0}%, per job: redis {:.1} µs, workers {:.1} µs",
+            100.0 * self.redis_cpu.as_secs_f64() / self.elapsed.as_secs_f64(),
+            per_job(self.redis_cpu),
+            per_job(self.worker_cpu)
+        )
+    }
+
     fn new(
         n: usize,
         elapsed: Duration,

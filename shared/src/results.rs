@@ -125,6 +125,13 @@ fn num(map: &BTreeMap<String, String>, key: &str) -> Option<u64> {
     map.get(key).and_then(|v| v.parse().ok())
 }
 
+/// Field `i` of the job's `meta` (max_attempts, deadline_at, created_at; enqueue-3.lua).
+fn meta(map: &BTreeMap<String, String>, i: usize) -> Option<u64> {
+    map.get("meta")
+        .and_then(|m| m.split('\t').nth(i))
+        .and_then(|v| v.parse().ok())
+}
+
 impl RedisQueue {
     /// A job's record, or `None` when no such job exists (or its record expired).
     pub async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
@@ -148,13 +155,19 @@ impl RedisQueue {
                 .get("spec")
                 .and_then(|v| serde_json::from_str(v).ok()),
             attempts: num(&fields, "attempts").unwrap_or(0) as u32,
-            max_attempts: num(&fields, "max_attempts").unwrap_or(0) as u32,
-            created_at: num(&fields, "created_at").unwrap_or(0),
-            started_at: num(&fields, "first_started_at"),
+            max_attempts: meta(&fields, 0).unwrap_or(0) as u32,
+            created_at: meta(&fields, 2).unwrap_or(0),
+            // `first_started_at` is written once an attempt ended without success;
+            // until then the (only) start is `started_at` (see _lib.lua).
+            started_at: num(&fields, "first_started_at").or_else(|| num(&fields, "started_at")),
             finished_at: num(&fields, "finished_at"),
             run_at: num(&fields, "run_at"),
             worker: fields.get("worker").cloned(),
-            error: json("error"),
+            // An earlier attempt's error is left in the hash when a later one succeeds
+            // (complete-1.lua); it belongs to that attempt's history entry only.
+            error: (status != JobStatus::Succeeded)
+                .then(|| json("error"))
+                .flatten(),
             result: json("result"),
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
             // Earlier attempts are in the list; a succeeded job's final attempt is

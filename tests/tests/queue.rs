@@ -87,9 +87,24 @@ async fn stale_attempt_cannot_write_after_its_lease_is_reclaimed() {
     })
     .await;
     assert_eq!(reclaimed, 1);
+    // Reclaiming took the token away: the stalled attempt cannot settle the job, not
+    // even as "already done", before or after another worker leases it.
+    let error = json!({"class": "transient", "message": "late"});
+    assert_eq!(
+        q.fail(&first, Settlement::Dead, &error, &record(1, "transient"))
+            .await
+            .unwrap(),
+        Fenced::Stale
+    );
     let second = q.fetch("w2", 1).await.unwrap().leases.remove(0);
     assert_eq!(second.attempt, 2);
     assert_ne!(second.token, first.token);
+    assert_eq!(
+        q.fail(&first, Settlement::Dead, &error, &record(1, "transient"))
+            .await
+            .unwrap(),
+        Fenced::Stale
+    );
 
     // The stale attempt's writes are refused...
     let stale = q.complete(&first, r#"{"output":"stale"}"#).await.unwrap();
@@ -113,6 +128,26 @@ async fn stale_attempt_cannot_write_after_its_lease_is_reclaimed() {
     assert_eq!(r.result.unwrap()["output"], "fresh");
     assert_eq!(r.history[0].outcome, "lease_lost");
     assert_eq!(r.history[1].outcome, "succeeded");
+    assert_eq!(r.status, JobStatus::Succeeded);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(
+        r.max_attempts, 3,
+        "the queue's default, from the job's meta"
+    );
+    assert!(
+        r.error.is_none(),
+        "the lost lease's error is history, not the job's"
+    );
+    // The job's start is its first attempt's, not the second's (200 ms later).
+    let started = r.started_at.unwrap();
+    assert!(
+        started <= first.leased_at_ms && started < second.leased_at_ms,
+        "started_at {started} should be the first attempt's (leased at {}), not the \
+         second's (leased at {})",
+        first.leased_at_ms,
+        second.leased_at_ms
+    );
+    assert!(r.created_at > 0 && r.created_at <= started);
 }
 
 #[tokio::test]

@@ -462,6 +462,21 @@ fn to_job_error(err: BoxDynError) -> JobError {
     }
 }
 
+/// What is stored as a succeeded job's result: the handler's output and how the
+/// attempt went (`fleet status` derives the attempt's history entry from it).
+#[derive(serde::Serialize)]
+struct ResultEnvelope<'a> {
+    output: &'a JobOutput,
+    attempts: u32,
+    worker: &'a str,
+    created_at: u64,
+    started_at: u64,
+    finished_at: u64,
+    queued_ms: u64,
+    run_ms: u64,
+    total_ms: u64,
+}
+
 /// Decide and write the outcome of one attempt.
 async fn settle(
     queue: &RedisQueue,
@@ -479,22 +494,22 @@ async fn settle(
     }
     let written = match outcome {
         Ok(output) => {
-            let result = json!({
-                "output": output,
-                "attempts": lease.attempt,
-                "worker": ctx.worker.as_ref(),
-                "created_at": lease.created_at_ms,
-                "started_at": started_at,
-                "finished_at": ended_at,
-                "queued_ms": lease.leased_at_ms.saturating_sub(lease.created_at_ms),
-                "run_ms": ended_at.saturating_sub(started_at),
-                "total_ms": ended_at.saturating_sub(lease.created_at_ms),
-            });
+            let result = ResultEnvelope {
+                output: &output,
+                attempts: lease.attempt,
+                worker: &ctx.worker,
+                created_at: lease.created_at_ms,
+                started_at,
+                finished_at: ended_at,
+                queued_ms: lease.leased_at_ms.saturating_sub(lease.created_at_ms),
+                run_ms: ended_at.saturating_sub(started_at),
+                total_ms: ended_at.saturating_sub(lease.created_at_ms),
+            };
             completions
                 .complete(Completion {
                     id: lease.id.clone(),
                     token: lease.token.clone(),
-                    result_json: result.to_string(),
+                    result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
                 })
                 .await
         }

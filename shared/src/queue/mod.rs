@@ -301,6 +301,66 @@ pub struct RedisQueue {
     keys: Arc<Keys>,
 }
 
+/// The fetch script's reply: `[next_due, meta, spec, meta, spec, …]` (fetch-6.lua).
+fn parse_fetched(reply: Vec<Vec<u8>>, leased_at_ms: u64) -> Result<Fetched, QueueError> {
+    let mut items = reply.into_iter();
+    let next_due = items
+        .next()
+        .ok_or_else(|| QueueError::Corrupt("empty fetch reply".into()))?;
+    let next_due_ms = std::str::from_utf8(&next_due)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64);
+    let mut leases = Vec::with_capacity(items.len() / 2);
+    while let Some(meta) = items.next() {
+        let spec = items
+            .next()
+            .ok_or_else(|| QueueError::Corrupt("fetch reply: a lease without its spec".into()))?;
+        let meta = String::from_utf8_lossy(&meta);
+        let mut f = meta.splitn(6, '\t');
+        let mut field = || f.next().unwrap_or_default();
+        let token = field().to_string();
+        let attempt = field().parse().unwrap_or(1);
+        let max_attempts = field().parse().unwrap_or(1);
+        let deadline_at_ms = field().parse().unwrap_or(0);
+        let created_at_ms = field().parse().unwrap_or(0);
+        let id = field().to_string();
+        leases.push(Lease {
+            id,
+            token,
+            attempt,
+            max_attempts,
+            deadline_at_ms,
+            created_at_ms,
+            // Our producer writes UTF-8 JSON; anything else fails to decode and is
+            // dead-lettered with the reason.
+            spec_json: String::from_utf8(spec)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            leased_at_ms,
+        });
+    }
+    Ok(Fetched {
+        leases,
+        next_due_ms,
+    })
+}
+
+/// One job's arguments to the enqueue script.
+struct EnqueueRow {
+    id: String,
+    spec_json: String,
+    /// `max_attempts<TAB>deadline_at<TAB>created_at`, stored and fetched as one field.
+    meta: String,
+    batch: String,
+    idempotency_key: String,
+}
+
+impl EnqueueRow {
+    fn is_plain(&self) -> bool {
+        self.batch.is_empty() && self.idempotency_key.is_empty()
+    }
+}
+
 /// Jobs per enqueue script call: big enough to amortise the round trip, small enough
 /// that one call holds Redis for about a millisecond.
 const ENQUEUE_CHUNK: usize = 500;
@@ -415,24 +475,31 @@ impl RedisQueue {
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             let now = now_ms();
-            let mut args: Vec<String> = Vec::with_capacity(3 + chunk.len() * 7);
+            let rows: Vec<EnqueueRow> = chunk
+                .iter()
+                .map(|job| self.enqueue_row(job, batch_id, now))
+                .collect();
+            // Three arguments per job unless some job of this call has a batch or an
+            // idempotency key (enqueue-3.lua).
+            let per = if rows.iter().all(EnqueueRow::is_plain) {
+                3
+            } else {
+                6
+            };
+            let mut args: Vec<String> = Vec::with_capacity(4 + chunk.len() * per);
             args.push(self.keys.prefix.clone());
             args.push(now.to_string());
             args.push(self.config.idempotency_ttl.as_millis().to_string());
-            for job in chunk {
-                let batch = batch_id
-                    .map(str::to_string)
-                    .or_else(|| job.spec.options.batch_id.clone())
-                    .unwrap_or_default();
-                let mut spec = job.spec.clone();
-                spec.options.batch_id = (!batch.is_empty()).then(|| batch.clone());
-                args.push(job.id.to_string());
-                args.push(serde_json::to_string(&spec).expect("a job spec serialises"));
-                args.push(self.resolved_max_attempts(&spec).to_string());
-                args.push(self.deadline_at(&spec, now).to_string());
-                args.push(batch);
-                args.push(spec.options.idempotency_key.clone().unwrap_or_default());
-                args.push("0".into());
+            args.push(per.to_string());
+            for row in rows {
+                args.push(row.id);
+                args.push(row.spec_json);
+                args.push(row.meta);
+                if per == 6 {
+                    args.push(row.batch);
+                    args.push(row.idempotency_key);
+                    args.push("0".into());
+                }
             }
             let ids: Vec<String> = self
                 .retrying("enqueue", || {
@@ -457,10 +524,29 @@ impl RedisQueue {
         Ok(out)
     }
 
+    fn enqueue_row(&self, job: &Job, batch_id: Option<&str>, now: u64) -> EnqueueRow {
+        let batch = batch_id
+            .map(str::to_string)
+            .or_else(|| job.spec.options.batch_id.clone())
+            .unwrap_or_default();
+        let mut spec = job.spec.clone();
+        spec.options.batch_id = (!batch.is_empty()).then(|| batch.clone());
+        EnqueueRow {
+            id: job.id.to_string(),
+            spec_json: serde_json::to_string(&spec).expect("a job spec serialises"),
+            meta: format!(
+                "{}\t{}\t{now}",
+                self.resolved_max_attempts(&spec),
+                self.deadline_at(&spec, now)
+            ),
+            idempotency_key: spec.options.idempotency_key.clone().unwrap_or_default(),
+            batch,
+        }
+    }
+
     /// Lease up to `max` ready jobs to `worker` (promoting due delayed jobs first).
     pub async fn fetch(&self, worker: &str, max: usize) -> Result<Fetched, QueueError> {
-        type Row = (String, String, u32, String, String, String, String);
-        let (rows, next_due): (Vec<Row>, String) = self
+        let reply: Vec<Vec<u8>> = self
             .retrying("fetch", || {
                 let mut conn = self.conn.clone();
                 let mut inv = SCRIPTS.fetch.prepare_invoke();
@@ -479,26 +565,7 @@ impl RedisQueue {
                 async move { inv.invoke_async(&mut conn).await }
             })
             .await?;
-        let leased_at_ms = now_ms();
-        let leases = rows
-            .into_iter()
-            .map(
-                |(id, token, attempt, spec_json, max_attempts, deadline, created)| Lease {
-                    id,
-                    token,
-                    attempt,
-                    max_attempts: max_attempts.parse().unwrap_or(1),
-                    deadline_at_ms: deadline.parse().unwrap_or(0),
-                    created_at_ms: created.parse().unwrap_or(0),
-                    spec_json,
-                    leased_at_ms,
-                },
-            )
-            .collect();
-        Ok(Fetched {
-            leases,
-            next_due_ms: next_due.parse::<f64>().ok().map(|v| v as u64),
-        })
+        parse_fetched(reply, now_ms())
     }
 
     /// Renew leases held by this worker; one code per lease, in order.
@@ -817,4 +884,64 @@ pub struct QueueCounts {
     pub running: u64,
     pub delayed: u64,
     pub dead: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn fetch_reply_is_parsed_lease_by_lease() {
+        let reply = vec![
+            b("1750000000123"),
+            b("41\t1\t3\t0\t1700000000000\t0190-a"),
+            b(r#"{"kind":"research"}"#),
+            b("41\t2\t5\t1700000009000\t1700000000001\tid\twith\ttabs"),
+            b("{not json"),
+        ];
+        let f = parse_fetched(reply, 77).unwrap();
+        assert_eq!(f.next_due_ms, Some(1_750_000_000_123));
+        assert_eq!(f.leases.len(), 2);
+        let a = &f.leases[0];
+        assert_eq!(
+            (a.id.as_str(), a.token.as_str(), a.attempt, a.max_attempts),
+            ("0190-a", "41", 1, 3)
+        );
+        assert_eq!((a.deadline_at_ms, a.created_at_ms), (0, 1_700_000_000_000));
+        assert_eq!(
+            (a.spec_json.as_str(), a.leased_at_ms),
+            (r#"{"kind":"research"}"#, 77)
+        );
+        // The ID comes last, so whatever it holds stays whole.
+        let b2 = &f.leases[1];
+        assert_eq!(b2.id, "id\twith\ttabs");
+        assert_eq!((b2.attempt, b2.max_attempts), (2, 5));
+        assert_eq!(b2.deadline_at_ms, 1_700_000_009_000);
+        assert!(b2.decode().unwrap_err().contains("not a UUID"));
+    }
+
+    #[test]
+    fn an_empty_fetch_and_a_broken_reply() {
+        let f = parse_fetched(vec![b("")], 1).unwrap();
+        assert!(f.leases.is_empty());
+        assert_eq!(f.next_due_ms, None);
+        assert!(parse_fetched(vec![], 1).is_err());
+        assert!(parse_fetched(vec![b(""), b("1\t1\t1\t0\t0\tx")], 1).is_err());
+    }
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_decoded_as_far_as_it_goes_and_refused() {
+        let reply = vec![
+            b(""),
+            b("9\t1\t3\t0\t0\t0190fa3c-7d45-7a8e-9d6e-111111111111"),
+            vec![0xff, 0xfe, b'{'],
+        ];
+        let f = parse_fetched(reply, 1).unwrap();
+        let err = f.leases[0].decode().unwrap_err();
+        assert!(err.contains("undecodable job payload"), "{err}");
+    }
 }

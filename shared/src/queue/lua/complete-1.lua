@@ -12,41 +12,39 @@
 --
 -- Returns one code per completion: 1 done, 2 already done by this token (a retried
 -- call), 0 refused (stale).
+--
+-- An `error` or `cancel` field left by earlier attempts stays in the hash: readers ignore
+-- both on a succeeded job (results.rs), which saves reading and deleting them here.
 local prefix = ARGV[1]
-local now = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
+local now_s = ARGV[2]
+local ttl_s = ARGV[3]
+local ttl = tonumber(ttl_s)
+local pj = prefix .. 'job:'
 local out = {}
 local deltas = {}
 local any = nil
 for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   local token = ARGV[i + 1]
-  local jk = job_key(prefix, id)
-  local f = redis.call('HMGET', jk, 'token', 'status', 'settled', 'batch', 'cancel', 'error',
-    'attempts')
+  local jk = pj .. id
+  local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts')
   if f[1] ~= token then
     out[#out + 1] = 0
   elseif f[2] ~= 'running' then
-    if f[3] == token then
-      out[#out + 1] = 2
-    else
-      out[#out + 1] = 0
-    end
+    -- settled already by this token (see check_fence in _lib.lua)
+    out[#out + 1] = 2
   else
     redis.call('ZREM', KEYS[1], id)
-    count_move(deltas, f[4], 'running', 'succeeded')
+    if f[3] then
+      count_move(deltas, f[3], 'running', 'succeeded')
+    end
     -- The attempts list holds only earlier attempts, so a first-attempt success
     -- creates no second key.
-    redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'settled', token,
-      'finished_at', now)
-    if f[5] or f[6] then
-      -- earlier attempts' errors stay in the attempt history, not on a succeeded job
-      redis.call('HDEL', jk, 'cancel', 'error')
-    end
+    redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now_s)
     if ttl > 0 then
-      redis.call('PEXPIRE', jk, ttl)
-      if f[7] ~= '1' then
-        redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl)
+      redis.call('PEXPIRE', jk, ttl_s)
+      if f[4] ~= '1' then
+        redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl_s)
       end
     end
     any = id

@@ -4,24 +4,32 @@
 -- KEYS[2] delayed  ZSET  job ID -> run_at (ms)
 -- KEYS[3] marker   ZSET  one member; its presence wakes a worker blocked in BZPOPMIN
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] idempotency TTL (ms),
--- then 7 per job: id, spec JSON, max_attempts, deadline_at (ms, 0 = none),
---                 batch ID ('' = none), idempotency key ('' = none), run_at (ms, 0 = now)
+-- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] idempotency TTL (ms), ARGV[4] arguments per
+-- job (3 or 6), then per job: id, spec JSON, meta,
+--   and with 6 also: batch ID ('' = none), idempotency key ('' = none), run_at (ms, 0 = now).
+-- (3 when no job of the call has any of the last three: fewer arguments to convert.)
+-- meta is "<max_attempts><TAB><deadline_at ms, 0 = none><TAB><created_at ms>", what a
+-- worker needs besides the spec, kept as one field: fetch returns it as it is.
+--
+-- Fields at their default are not written: no `attempts` (0), no `batch` outside a batch.
 --
 -- Returns, per job, the ID it exists under: its own, or the ID of the job that already
 -- holds its idempotency key. A job ID that already exists is not written twice, so a
 -- retried call (after a lost reply) is harmless.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
-local idem_ttl = tonumber(ARGV[3])
+local idem_ttl = ARGV[3]
+local pj = prefix .. 'job:'
 local out = {}
 local woke = false
 local deltas = {}
-for i = 4, #ARGV, 7 do
+local per = tonumber(ARGV[4])
+for i = 5, #ARGV, per do
   local id = ARGV[i]
-  local batch = ARGV[i + 4]
-  local idem = ARGV[i + 5]
-  local run_at = tonumber(ARGV[i + 6])
+  local batch, idem, run_at_s = '', '', '0'
+  if per == 6 then
+    batch, idem, run_at_s = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  end
   local result_id = id
   local skip = false
   if idem ~= '' then
@@ -34,21 +42,22 @@ for i = 4, #ARGV, 7 do
       redis.call('SET', ik, id, 'PX', idem_ttl)
     end
   end
-  local jk = job_key(prefix, id)
+  local jk = pj .. id
   if not skip and redis.call('EXISTS', jk) == 1 then
     skip = true
   end
   if not skip then
-    redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'attempts', 0,
-      'max_attempts', ARGV[i + 2], 'deadline_at', ARGV[i + 3], 'created_at', now,
-      'batch', batch)
-    if batch ~= '' then
+    if batch == '' then
+      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'meta', ARGV[i + 2])
+    else
+      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'meta', ARGV[i + 2],
+        'batch', batch)
       count_move(deltas, batch, nil, 'total')
       count_move(deltas, batch, nil, 'queued')
     end
-    if run_at > now then
-      redis.call('HSET', jk, 'run_at', run_at)
-      redis.call('ZADD', KEYS[2], run_at, id)
+    if run_at_s ~= '0' and tonumber(run_at_s) > now then
+      redis.call('HSET', jk, 'run_at', run_at_s)
+      redis.call('ZADD', KEYS[2], run_at_s, id)
     else
       redis.call('LPUSH', KEYS[1], id)
     end
@@ -58,6 +67,6 @@ for i = 4, #ARGV, 7 do
 end
 write_counts(prefix, deltas, nil)
 if woke then
-  redis.call('ZADD', KEYS[3], 0, '0')
+  redis.call('ZADD', KEYS[3], '0', '0')
 end
 return out

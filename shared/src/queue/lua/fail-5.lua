@@ -24,7 +24,7 @@ end
 local now = tonumber(ARGV[4])
 local decision = ARGV[5]
 redis.call('ZREM', KEYS[1], id)
-redis.call('HSET', jk, 'settled', ARGV[3])
+keep_first_start(jk, redis.call('HGET', jk, 'started_at'))
 if decision ~= 'release' then
   redis.call('HSET', jk, 'error', ARGV[7])
   redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[8])

@@ -10,23 +10,32 @@
 -- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] lease TTL (ms), ARGV[4] max jobs,
 -- ARGV[5] worker name, ARGV[6] promote chunk
 --
--- Returns { leases, next_due } where each lease is
--- { id, token, attempt, spec, max_attempts, deadline_at, created_at } and next_due is the
--- run_at of the earliest delayed job ('' if none), so an idle worker knows how long to block.
+-- Returns a flat array { next_due, meta_1, spec_1, meta_2, spec_2, ... }: next_due is the
+-- run_at of the earliest delayed job ('' if none), so an idle worker knows how long to
+-- block; per lease, meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
+-- created_at<TAB>id" (the job's `meta` field as enqueue wrote it, in the middle; the ID
+-- last, so it may hold anything) and spec the job's JSON.
+-- Two bulk strings per job instead of a nested array of seven: building and parsing the
+-- reply was the worker's largest cost (BENCHMARKS.md).
+-- The fencing token is one per call (INCR), shared by the jobs this call leases: a token
+-- still names one attempt of one job, and a later attempt always gets a larger one.
 -- An ID without a job record is dead-lettered with the reason, never dropped.
--- Per leased job: one HMGET, one HSET, one ZADD (the hot path; see BENCHMARKS.md).
+-- Per leased job: one HMGET, one HSET, one ZADD, all with string arguments (the hot
+-- path; see BENCHMARKS.md).
 local prefix = ARGV[1]
-local now = tonumber(ARGV[2])
-local lease_ms = tonumber(ARGV[3])
+local now_s = ARGV[2]
+local now = tonumber(now_s)
+local lease_until = tostring(now + tonumber(ARGV[3]))
 local max = tonumber(ARGV[4])
 local worker = ARGV[5]
 local chunk = tonumber(ARGV[6])
+local pj = prefix .. 'job:'
 local deltas = {}
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, chunk)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'LIMIT', '0', ARGV[6])
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[3], id)
-  local jk = job_key(prefix, id)
+  local jk = pj .. id
   local f = redis.call('HMGET', jk, 'status', 'batch')
   if f[1] then
     count_move(deltas, f[2], f[1], 'queued')
@@ -36,16 +45,13 @@ for _, id in ipairs(due) do
   end
 end
 
-local leases = {}
-local ids = redis.call('RPOP', KEYS[1], max)
+local out = { '' }
+local ids = redis.call('RPOP', KEYS[1], ARGV[4])
 if ids then
-  -- Fencing tokens for this call: one INCRBY, then counted down per lease.
-  local top = redis.call('INCRBY', KEYS[5], #ids)
-  local next_token = top - #ids
+  local token = tostring(redis.call('INCR', KEYS[5]))
   for _, id in ipairs(ids) do
-    local jk = job_key(prefix, id)
-    local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'max_attempts',
-      'deadline_at', 'created_at', 'first_started_at')
+    local jk = pj .. id
+    local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta')
     local status = f[1]
     if not status then
       redis.call('HSET', jk, 'id', id, 'status', 'dead', 'attempts', 0, 'finished_at', now,
@@ -54,19 +60,15 @@ if ids then
       redis.call('ZADD', KEYS[6], now, id)
       redis.call('PUBLISH', prefix .. 'done', id)
     elseif status == 'queued' then
-      next_token = next_token + 1
-      local attempt = (tonumber(f[3]) or 0) + 1
-      count_move(deltas, f[2], status, 'running')
-      if f[8] then
-        redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', next_token,
-          'worker', worker, 'started_at', now)
-      else
-        redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', next_token,
-          'worker', worker, 'started_at', now, 'first_started_at', now)
+      local attempt = succ(f[3] or '0')
+      if f[2] then
+        count_move(deltas, f[2], status, 'running')
       end
-      redis.call('ZADD', KEYS[2], now + lease_ms, id)
-      leases[#leases + 1] = { id, tostring(next_token), attempt, f[4] or '', f[5] or '1',
-        f[6] or '0', f[7] or '0' }
+      redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', token,
+        'worker', worker, 'started_at', now_s)
+      redis.call('ZADD', KEYS[2], lease_until, id)
+      out[#out + 1] = token .. '\t' .. attempt .. '\t' .. (f[5] or '1\t0\t0') .. '\t' .. id
+      out[#out + 1] = f[4] or ''
     end
     -- any other status (cancelled while queued, ...) is a stale list entry: skip it
   end
@@ -75,7 +77,8 @@ write_counts(prefix, deltas, nil)
 
 if ids and #ids == max and redis.call('LLEN', KEYS[1]) > 0 then
   -- more work left: wake another idle worker
-  redis.call('ZADD', KEYS[4], 0, '0')
+  redis.call('ZADD', KEYS[4], '0', '0')
 end
-local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return { leases, head[2] or '' }
+local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
+out[1] = head[2] or ''
+return out

@@ -15,7 +15,7 @@ local requeued = false
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local jk = job_key(prefix, id)
-  local f = redis.call('HMGET', jk, 'attempts', 'max_attempts', 'worker', 'started_at', 'cancel', 'status')
+  local f = redis.call('HMGET', jk, 'attempts', 'meta', 'worker', 'started_at', 'cancel', 'status')
   if f[6] == 'running' then
     local attempt = tonumber(f[1]) or 0
     local message = 'lease expired: worker ' .. (f[3] or '?') ..
@@ -25,11 +25,14 @@ for _, id in ipairs(ids) do
       attempt = attempt, worker = f[3] or '', started_at = tonumber(f[4]) or 0,
       ended_at = now, outcome = 'lease_lost', error = message }))
     redis.call('HSET', jk, 'error', err)
+    -- The stale holder's token goes: its complete/fail/renew calls are refused.
+    redis.call('HDEL', jk, 'token')
+    keep_first_start(jk, f[4])
     if f[5] == '1' then
       set_status(prefix, jk, 'cancelled')
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, tonumber(ARGV[4]))
-    elseif attempt >= (tonumber(f[2]) or 1) then
+    elseif attempt >= (tonumber(string.match(f[2] or '', '^%d+')) or 1) then
       set_status(prefix, jk, 'dead')
       redis.call('HSET', jk, 'finished_at', now)
       redis.call('ZADD', KEYS[4], now, id)

@@ -16,7 +16,7 @@ for _, id in ipairs(ids) do
       redis.call('PERSIST', jk)
       redis.call('PERSIST', prefix .. 'attempts:' .. id)
       redis.call('HSET', jk, 'attempts', 0)
-      redis.call('HDEL', jk, 'finished_at', 'settled')
+      redis.call('HDEL', jk, 'finished_at')
       set_status(prefix, jk, 'queued')
       redis.call('LPUSH', KEYS[2], id)
       n = n + 1
