@@ -125,11 +125,13 @@ fn num(map: &BTreeMap<String, String>, key: &str) -> Option<u64> {
     map.get(key).and_then(|v| v.parse().ok())
 }
 
-/// Field `i` of the job's `meta` (max_attempts, deadline_at, created_at; enqueue-3.lua).
-fn meta(map: &BTreeMap<String, String>, i: usize) -> Option<u64> {
-    map.get("meta")
-        .and_then(|m| m.split('\t').nth(i))
-        .and_then(|v| v.parse().ok())
+/// Field `i` of the job's `meta` (max_attempts, deadline_at, created_at; enqueue-3.lua),
+/// or the separate field `old` of a record written before `meta` existed.
+fn meta(map: &BTreeMap<String, String>, i: usize, old: &str) -> Option<u64> {
+    match map.get("meta") {
+        Some(m) => m.split('\t').nth(i).and_then(|v| v.parse().ok()),
+        None => num(map, old),
+    }
 }
 
 impl RedisQueue {
@@ -155,8 +157,8 @@ impl RedisQueue {
                 .get("spec")
                 .and_then(|v| serde_json::from_str(v).ok()),
             attempts: num(&fields, "attempts").unwrap_or(0) as u32,
-            max_attempts: meta(&fields, 0).unwrap_or(0) as u32,
-            created_at: meta(&fields, 2).unwrap_or(0),
+            max_attempts: meta(&fields, 0, "max_attempts").unwrap_or(0) as u32,
+            created_at: meta(&fields, 2, "created_at").unwrap_or(0),
             // `first_started_at` is written once an attempt ended without success;
             // until then the (only) start is `started_at` (see _lib.lua).
             started_at: num(&fields, "first_started_at").or_else(|| num(&fields, "started_at")),

@@ -228,6 +228,42 @@ async fn undecodable_payloads_are_dead_lettered_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_job_written_before_the_meta_field_keeps_its_options() {
+    // Records written by an earlier version (or by hand) keep max_attempts, deadline_at
+    // and created_at as separate fields; fetch, reclaim and `fleet status` read them.
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let mut conn = redis.conn();
+    let id = uuid::Uuid::now_v7().to_string();
+    let spec_json = serde_json::to_string(&spec("old layout")).unwrap();
+    let _: () = conn
+        .hset_multiple(
+            q.keys().job(&id),
+            &[
+                ("spec", spec_json.as_str()),
+                ("status", "queued"),
+                ("attempts", "0"),
+                ("max_attempts", "4"),
+                ("deadline_at", "0"),
+                ("created_at", "1700000000000"),
+            ],
+        )
+        .unwrap();
+    let _: () = conn.lpush(&q.keys().wait, &id).unwrap();
+    let lease = q.fetch("w1", 10).await.unwrap().leases.remove(0);
+    assert_eq!(lease.id, id);
+    assert_eq!((lease.attempt, lease.max_attempts), (1, 4));
+    assert_eq!(lease.created_at_ms, 1_700_000_000_000);
+    match lease.decode().unwrap().spec.payload {
+        JobPayload::Research(r) => assert_eq!(r.query, "old layout"),
+        other => panic!("decoded as {other:?}"),
+    }
+    let r = q.job_record(&id).await.unwrap().unwrap();
+    assert_eq!((r.max_attempts, r.created_at), (4, 1_700_000_000_000));
+}
+
+#[tokio::test]
 async fn ten_thousand_jobs_enqueued_at_once_all_complete() {
     let redis = RedisServer::start_with(false);
     let s = settings(&redis.url(), &[]);

@@ -92,6 +92,16 @@ local function check_fence(jk, token)
   return 'ok'
 end
 
+-- A job's meta ("max_attempts<TAB>deadline_at<TAB>created_at", see enqueue-3.lua), also
+-- for a record written before meta existed (separate fields) or by hand.
+local function job_meta(jk, meta)
+  if meta then
+    return meta
+  end
+  local o = redis.call('HMGET', jk, 'max_attempts', 'deadline_at', 'created_at')
+  return (o[1] or '1') .. '\t' .. (o[2] or '0') .. '\t' .. (o[3] or '0')
+end
+
 -- `first_started_at` is written when an attempt ends without success, from that
 -- attempt's `started_at`; until then `started_at` is the first start (readers use
 -- first_started_at, else started_at). Keeps the field out of the hot fetch path.

@@ -67,7 +67,7 @@ if ids then
       redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', token,
         'worker', worker, 'started_at', now_s)
       redis.call('ZADD', KEYS[2], lease_until, id)
-      out[#out + 1] = token .. '\t' .. attempt .. '\t' .. (f[5] or '1\t0\t0') .. '\t' .. id
+      out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
       out[#out + 1] = f[4] or ''
     end
     -- any other status (cancelled while queued, ...) is a stale list entry: skip it

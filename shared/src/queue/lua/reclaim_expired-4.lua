@@ -32,7 +32,7 @@ for _, id in ipairs(ids) do
       set_status(prefix, jk, 'cancelled')
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, tonumber(ARGV[4]))
-    elseif attempt >= (tonumber(string.match(f[2] or '', '^%d+')) or 1) then
+    elseif attempt >= (tonumber(string.match(job_meta(jk, f[2]), '^%d+')) or 1) then
       set_status(prefix, jk, 'dead')
       redis.call('HSET', jk, 'finished_at', now)
       redis.call('ZADD', KEYS[4], now, id)
