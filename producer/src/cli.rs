@@ -11,7 +11,7 @@ const LONG_ABOUT: &str = "\
 Submit research queries to dexter-fleet and follow them: one query (`submit`) or a \
 file of them (`batch`), their status and answers, the dead-letter queue, cancellation, \
 and agent lifecycle jobs. Workers (`fleet-worker`) run the jobs; `fleet demo` starts \
-everything on this machine.
+everything on this machine; `fleet serve` offers the same over HTTP.
 
 Humans get readable text; with --json every command prints one JSON document on \
 stdout for scripts. Errors and progress go to stderr.";
@@ -97,6 +97,41 @@ pub enum Command {
     /// Quickstart: Redis, a worker and the demo agent answering sample questions
     #[command(long_about = DEMO_LONG_ABOUT)]
     Demo(DemoArgs),
+    /// Serve the HTTP API: submit, batch, status, result and cancel for programs
+    #[command(long_about = SERVE_LONG_ABOUT)]
+    Serve(ServeArgs),
+}
+
+const SERVE_LONG_ABOUT: &str = "\
+Serve the HTTP API on api.listen (or --listen), for programs. JSON in and out; every error \
+is {\"error\": \"<message>\"}.
+
+  POST /v1/jobs                  a job object (as a JSON Lines batch line) -> 201 {id, existing, queue}
+                                 (200 when its idempotency_key already named a job)
+  POST /v1/batches[?agent=NAME]  a JSON array of job objects (Content-Type: application/json), or
+                                 `fleet batch` lines (application/x-ndjson or text/plain)
+                                 -> 201 {batch_id, count, job_ids}; one bad item -> 400, nothing written
+  GET  /v1/jobs/{id}             the record, as `fleet --json status` prints it
+  GET  /v1/jobs/{id}/result[?wait=SECS]
+                                 200 the answer; 202 not ended (after waiting up to
+                                 api.result_wait_max_secs); 409 ended dead, cancelled or failed
+  POST /v1/jobs/{id}/cancel      as `fleet --json cancel`
+  GET  /v1/batches/{id}          the batch's counts per status
+  GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
+
+Bad input: 400 and nothing written; unknown job, batch or route: 404; wrong method: 405; \
+body over api.max_body_bytes: 413; Redis unreachable: 503. With api.token set (e.g. \
+FLEET_API__TOKEN), every /v1 route needs `Authorization: Bearer <token>`, else 401.
+
+Prints the address it listens on to stdout (`--listen 127.0.0.1:0` picks a free port), \
+logs each request at info on stderr (RUST_LOG), and exits 0 after SIGTERM or SIGINT \
+once requests in flight are answered (result waits end at once).";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, host:port (default: api.listen); port 0 picks a free one
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 const DEMO_LONG_ABOUT: &str = "\
@@ -495,6 +530,21 @@ mod tests {
         assert_eq!(d.queries, PathBuf::from("agents/demo/queries.txt"));
         assert_eq!(d.workers, 1);
         assert!(parse(&["demo", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn serve_takes_a_listen_address() {
+        let Command::Serve(s) = parse(&["serve", "--listen", "127.0.0.1:0"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:0"));
+        let Command::Serve(s) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        assert!(s.listen.is_none());
     }
 
     #[test]

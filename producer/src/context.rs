@@ -35,8 +35,25 @@ impl Queues {
         }
     }
 
-    /// Find a job: the research queue first, then the lifecycle queue.
-    pub async fn find(&self, id: &JobId) -> anyhow::Result<(QueueKind, JobRecord)> {
+    /// Both queues over one connection to the configured Redis.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Queues> {
+        let conn = queue::connect(&settings.redis).await?;
+        let open = |kind| {
+            RedisQueue::with_connection(
+                conn.clone(),
+                &settings.redis,
+                QueueConfig::from_settings(settings, kind),
+            )
+        };
+        Ok(Queues {
+            research: open(QueueKind::Research),
+            lifecycle: open(QueueKind::Lifecycle),
+        })
+    }
+
+    /// Look a job up: the research queue first, then the lifecycle queue; `None` if
+    /// neither has it.
+    pub async fn lookup(&self, id: &JobId) -> anyhow::Result<Option<(QueueKind, JobRecord)>> {
         let key = id.to_string();
         for kind in QueueKind::ALL {
             if let Some(r) = self
@@ -45,14 +62,25 @@ impl Queues {
                 .await
                 .with_context(|| format!("looking up job {key}"))?
             {
-                return Ok((kind, r));
+                return Ok(Some((kind, r)));
             }
         }
-        Err(Fail::usage(format!(
-            "no job with ID {key} (never submitted here, or its record expired after queue.result_ttl_secs)"
-        ))
-        .into())
+        Ok(None)
     }
+
+    /// Find a job like [`Queues::lookup`]; an unknown ID is a usage error.
+    pub async fn find(&self, id: &JobId) -> anyhow::Result<(QueueKind, JobRecord)> {
+        self.lookup(id)
+            .await?
+            .ok_or_else(|| Fail::usage(unknown_job(id)).into())
+    }
+}
+
+/// What an unknown job ID gets told.
+pub fn unknown_job(id: &JobId) -> String {
+    format!(
+        "no job with ID {id} (never submitted here, or its record expired after queue.result_ttl_secs)"
+    )
 }
 
 /// Settings from the standard layers, then `--redis-url`; errors name the key (exit 2).
@@ -78,20 +106,7 @@ impl Ctx {
     /// Both queues, connecting on first use.
     pub async fn queues(&self) -> anyhow::Result<&Queues> {
         self.queues
-            .get_or_try_init(|| async {
-                let conn = queue::connect(&self.settings.redis).await?;
-                let open = |kind| {
-                    RedisQueue::with_connection(
-                        conn.clone(),
-                        &self.settings.redis,
-                        QueueConfig::from_settings(&self.settings, kind),
-                    )
-                };
-                anyhow::Ok(Queues {
-                    research: open(QueueKind::Research),
-                    lifecycle: open(QueueKind::Lifecycle),
-                })
-            })
+            .get_or_try_init(|| Queues::open(&self.settings))
             .await
     }
 

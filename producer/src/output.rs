@@ -491,6 +491,21 @@ pub fn progress_message(b: &BatchRecord) -> String {
     parts.join(" · ")
 }
 
+/// A batch record as JSON: its total, how many jobs ended, and a count for every
+/// status (zeros included).
+pub fn batch_json(b: &BatchRecord) -> Value {
+    let counts: serde_json::Map<String, Value> = JobStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(b.count(*s))))
+        .collect();
+    json!({
+        "batch_id": b.id,
+        "total": b.total,
+        "finished": b.finished(),
+        "counts": counts,
+    })
+}
+
 /// One job of a batch, as reported at the end of `batch --wait` and `demo`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchItem {
@@ -809,6 +824,24 @@ mod tests {
         b.counts.insert("dead".into(), 1);
         b.counts.insert("running".into(), 2);
         assert_eq!(progress_message(&b), "3 succeeded · 1 dead · 2 running");
+    }
+
+    #[test]
+    fn batch_json_counts_every_status() {
+        let mut b = BatchRecord {
+            id: "b1".into(),
+            total: 4,
+            ..Default::default()
+        };
+        b.counts.insert("succeeded".into(), 3);
+        b.counts.insert("running".into(), 1);
+        let v = batch_json(&b);
+        assert_eq!(v["batch_id"], "b1");
+        assert_eq!(v["total"], 4);
+        assert_eq!(v["finished"], 3);
+        assert_eq!(v["counts"]["succeeded"], 3);
+        assert_eq!(v["counts"]["dead"], 0);
+        assert_eq!(v["counts"].as_object().unwrap().len(), 7);
     }
 
     #[test]

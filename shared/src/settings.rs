@@ -25,6 +25,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub pool: PoolSettings,
     pub sandbox: SandboxSettings,
+    pub api: ApiSettings,
     pub agents: BTreeMap<String, AgentProfile>,
 }
 
@@ -97,6 +98,28 @@ pub struct WorkerSettings {
     pub drain_timeout_secs: u64,
     pub http_addr: String,
     pub log_format: LogFormat,
+}
+
+/// `fleet serve`: the producer's HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address to listen on (`host:port`, an IP address).
+    pub listen: String,
+    /// Bearer token every `/v1` route requires; empty: no authentication.
+    #[serde(default)]
+    pub token: Secret,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Longest `?wait=` a result request may ask for (seconds); longer ones are cut to it.
+    pub result_wait_max_secs: u64,
+}
+
+impl ApiSettings {
+    /// The token, when authentication is on.
+    pub fn token(&self) -> Option<&Secret> {
+        (!self.token.is_empty()).then_some(&self.token)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -284,7 +307,14 @@ impl Settings {
                 continue;
             }
             let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            set_path(&mut root, &keys, parse_env_value(value));
+            // A secret is taken as it is: read as TOML, a token of digits would become
+            // a number (and a type error).
+            let value = if keys == ["api", "token"] {
+                toml::Value::String(value.clone())
+            } else {
+                parse_env_value(value)
+            };
+            set_path(&mut root, &keys, value);
         }
         let deserializer = toml::Value::Table(root);
         let mut settings: Settings =
@@ -390,6 +420,25 @@ impl Settings {
             return err(
                 "sandbox.provider",
                 "is \"e2b\" but E2B_API_KEY is not set in the environment",
+            );
+        }
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err("api.listen", "must be host:port (an IP address)");
+        }
+        if self.api.max_body_bytes == 0 {
+            return err("api.max_body_bytes", "must be at least 1");
+        }
+        // The value is never part of a message: it is a secret.
+        if !self
+            .api
+            .token
+            .expose()
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+        {
+            return err(
+                "api.token",
+                "must be printable ASCII without spaces (it is sent in an HTTP header)",
             );
         }
         if self.agents.is_empty() {
@@ -561,6 +610,40 @@ mod tests {
         );
         assert_eq!(p.attempt_timeout_secs, queue.attempt_timeout_secs);
         assert_eq!(queue.for_job(&Default::default()), *queue);
+    }
+
+    #[test]
+    fn api_section_defaults_overrides_and_errors() {
+        let s = Settings::from_layers(None, &[]).unwrap();
+        assert_eq!(s.api.listen, "127.0.0.1:8080");
+        assert!(s.api.token().is_none(), "no token: no authentication");
+        assert!(s.api.max_body_bytes > 0);
+        assert_eq!(s.api.result_wait_max_secs, 60);
+
+        // A token of digits stays a string, and is never shown.
+        let s = Settings::from_layers(None, &env(&[("FLEET_API__TOKEN", "0123456789")])).unwrap();
+        assert_eq!(s.api.token().unwrap().expose(), "0123456789");
+        assert!(!format!("{s:?}").contains("0123456789"));
+
+        let e = Settings::from_layers(Some("[api]\ntoken = 424242\n"), &[]).unwrap_err();
+        assert_eq!(e.key, "api.token");
+        assert!(!e.to_string().contains("424242"), "{e}");
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_API__TOKEN", "has space")])).unwrap_err();
+        assert_eq!(e.key, "api.token");
+        assert!(!e.to_string().contains("has space"), "{e}");
+
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_API__LISTEN", "localhost")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "api.listen: must be host:port (an IP address)"
+        );
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_API__MAX_BODY_BYTES", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "api.max_body_bytes: must be at least 1");
+        let e = Settings::from_layers(Some("[api]\nlisten_on = \"x\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
     }
 
     #[test]

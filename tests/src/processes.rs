@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::harness::workspace_root;
 
@@ -132,4 +133,112 @@ pub fn fleet(args: &[&str], env: &[(&str, String)], stdin: Option<&[u8]>) -> Out
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
     child.wait_with_output().expect("fleet output")
+}
+
+/// A `fleet serve` child process on a port of its own choosing (`--listen
+/// 127.0.0.1:0`; it prints the address it bound), its stdout and stderr in files.
+/// Killed (SIGKILL) on drop if still running.
+pub struct ServeProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl ServeProcess {
+    /// Start `fleet [ARGS] serve --listen 127.0.0.1:0` and wait until it printed its
+    /// address (not until it answers: see the tests' own readiness check).
+    pub fn start(args: &[&str], env: &[(&str, String)], log_dir: &Path) -> ServeProcess {
+        let stdout = log_dir.join("serve.stdout");
+        let stderr = log_dir.join("serve.stderr");
+        let mut cmd = Command::new(binary("fleet"));
+        cmd.args(args)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(workspace_root())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("serve stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("serve stderr file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut server = ServeProcess {
+            child: cmd.spawn().expect("spawn fleet serve"),
+            base: String::new(),
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = std::fs::read_to_string(&server.stdout).unwrap_or_default();
+            if let Some(line) = out.lines().find(|l| l.starts_with("listening on ")) {
+                server.base = line["listening on ".len()..].trim().to_string();
+                return server;
+            }
+            assert!(
+                server.is_running(),
+                "fleet serve exited before listening: {:?}\n{}",
+                server.child.try_wait(),
+                server.logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "fleet serve printed no address within 30s\n{}",
+                server.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn sigterm(&self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait at most `timeout` for the process to exit: its exit code, or `None` if it
+    /// is still running (or was killed by a signal).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything it wrote: stdout, then stderr (the log).
+    pub fn logs(&self) -> String {
+        format!(
+            "--- fleet serve stdout ---\n{}--- fleet serve stderr ---\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

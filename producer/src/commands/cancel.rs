@@ -2,10 +2,11 @@
 //! one is flagged and its worker stops it; an ended one is left as it is.
 
 use anyhow::Context as _;
+use fleet_shared::job::{JobId, QueueKind};
 use fleet_shared::queue::CancelOutcome;
 use serde_json::json;
 
-use crate::context::{Ctx, parse_id};
+use crate::context::{Ctx, Queues, parse_id, unknown_job};
 use crate::exit::{Fail, SUCCESS};
 use crate::output::{emit_json, emit_text};
 
@@ -22,10 +23,15 @@ pub fn describe(outcome: &CancelOutcome) -> (&'static str, String) {
     }
 }
 
-pub async fn cancel(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
-    let id = parse_id(raw_id)?;
-    let queues = ctx.queues().await?;
-    let (kind, record) = queues.find(&id).await?;
+/// Cancel a job wherever it is (shared by `fleet cancel` and `POST /v1/jobs/{id}/cancel`).
+/// `None`: no such job (never submitted, or its record expired, even meanwhile).
+pub async fn cancel_job(
+    queues: &Queues,
+    id: &JobId,
+) -> anyhow::Result<Option<(QueueKind, CancelOutcome)>> {
+    let Some((kind, record)) = queues.lookup(id).await? else {
+        return Ok(None);
+    };
     // An ended job is left alone. (The cancel script answers an already-cancelled job
     // with "cancelled", which would read as if this call had cancelled it.)
     let outcome = if record.status.is_final() {
@@ -33,22 +39,32 @@ pub async fn cancel(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
     } else {
         queues
             .get(kind)
-            .cancel(&id)
+            .cancel(id)
             .await
             .with_context(|| format!("cancelling job {id}"))?
     };
-    if outcome == CancelOutcome::NotFound {
-        return Err(Fail::usage(format!("no job with ID {id} (its record just expired)")).into());
-    }
-    let (name, text) = describe(&outcome);
+    Ok((outcome != CancelOutcome::NotFound).then_some((kind, outcome)))
+}
+
+/// `fleet cancel --json`'s document (and the API's answer).
+pub fn cancel_json(id: &JobId, kind: QueueKind, outcome: &CancelOutcome) -> serde_json::Value {
+    let status = match outcome {
+        CancelOutcome::AlreadyEnded(s) => Some(s.as_str()),
+        _ => None,
+    };
+    json!({"id": id, "queue": kind.as_str(), "outcome": describe(outcome).0, "status": status})
+}
+
+pub async fn cancel(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
+    let id = parse_id(raw_id)?;
+    let queues = ctx.queues().await?;
+    let Some((kind, outcome)) = cancel_job(queues, &id).await? else {
+        return Err(Fail::usage(unknown_job(&id)).into());
+    };
     if ctx.json {
-        let status = match &outcome {
-            CancelOutcome::AlreadyEnded(s) => Some(s.as_str()),
-            _ => None,
-        };
-        emit_json(&json!({"id": id, "queue": kind.as_str(), "outcome": name, "status": status}))?;
+        emit_json(&cancel_json(&id, kind, &outcome))?;
     } else {
-        emit_text(&text)?;
+        emit_text(&describe(&outcome).1)?;
     }
     Ok(SUCCESS)
 }

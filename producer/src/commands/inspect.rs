@@ -78,6 +78,16 @@ pub async fn announce_or_wait(
     report_final(ctx, kind, &id, record)
 }
 
+/// How a job in this status has ended, as an exit code: with its answer (0), without
+/// one (1: dead, cancelled, failed), or not yet (4). The API maps these to 200, 409, 202.
+pub fn ending(status: JobStatus) -> u8 {
+    match status {
+        JobStatus::Succeeded => SUCCESS,
+        s if s.is_final() => FAILED,
+        _ => NOT_ENDED,
+    }
+}
+
 pub fn report_final(
     ctx: &Ctx,
     kind: QueueKind,
@@ -87,11 +97,7 @@ pub fn report_final(
     let Some(record) = record else {
         anyhow::bail!("the record of job {id} disappeared while waiting (it expired)");
     };
-    let code = match record.status {
-        JobStatus::Succeeded => SUCCESS,
-        s if s.is_final() => FAILED,
-        _ => NOT_ENDED,
-    };
+    let code = ending(record.status);
     if ctx.json {
         emit_json(&record_json(kind, &record))?;
         return Ok(code);

@@ -29,5 +29,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Agents { command } => agents::agents(&ctx, command).await,
         Command::Pool { command } => agents::pool(&ctx, command).await,
         Command::Demo(args) => crate::demo::demo(&mut ctx, args, cli.config).await,
+        Command::Serve(args) => crate::api::serve(ctx, args, cli.json).await,
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! Blank lines are skipped. Any bad line fails the whole batch with its line
 //! number, before anything is enqueued: a batch is accepted whole or not at all.
+//!
+//! The JSON object of a line ([`JobRequest`]) is also what the HTTP API takes: one as
+//! the body of `POST /v1/jobs` ([`parse_job`]), an array of them as a batch
+//! ([`parse_batch_array`], errors naming the item).
 
 use std::collections::BTreeMap;
 
@@ -14,30 +18,119 @@ use serde::Deserialize;
 
 use super::{JobOptions, JobPayload, JobSpec, Limits, ResearchJob, ValidationError};
 
-#[derive(Debug, Deserialize)]
+/// One job as a JSON object: a JSON Lines batch line, an item of a batch sent to the
+/// HTTP API as a JSON array, or the body of `POST /v1/jobs`. Unknown fields are
+/// refused, so a misspelt option is an error rather than silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchLine {
-    query: String,
+pub struct JobRequest {
+    pub query: String,
     #[serde(default)]
-    agent: Option<String>,
+    pub agent: Option<String>,
     #[serde(default)]
-    agent_id: Option<String>,
+    pub agent_id: Option<String>,
     #[serde(default)]
-    ephemeral: bool,
+    pub ephemeral: bool,
     #[serde(default)]
-    max_attempts: Option<u32>,
+    pub max_attempts: Option<u32>,
     #[serde(default)]
-    attempt_timeout_secs: Option<u64>,
+    pub attempt_timeout_secs: Option<u64>,
     #[serde(default)]
-    backoff_base_ms: Option<u64>,
+    pub backoff_base_ms: Option<u64>,
     #[serde(default)]
-    backoff_cap_ms: Option<u64>,
+    pub backoff_cap_ms: Option<u64>,
     #[serde(default)]
-    deadline_secs: Option<u64>,
+    pub deadline_secs: Option<u64>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
     #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl JobRequest {
+    /// The research job it asks for (`default_agent` when it names no agent). Not
+    /// validated yet: see [`JobRequest::validated`].
+    pub fn into_spec(self, default_agent: &str) -> JobSpec {
+        JobSpec {
+            payload: JobPayload::Research(ResearchJob {
+                query: self.query,
+                agent: self.agent.unwrap_or_else(|| default_agent.to_string()),
+                agent_id: self.agent_id,
+                ephemeral: self.ephemeral,
+            }),
+            options: JobOptions {
+                max_attempts: self.max_attempts,
+                attempt_timeout_secs: self.attempt_timeout_secs,
+                backoff_base_ms: self.backoff_base_ms,
+                backoff_cap_ms: self.backoff_cap_ms,
+                deadline_secs: self.deadline_secs,
+                idempotency_key: self.idempotency_key,
+                batch_id: None,
+                metadata: self.metadata,
+            },
+        }
+    }
+
+    /// The spec, checked against the limits.
+    pub fn validated(
+        self,
+        default_agent: &str,
+        limits: &Limits,
+    ) -> Result<JobSpec, ValidationError> {
+        let spec = self.into_spec(default_agent);
+        spec.validate(limits)?;
+        Ok(spec)
+    }
+}
+
+/// Parse and validate one job object (JSON text, as sent to `POST /v1/jobs`).
+pub fn parse_job(
+    bytes: &[u8],
+    default_agent: &str,
+    limits: &Limits,
+) -> Result<JobSpec, ValidationError> {
+    let request: JobRequest = serde_json::from_slice(bytes)
+        .map_err(|e| ValidationError::new(format!("malformed JSON: {e}")))?;
+    request.validated(default_agent, limits)
+}
+
+/// Parse and validate a JSON array of job objects (a batch sent to the HTTP API). Any
+/// bad item fails the whole batch, naming the item (counted from 1) and its index.
+pub fn parse_batch_array(
+    bytes: &[u8],
+    default_agent: &str,
+    limits: &Limits,
+) -> Result<Vec<JobSpec>, ValidationError> {
+    let items: Vec<serde_json::Value> = match serde_json::from_slice(bytes) {
+        Ok(items) => items,
+        Err(e) if e.is_data() => {
+            return Err(ValidationError::new(
+                "the body must be a JSON array of job objects",
+            ));
+        }
+        Err(e) => return Err(ValidationError::new(format!("malformed JSON: {e}"))),
+    };
+    let total = items.len();
+    let mut specs = Vec::with_capacity(total);
+    for (index, item) in items.into_iter().enumerate() {
+        let at = |msg: String| {
+            ValidationError::new(format!(
+                "item {} of {total} (index {index}): {msg}",
+                index + 1
+            ))
+        };
+        let request: JobRequest =
+            serde_json::from_value(item).map_err(|e| at(format!("not a valid job object: {e}")))?;
+        specs.push(
+            request
+                .validated(default_agent, limits)
+                .map_err(|e| at(e.message))?,
+        );
+    }
+    if specs.is_empty() {
+        return Err(ValidationError::new("the batch holds no queries"));
+    }
+    Ok(specs)
 }
 
 /// Parse and validate a batch file's bytes into job specs.
@@ -61,26 +154,9 @@ pub fn parse_batch(
             continue;
         }
         let spec = if line.trim_start().starts_with('{') {
-            let parsed: BatchLine =
+            let parsed: JobRequest =
                 serde_json::from_str(line).map_err(|e| at(format!("malformed JSON: {e}")))?;
-            JobSpec {
-                payload: JobPayload::Research(ResearchJob {
-                    query: parsed.query,
-                    agent: parsed.agent.unwrap_or_else(|| default_agent.to_string()),
-                    agent_id: parsed.agent_id,
-                    ephemeral: parsed.ephemeral,
-                }),
-                options: JobOptions {
-                    max_attempts: parsed.max_attempts,
-                    attempt_timeout_secs: parsed.attempt_timeout_secs,
-                    backoff_base_ms: parsed.backoff_base_ms,
-                    backoff_cap_ms: parsed.backoff_cap_ms,
-                    deadline_secs: parsed.deadline_secs,
-                    idempotency_key: parsed.idempotency_key,
-                    batch_id: None,
-                    metadata: parsed.metadata,
-                },
-            }
+            parsed.into_spec(default_agent)
         } else {
             JobSpec::research(line.trim(), default_agent)
         };
@@ -138,6 +214,86 @@ mod tests {
     fn bad_query_names_the_line() {
         let err = parse_batch(b"ok\n{\"query\":\"  \"}\n", "demo", &limits()).unwrap_err();
         assert_eq!(err.message, "line 2: the query is empty");
+    }
+
+    #[test]
+    fn a_job_object_maps_every_field() {
+        let body = br#"{"query": "Compare Globex and Initech margins", "agent": "dexter",
+            "agent_id": "agent-1", "ephemeral": true, "max_attempts": 5,
+            "attempt_timeout_secs": 120, "backoff_base_ms": 10, "backoff_cap_ms": 20,
+            "deadline_secs": 600, "idempotency_key": "q-17", "metadata": {"team": "research"}}"#;
+        let spec = parse_job(body, "demo", &limits()).unwrap();
+        let JobPayload::Research(r) = &spec.payload else {
+            panic!()
+        };
+        assert_eq!(r.query, "Compare Globex and Initech margins");
+        assert_eq!(r.agent, "dexter");
+        assert_eq!(r.agent_id.as_deref(), Some("agent-1"));
+        assert!(r.ephemeral);
+        let o = &spec.options;
+        assert_eq!(o.max_attempts, Some(5));
+        assert_eq!(o.attempt_timeout_secs, Some(120));
+        assert_eq!((o.backoff_base_ms, o.backoff_cap_ms), (Some(10), Some(20)));
+        assert_eq!(o.deadline_secs, Some(600));
+        assert_eq!(o.idempotency_key.as_deref(), Some("q-17"));
+        assert_eq!(o.metadata.get("team").map(String::as_str), Some("research"));
+        assert_eq!(o.batch_id, None);
+
+        let spec = parse_job(br#"{"query": "q"}"#, "demo", &limits()).unwrap();
+        assert_eq!(spec, JobSpec::research("q", "demo"));
+    }
+
+    #[test]
+    fn a_bad_job_object_is_refused_with_the_reason() {
+        let err = |body: &[u8]| parse_job(body, "demo", &limits()).unwrap_err().message;
+        assert!(err(b"{\"query\": ").starts_with("malformed JSON"));
+        assert_eq!(err(br#"{"query": " "}"#), "the query is empty");
+        assert!(
+            err(br#"{"query": "q", "agent": "nobody"}"#)
+                .contains("unknown agent profile \"nobody\"")
+        );
+        assert!(err(br#"{"query": "q", "timeout": 5}"#).contains("unknown field `timeout`"));
+        assert!(err(br#"{"agent": "demo"}"#).contains("missing field `query`"));
+        assert_eq!(
+            err(br#"{"query": "q", "max_attempts": 0}"#),
+            "max_attempts must be at least 1"
+        );
+    }
+
+    #[test]
+    fn a_json_array_batch_names_the_bad_item() {
+        let specs = parse_batch_array(
+            br#"[{"query": "a"}, {"query": "b", "agent": "dexter"}]"#,
+            "demo",
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            specs,
+            vec![
+                JobSpec::research("a", "demo"),
+                JobSpec::research("b", "dexter")
+            ]
+        );
+        let err = |body: &[u8]| {
+            parse_batch_array(body, "demo", &limits())
+                .unwrap_err()
+                .message
+        };
+        assert_eq!(
+            err(br#"[{"query": "a"}, {"query": ""}]"#),
+            "item 2 of 2 (index 1): the query is empty"
+        );
+        assert!(
+            err(br#"[{"query": "a"}, "b"]"#)
+                .starts_with("item 2 of 2 (index 1): not a valid job object")
+        );
+        assert_eq!(
+            err(br#"{"query": "a"}"#),
+            "the body must be a JSON array of job objects"
+        );
+        assert!(err(b"[{").starts_with("malformed JSON"));
+        assert_eq!(err(b"[]"), "the batch holds no queries");
     }
 
     #[test]

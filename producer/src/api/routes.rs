@@ -1,0 +1,294 @@
+//! The handlers. Each checks its input first (400, nothing written), then does what
+//! the matching CLI command does, through the same functions.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleet_shared::job::JobId;
+use fleet_shared::job::batch::{parse_batch, parse_batch_array, parse_job};
+use fleet_shared::results::JobRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, Shared};
+use crate::commands::batch::submit_batch as enqueue_batch;
+use crate::commands::cancel::{cancel_job, cancel_json};
+use crate::commands::inspect::ending;
+use crate::context::{parse_id, unknown_job};
+use crate::exit::{FAILED, SUCCESS};
+use crate::output::{BatchItem, batch_json, error_text, record_json};
+
+/// How long `/readyz` gives Redis to connect and answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A job ID from the path: 400 when malformed.
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    parse_id(&raw).map_err(|e| ApiError::bad_request(e.message))
+}
+
+/// Query parameters: unknown or malformed ones are refused (400).
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// `POST /v1/jobs`: one job object, as a JSON Lines batch line.
+pub async fn submit(
+    State(s): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = s.body(body)?;
+    let settings = &s.ctx.settings;
+    let spec = parse_job(&bytes, &settings.default_agent, &settings.limits())
+        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
+    let queue = &s.ctx.queues().await?.research;
+    let (id, existing) = queue.enqueue(spec).await.context("submitting the job")?;
+    let status = if existing {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        [(LOCATION, format!("/v1/jobs/{id}"))],
+        Json(json!({"id": id, "existing": existing, "queue": "research"})),
+    )
+        .into_response())
+}
+
+/// The two batch body formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFormat {
+    /// `application/json`: an array of job objects.
+    JsonArray,
+    /// `application/x-ndjson`, `application/jsonl`, `text/plain`: what `fleet batch` reads.
+    Lines,
+}
+
+/// The batch format a `Content-Type` names; 415 otherwise.
+pub fn batch_format(content_type: Option<&HeaderValue>) -> Result<BatchFormat, ApiError> {
+    let essence = content_type.and_then(|v| v.to_str().ok()).map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some("application/json") => Ok(BatchFormat::JsonArray),
+        Some(
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" | "text/plain",
+        ) => Ok(BatchFormat::Lines),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{}: send application/json (an array of job objects), or application/x-ndjson or text/plain (one query or JSON object per line, as `fleet batch` reads)",
+                match other {
+                    Some(t) => format!("unsupported Content-Type {t:?}"),
+                    None => "no Content-Type".to_string(),
+                }
+            ),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// Agent profile for jobs that name none (as `fleet batch --agent`).
+    agent: Option<String>,
+}
+
+/// `POST /v1/batches[?agent=NAME]`: all or nothing.
+pub async fn submit_batch(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<BatchQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let format = batch_format(headers.get(CONTENT_TYPE))?;
+    let q = query(q)?;
+    let bytes = s.body(body)?;
+    let settings = &s.ctx.settings;
+    let agent = q.agent.as_deref().unwrap_or(&settings.default_agent);
+    let parse = match format {
+        BatchFormat::JsonArray => parse_batch_array,
+        BatchFormat::Lines => parse_batch,
+    };
+    let specs = parse(&bytes, agent, &settings.limits()).map_err(|e| {
+        ApiError::bad_request(format!("invalid batch (nothing was submitted): {e}"))
+    })?;
+    let queue = &s.ctx.queues().await?.research;
+    let submitted = enqueue_batch(queue, specs).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(LOCATION, format!("/v1/batches/{}", submitted.batch_id))],
+        Json(json!({
+            "batch_id": submitted.batch_id,
+            "count": submitted.ids.len(),
+            "job_ids": submitted.ids,
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/jobs/{id}`: the record, as `fleet status --json` prints it.
+pub async fn status(
+    State(s): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(path)?;
+    let queues = s.ctx.queues().await?;
+    let (kind, record) = queues
+        .lookup(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+    Ok(Json(record_json(kind, &record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultQuery {
+    /// Seconds to wait for the job to end (capped at `api.result_wait_max_secs`).
+    wait: Option<u64>,
+}
+
+/// `GET /v1/jobs/{id}/result[?wait=SECONDS]`.
+pub async fn result(
+    State(s): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ResultQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = job_id(path)?;
+    let wait = query(q)?
+        .wait
+        .map(Duration::from_secs)
+        .unwrap_or_default()
+        .min(s.max_wait);
+    let queues = s.ctx.queues().await?;
+    let (kind, mut record) = queues
+        .lookup(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+    if !record.status.is_final() && !wait.is_zero() {
+        tracing::debug!(job = %id, wait_secs = wait.as_secs(), "waiting for the job to end");
+        let key = id.to_string();
+        let queue = queues.get(kind);
+        let waited = tokio::select! {
+            r = queue.wait_for_final(&key, Some(wait)) => r,
+            // Shutting down: answer with where the job is now.
+            _ = s.shutdown.cancelled() => queue.job_record(&key).await,
+        }
+        .with_context(|| format!("waiting for job {key}"))?;
+        record = waited.ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+    }
+    Ok(result_response(&record))
+}
+
+/// How a job's result reads over HTTP: 200 and the answer (what `fleet batch --wait
+/// --json` prints per job) when it succeeded; 409 and the error when it ended without
+/// one (dead, cancelled, failed); 202 and its status while it has not ended.
+pub fn result_response(record: &JobRecord) -> Response {
+    match ending(record.status) {
+        SUCCESS => (
+            StatusCode::OK,
+            Json(BatchItem::new(record.id.clone(), Some(record)).to_json()),
+        )
+            .into_response(),
+        FAILED => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("job {} ended {}", record.id, error_text(record)),
+                "id": record.id,
+                "status": record.status,
+                "detail": record.error,
+            })),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": record.id,
+                "status": record.status,
+                "attempts": record.attempts,
+                "max_attempts": record.max_attempts,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /v1/jobs/{id}/cancel`: what `fleet cancel --json` prints.
+pub async fn cancel(
+    State(s): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(path)?;
+    let queues = s.ctx.queues().await?;
+    let (kind, outcome) = cancel_job(queues, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+    Ok(Json(cancel_json(&id, kind, &outcome)))
+}
+
+/// `GET /v1/batches/{id}`: how many of its jobs are in each status.
+pub async fn batch_status(
+    State(s): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = uuid::Uuid::parse_str(raw.trim())
+        .map_err(|_| ApiError::bad_request(format!("not a batch ID (expected a UUID): {raw:?}")))?;
+    let queue = &s.ctx.queues().await?.research;
+    let record = queue
+        .batch_record(&id.to_string())
+        .await
+        .context("reading the batch record")?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no batch with ID {id} (never submitted here, or its record expired after queue.result_ttl_secs)"
+            ))
+        })?;
+    Ok(Json(batch_json(&record)))
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: Redis answers PING (and the server is not shutting down).
+pub async fn readyz(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
+    if s.shutdown.is_cancelled() {
+        return Err(unavailable("shutting down".into()));
+    }
+    let ping = async {
+        let queues = s.ctx.queues().await?;
+        let mut conn = queues.research.connection();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .context("PING")?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(unavailable(format!(
+            "Redis does not answer: {}",
+            crate::exit::render(&e)
+        ))),
+        Err(_) => Err(unavailable(format!(
+            "Redis did not answer PING within {}s",
+            READY_TIMEOUT.as_secs()
+        ))),
+    }
+}

@@ -1,0 +1,276 @@
+//! The router without Redis: everything here is answered before Redis is asked (the
+//! queues are opened on first use, and the Redis URL points at a closed port), which
+//! is itself the point: bad input never reaches Redis.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, StatusCode};
+use fleet_shared::results::JobStatus;
+use fleet_shared::settings::Settings;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use super::routes::{BatchFormat, batch_format, result_response};
+use super::*;
+
+fn app(env: &[(&str, &str)]) -> Router {
+    let mut pairs = vec![("FLEET_REDIS__URL".to_string(), "redis://127.0.0.1:1".into())];
+    pairs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = Settings::from_layers(None, &pairs).unwrap();
+    router(ApiState::new(Ctx::new(settings, true)))
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let response = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, body)
+}
+
+fn post(path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut b = Request::post(path);
+    if let Some(t) = content_type {
+        b = b.header("content-type", t);
+    }
+    b.body(body.into()).unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {body}"))
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_redis_is_asked() {
+    let app = app(&[]);
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post("/v1/jobs", Some("application/json"), r#"{"query": "  "}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid job: the query is empty",
+        ),
+        (
+            post("/v1/jobs", None, r#"{"query": "q", "agent": "nobody"}"#),
+            StatusCode::BAD_REQUEST,
+            "unknown agent profile \"nobody\"",
+        ),
+        (
+            post("/v1/jobs", None, "{\"query\": "),
+            StatusCode::BAD_REQUEST,
+            "invalid job: malformed JSON",
+        ),
+        (
+            post(
+                "/v1/batches",
+                Some("application/x-ndjson"),
+                "ok\n{\"query\": 3}\n",
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid batch (nothing was submitted): line 2: malformed JSON",
+        ),
+        (
+            post(
+                "/v1/batches",
+                Some("application/json; charset=utf-8"),
+                r#"[{"query": "a"}, {"query": ""}]"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "item 2 of 2 (index 1): the query is empty",
+        ),
+        (
+            post("/v1/batches", None, "q\n"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no Content-Type",
+        ),
+        (
+            post("/v1/batches?agnt=demo", Some("text/plain"), "q\n"),
+            StatusCode::BAD_REQUEST,
+            "unknown field `agnt`",
+        ),
+        (
+            get("/v1/jobs/not-a-uuid"),
+            StatusCode::BAD_REQUEST,
+            "not a job ID",
+        ),
+        (
+            get("/v1/jobs/not-a-uuid/result?wait=5"),
+            StatusCode::BAD_REQUEST,
+            "not a job ID",
+        ),
+        (
+            get("/v1/jobs/01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f/result?wait=soon"),
+            StatusCode::BAD_REQUEST,
+            "wait",
+        ),
+        (
+            post("/v1/jobs/x/cancel", None, ""),
+            StatusCode::BAD_REQUEST,
+            "not a job ID",
+        ),
+        (
+            get("/v1/batches/nope"),
+            StatusCode::BAD_REQUEST,
+            "not a batch ID",
+        ),
+    ];
+    for (req, status, message) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (got, body) = call(&app, req).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(
+            error_of(&body).contains(message),
+            "{what}: wanted {message:?} in {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn routes_methods_and_body_size() {
+    let app = app(&[("FLEET_API__MAX_BODY_BYTES", "64")]);
+    let (status, body) = call(&app, get("/v1/nothing")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&body), "no such route: GET /v1/nothing");
+    let (status, body) = call(&app, get("/v1/jobs")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_of(&body), "method GET is not allowed on /v1/jobs");
+    let big = format!(r#"{{"query": "{}"}}"#, "x".repeat(100));
+    let (status, body) = call(&app, post("/v1/jobs", None, big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        error_of(&body).contains("over the limit of 64 bytes (api.max_body_bytes)"),
+        "{body}"
+    );
+    let (status, body) = call(&app, get("/healthz")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn a_token_guards_v1_but_not_health() {
+    let app = app(&[("FLEET_API__TOKEN", "t0ken-for-tests")]);
+    let with = |auth: Option<&str>| {
+        let mut b = Request::get("/v1/jobs/not-a-uuid");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("t0ken-for-tests"),
+        Some("Basic t0ken-for-tests"),
+    ] {
+        let (status, body) = call(&app, with(auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(!body.to_string().contains("t0ken"), "{body}");
+    }
+    // Past authentication, the malformed ID is what is wrong.
+    let (status, _) = call(&app, with(Some("Bearer t0ken-for-tests"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(&app, with(Some("bearer  t0ken-for-tests "))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Unknown routes are not revealed without the token.
+    assert_eq!(
+        call(&app, get("/v1/nothing")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+}
+
+#[test]
+fn bearer_comparison() {
+    let token = Secret::new("abc");
+    let h = |s: &'static str| HeaderValue::from_static(s);
+    assert!(bearer_matches(Some(&h("Bearer abc")), &token));
+    assert!(bearer_matches(Some(&h("BEARER abc")), &token));
+    assert!(!bearer_matches(Some(&h("Bearer abcd")), &token));
+    assert!(!bearer_matches(Some(&h("Bearer ab")), &token));
+    assert!(!bearer_matches(Some(&h("Bearer")), &token));
+    assert!(!bearer_matches(Some(&h("abc")), &token));
+    assert!(!bearer_matches(None, &token));
+}
+
+#[test]
+fn content_types_choose_the_batch_format() {
+    let f =
+        |s: &'static str| batch_format(Some(&HeaderValue::from_static(s))).map_err(|e| e.status);
+    assert_eq!(f("application/json"), Ok(BatchFormat::JsonArray));
+    assert_eq!(
+        f("Application/JSON; charset=utf-8"),
+        Ok(BatchFormat::JsonArray)
+    );
+    assert_eq!(f("application/x-ndjson"), Ok(BatchFormat::Lines));
+    assert_eq!(f("text/plain; charset=utf-8"), Ok(BatchFormat::Lines));
+    assert_eq!(
+        f("application/x-www-form-urlencoded"),
+        Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    );
+    assert_eq!(
+        batch_format(None).map_err(|e| e.status),
+        Err(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    );
+}
+
+fn record(status: JobStatus) -> fleet_shared::results::JobRecord {
+    fleet_shared::results::JobRecord {
+        id: "01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f".into(),
+        status,
+        spec: Some(fleet_shared::job::JobSpec::research("q?", "demo")),
+        attempts: 1,
+        max_attempts: 3,
+        created_at: 1,
+        started_at: None,
+        finished_at: None,
+        run_at: None,
+        worker: None,
+        error: None,
+        result: None,
+        batch: None,
+        history: vec![],
+    }
+}
+
+async fn response_json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn results_read_as_documented() {
+    let mut ok = record(JobStatus::Succeeded);
+    ok.result = Some(json!({"output": {"answer": "42"}}));
+    let (status, body) = response_json(result_response(&ok)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["answer"], "42");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["query"], "q?");
+
+    let mut dead = record(JobStatus::Dead);
+    dead.error = Some(json!({"class": "permanent", "message": "bad data", "attempt": 1}));
+    let (status, body) = response_json(result_response(&dead)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["error"],
+        "job 01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f ended dead: permanent: bad data (attempt 1)"
+    );
+    assert_eq!(body["detail"]["class"], "permanent");
+
+    for s in [JobStatus::Queued, JobStatus::Running, JobStatus::Retrying] {
+        let (status, body) = response_json(result_response(&record(s))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body["status"], s.as_str());
+    }
+    let (status, _) = response_json(result_response(&record(JobStatus::Cancelled))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
