@@ -99,6 +99,23 @@ impl WorkerProcess {
         self.child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Wait for the process to exit and check it exited 0; if not, say how it ended
+    /// (exit code or signal) and show the end of its log.
+    pub fn assert_clean_exit(&mut self) {
+        let status = self.child.wait().expect("wait for the worker");
+        if status.code() != Some(0) {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "worker {} ended {status} (signal {:?}); the end of its log:\n{}",
+                self.pid(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                tail.join("\n")
+            );
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -122,7 +122,7 @@ request_attempts = 8
         w.sigterm();
     }
     for w in fleet.workers.iter_mut() {
-        assert_eq!(w.wait(), Some(0));
+        w.assert_clean_exit();
     }
     let c = fake.counters();
     eprintln!(
