@@ -53,3 +53,18 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("workspace root")
         .to_path_buf()
 }
+
+/// Write `<dir>/fleet.toml` with local sandboxes under `<dir>/sandboxes` and `extra`
+/// TOML after it; returns its path (for `--config`).
+pub fn local_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox.local]\nroot = \"{}\"\n{extra}",
+            dir.join("sandboxes").display()
+        ),
+    )
+    .expect("write the test config");
+    config
+}

@@ -29,15 +29,7 @@ impl Api {
     async fn start(env: &[(&str, String)]) -> Api {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("fleet.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[sandbox.local]\nroot = \"{}\"\n",
-                dir.path().join("sandboxes").display()
-            ),
-        )
-        .unwrap();
+        let config = fleet_tests::harness::local_config(dir.path(), "");
         let mut server_env = vec![("FLEET_REDIS__URL", redis.url())];
         server_env.extend(env.iter().cloned());
         let config_arg = config.display().to_string();

@@ -104,15 +104,7 @@ fn bad_configuration_names_the_key_in_both_binaries() {
 fn submitted_query_is_answered_and_read_back_by_job_id() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("fleet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sandbox.local]\nroot = \"{}\"\n",
-            dir.path().join("sandboxes").display()
-        ),
-    )
-    .unwrap();
+    let config = fleet_tests::harness::local_config(dir.path(), "");
     let _worker = WorkerProcess::start(&config, "w1", &env(&redis), dir.path());
     let e = env(&redis);
     let out = fleet(
@@ -169,15 +161,10 @@ fn worker_serves_health_readiness_and_metrics() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let port = fleet_tests::redis_server::free_port();
-    let config = dir.path().join("fleet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[worker]\nhttp_addr = \"127.0.0.1:{port}\"\n[sandbox.local]\nroot = \"{}\"\n",
-            dir.path().join("sandboxes").display()
-        ),
-    )
-    .unwrap();
+    let config = fleet_tests::harness::local_config(
+        dir.path(),
+        &format!("[worker]\nhttp_addr = \"127.0.0.1:{port}\"\n"),
+    );
     let mut e = env(&redis);
     // The fixture clears the address by default; this test wants the server.
     e.push(("FLEET_WORKER__HTTP_ADDR", format!("127.0.0.1:{port}")));
