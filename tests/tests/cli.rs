@@ -199,3 +199,34 @@ fn worker_serves_health_readiness_and_metrics() {
     worker.sigterm();
     assert_eq!(worker.wait(), Some(0));
 }
+
+#[test]
+fn a_worker_stopped_while_it_waits_for_redis_exits_cleanly() {
+    // Nothing listens on this port: the worker keeps waiting for Redis. Its signal
+    // handlers are in place before it connects, so SIGTERM stops it in order (exit 0)
+    // instead of killing it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet_tests::harness::local_config(dir.path(), "");
+    let port = fleet_tests::redis_server::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut worker =
+        WorkerProcess::start(&config, "early", &[("FLEET_REDIS__URL", url)], dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !worker.log_text().contains("Redis not reachable yet") {
+        assert!(
+            std::time::Instant::now() < deadline && worker.is_running(),
+            "the worker should be waiting for Redis: {}",
+            worker.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    worker.sigterm();
+    worker.assert_clean_exit();
+    assert!(
+        worker
+            .log_text()
+            .contains("stopped before Redis became reachable"),
+        "{}",
+        worker.log_text()
+    );
+}

@@ -6,8 +6,12 @@
 //!    is told `AbortReason::Shutdown`; its process is killed and the job is released
 //!    back to the front of the queue without counting an attempt.
 //! 3. When the workers have ended, the pool pauses persistent agents and kills the rest.
+//!
+//! The handlers are installed first thing in `wiring::run`, so a signal that arrives
+//! while the worker is still starting stops it the same way (exit 0), never by the
+//! default action.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fleet_shared::queue::attempt::AbortReason;
@@ -15,16 +19,40 @@ use fleet_shared::queue::lease_keeper::LeaseKeeper;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Watch for signals; cancel `stop` at the first, release in-flight work at the second
-/// or when the drain timeout passes.
+/// The lease keepers whose attempts a second signal (or the drain timeout) releases;
+/// handed over once they exist.
+#[derive(Clone, Default)]
+pub struct Releaser {
+    keepers: Arc<OnceLock<Vec<Arc<LeaseKeeper>>>>,
+}
+
+impl Releaser {
+    pub fn set(&self, keepers: Vec<Arc<LeaseKeeper>>) {
+        let _ = self.keepers.set(keepers);
+    }
+
+    fn release_all(&self) -> usize {
+        self.keepers
+            .get()
+            .map(|ks| ks.iter().map(|k| k.abort_all(AbortReason::Shutdown)).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Install the SIGTERM/SIGINT handlers now, before the worker does any I/O, and watch
+/// them: the first signal cancels `stop` (also while the worker is still starting: waiting
+/// for Redis, reconciling sandboxes), the second one or the drain timeout releases
+/// in-flight work through the returned [`Releaser`]. Installed any later, a signal during
+/// startup would meet the default action and kill the process.
 pub fn watch_signals(
     stop: CancellationToken,
-    keepers: Vec<Arc<LeaseKeeper>>,
     drain_timeout: Duration,
-) {
+) -> std::io::Result<Releaser> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let releaser = Releaser::default();
+    let release = releaser.clone();
     tokio::spawn(async move {
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -40,10 +68,7 @@ pub fn watch_signals(
             _ = int.recv() => tracing::warn!("second signal: releasing in-flight jobs now"),
             _ = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout passed: releasing unfinished jobs back to the queue"),
         }
-        let released: usize = keepers
-            .iter()
-            .map(|k| k.abort_all(AbortReason::Shutdown))
-            .sum();
+        let released = release.release_all();
         if released > 0 {
             tracing::warn!(
                 jobs = released,
@@ -51,4 +76,5 @@ pub fn watch_signals(
             );
         }
     });
+    Ok(releaser)
 }

@@ -98,9 +98,15 @@ pub fn build_pool(
 
 pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()> {
     let worker = name.unwrap_or_else(default_worker_name);
+    let stop = CancellationToken::new();
+    // First of all, so that a signal while starting stops the worker in order.
+    let releaser = crate::shutdown::watch_signals(
+        stop.clone(),
+        Duration::from_secs(settings.worker.drain_timeout_secs),
+    )
+    .context("installing the signal handlers")?;
     let provider = build_provider(&settings)?;
     let pool = Arc::new(build_pool(&settings, provider, &worker)?);
-    let stop = CancellationToken::new();
 
     let lease_ttl = settings.lease_ttl();
     let timings = KeeperTimings {
@@ -112,7 +118,10 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     for kind in QueueKind::ALL {
         let mut config = QueueConfig::from_settings(&settings, kind);
         config.give_up_after = None;
-        let queue = open_until_reachable(&settings, config.clone(), &stop).await?;
+        let Some(queue) = open_until_reachable(&settings, config.clone(), &stop).await else {
+            tracing::info!("stopped before Redis became reachable");
+            return Ok(());
+        };
         keepers.insert(
             kind,
             Arc::new(LeaseKeeper::start(settings.redis.clone(), config, timings)),
@@ -126,15 +135,13 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         .announce_worker(&worker, lease_ttl * 3)
         .await?;
     let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
-    reconcile(&pool, &research_queue).await;
+    releaser.set(keepers.values().cloned().collect());
+    tokio::select! {
+        _ = reconcile(&pool, &research_queue) => {}
+        _ = stop.cancelled() => {}
+    }
     let http =
         crate::http::serve(&settings.worker.http_addr, executor.clone(), stop.clone()).await?;
-
-    crate::shutdown::watch_signals(
-        stop.clone(),
-        keepers.values().cloned().collect(),
-        Duration::from_secs(settings.worker.drain_timeout_secs),
-    );
     let maintenance = {
         let pool = pool.clone();
         let stop = stop.clone();
@@ -273,18 +280,19 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
     }
 }
 
+/// The queue once Redis answers; `None` when the worker is stopped first.
 async fn open_until_reachable(
     settings: &Settings,
     config: QueueConfig,
     stop: &CancellationToken,
-) -> anyhow::Result<RedisQueue> {
+) -> Option<RedisQueue> {
     loop {
         match RedisQueue::open(&settings.redis, config.clone()).await {
-            Ok(q) => return Ok(q),
+            Ok(q) => return Some(q),
             Err(e) => {
                 tracing::warn!(error = %e, "Redis not reachable yet; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => anyhow::bail!("stopped before Redis became reachable"),
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
