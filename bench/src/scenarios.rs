@@ -362,15 +362,9 @@ impl Bench<'_> {
             }
         }
         .await;
-        let elapsed = t.elapsed();
-        let after = self.snapshot(&procs).await?;
-        child::kill_all(&mut procs).await;
-        result?;
-        let mut stats = util::stats_delta(&before.stats, &after.stats);
         // The parent's own polling: counts() = LLEN + 3 × ZCARD per look.
-        subtract(&mut stats, "llen", looks);
-        subtract(&mut stats, "zcard", 3 * looks);
-        Ok(DrainRun::new(n, elapsed, stats, &before, &after))
+        let polling = [("llen", looks), ("zcard", 3 * looks)];
+        self.end_drain(n, t, procs, &before, result, &polling).await
     }
 
     async fn drain_apalis(&mut self, n: usize, workers: usize, feed: Feed) -> Result<DrainRun> {
@@ -427,15 +421,31 @@ impl Bench<'_> {
             }
         }
         .await;
-        let elapsed = t.elapsed();
+        let polling = [("scard", looks), ("llen", looks), ("zcard", looks)];
+        self.end_drain(n, t, procs, &before, result, &polling).await
+    }
+
+    /// The end of a drain run, either system: stop the clock, take the after-snapshot,
+    /// stop the workers, and count Redis' work without the parent's own `polling`
+    /// commands (name, how many).
+    async fn end_drain(
+        &mut self,
+        n: usize,
+        started: Instant,
+        mut procs: Vec<WorkerProc>,
+        before: &Snapshot,
+        result: Result<()>,
+        polling: &[(&str, u64)],
+    ) -> Result<DrainRun> {
+        let elapsed = started.elapsed();
         let after = self.snapshot(&procs).await?;
         child::kill_all(&mut procs).await;
         result?;
         let mut stats = util::stats_delta(&before.stats, &after.stats);
-        subtract(&mut stats, "scard", looks);
-        subtract(&mut stats, "llen", looks);
-        subtract(&mut stats, "zcard", looks);
-        Ok(DrainRun::new(n, elapsed, stats, &before, &after))
+        for (cmd, count) in polling {
+            subtract(&mut stats, cmd, *count);
+        }
+        Ok(DrainRun::new(n, elapsed, stats, before, &after))
     }
 
     async fn snapshot(&mut self, procs: &[WorkerProc]) -> Result<Snapshot> {

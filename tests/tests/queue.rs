@@ -22,6 +22,19 @@ fn spec(q: &str) -> JobSpec {
     JobSpec::research(q, "demo")
 }
 
+/// A job record written by hand (not by `enqueue`), made ready: for records a producer
+/// of ours would never write, or that an earlier version wrote.
+fn put_raw_job(
+    redis: &RedisServer,
+    q: &fleet_shared::queue::RedisQueue,
+    id: &str,
+    fields: &[(&str, &str)],
+) {
+    let mut conn = redis.conn();
+    let _: () = conn.hset_multiple(q.keys().job(id), fields).unwrap();
+    let _: () = conn.lpush(&q.keys().wait, id).unwrap();
+}
+
 fn record(attempt: u32, outcome: &str) -> AttemptRecord {
     AttemptRecord {
         attempt,
@@ -169,23 +182,21 @@ async fn undecodable_payloads_are_dead_lettered_with_the_reason() {
     let redis = RedisServer::start();
     let s = settings(&redis.url(), &[]);
     let q = queue(&s, QueueKind::Research).await;
-    let mut conn = redis.conn();
     // a job whose payload is garbage, and a bare ID with no record at all
     let bad = uuid::Uuid::now_v7().to_string();
-    let _: () = conn
-        .hset_multiple(
-            q.keys().job(&bad),
-            &[
-                ("id", bad.as_str()),
-                ("spec", "{not json"),
-                ("status", "queued"),
-                ("attempts", "0"),
-                ("max_attempts", "3"),
-            ],
-        )
-        .unwrap();
-    let _: () = conn.lpush(&q.keys().wait, &bad).unwrap();
-    let _: () = conn.lpush(&q.keys().wait, "garbage-id").unwrap();
+    put_raw_job(
+        &redis,
+        &q,
+        &bad,
+        &[
+            ("id", bad.as_str()),
+            ("spec", "{not json"),
+            ("status", "queued"),
+            ("attempts", "0"),
+            ("max_attempts", "3"),
+        ],
+    );
+    let _: () = redis.conn().lpush(&q.keys().wait, "garbage-id").unwrap();
     let (good, _) = q.enqueue(spec("fine")).await.unwrap();
 
     let ran = Arc::new(Mutex::new(Vec::new()));
@@ -234,23 +245,21 @@ async fn a_job_written_before_the_meta_field_keeps_its_options() {
     let redis = RedisServer::start();
     let s = settings(&redis.url(), &[]);
     let q = queue(&s, QueueKind::Research).await;
-    let mut conn = redis.conn();
     let id = uuid::Uuid::now_v7().to_string();
     let spec_json = serde_json::to_string(&spec("old layout")).unwrap();
-    let _: () = conn
-        .hset_multiple(
-            q.keys().job(&id),
-            &[
-                ("spec", spec_json.as_str()),
-                ("status", "queued"),
-                ("attempts", "0"),
-                ("max_attempts", "4"),
-                ("deadline_at", "0"),
-                ("created_at", "1700000000000"),
-            ],
-        )
-        .unwrap();
-    let _: () = conn.lpush(&q.keys().wait, &id).unwrap();
+    put_raw_job(
+        &redis,
+        &q,
+        &id,
+        &[
+            ("spec", spec_json.as_str()),
+            ("status", "queued"),
+            ("attempts", "0"),
+            ("max_attempts", "4"),
+            ("deadline_at", "0"),
+            ("created_at", "1700000000000"),
+        ],
+    );
     let lease = q.fetch("w1", 10).await.unwrap().leases.remove(0);
     assert_eq!(lease.id, id);
     assert_eq!((lease.attempt, lease.max_attempts), (1, 4));

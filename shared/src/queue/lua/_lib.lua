@@ -76,6 +76,15 @@ local function finish(prefix, jk, id, now, ttl_ms)
   redis.call('PUBLISH', prefix .. 'done', id)
 end
 
+-- A job ran out of chances: `dead`, in the dead-letter set (kept until retried or
+-- purged, so no result TTL), and waiters told.
+local function bury(prefix, jk, id, now, dead_key)
+  set_status(prefix, jk, 'dead')
+  redis.call('HSET', jk, 'finished_at', now)
+  redis.call('ZADD', dead_key, now, id)
+  redis.call('PUBLISH', prefix .. 'done', id)
+end
+
 -- The attempt holding `token` may change this job only while it runs.
 -- Returns 'ok', 'settled' (this token already settled it: a retried call), or 'stale'.
 -- The `token` field names the attempt that last held the job: it stays when that

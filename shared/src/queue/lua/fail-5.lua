@@ -41,10 +41,7 @@ elseif decision == 'release' then
   redis.call('RPUSH', KEYS[2], id)
   redis.call('ZADD', KEYS[4], 0, '0')
 elseif decision == 'dead' then
-  set_status(prefix, jk, 'dead')
-  redis.call('HSET', jk, 'finished_at', now)
-  redis.call('ZADD', KEYS[5], now, id)
-  redis.call('PUBLISH', prefix .. 'done', id)
+  bury(prefix, jk, id, now, KEYS[5])
 else
   set_status(prefix, jk, 'cancelled')
   redis.call('HDEL', jk, 'cancel')

@@ -28,7 +28,6 @@ local now = tonumber(now_s)
 local lease_until = tostring(now + tonumber(ARGV[3]))
 local max = tonumber(ARGV[4])
 local worker = ARGV[5]
-local chunk = tonumber(ARGV[6])
 local pj = prefix .. 'job:'
 local deltas = {}
 

@@ -33,10 +33,7 @@ for _, id in ipairs(ids) do
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, tonumber(ARGV[4]))
     elseif attempt >= (tonumber(string.match(job_meta(jk, f[2]), '^%d+')) or 1) then
-      set_status(prefix, jk, 'dead')
-      redis.call('HSET', jk, 'finished_at', now)
-      redis.call('ZADD', KEYS[4], now, id)
-      redis.call('PUBLISH', prefix .. 'done', id)
+      bury(prefix, jk, id, now, KEYS[4])
     else
       set_status(prefix, jk, 'queued')
       redis.call('RPUSH', KEYS[2], id)
