@@ -111,6 +111,25 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// `kill -STOP` the server: it keeps its sockets but answers nothing, like a host
+    /// that froze or a network that stopped delivering.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// `kill -CONT` after [`RedisServer::freeze`].
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
     /// A synchronous connection, for test assertions.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
