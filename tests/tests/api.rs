@@ -286,7 +286,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "unknown agent profile \"nobody\" (configured: demo)",
         ),
         (
-            h.post(url("/v1/jobs")).body("{\"query\": \"q\""),
+            h.post(url("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body("{\"query\": \"q\""),
             StatusCode::BAD_REQUEST,
             "invalid job: malformed JSON",
         ),
@@ -309,7 +311,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "over the limit of 1000 bytes (queue.max_query_bytes)",
         ),
         (
-            h.post(url("/v1/jobs")).body(oversized.clone()),
+            h.post(url("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body(oversized.clone()),
             StatusCode::PAYLOAD_TOO_LARGE,
             "over the limit of 4096 bytes (api.max_body_bytes)",
         ),
@@ -322,14 +326,14 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body("fine\n\n{\"query\": \"\"}\n"),
             StatusCode::BAD_REQUEST,
             "line 3: the query is empty",
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body(b"fine\nbad \xff line\n".to_vec()),
             StatusCode::BAD_REQUEST,
             "line 2: not valid UTF-8",
@@ -357,7 +361,7 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body(oversized.clone()),
             StatusCode::PAYLOAD_TOO_LARGE,
             "api.max_body_bytes",
@@ -689,11 +693,9 @@ async fn a_thousand_result_waits_share_one_redis_subscriber_and_are_capped() {
             tokio::spawn(async move { send(http.get(url)).await })
         })
         .collect();
-    fleet_tests::harness::eventually(
-        "every wait has begun",
-        Duration::from_secs(30),
-        || async { (log_count(&api, "waiting for the job to end") >= WAITS).then_some(()) },
-    )
+    fleet_tests::harness::eventually("every wait has begun", Duration::from_secs(30), || async {
+        (log_count(&api, "waiting for the job to end") >= WAITS).then_some(())
+    })
     .await;
     let clients = info_field(&api, "clients", "connected_clients");
     assert!(
@@ -751,7 +753,7 @@ async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
         let rb = api
             .http
             .post(api.url("/v1/batches"))
-            .header("content-type", "text/plain")
+            .header("content-type", "application/x-ndjson")
             .body(body);
         tokio::spawn(async move { rb.send().await })
     };
@@ -796,7 +798,11 @@ async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
 async fn a_batch_over_max_batch_jobs_is_refused_whole() {
     let api = Api::start(&[("FLEET_API__MAX_BATCH_JOBS", "100".into())]).await;
     let lines: String = (0..101).map(|i| format!("q {i}\n\n")).collect();
-    let array = Value::Array((0..101).map(|i| json!({"query": format!("q {i}")})).collect());
+    let array = Value::Array(
+        (0..101)
+            .map(|i| json!({"query": format!("q {i}")}))
+            .collect(),
+    );
     for request in [
         api.http
             .post(api.url("/v1/batches"))
@@ -830,7 +836,8 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
         }
     })
     .await;
-    read.ok().map(|_| String::from_utf8_lossy(&got).into_owned())
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&got).into_owned())
 }
 
 fn open_sockets(pid: i32) -> usize {
@@ -861,11 +868,15 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
         .await
         .unwrap();
     assert!(
-        closed_within(&mut idle, Duration::from_secs(5)).await.is_some(),
+        closed_within(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some(),
         "an idle connection was still open after 5s"
     );
     assert!(
-        closed_within(&mut half, Duration::from_secs(5)).await.is_some(),
+        closed_within(&mut half, Duration::from_secs(5))
+            .await
+            .is_some(),
         "a connection that sent half a request head was still open after 5s"
     );
 
@@ -910,38 +921,58 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
         .await
         .expect("/healthz answers once idle connections are closed");
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
-/// Start `fleet serve` expecting it to refuse to: its exit code and stderr (it is
-/// killed, and the test fails, if it is still running after 10s).
-fn serve_refuses(listen: &str, env: &[(&str, String)]) -> (i32, String) {
+/// Start `fleet serve --listen LISTEN`: `Ok` once it says it listens (then it is
+/// killed), or its exit code and stderr if it refused to; 10s at most.
+fn serve_on(listen: &str, env: &[(&str, String)]) -> Result<(), (i32, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut cmd = std::process::Command::new(fleet_tests::processes::binary("fleet"));
     cmd.args(["serve", "--listen", listen])
         .current_dir(fleet_tests::harness::workspace_root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
+    loop {
+        let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err((status.code().unwrap_or(-1), stderr()));
+        }
+        if std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+            let _ = child.wait();
             panic!(
-                "fleet serve --listen {listen} is serving: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "fleet serve neither listened nor exited within 10s: {}",
+                stderr()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+}
+
+/// `fleet serve --listen LISTEN` must refuse to start: its exit code and stderr.
+fn serve_refuses(listen: &str, env: &[(&str, String)]) -> (i32, String) {
+    serve_on(listen, env)
+        .err()
+        .unwrap_or_else(|| panic!("fleet serve --listen {listen} is serving"))
 }
 
 #[tokio::test]
@@ -1007,27 +1038,27 @@ async fn without_a_token_a_browser_page_cannot_submit() {
         stderr.contains("api.allow_remote_without_token"),
         "{stderr}"
     );
-    let config = api.config.display().to_string();
-    let allowed = ServeProcess::start(
-        &["--config", &config],
-        &[
-            ("FLEET_REDIS__URL", api.redis.url()),
-            ("FLEET_API__LISTEN", "0.0.0.0:0".into()),
-            ("FLEET_API__ALLOW_REMOTE_WITHOUT_TOKEN", "true".into()),
-        ],
-        api.dir.path(),
-    );
-    drop(allowed);
+    let allowed = [
+        ("FLEET_REDIS__URL", api.redis.url()),
+        ("FLEET_API__ALLOW_REMOTE_WITHOUT_TOKEN", "true".into()),
+    ];
+    assert_eq!(serve_on("0.0.0.0:0", &allowed), Ok(()));
+    let token = [
+        ("FLEET_REDIS__URL", api.redis.url()),
+        ("FLEET_API__TOKEN", "a-token-long-enough-for-this".into()),
+    ];
+    assert_eq!(serve_on("0.0.0.0:0", &token), Ok(()));
 }
 
 #[tokio::test]
 async fn with_a_token_short_ones_duplicates_and_guessing_are_refused() {
-    let (code, stderr) = serve_refuses(
-        "127.0.0.1:0",
-        &[("FLEET_API__TOKEN", "short-token".into())],
-    );
+    let (code, stderr) =
+        serve_refuses("127.0.0.1:0", &[("FLEET_API__TOKEN", "short-token".into())]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("api.token: must be at least 16"), "{stderr}");
+    assert!(
+        stderr.contains("api.token: must be at least 16"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("short-token"), "{stderr}");
 
     let token = format!("tok-{}", uuid::Uuid::now_v7().simple());
@@ -1046,7 +1077,10 @@ async fn with_a_token_short_ones_duplicates_and_guessing_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(error_of(&body).contains("more than one Authorization"), "{body}");
+    assert!(
+        error_of(&body).contains("more than one Authorization"),
+        "{body}"
+    );
     assert_eq!(api.keys(), 0);
 
     for _ in 0..5 {
@@ -1070,7 +1104,11 @@ async fn with_a_token_short_ones_duplicates_and_guessing_are_refused() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=60).contains(&retry), "{retry}");
     }
     assert_eq!(api.keys(), 0);
@@ -1098,8 +1136,10 @@ async fn a_redis_outage_gets_503_and_retry_after_quickly() {
     for request in [
         http.get(api.url(&format!("/v1/jobs/{id}"))),
         http.get(api.url(&format!("/v1/jobs/{id}/result?wait=5"))),
-        http.post(api.url("/v1/jobs")).json(&json!({"query": QUESTION})),
-        http.post(api.url("/v1/batches")).json(&json!([{"query": QUESTION}])),
+        http.post(api.url("/v1/jobs"))
+            .json(&json!({"query": QUESTION})),
+        http.post(api.url("/v1/batches"))
+            .json(&json!([{"query": QUESTION}])),
         http.post(api.url(&format!("/v1/jobs/{id}/cancel"))),
     ] {
         let request = request.build().unwrap();
@@ -1111,7 +1151,11 @@ async fn a_redis_outage_gets_503_and_retry_after_quickly() {
             .unwrap_or_else(|e| panic!("{what} during a Redis outage: {e}"));
         let took = started.elapsed();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
-        assert!(r.headers().contains_key("retry-after"), "{what}: {:?}", r.headers());
+        assert!(
+            r.headers().contains_key("retry-after"),
+            "{what}: {:?}",
+            r.headers()
+        );
         let (_, body, _) = read(r).await;
         assert!(took < Duration::from_secs(4), "{what} took {took:?}");
         assert!(error_of(&body).contains("Redis"), "{what}: {body}");
