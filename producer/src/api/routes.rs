@@ -47,8 +47,14 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let bytes = s.body(body)?;
     let settings = &s.ctx.settings;
-    let spec = parse_job(&bytes, &settings.default_agent, &settings.limits())
-        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
+    let (agent, limits) = (settings.default_agent.clone(), settings.limits());
+    // A body can be megabytes of JSON: parsed on a blocking thread.
+    let spec = tokio::task::spawn_blocking(move || {
+        parse_job(&bytes, &agent, &limits)
+            .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))
+    })
+    .await
+    .context("parsing the job")??;
     let queue = &s.queues().await?.research;
     // One script: on a timeout the job was written whole or not at all.
     let (id, existing) = s

@@ -277,3 +277,85 @@ async fn results_read_as_documented() {
     let (status, _) = response_json(result_response(&record(JobStatus::Cancelled))).await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn guards_answer_before_redis_is_asked() {
+    let open = app(&[]);
+    let with = |f: &dyn Fn(axum::http::request::Builder) -> axum::http::request::Builder| {
+        f(Request::post("/v1/jobs").header("content-type", "application/json"))
+            .body(Body::from(r#"{"query": "q"}"#))
+            .unwrap()
+    };
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            with(&|b| b.header("origin", "https://evil.example")),
+            StatusCode::FORBIDDEN,
+            "Origin",
+        ),
+        (
+            with(&|b| b.header("host", "evil.example:8080")),
+            StatusCode::FORBIDDEN,
+            "Host",
+        ),
+        (
+            post("/v1/batches", Some("text/plain"), "q\n"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "without api.token",
+        ),
+        (
+            with(&|b| {
+                b.header("authorization", "Bearer a")
+                    .header("authorization", "Bearer b")
+            }),
+            StatusCode::BAD_REQUEST,
+            "more than one Authorization header",
+        ),
+        (
+            post(
+                "/v1/batches",
+                JSON,
+                r#"[{"query": "a"}, {"query": "b"}, {"query": "c"}]"#,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over the limit of 2 jobs (api.max_batch_jobs)",
+        ),
+    ];
+    let capped = app(&[("FLEET_API__MAX_BATCH_JOBS", "2")]);
+    for (req, status, message) in cases {
+        let what = format!("{} {} {:?}", req.method(), req.uri(), req.headers());
+        let app = if message.contains("max_batch_jobs") {
+            &capped
+        } else {
+            &open
+        };
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{what}"
+        );
+        assert_eq!(response.headers()["cache-control"], "no-store", "{what}");
+        assert!(response.headers().contains_key("x-request-id"), "{what}");
+        let (got, body) = response_json(response).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(error_of(&body).contains(message), "{what}: {body}");
+    }
+    // A client's plain request ID is kept; anything else is replaced.
+    let id = |sent: &'static str| {
+        let open = open.clone();
+        async move {
+            let r = open
+                .oneshot(
+                    Request::get("/healthz")
+                        .header("x-request-id", sent)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            r.headers()["x-request-id"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(id("abc-123.x_y").await, "abc-123.x_y");
+    assert_ne!(id("has space\"").await, "has space\"");
+}
