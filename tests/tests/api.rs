@@ -746,7 +746,7 @@ async fn a_thousand_result_waits_share_one_redis_subscriber_and_are_capped() {
 #[tokio::test]
 async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
     const JOBS: usize = 20_000;
-    let api = Api::start(&[]).await;
+    let mut api = Api::start(&[]).await;
     let wait_key = "fleet:{research}:wait";
     let body: String = (0..JOBS).map(|i| format!("question {i}\n")).collect();
     let request = {
@@ -770,6 +770,8 @@ async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
     .await;
     request.abort();
     let _ = request.await;
+    // And the server is told to stop: it still finishes the batch first.
+    api.server.sigterm();
     let mut last = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -792,6 +794,14 @@ async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
     )
     .await;
     assert!(api.server.logs().contains(&format!("count={JOBS}")));
+    assert_eq!(
+        api.server.wait_timeout(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        api.server.logs()
+    );
+    let n: usize = redis::cmd("LLEN").arg(wait_key).query(&mut conn).unwrap();
+    assert_eq!(n, JOBS, "no job twice");
 }
 
 #[tokio::test]

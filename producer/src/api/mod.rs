@@ -53,6 +53,7 @@ use fleet_shared::secret::Secret;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::ServeArgs;
 use crate::context::{Ctx, Queues};
@@ -73,6 +74,8 @@ pub struct ApiState {
     pub waiters: waiters::Waiters,
     /// Failed token attempts per client address.
     pub throttle: guard::Throttle,
+    /// Batch enqueues in flight, each in a task of its own: waited for at shutdown.
+    pub batches: TaskTracker,
 }
 
 type Shared = Arc<ApiState>;
@@ -86,6 +89,7 @@ impl ApiState {
             redis_timeout: Duration::from_millis(api.redis_timeout_ms),
             waiters: waiters::Waiters::new(api.max_waits, shutdown.clone()),
             throttle: guard::Throttle::new(api.auth_failures_per_minute),
+            batches: TaskTracker::new(),
             shutdown,
             ctx,
         })
@@ -289,7 +293,17 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
     watch_signals(state.shutdown.clone())?;
     let shutdown = state.shutdown.clone();
     let settings = state.ctx.settings.api.clone();
-    server::run(listener, router(state), &settings, shutdown).await;
+    server::run(listener, router(state.clone()), &settings, shutdown).await;
+    // A batch whose client went away is still enqueued whole (bounded by the queue's
+    // own retries while Redis is away).
+    state.batches.close();
+    if !state.batches.is_empty() {
+        tracing::info!(
+            batches = state.batches.len(),
+            "waiting for batch enqueues in flight"
+        );
+    }
+    state.batches.wait().await;
     tracing::info!("stopped");
     Ok(SUCCESS)
 }

@@ -166,18 +166,21 @@ pub async fn submit_batch(
     })
     .await?;
     // The enqueue runs in a task of its own, which the request only awaits: a client
-    // that goes away (timeout, closed connection) does not cut the batch in two.
+    // that goes away (timeout, closed connection), or SIGTERM, does not cut the batch
+    // in two (`serve` waits for these tasks before it exits).
     let count = specs.len();
-    let submitted = tokio::spawn(async move {
-        let submitted = enqueue_batch(&queue, specs).await;
-        match &submitted {
-            Ok(b) => tracing::info!(batch = %b.batch_id, count, "batch submitted"),
-            Err(e) => tracing::warn!(count, error = %crate::exit::render(e), "batch failed"),
-        }
-        submitted
-    })
-    .await
-    .context("enqueueing the batch")??;
+    let submitted = s
+        .batches
+        .spawn(async move {
+            let submitted = enqueue_batch(&queue, specs).await;
+            match &submitted {
+                Ok(b) => tracing::info!(batch = %b.batch_id, count, "batch submitted"),
+                Err(e) => tracing::warn!(count, error = %crate::exit::render(e), "batch failed"),
+            }
+            submitted
+        })
+        .await
+        .context("enqueueing the batch")??;
     Ok((
         StatusCode::CREATED,
         [(LOCATION, format!("/v1/batches/{}", submitted.batch_id))],
