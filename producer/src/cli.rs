@@ -109,7 +109,8 @@ is {\"error\": \"<message>\"}.
   POST /v1/jobs                  a job object (as a JSON Lines batch line) -> 201 {id, existing, queue}
                                  (200 when its idempotency_key already named a job)
   POST /v1/batches[?agent=NAME]  a JSON array of job objects (Content-Type: application/json), or
-                                 `fleet batch` lines (application/x-ndjson or text/plain)
+                                 `fleet batch` lines (application/x-ndjson; text/plain with a token);
+                                 at most api.max_batch_jobs jobs; enqueued whole even if the client leaves
                                  -> 201 {batch_id, count, job_ids}; one bad item -> 400, nothing written
   GET  /v1/jobs/{id}             the record, as `fleet --json status` prints it
   GET  /v1/jobs/{id}/result[?wait=SECS]
@@ -120,8 +121,17 @@ is {\"error\": \"<message>\"}.
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
 
 Bad input: 400 and nothing written; unknown job, batch or route: 404; wrong method: 405; \
-body over api.max_body_bytes: 413; Redis unreachable: 503. With api.token set (e.g. \
-FLEET_API__TOKEN), every /v1 route needs `Authorization: Bearer <token>`, else 401.
+body slower than api.body_timeout_secs: 408; body over api.max_body_bytes or batch over \
+api.max_batch_jobs: 413; Redis unreachable or slower than api.redis_timeout_ms, or \
+api.max_waits result waits in flight: 503 with Retry-After. With api.token set (e.g. \
+FLEET_API__TOKEN, at least 16 characters), every /v1 route needs one \
+`Authorization: Bearer <token>` header, else 401 (two headers: 400); after \
+api.auth_failures_per_minute failures an address gets 429. Without a token it listens on \
+loopback only (unless api.allow_remote_without_token) and refuses requests with an Origin \
+header or a non-loopback Host, and job or batch bodies that are not JSON.
+
+Connections: at most api.max_connections; one that sends no request head within \
+api.header_timeout_secs (idle ones too) is closed.
 
 Prints the address it listens on to stdout (`--listen 127.0.0.1:0` picks a free port), \
 logs each request at info on stderr (RUST_LOG), and exits 0 after SIGTERM or SIGINT \

@@ -113,7 +113,27 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Longest `?wait=` a result request may ask for (seconds); longer ones are cut to it.
     pub result_wait_max_secs: u64,
+    /// Result waits in flight at once; more get 503 and `Retry-After`.
+    pub max_waits: usize,
+    /// Jobs one batch request may hold (413 above it, before they are parsed whole).
+    pub max_batch_jobs: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request head, from its opening or from
+    /// the end of the previous answer (so also how long an idle connection is kept).
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may take to arrive (408 after).
+    pub body_timeout_secs: u64,
+    /// Milliseconds a request waits for Redis before it gets 503 and `Retry-After`.
+    pub redis_timeout_ms: u64,
+    /// Serve on a non-loopback address without a token (refused unless true).
+    pub allow_remote_without_token: bool,
+    /// Failed token attempts one client address may make per minute; then 429.
+    pub auth_failures_per_minute: u32,
 }
+
+/// The shortest `api.token` accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 impl ApiSettings {
     /// The token, when authentication is on.
@@ -428,6 +448,32 @@ impl Settings {
         if self.api.max_body_bytes == 0 {
             return err("api.max_body_bytes", "must be at least 1");
         }
+        for (key, value) in [
+            ("api.max_waits", self.api.max_waits as u64),
+            ("api.max_batch_jobs", self.api.max_batch_jobs as u64),
+            ("api.max_connections", self.api.max_connections as u64),
+            ("api.header_timeout_secs", self.api.header_timeout_secs),
+            ("api.body_timeout_secs", self.api.body_timeout_secs),
+            ("api.redis_timeout_ms", self.api.redis_timeout_ms),
+            (
+                "api.auth_failures_per_minute",
+                u64::from(self.api.auth_failures_per_minute),
+            ),
+        ] {
+            if value == 0 {
+                return err(key, "must be at least 1");
+            }
+        }
+        // An hour is already far more than any client needs.
+        for (key, secs) in [
+            ("api.header_timeout_secs", self.api.header_timeout_secs),
+            ("api.body_timeout_secs", self.api.body_timeout_secs),
+            ("api.redis_timeout_ms", self.api.redis_timeout_ms / 1000),
+        ] {
+            if secs > 3600 {
+                return err(key, "must be at most an hour");
+            }
+        }
         // The value is never part of a message: it is a secret.
         if !self
             .api
@@ -439,6 +485,16 @@ impl Settings {
             return err(
                 "api.token",
                 "must be printable ASCII without spaces (it is sent in an HTTP header)",
+            );
+        }
+        if let Some(token) = self.api.token()
+            && token.expose().len() < MIN_TOKEN_LEN
+        {
+            return err(
+                "api.token",
+                &format!(
+                    "must be at least {MIN_TOKEN_LEN} characters (or empty for no authentication)"
+                ),
             );
         }
         if self.agents.is_empty() {
@@ -621,9 +677,26 @@ mod tests {
         assert_eq!(s.api.result_wait_max_secs, 60);
 
         // A token of digits stays a string, and is never shown.
-        let s = Settings::from_layers(None, &env(&[("FLEET_API__TOKEN", "0123456789")])).unwrap();
-        assert_eq!(s.api.token().unwrap().expose(), "0123456789");
-        assert!(!format!("{s:?}").contains("0123456789"));
+        let digits = "0123456789012345";
+        let s = Settings::from_layers(None, &env(&[("FLEET_API__TOKEN", digits)])).unwrap();
+        assert_eq!(s.api.token().unwrap().expose(), digits);
+        assert!(!format!("{s:?}").contains(digits));
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_API__TOKEN", "0123456789")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "api.token: must be at least 16 characters (or empty for no authentication)"
+        );
+        assert_eq!(s.api.max_batch_jobs, 100_000);
+        assert!(!s.api.allow_remote_without_token);
+        let e = Settings::from_layers(None, &env(&[("FLEET_API__MAX_WAITS", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "api.max_waits: must be at least 1");
+        let e = Settings::from_layers(None, &env(&[("FLEET_API__BODY_TIMEOUT_SECS", "86400")]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "api.body_timeout_secs: must be at most an hour"
+        );
 
         let e = Settings::from_layers(Some("[api]\ntoken = 424242\n"), &[]).unwrap_err();
         assert_eq!(e.key, "api.token");

@@ -286,7 +286,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "unknown agent profile \"nobody\" (configured: demo)",
         ),
         (
-            h.post(url("/v1/jobs")).body("{\"query\": \"q\""),
+            h.post(url("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body("{\"query\": \"q\""),
             StatusCode::BAD_REQUEST,
             "invalid job: malformed JSON",
         ),
@@ -309,7 +311,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "over the limit of 1000 bytes (queue.max_query_bytes)",
         ),
         (
-            h.post(url("/v1/jobs")).body(oversized.clone()),
+            h.post(url("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body(oversized.clone()),
             StatusCode::PAYLOAD_TOO_LARGE,
             "over the limit of 4096 bytes (api.max_body_bytes)",
         ),
@@ -322,14 +326,14 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body("fine\n\n{\"query\": \"\"}\n"),
             StatusCode::BAD_REQUEST,
             "line 3: the query is empty",
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body(b"fine\nbad \xff line\n".to_vec()),
             StatusCode::BAD_REQUEST,
             "line 2: not valid UTF-8",
@@ -357,7 +361,7 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         ),
         (
             h.post(url("/v1/batches"))
-                .header("content-type", "text/plain")
+                .header("content-type", "application/x-ndjson")
                 .body(oversized.clone()),
             StatusCode::PAYLOAD_TOO_LARGE,
             "api.max_body_bytes",
@@ -624,4 +628,594 @@ async fn sigterm_stops_the_server_promptly_even_with_a_wait_in_flight() {
         "took {:?} to stop",
         stopping.elapsed()
     );
+}
+
+// ---- Load and abuse (issue 9, item 14) ----
+
+/// `INFO` field of a redis-server, as a number.
+fn info_field(api: &Api, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut api.redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Submit `n` one-line queries as one batch; their IDs.
+async fn submit_lines(api: &Api, n: usize) -> Vec<String> {
+    let body: String = (0..n).map(|i| format!("question {i}\n")).collect();
+    let (status, body, _) = send(
+        api.http
+            .post(api.url("/v1/batches"))
+            .header("content-type", "application/x-ndjson")
+            .body(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// How many times the server's log says `needle`.
+fn log_count(api: &Api, needle: &str) -> usize {
+    std::fs::read_to_string(&api.server.stderr)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+#[tokio::test]
+async fn a_thousand_result_waits_share_one_redis_subscriber_and_are_capped() {
+    const WAITS: usize = 1000;
+    let api = Api::start(&[
+        ("RUST_LOG", "info,fleet=debug,fleet_producer=debug".into()),
+        ("FLEET_API__MAX_WAITS", WAITS.to_string()),
+        ("FLEET_API__MAX_CONNECTIONS", (WAITS + 100).to_string()),
+    ])
+    .await;
+    let ids = submit_lines(&api, WAITS).await;
+    let clients_before = info_field(&api, "clients", "connected_clients");
+    // Each wait on a connection of its own (the pool would otherwise queue them).
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let http = api.http.clone();
+            let url = api.url(&format!("/v1/jobs/{id}/result?wait=30"));
+            tokio::spawn(async move { send(http.get(url)).await })
+        })
+        .collect();
+    fleet_tests::harness::eventually("every wait has begun", Duration::from_secs(30), || async {
+        (log_count(&api, "waiting for the job to end") >= WAITS).then_some(())
+    })
+    .await;
+    let clients = info_field(&api, "clients", "connected_clients");
+    assert!(
+        clients <= clients_before + 3,
+        "{WAITS} result waits hold {clients} Redis clients (before them: {clients_before})"
+    );
+
+    // One more is over api.max_waits: 503 at once, with Retry-After.
+    let started = Instant::now();
+    let r = api
+        .http
+        .get(api.url(&format!("/v1/jobs/{}/result?wait=30", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    let (_, body, _) = read(r).await;
+    assert!(error_of(&body).contains("api.max_waits"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A job that ends wakes its own waiter, and costs Redis a few commands, not a
+    // re-read per waiter.
+    let commands_before = info_field(&api, "stats", "total_commands_processed");
+    let (status, body, _) = send(
+        api.http
+            .post(api.url(&format!("/v1/jobs/{}/cancel", ids[1]))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut waits = waits.into_iter();
+    let first = waits.next().unwrap();
+    let (status, body, _) = waits.next().unwrap().await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    let commands = info_field(&api, "stats", "total_commands_processed") - commands_before;
+    assert!(
+        commands < 100,
+        "one job ending with {WAITS} waiters cost {commands} Redis commands"
+    );
+    assert!(!first.is_finished(), "the other waits go on");
+    first.abort();
+    for w in waits {
+        w.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_batch_whose_client_goes_away_is_enqueued_whole() {
+    const JOBS: usize = 20_000;
+    let mut api = Api::start(&[]).await;
+    let wait_key = "fleet:{research}:wait";
+    let body: String = (0..JOBS).map(|i| format!("question {i}\n")).collect();
+    let request = {
+        let rb = api
+            .http
+            .post(api.url("/v1/batches"))
+            .header("content-type", "application/x-ndjson")
+            .body(body);
+        tokio::spawn(async move { rb.send().await })
+    };
+    // The enqueue has begun: now the client goes away.
+    let mut conn = api.redis.conn();
+    fleet_tests::harness::eventually(
+        "the batch's first jobs are enqueued",
+        Duration::from_secs(30),
+        || {
+            let n: usize = redis::cmd("LLEN").arg(wait_key).query(&mut conn).unwrap();
+            async move { (n > 0).then_some(()) }
+        },
+    )
+    .await;
+    request.abort();
+    let _ = request.await;
+    // And the server is told to stop: it still finishes the batch first.
+    api.server.sigterm();
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: usize = redis::cmd("LLEN").arg(wait_key).query(&mut conn).unwrap();
+        if n == JOBS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {JOBS} jobs enqueued 30s after the client went away (nothing moved since {last})\n{}",
+            api.server.logs()
+        );
+        last = n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet_tests::harness::eventually(
+        "the server logs the batch it finished",
+        Duration::from_secs(10),
+        || async { (log_count(&api, "batch submitted") >= 1).then_some(()) },
+    )
+    .await;
+    assert!(api.server.logs().contains(&format!("count={JOBS}")));
+    assert_eq!(
+        api.server.wait_timeout(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        api.server.logs()
+    );
+    let n: usize = redis::cmd("LLEN").arg(wait_key).query(&mut conn).unwrap();
+    assert_eq!(n, JOBS, "no job twice");
+}
+
+#[tokio::test]
+async fn a_batch_over_max_batch_jobs_is_refused_whole() {
+    let api = Api::start(&[("FLEET_API__MAX_BATCH_JOBS", "100".into())]).await;
+    let lines: String = (0..101).map(|i| format!("q {i}\n\n")).collect();
+    let array = Value::Array(
+        (0..101)
+            .map(|i| json!({"query": format!("q {i}")}))
+            .collect(),
+    );
+    for request in [
+        api.http
+            .post(api.url("/v1/batches"))
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+        api.http.post(api.url("/v1/batches")).json(&array),
+    ] {
+        let (status, body, _) = send(request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(
+            error_of(&body).contains("over the limit of 100 jobs (api.max_batch_jobs)"),
+            "{body}"
+        );
+        assert_eq!(api.keys(), 0);
+    }
+    assert_eq!(submit_lines(&api, 100).await.len(), 100);
+}
+
+/// Read from a raw connection until the server closes it (or answers and closes);
+/// what it sent, or `None` if it was still open after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&got).into_owned())
+}
+
+fn open_sockets(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_and_capped() {
+    use tokio::io::AsyncWriteExt as _;
+    const CAP: usize = 20;
+    let api = Api::start(&[
+        ("FLEET_API__HEADER_TIMEOUT_SECS", "1".into()),
+        ("FLEET_API__BODY_TIMEOUT_SECS", "1".into()),
+        ("FLEET_API__MAX_CONNECTIONS", CAP.to_string()),
+    ])
+    .await;
+    let addr = api.server.base.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+
+    // Idle from the start, and half a request head: closed after the header timeout.
+    let mut idle = connect().await.unwrap();
+    let mut half = connect().await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an idle connection was still open after 5s"
+    );
+    assert!(
+        closed_within(&mut half, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a connection that sent half a request head was still open after 5s"
+    );
+
+    // A body that stops half-way: 408 after the body timeout, nothing written.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\": ",
+    )
+    .await
+    .unwrap();
+    let answer = closed_within(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("a stalled body was still being read after 5s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("api.body_timeout_secs"), "{answer}");
+    assert_eq!(api.keys(), 0);
+
+    // Many idle sockets: at most CAP of them are held, and /healthz is answered
+    // once the idle ones time out.
+    let baseline = open_sockets(api.server.pid());
+    let mut idle: Vec<_> = Vec::new();
+    for _ in 0..(CAP * 3) {
+        idle.push(connect().await.unwrap());
+    }
+    fleet_tests::harness::eventually(
+        "the server accepted connections up to its cap",
+        Duration::from_secs(5),
+        || async { (open_sockets(api.server.pid()) >= baseline + CAP).then_some(()) },
+    )
+    .await;
+    let held = open_sockets(api.server.pid());
+    assert!(
+        held <= baseline + CAP,
+        "{held} sockets open with {} idle clients and a cap of {CAP} (baseline {baseline})",
+        CAP * 3
+    );
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .get(api.url("/healthz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("/healthz answers once idle connections are closed");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Start `fleet serve --listen LISTEN`: `Ok` once it says it listens (then it is
+/// killed), or its exit code and stderr if it refused to; 10s at most.
+fn serve_on(listen: &str, env: &[(&str, String)]) -> Result<(), (i32, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut cmd = std::process::Command::new(fleet_tests::processes::binary("fleet"));
+    cmd.args(["serve", "--listen", listen])
+        .current_dir(fleet_tests::harness::workspace_root())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err((status.code().unwrap_or(-1), stderr()));
+        }
+        if std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "fleet serve neither listened nor exited within 10s: {}",
+                stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `fleet serve --listen LISTEN` must refuse to start: its exit code and stderr.
+fn serve_refuses(listen: &str, env: &[(&str, String)]) -> (i32, String) {
+    serve_on(listen, env)
+        .err()
+        .unwrap_or_else(|| panic!("fleet serve --listen {listen} is serving"))
+}
+
+#[tokio::test]
+async fn without_a_token_a_browser_page_cannot_submit() {
+    let api = Api::start(&[]).await;
+    let h = &api.http;
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            h.post(api.url("/v1/batches"))
+                .header("content-type", "text/plain")
+                .body("q\n"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "without api.token",
+        ),
+        (
+            h.post(api.url("/v1/jobs"))
+                .header("content-type", "text/plain")
+                .body(r#"{"query": "q"}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            h.post(api.url("/v1/jobs")).body(r#"{"query": "q"}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            h.post(api.url("/v1/jobs"))
+                .header("origin", "https://evil.example")
+                .json(&json!({"query": "q"})),
+            StatusCode::FORBIDDEN,
+            "Origin",
+        ),
+        (
+            h.post(api.url("/v1/jobs"))
+                .header("host", "evil.example")
+                .json(&json!({"query": "q"})),
+            StatusCode::FORBIDDEN,
+            "Host",
+        ),
+    ];
+    for (request, want_status, want_message) in cases {
+        let (status, body, _) = send(request).await;
+        assert_eq!(status, want_status, "{body}");
+        assert!(error_of(&body).contains(want_message), "{body}");
+        assert_eq!(api.keys(), 0);
+    }
+    for host in ["localhost", "127.0.0.1:1234", "[::1]:80"] {
+        let (status, body, _) = send(
+            h.post(api.url("/v1/jobs"))
+                .header("host", host)
+                .json(&json!({"query": "q"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "Host {host}: {body}");
+    }
+
+    // Not on a non-loopback address unless asked for.
+    let env = [("FLEET_REDIS__URL", api.redis.url())];
+    let (code, stderr) = serve_refuses("0.0.0.0:0", &env);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("api.allow_remote_without_token"),
+        "{stderr}"
+    );
+    let allowed = [
+        ("FLEET_REDIS__URL", api.redis.url()),
+        ("FLEET_API__ALLOW_REMOTE_WITHOUT_TOKEN", "true".into()),
+    ];
+    assert_eq!(serve_on("0.0.0.0:0", &allowed), Ok(()));
+    let token = [
+        ("FLEET_REDIS__URL", api.redis.url()),
+        ("FLEET_API__TOKEN", "a-token-long-enough-for-this".into()),
+    ];
+    assert_eq!(serve_on("0.0.0.0:0", &token), Ok(()));
+}
+
+#[tokio::test]
+async fn with_a_token_short_ones_duplicates_and_guessing_are_refused() {
+    let (code, stderr) =
+        serve_refuses("127.0.0.1:0", &[("FLEET_API__TOKEN", "short-token".into())]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("api.token: must be at least 16"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("short-token"), "{stderr}");
+
+    let token = format!("tok-{}", uuid::Uuid::now_v7().simple());
+    let api = Api::start(&[
+        ("FLEET_API__TOKEN", token.clone()),
+        ("FLEET_API__AUTH_FAILURES_PER_MINUTE", "5".into()),
+    ])
+    .await;
+    let job = json!({"query": QUESTION});
+    let (status, body, _) = send(
+        api.http
+            .post(api.url("/v1/jobs"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("authorization", "Bearer something-else")
+            .json(&job),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_of(&body).contains("more than one Authorization"),
+        "{body}"
+    );
+    assert_eq!(api.keys(), 0);
+
+    for _ in 0..5 {
+        let (status, body, _) = send(
+            api.http
+                .post(api.url("/v1/jobs"))
+                .bearer_auth("a-wrong-guess-of-the-token")
+                .json(&job),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // Past the limit, even the right token waits.
+    for auth in ["a-wrong-guess-of-the-token", token.as_str()] {
+        let r = api
+            .http
+            .post(api.url("/v1/jobs"))
+            .bearer_auth(auth)
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    assert_eq!(api.keys(), 0);
+    let (status, _, _) = send(api.http.get(api.url("/healthz"))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_redis_outage_gets_503_and_retry_after_quickly() {
+    let mut api = Api::start(&[("FLEET_API__REDIS_TIMEOUT_MS", "1000".into())]).await;
+    let (status, body, _) = send(
+        api.http
+            .post(api.url("/v1/jobs"))
+            .json(&json!({"query": QUESTION})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let port = api.redis.port().to_string();
+    api.redis.kill9();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for request in [
+        http.get(api.url(&format!("/v1/jobs/{id}"))),
+        http.get(api.url(&format!("/v1/jobs/{id}/result?wait=5"))),
+        http.post(api.url("/v1/jobs"))
+            .json(&json!({"query": QUESTION})),
+        http.post(api.url("/v1/batches"))
+            .json(&json!([{"query": QUESTION}])),
+        http.post(api.url(&format!("/v1/jobs/{id}/cancel"))),
+    ] {
+        let request = request.build().unwrap();
+        let what = format!("{} {}", request.method(), request.url().path());
+        let started = Instant::now();
+        let r = http
+            .execute(request)
+            .await
+            .unwrap_or_else(|e| panic!("{what} during a Redis outage: {e}"));
+        let took = started.elapsed();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert!(
+            r.headers().contains_key("retry-after"),
+            "{what}: {:?}",
+            r.headers()
+        );
+        let (_, body, _) = read(r).await;
+        assert!(took < Duration::from_secs(4), "{what} took {took:?}");
+        assert!(error_of(&body).contains("Redis"), "{what}: {body}");
+        assert!(!body.to_string().contains(&port), "{what}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_json_array_is_not_a_job() {
+    let api = Api::start(&[]).await;
+    for (path, body) in [
+        ("/v1/jobs", json!(["q", "demo", null, true])),
+        ("/v1/batches", json!([["q", "demo", null, true]])),
+    ] {
+        let (status, body, _) = send(api.http.post(api.url(path)).json(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(error_of(&body).contains("a JSON object"), "{path}: {body}");
+    }
+    assert_eq!(api.keys(), 0);
+}
+
+#[tokio::test]
+async fn answers_are_not_sniffed_or_cached_and_carry_a_request_id() {
+    let api = Api::start(&[]).await;
+    let r = api
+        .http
+        .post(api.url("/v1/jobs"))
+        .json(&json!({"query": QUESTION}))
+        .send()
+        .await
+        .unwrap();
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let (_, body, _) = read(r).await;
+    let id = body["id"].as_str().unwrap().to_string();
+    for path in [
+        format!("/v1/jobs/{id}/result"),
+        format!("/v1/jobs/{id}"),
+        "/v1/nothing".into(),
+    ] {
+        let r = api.http.get(api.url(&path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        assert!(h.contains_key("x-request-id"), "{path}");
+    }
+    let logs = api.server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&request_id))
+        .unwrap_or_else(|| panic!("request {request_id} is not in the log:\n{logs}"));
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+    assert!(line.contains("status=201"), "{line}");
 }

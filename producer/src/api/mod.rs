@@ -13,39 +13,51 @@
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
-//! wrong bearer token (when `api.token` is set), 404 unknown job, batch or route, 405
-//! wrong method, 413 body over `api.max_body_bytes`, 415 unknown batch content type,
-//! 503 Redis unreachable. Each request is logged at info (method, path, status,
+//! wrong bearer token (when `api.token` is set), 403 a browser's request without a
+//! token, 404 unknown job, batch or route, 405 wrong method, 408 body too slow, 413
+//! body over `api.max_body_bytes` or batch over `api.max_batch_jobs`, 415 content type,
+//! 429 too many failed token attempts, 503 (with `Retry-After`) Redis unreachable or
+//! slower than `api.redis_timeout_ms`, or `api.max_waits` waits in flight. Every answer
+//! carries `X-Request-Id`, `X-Content-Type-Options: nosniff`, `Cache-Control: no-store`.
+//! Each request is logged at info (request ID, client address, method, path, status,
 //! latency), never its body or headers.
+//!
+//! | file | does |
+//! |---|---|
+//! | `routes.rs` | the handlers |
+//! | `guard.rs` | request ID and access log, token and throttle, browser guards, body timeout |
+//! | `waiters.rs` | one Redis subscriber shared by every result wait |
+//! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod guard;
+mod limits;
 mod routes;
+mod server;
+mod waiters;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::extract::{DefaultBodyLimit, OriginalUri};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fleet_shared::secret::Secret;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::ServeArgs;
-use crate::context::Ctx;
+use crate::context::{Ctx, Queues};
 use crate::exit::{self, FAILED, Fail, SUCCESS};
-
-/// After a shutdown signal, connections still open after this long are dropped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What every handler shares.
 pub struct ApiState {
@@ -54,18 +66,32 @@ pub struct ApiState {
     pub ctx: Ctx,
     /// Longest result wait (`api.result_wait_max_secs`).
     pub max_wait: Duration,
+    /// Longest a request waits for Redis (`api.redis_timeout_ms`).
+    pub redis_timeout: Duration,
     /// Cancelled at SIGTERM/SIGINT: result waits in flight end at once.
     pub shutdown: CancellationToken,
+    /// Result waits and their shared subscriber.
+    pub waiters: waiters::Waiters,
+    /// Failed token attempts per client address.
+    pub throttle: guard::Throttle,
+    /// Batch enqueues in flight, each in a task of its own: waited for at shutdown.
+    pub batches: TaskTracker,
 }
 
 type Shared = Arc<ApiState>;
 
 impl ApiState {
     pub fn new(ctx: Ctx) -> Shared {
+        let api = &ctx.settings.api;
+        let shutdown = CancellationToken::new();
         Arc::new(ApiState {
-            max_wait: Duration::from_secs(ctx.settings.api.result_wait_max_secs),
+            max_wait: Duration::from_secs(api.result_wait_max_secs),
+            redis_timeout: Duration::from_millis(api.redis_timeout_ms),
+            waiters: waiters::Waiters::new(api.max_waits, shutdown.clone()),
+            throttle: guard::Throttle::new(api.auth_failures_per_minute),
+            batches: TaskTracker::new(),
+            shutdown,
             ctx,
-            shutdown: CancellationToken::new(),
         })
     }
 
@@ -73,37 +99,82 @@ impl ApiState {
         self.ctx.settings.api.token()
     }
 
+    /// 413: the body is over `api.max_body_bytes`.
+    fn too_large(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over the limit of {} bytes (api.max_body_bytes); nothing was submitted",
+                self.ctx.settings.api.max_body_bytes
+            ),
+        )
+    }
+
     /// The request body, or the error that says why there is none (413 over the limit).
     fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the request body is over the limit of {} bytes (api.max_body_bytes); nothing was submitted",
-                        self.ctx.settings.api.max_body_bytes
-                    ),
-                )
+                self.too_large()
             } else {
                 ApiError::new(rejection.status(), rejection.body_text())
             }
         })
     }
+
+    /// Run a Redis call within `api.redis_timeout_ms`: past it, 503 and `Retry-After`
+    /// (the queue's own retries would otherwise hold the request for half a minute).
+    pub async fn redis<T>(
+        &self,
+        call: impl Future<Output = anyhow::Result<T>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.redis_timeout, call).await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.redis_timeout.as_millis() as u64,
+                    "Redis did not answer in time"
+                );
+                Err(ApiError::unavailable(format!(
+                    "Redis did not answer within {} ms (api.redis_timeout_ms); try again later",
+                    self.redis_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// Both queues (connecting on first use), within `api.redis_timeout_ms`.
+    pub async fn queues(&self) -> Result<&Queues, ApiError> {
+        self.redis(self.ctx.queues()).await
+    }
 }
 
-/// An error answer: `{"error": message}` with its status.
+/// An error answer: `{"error": message}` with its status (and `Retry-After`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` of a 503 for Redis.
+const REDIS_RETRY_AFTER_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    /// 503 because of Redis, with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(REDIS_RETRY_AFTER_SECS)
+    }
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -115,28 +186,36 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.message}))).into_response()
+        let body = axum::Json(json!({"error": self.message}));
+        match self.retry_after {
+            Some(secs) => (self.status, [guard::retry_after_header(secs)], body).into_response(),
+            None => (self.status, body).into_response(),
+        }
     }
 }
 
 /// Other errors get their status from what they are, as the CLI's exit codes do: a
-/// Redis failure is 503, bad input 400, anything else 500.
+/// Redis failure is 503 (its details, which name the Redis host, go to the log only),
+/// bad input 400, anything else 500.
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> ApiError {
         let message = exit::render(&err);
-        let status = match exit::code_of(&err) {
-            exit::USAGE => StatusCode::BAD_REQUEST,
-            exit::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status.is_server_error() {
-            tracing::warn!(error = %message, "request failed");
+        match exit::code_of(&err) {
+            exit::USAGE => ApiError::bad_request(message),
+            exit::UNAVAILABLE => {
+                tracing::warn!(error = %message, "request failed: Redis unavailable");
+                ApiError::unavailable("Redis is unavailable; try again later")
+            }
+            _ => {
+                tracing::warn!(error = %message, "request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
         }
-        ApiError::new(status, message)
     }
 }
 
-/// The whole API, with its middleware: request log (outermost), authentication, body limit.
+/// The whole API, with its guards (see `guard.rs`), outermost first: request ID and
+/// access log, authentication, browser guards, body read.
 pub fn router(state: Shared) -> Router {
     let max_body = state.ctx.settings.api.max_body_bytes;
     Router::new()
@@ -151,8 +230,10 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(from_fn_with_state(state.clone(), authenticate))
-        .layer(from_fn(log_request))
+        .layer(from_fn_with_state(state.clone(), guard::read_body))
+        .layer(from_fn_with_state(state.clone(), guard::browser))
+        .layer(from_fn_with_state(state.clone(), guard::authenticate))
+        .layer(from_fn(guard::observe))
         .with_state(state)
 }
 
@@ -167,59 +248,6 @@ async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Ap
     )
 }
 
-/// Paths open without a token.
-fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
-}
-
-/// Whether an `Authorization` header carries the token (`Bearer <token>`), compared in
-/// constant time.
-pub fn bearer_matches(header: Option<&HeaderValue>, token: &Secret) -> bool {
-    let Some((scheme, given)) = header
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-    else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer")
-        && bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
-}
-
-async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = state.token()
-        && !is_open(req.uri().path())
-        && !bearer_matches(req.headers().get(AUTHORIZATION), token)
-    {
-        // The message never repeats what was sent.
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token: send `Authorization: Bearer <api.token>`",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
-    next.run(req).await
-}
-
-/// One info line per request: method, path (not the query string), status, latency.
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    tracing::info!(
-        %method,
-        %path,
-        status = response.status().as_u16(),
-        latency_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-        "request"
-    );
-    response
-}
-
 /// `fleet serve`: bind, print the address, serve until SIGTERM/SIGINT, exit 0.
 pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> {
     let listen = match &args.listen {
@@ -231,6 +259,15 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
             "--listen: must be host:port (an IP address), got {listen:?}"
         ))
     })?;
+    let api = &ctx.settings.api;
+    if api.token().is_none() && !addr.ip().is_loopback() && !api.allow_remote_without_token {
+        return Err(Fail::usage(format!(
+            "refusing to listen on {addr} without api.token: anyone who can reach it could submit and cancel jobs. \
+             Set api.token (FLEET_API__TOKEN, at least 16 characters), listen on 127.0.0.1, \
+             or set api.allow_remote_without_token = true to accept that"
+        ))
+        .into());
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Fail::new(
             FAILED,
@@ -255,18 +292,18 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
     }
     watch_signals(state.shutdown.clone())?;
     let shutdown = state.shutdown.clone();
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        served = server => served.context("serving HTTP")?,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!(
-            grace_secs = SHUTDOWN_GRACE.as_secs(),
-            "connections still open after the grace period; exiting anyway"
-        ),
+    let settings = state.ctx.settings.api.clone();
+    server::run(listener, router(state.clone()), &settings, shutdown).await;
+    // A batch whose client went away is still enqueued whole (bounded by the queue's
+    // own retries while Redis is away).
+    state.batches.close();
+    if !state.batches.is_empty() {
+        tracing::info!(
+            batches = state.batches.len(),
+            "waiting for batch enqueues in flight"
+        );
     }
+    state.batches.wait().await;
     tracing::info!("stopped");
     Ok(SUCCESS)
 }

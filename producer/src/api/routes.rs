@@ -17,12 +17,12 @@ use fleet_shared::results::JobRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, Shared};
+use super::{ApiError, Shared, limits};
 use crate::commands::batch::submit_batch as enqueue_batch;
 use crate::commands::cancel::{cancel_job, cancel_json};
 use crate::commands::inspect::ending;
 use crate::context::{parse_id, unknown_job};
-use crate::exit::{FAILED, SUCCESS};
+use crate::exit::{FAILED, Fail, SUCCESS};
 use crate::output::{BatchItem, batch_json, error_text, record_json};
 
 /// How long `/readyz` gives Redis to connect and answer.
@@ -47,10 +47,19 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let bytes = s.body(body)?;
     let settings = &s.ctx.settings;
-    let spec = parse_job(&bytes, &settings.default_agent, &settings.limits())
-        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
-    let queue = &s.ctx.queues().await?.research;
-    let (id, existing) = queue.enqueue(spec).await.context("submitting the job")?;
+    let (agent, limits) = (settings.default_agent.clone(), settings.limits());
+    // A body can be megabytes of JSON: parsed on a blocking thread.
+    let spec = tokio::task::spawn_blocking(move || {
+        parse_job(&bytes, &agent, &limits)
+            .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))
+    })
+    .await
+    .context("parsing the job")??;
+    let queue = &s.queues().await?.research;
+    // One script: on a timeout the job was written whole or not at all.
+    let (id, existing) = s
+        .redis(async { queue.enqueue(spec).await.context("submitting the job") })
+        .await?;
     let status = if existing {
         StatusCode::OK
     } else {
@@ -118,16 +127,60 @@ pub async fn submit_batch(
     let q = query(q)?;
     let bytes = s.body(body)?;
     let settings = &s.ctx.settings;
-    let agent = q.agent.as_deref().unwrap_or(&settings.default_agent);
-    let parse = match format {
-        BatchFormat::JsonArray => parse_batch_array,
-        BatchFormat::Lines => parse_batch,
-    };
-    let specs = parse(&bytes, agent, &settings.limits()).map_err(|e| {
-        ApiError::bad_request(format!("invalid batch (nothing was submitted): {e}"))
-    })?;
-    let queue = &s.ctx.queues().await?.research;
-    let submitted = enqueue_batch(queue, specs).await?;
+    let agent = q.agent.unwrap_or_else(|| settings.default_agent.clone());
+    let max_jobs = settings.api.max_batch_jobs;
+    let limits = settings.limits();
+    // Parsing a large body takes long enough to stall the async threads: on a blocking
+    // thread, after a cheap count that refuses an oversized batch before it is built.
+    let specs = tokio::task::spawn_blocking(move || {
+        let count = match format {
+            BatchFormat::JsonArray => limits::count_array_items(&bytes, max_jobs),
+            BatchFormat::Lines => limits::count_lines(&bytes, max_jobs),
+        };
+        if count > max_jobs {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the batch is over the limit of {max_jobs} jobs (api.max_batch_jobs); nothing was submitted: split it"
+                ),
+            ));
+        }
+        let parse = match format {
+            BatchFormat::JsonArray => parse_batch_array,
+            BatchFormat::Lines => parse_batch,
+        };
+        parse(&bytes, &agent, &limits).map_err(|e| {
+            ApiError::bad_request(format!("invalid batch (nothing was submitted): {e}"))
+        })
+    })
+    .await
+    .context("parsing the batch")??;
+    let queue = s.queues().await?.research.clone();
+    // Refuse at once, rather than after the queue's retries, while Redis is away.
+    s.redis(async {
+        let mut conn = queue.connection();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| Fail::unavailable(format!("Redis does not answer PING: {e}")).into())
+    })
+    .await?;
+    // The enqueue runs in a task of its own, which the request only awaits: a client
+    // that goes away (timeout, closed connection), or SIGTERM, does not cut the batch
+    // in two (`serve` waits for these tasks before it exits).
+    let count = specs.len();
+    let submitted = s
+        .batches
+        .spawn(async move {
+            let submitted = enqueue_batch(&queue, specs).await;
+            match &submitted {
+                Ok(b) => tracing::info!(batch = %b.batch_id, count, "batch submitted"),
+                Err(e) => tracing::warn!(count, error = %crate::exit::render(e), "batch failed"),
+            }
+            submitted
+        })
+        .await
+        .context("enqueueing the batch")??;
     Ok((
         StatusCode::CREATED,
         [(LOCATION, format!("/v1/batches/{}", submitted.batch_id))],
@@ -146,9 +199,9 @@ pub async fn status(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(path)?;
-    let queues = s.ctx.queues().await?;
-    let (kind, record) = queues
-        .lookup(&id)
+    let queues = s.queues().await?;
+    let (kind, record) = s
+        .redis(queues.lookup(&id))
         .await?
         .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
     Ok(Json(record_json(kind, &record)))
@@ -173,22 +226,54 @@ pub async fn result(
         .map(Duration::from_secs)
         .unwrap_or_default()
         .min(s.max_wait);
-    let queues = s.ctx.queues().await?;
-    let (kind, mut record) = queues
-        .lookup(&id)
+    let queues = s.queues().await?;
+    let (kind, mut record) = s
+        .redis(queues.lookup(&id))
         .await?
         .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
     if !record.status.is_final() && !wait.is_zero() {
-        tracing::debug!(job = %id, wait_secs = wait.as_secs(), "waiting for the job to end");
         let key = id.to_string();
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiting = s.waiters.register(queues, &key).map_err(|full| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} result waits are in flight already (api.max_waits); try again, or ask without ?wait",
+                    full.max
+                ),
+            )
+            .retry_after(1)
+        })?;
+        tracing::debug!(job = %id, wait_secs = wait.as_secs(), "waiting for the job to end");
         let queue = queues.get(kind);
-        let waited = tokio::select! {
-            r = queue.wait_for_final(&key, Some(wait)) => r,
-            // Shutting down: answer with where the job is now.
-            _ = s.shutdown.cancelled() => queue.job_record(&key).await,
+        // Registered first, then read: an end between the two is not missed.
+        loop {
+            record = s
+                .redis(async {
+                    queue
+                        .job_record(&key)
+                        .await
+                        .with_context(|| format!("waiting for job {key}"))
+                })
+                .await?
+                .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+            if record.status.is_final() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = waiting.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                // Shutting down: answer with where the job is now.
+                _ = s.shutdown.cancelled() => {}
+            }
+            if s.shutdown.is_cancelled() {
+                record = s
+                    .redis(async { Ok(queue.job_record(&key).await?) })
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
+                break;
+            }
         }
-        .with_context(|| format!("waiting for job {key}"))?;
-        record = waited.ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
     }
     Ok(result_response(&record))
 }
@@ -232,8 +317,10 @@ pub async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(path)?;
-    let queues = s.ctx.queues().await?;
-    let (kind, outcome) = cancel_job(queues, &id)
+    let queues = s.queues().await?;
+    // One script: on a timeout the job was cancelled or not; asking again is harmless.
+    let (kind, outcome) = s
+        .redis(cancel_job(queues, &id))
         .await?
         .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
     Ok(Json(cancel_json(&id, kind, &outcome)))
@@ -247,11 +334,15 @@ pub async fn batch_status(
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = uuid::Uuid::parse_str(raw.trim())
         .map_err(|_| ApiError::bad_request(format!("not a batch ID (expected a UUID): {raw:?}")))?;
-    let queue = &s.ctx.queues().await?.research;
-    let record = queue
-        .batch_record(&id.to_string())
-        .await
-        .context("reading the batch record")?
+    let queue = &s.queues().await?.research;
+    let record = s
+        .redis(async {
+            queue
+                .batch_record(&id.to_string())
+                .await
+                .context("reading the batch record")
+        })
+        .await?
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "no batch with ID {id} (never submitted here, or its record expired after queue.result_ttl_secs)"
@@ -267,7 +358,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// `GET /readyz`: Redis answers PING (and the server is not shutting down).
 pub async fn readyz(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
+    let unavailable = |m: String| ApiError::unavailable(m);
     if s.shutdown.is_cancelled() {
         return Err(unavailable("shutting down".into()));
     }
@@ -280,12 +371,13 @@ pub async fn readyz(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
             .context("PING")?;
         anyhow::Ok(())
     };
+    // The details name the Redis host: the log gets them, the answer does not.
     match tokio::time::timeout(READY_TIMEOUT, ping).await {
         Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => Err(unavailable(format!(
-            "Redis does not answer: {}",
-            crate::exit::render(&e)
-        ))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::exit::render(&e), "/readyz: Redis does not answer");
+            Err(unavailable("Redis does not answer".into()))
+        }
         Err(_) => Err(unavailable(format!(
             "Redis did not answer PING within {}s",
             READY_TIMEOUT.as_secs()

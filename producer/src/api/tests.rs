@@ -9,6 +9,7 @@ use fleet_shared::settings::Settings;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
+use super::guard::bearer_matches;
 use super::routes::{BatchFormat, batch_format, result_response};
 use super::*;
 
@@ -38,6 +39,8 @@ fn post(path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Reques
     b.body(body.into()).unwrap()
 }
 
+const JSON: Option<&str> = Some("application/json");
+
 fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
@@ -58,12 +61,12 @@ async fn bad_input_is_refused_before_redis_is_asked() {
             "invalid job: the query is empty",
         ),
         (
-            post("/v1/jobs", None, r#"{"query": "q", "agent": "nobody"}"#),
+            post("/v1/jobs", JSON, r#"{"query": "q", "agent": "nobody"}"#),
             StatusCode::BAD_REQUEST,
             "unknown agent profile \"nobody\"",
         ),
         (
-            post("/v1/jobs", None, "{\"query\": "),
+            post("/v1/jobs", JSON, "{\"query\": "),
             StatusCode::BAD_REQUEST,
             "invalid job: malformed JSON",
         ),
@@ -91,7 +94,7 @@ async fn bad_input_is_refused_before_redis_is_asked() {
             "no Content-Type",
         ),
         (
-            post("/v1/batches?agnt=demo", Some("text/plain"), "q\n"),
+            post("/v1/batches?agnt=demo", Some("application/x-ndjson"), "q\n"),
             StatusCode::BAD_REQUEST,
             "unknown field `agnt`",
         ),
@@ -142,7 +145,7 @@ async fn routes_methods_and_body_size() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_of(&body), "method GET is not allowed on /v1/jobs");
     let big = format!(r#"{{"query": "{}"}}"#, "x".repeat(100));
-    let (status, body) = call(&app, post("/v1/jobs", None, big)).await;
+    let (status, body) = call(&app, post("/v1/jobs", JSON, big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(
         error_of(&body).contains("over the limit of 64 bytes (api.max_body_bytes)"),
@@ -154,7 +157,7 @@ async fn routes_methods_and_body_size() {
 
 #[tokio::test]
 async fn a_token_guards_v1_but_not_health() {
-    let app = app(&[("FLEET_API__TOKEN", "t0ken-for-tests")]);
+    let app = app(&[("FLEET_API__TOKEN", "t0ken-for-the-tests")]);
     let with = |auth: Option<&str>| {
         let mut b = Request::get("/v1/jobs/not-a-uuid");
         if let Some(a) = auth {
@@ -165,17 +168,17 @@ async fn a_token_guards_v1_but_not_health() {
     for auth in [
         None,
         Some("Bearer wrong"),
-        Some("t0ken-for-tests"),
-        Some("Basic t0ken-for-tests"),
+        Some("t0ken-for-the-tests"),
+        Some("Basic t0ken-for-the-tests"),
     ] {
         let (status, body) = call(&app, with(auth)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
         assert!(!body.to_string().contains("t0ken"), "{body}");
     }
     // Past authentication, the malformed ID is what is wrong.
-    let (status, _) = call(&app, with(Some("Bearer t0ken-for-tests"))).await;
+    let (status, _) = call(&app, with(Some("Bearer t0ken-for-the-tests"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(&app, with(Some("bearer  t0ken-for-tests "))).await;
+    let (status, _) = call(&app, with(Some("bearer  t0ken-for-the-tests "))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Unknown routes are not revealed without the token.
     assert_eq!(
@@ -273,4 +276,86 @@ async fn results_read_as_documented() {
     }
     let (status, _) = response_json(result_response(&record(JobStatus::Cancelled))).await;
     assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn guards_answer_before_redis_is_asked() {
+    let open = app(&[]);
+    let with = |f: &dyn Fn(axum::http::request::Builder) -> axum::http::request::Builder| {
+        f(Request::post("/v1/jobs").header("content-type", "application/json"))
+            .body(Body::from(r#"{"query": "q"}"#))
+            .unwrap()
+    };
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            with(&|b| b.header("origin", "https://evil.example")),
+            StatusCode::FORBIDDEN,
+            "Origin",
+        ),
+        (
+            with(&|b| b.header("host", "evil.example:8080")),
+            StatusCode::FORBIDDEN,
+            "Host",
+        ),
+        (
+            post("/v1/batches", Some("text/plain"), "q\n"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "without api.token",
+        ),
+        (
+            with(&|b| {
+                b.header("authorization", "Bearer a")
+                    .header("authorization", "Bearer b")
+            }),
+            StatusCode::BAD_REQUEST,
+            "more than one Authorization header",
+        ),
+        (
+            post(
+                "/v1/batches",
+                JSON,
+                r#"[{"query": "a"}, {"query": "b"}, {"query": "c"}]"#,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over the limit of 2 jobs (api.max_batch_jobs)",
+        ),
+    ];
+    let capped = app(&[("FLEET_API__MAX_BATCH_JOBS", "2")]);
+    for (req, status, message) in cases {
+        let what = format!("{} {} {:?}", req.method(), req.uri(), req.headers());
+        let app = if message.contains("max_batch_jobs") {
+            &capped
+        } else {
+            &open
+        };
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{what}"
+        );
+        assert_eq!(response.headers()["cache-control"], "no-store", "{what}");
+        assert!(response.headers().contains_key("x-request-id"), "{what}");
+        let (got, body) = response_json(response).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(error_of(&body).contains(message), "{what}: {body}");
+    }
+    // A client's plain request ID is kept; anything else is replaced.
+    let id = |sent: &'static str| {
+        let open = open.clone();
+        async move {
+            let r = open
+                .oneshot(
+                    Request::get("/healthz")
+                        .header("x-request-id", sent)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            r.headers()["x-request-id"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(id("abc-123.x_y").await, "abc-123.x_y");
+    assert_ne!(id("has space\"").await, "has space\"");
 }

@@ -89,9 +89,20 @@ pub fn parse_job(
     default_agent: &str,
     limits: &Limits,
 ) -> Result<JobSpec, ValidationError> {
-    let request: JobRequest = serde_json::from_slice(bytes)
+    let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ValidationError::new(format!("malformed JSON: {e}")))?;
-    request.validated(default_agent, limits)
+    job_object(value)
+        .map_err(ValidationError::new)?
+        .validated(default_agent, limits)
+}
+
+/// A job object; anything else (serde would read an array as the fields in order) is
+/// refused.
+fn job_object(value: serde_json::Value) -> Result<JobRequest, String> {
+    if !value.is_object() {
+        return Err("a job must be a JSON object, such as {\"query\": \"...\"}".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("not a valid job object: {e}"))
 }
 
 /// Parse and validate a JSON array of job objects (a batch sent to the HTTP API). Any
@@ -119,8 +130,7 @@ pub fn parse_batch_array(
                 index + 1
             ))
         };
-        let request: JobRequest =
-            serde_json::from_value(item).map_err(|e| at(format!("not a valid job object: {e}")))?;
+        let request = job_object(item).map_err(at)?;
         specs.push(
             request
                 .validated(default_agent, limits)
@@ -254,6 +264,12 @@ mod tests {
         );
         assert!(err(br#"{"query": "q", "timeout": 5}"#).contains("unknown field `timeout`"));
         assert!(err(br#"{"agent": "demo"}"#).contains("missing field `query`"));
+        // serde reads an array as a struct's fields in order: not a job.
+        assert!(
+            err(br#"["q", "demo", null, true]"#).starts_with("a job must be a JSON object"),
+            "{}",
+            err(br#"["q", "demo", null, true]"#)
+        );
         assert_eq!(
             err(br#"{"query": "q", "max_attempts": 0}"#),
             "max_attempts must be at least 1"
@@ -286,7 +302,15 @@ mod tests {
         );
         assert!(
             err(br#"[{"query": "a"}, "b"]"#)
-                .starts_with("item 2 of 2 (index 1): not a valid job object")
+                .starts_with("item 2 of 2 (index 1): a job must be a JSON object")
+        );
+        assert!(
+            err(br#"[{"query": "a"}, ["b", "demo"]]"#)
+                .starts_with("item 2 of 2 (index 1): a job must be a JSON object")
+        );
+        assert!(
+            err(br#"[{"query": "a", "retries": 1}]"#)
+                .starts_with("item 1 of 1 (index 0): not a valid job object")
         );
         assert_eq!(
             err(br#"{"query": "a"}"#),
