@@ -313,7 +313,7 @@ pub struct WaitFlag {
 pub enum PoolCommand {
     /// Grow or shrink a profile's pool to N agents
     Scale {
-        /// The pool size wanted
+        /// The pool size wanted (at most 1000)
         #[arg(value_name = "N")]
         size: u32,
 

@@ -354,3 +354,56 @@ fn the_cli_needs_no_e2b_key_it_never_uses() {
         worker.log_text()
     );
 }
+
+#[test]
+fn a_result_wait_of_any_length_waits_instead_of_panicking() {
+    // `--timeout` takes any u64; one too long for a clock deadline means "no limit".
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let out = fleet(&["--json", "submit", "q"], &e, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waiting = {
+        let (e, id) = (e.clone(), id.clone());
+        std::thread::spawn(move || {
+            fleet(
+                &["result", &id, "--timeout", "18446744073709551615"],
+                &e,
+                None,
+            )
+        })
+    };
+    // Cancel once the result command listens for the job's end (or has ended early).
+    let channel =
+        fleet_shared::queue::keys::Keys::new("fleet", fleet_shared::job::QueueKind::Research)
+            .done_channel;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut redis.conn())
+            .unwrap();
+        if listeners > 0 || waiting.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`fleet result` never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cancelled = fleet(&["cancel", &id], &e, None);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    let out = waiting.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ended cancelled, so exit 1: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+}

@@ -25,6 +25,9 @@ pub const MAX_METADATA_KEY_BYTES: usize = 128;
 pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 /// An agent ID (`agent_id` of a research job, or of a lifecycle operation).
 pub const MAX_AGENT_ID_BYTES: usize = 128;
+/// `fleet pool scale N`: agents of one profile in one worker's pool (E2B's largest plan
+/// runs 100 sandboxes at once).
+pub const MAX_POOL_SIZE: u32 = 1000;
 
 /// `value` must not exceed `max`; the message names the option.
 pub fn at_most<T: PartialOrd + std::fmt::Display>(

@@ -236,6 +236,9 @@ impl JobSpec {
         {
             bounds::check_agent_id(agent_id)?;
         }
+        if let JobPayload::Lifecycle(LifecycleJob::Scale { size, .. }) = &self.payload {
+            bounds::at_most("the pool size", Some(*size), bounds::MAX_POOL_SIZE)?;
+        }
         let o = &self.options;
         if o.max_attempts == Some(0) {
             return Err(ValidationError::new("max_attempts must be at least 1"));
@@ -425,6 +428,13 @@ mod tests {
             })
         });
         assert!(msg.contains("agent_id"), "{msg}");
+        let msg = refused(&|s| {
+            *s = JobSpec::lifecycle(LifecycleJob::Scale {
+                agent: "demo".into(),
+                size: u32::MAX,
+            })
+        });
+        assert!(msg.contains("the pool size must be at most 1000"), "{msg}");
 
         // The limits themselves are accepted.
         let mut spec = JobSpec::research("q", "demo");
