@@ -171,24 +171,24 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
 
-    /// Attempts in all before the job is dead-lettered (default: queue.research.max_attempts)
+    /// Attempts in all before the job is dead-lettered, at most 100 (default: queue.research.max_attempts)
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
 
-    /// Kill each attempt after this many seconds (default: queue.research.attempt_timeout_secs)
+    /// Kill each attempt after this many seconds, at most 86400 (default: queue.research.attempt_timeout_secs)
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
 
-    /// The whole job must end within this many seconds of submission, or it is dead-lettered
+    /// The whole job must end within this many seconds of submission (at most 2592000), or it is dead-lettered
     #[arg(long, value_name = "SECS")]
     pub deadline: Option<u64>,
 
-    /// Retry backoff base in milliseconds: retry n waits up to base * 2^(n-1), full jitter
-    /// (default: queue.research.backoff_base_ms)
+    /// Retry backoff base in milliseconds: retry n waits up to base * 2^(n-1), full jitter;
+    /// at most 86400000 (default: queue.research.backoff_base_ms)
     #[arg(long, value_name = "MS")]
     pub backoff_base_ms: Option<u64>,
 
-    /// Retry backoff cap in milliseconds (default: queue.research.backoff_cap_ms)
+    /// Retry backoff cap in milliseconds, at most 86400000 (default: queue.research.backoff_cap_ms)
     #[arg(long, value_name = "MS")]
     pub backoff_cap_ms: Option<u64>,
 
@@ -196,7 +196,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
-    /// A label returned with the result, KEY=VALUE; repeatable
+    /// A label returned with the result, KEY=VALUE; repeatable (at most 64; keys up to 128
+    /// bytes, values up to 1024)
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub meta: Vec<(String, String)>,
 
@@ -322,7 +323,7 @@ pub struct WaitFlag {
 pub enum PoolCommand {
     /// Grow or shrink a profile's pool to N agents
     Scale {
-        /// The pool size wanted
+        /// The pool size wanted (at most 1000)
         #[arg(value_name = "N")]
         size: u32,
 

@@ -121,7 +121,7 @@ async fn run(
     };
 
     // (5) All workers drain at once: SIGTERM to each, then wait for each.
-    let grace = Duration::from_secs(ctx.settings.worker.drain_timeout_secs + 10);
+    let grace = Duration::from_secs(ctx.settings.worker.drain_timeout_secs.saturating_add(10));
     let deadline = tokio::time::Instant::now() + grace;
     for w in &mut workers {
         if w.exited.is_none() && !ask_to_stop(&mut w.child) {

@@ -146,7 +146,7 @@ impl AgentPool {
 
     fn sandbox_timeout(&self, attempt_timeout: Duration) -> Duration {
         Duration::from_secs(self.settings.sandbox_timeout_secs)
-            .max(attempt_timeout + Duration::from_secs(60))
+            .max(attempt_timeout.saturating_add(Duration::from_secs(60)))
     }
 
     /// Lease an agent of `profile` (or the agent `agent_id`) for one job.

@@ -238,7 +238,8 @@ impl RedisQueue {
         timeout: Option<Duration>,
     ) -> Result<Option<JobRecord>, QueueError> {
         use futures::StreamExt;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // A wait too long for an Instant (`fleet result --timeout` takes any u64) is no limit.
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let client = redis::Client::open(self.redis_settings().url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await.ok();
         if let Some(p) = pubsub.as_mut() {

@@ -319,14 +319,17 @@ impl Settings {
                 .map_err(|e| SettingsError::new("config file", format!("{e}")))?;
             merge(&mut root, overlay);
         }
+        // Top-level keys that are values, not sections (`default_agent`): the only
+        // settings named without a double underscore.
+        let top_level: Vec<String> = root
+            .iter()
+            .filter(|(_, v)| !v.is_table())
+            .map(|(k, _)| k.clone())
+            .collect();
         for (name, value) in env {
-            let Some(path) = name.strip_prefix("FLEET_") else {
+            let Some(keys) = setting_path(name, &top_level) else {
                 continue;
             };
-            if path == "CONFIG" {
-                continue;
-            }
-            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
             // A secret is taken as it is: read as TOML, a token of digits would become
             // a number (and a type error).
             let value = if keys == ["api", "token"] {
@@ -379,6 +382,7 @@ impl Settings {
         if self.queue.max_query_bytes == 0 {
             return err("queue.max_query_bytes", "must be at least 1");
         }
+        self.check_upper_bounds()?;
         for (name, p) in [
             ("queue.research", &self.queue.research),
             ("queue.lifecycle", &self.queue.lifecycle),
@@ -435,12 +439,6 @@ impl Settings {
         }
         if e2b.request_attempts == 0 {
             return err("sandbox.e2b.request_attempts", "must be at least 1");
-        }
-        if self.sandbox.provider == ProviderKind::E2b && e2b.api_key.is_none() {
-            return err(
-                "sandbox.provider",
-                "is \"e2b\" but E2B_API_KEY is not set in the environment",
-            );
         }
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("api.listen", "must be host:port (an IP address)");
@@ -524,6 +522,77 @@ impl Settings {
         Ok(())
     }
 
+    /// What the sandbox provider needs from the environment: E2B_API_KEY for "e2b".
+    /// Checked by the worker (the one process that calls the provider), not at load:
+    /// the CLI and `fleet serve` share the config but never call E2B.
+    pub fn check_provider_credentials(&self) -> Result<(), SettingsError> {
+        if self.sandbox.provider == ProviderKind::E2b && self.sandbox.e2b.api_key.is_none() {
+            return Err(SettingsError::new(
+                "sandbox.provider",
+                "is \"e2b\" but E2B_API_KEY is not set in the environment",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bounds: the queue policies are held to the bounds of a job's own options
+    /// (`job::bounds`), and every duration in seconds to a year, so no arithmetic on
+    /// them (a lease TTL times three, a drain timeout plus a margin, a TTL in
+    /// milliseconds) can overflow.
+    fn check_upper_bounds(&self) -> Result<(), SettingsError> {
+        use crate::job::bounds::{
+            MAX_ATTEMPT_TIMEOUT_SECS, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_DEADLINE_SECS,
+        };
+        let at_most = |key: String, value: u64, max: u64| {
+            if value > max {
+                Err(SettingsError::new(key, format!("must be at most {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        for (name, p) in [
+            ("queue.research", &self.queue.research),
+            ("queue.lifecycle", &self.queue.lifecycle),
+        ] {
+            let key = |k: &str| format!("{name}.{k}");
+            at_most(
+                key("max_attempts"),
+                p.max_attempts.into(),
+                MAX_ATTEMPTS.into(),
+            )?;
+            at_most(
+                key("attempt_timeout_secs"),
+                p.attempt_timeout_secs,
+                MAX_ATTEMPT_TIMEOUT_SECS,
+            )?;
+            at_most(key("deadline_secs"), p.deadline_secs, MAX_DEADLINE_SECS)?;
+            at_most(key("backoff_base_ms"), p.backoff_base_ms, MAX_BACKOFF_MS)?;
+            at_most(key("backoff_cap_ms"), p.backoff_cap_ms, MAX_BACKOFF_MS)?;
+        }
+        for (key, secs) in [
+            ("queue.lease_ttl_secs", self.queue.lease_ttl_secs),
+            ("queue.result_ttl_secs", self.queue.result_ttl_secs),
+            (
+                "queue.idempotency_ttl_secs",
+                self.queue.idempotency_ttl_secs,
+            ),
+            ("worker.drain_timeout_secs", self.worker.drain_timeout_secs),
+            (
+                "pool.idle_pause_after_secs",
+                self.pool.idle_pause_after_secs,
+            ),
+            ("pool.sandbox_timeout_secs", self.pool.sandbox_timeout_secs),
+            (
+                "sandbox.e2b.request_timeout_secs",
+                self.sandbox.e2b.request_timeout_secs,
+            ),
+            ("api.result_wait_max_secs", self.api.result_wait_max_secs),
+        ] {
+            at_most(key.to_string(), secs, MAX_SETTING_SECS)?;
+        }
+        Ok(())
+    }
+
     pub fn agent_names(&self) -> Vec<String> {
         self.agents.keys().cloned().collect()
     }
@@ -539,6 +608,24 @@ impl Settings {
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.queue.lease_ttl_secs)
     }
+}
+
+/// The longest duration in seconds any setting may hold: a year.
+pub const MAX_SETTING_SECS: u64 = 365 * 86_400;
+
+/// The key path an environment variable sets, if it is a setting at all: only
+/// `FLEET_<SECTION>__<KEY>` (any depth, no empty part) and `FLEET_<KEY>` for a top-level
+/// value such as `FLEET_DEFAULT_AGENT`. Anything else that starts with `FLEET_`
+/// (`FLEET_CONFIG`, a script's `FLEET_BIN_DIR`, a misremembered `FLEET_REDIS_URL`)
+/// is not a setting and is left alone.
+fn setting_path(name: &str, top_level: &[String]) -> Option<Vec<String>> {
+    let path = name.strip_prefix("FLEET_")?;
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    let is_setting = match keys.as_slice() {
+        [key] => top_level.contains(key),
+        parts => parts.iter().all(|k| !k.is_empty()),
+    };
+    is_setting.then_some(keys)
 }
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -720,9 +807,62 @@ mod tests {
     }
 
     #[test]
-    fn e2b_provider_needs_the_key_from_the_environment() {
+    fn only_section_key_variables_are_settings() {
+        // Variables that merely start with FLEET_ belong to someone else (scripts, CI):
+        // they are not settings and stop nothing.
+        let s = Settings::from_layers(
+            None,
+            &env(&[
+                ("FLEET_BIN_DIR", "/opt/fleet/bin"),
+                ("FLEET_REDIS_URL", "redis://elsewhere:1"),
+                ("FLEET_CONFIG", "/etc/fleet.toml"),
+                ("FLEET_", "x"),
+                ("FLEET_DEFAULT_AGENT", "demo"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        // FLEET_<SECTION>__<KEY> still is one, and a misspelt key still an error.
         let e =
-            Settings::from_layers(None, &env(&[("FLEET_SANDBOX__PROVIDER", "e2b")])).unwrap_err();
+            Settings::from_layers(None, &env(&[("FLEET_WORKER__CONCURENCY", "3")])).unwrap_err();
+        assert!(e.to_string().contains("concurency"), "{e}");
+        let e =
+            Settings::from_layers(None, &env(&[("FLEET_DEFAULT_AGENT", "nobody")])).unwrap_err();
+        assert_eq!(e.key, "default_agent");
+    }
+
+    #[test]
+    fn queue_policies_are_bounded_like_job_options() {
+        for (key, value, bound) in [
+            (
+                "QUEUE__RESEARCH__ATTEMPT_TIMEOUT_SECS",
+                "9223372036854775807",
+                "86400",
+            ),
+            (
+                "QUEUE__LIFECYCLE__DEADLINE_SECS",
+                "9223372036854775807",
+                "2592000",
+            ),
+            ("QUEUE__RESEARCH__MAX_ATTEMPTS", "4294967295", "100"),
+            (
+                "QUEUE__RESEARCH__BACKOFF_CAP_MS",
+                "9223372036854775807",
+                "86400000",
+            ),
+        ] {
+            let e = Settings::from_layers(None, &env(&[(&format!("FLEET_{key}"), value)]))
+                .expect_err(key);
+            assert_eq!(e.key, key.to_ascii_lowercase().replace("__", "."), "{e}");
+            assert!(e.message.contains(bound), "{e}");
+        }
+    }
+
+    #[test]
+    fn e2b_provider_needs_the_key_from_the_environment_where_it_is_used() {
+        // Loading never needs it (the CLI never calls E2B); the worker checks it.
+        let s = Settings::from_layers(None, &env(&[("FLEET_SANDBOX__PROVIDER", "e2b")])).unwrap();
+        let e = s.check_provider_credentials().unwrap_err();
         assert_eq!(e.key, "sandbox.provider");
         let s = Settings::from_layers(
             None,
@@ -732,6 +872,7 @@ mod tests {
             ]),
         )
         .unwrap();
+        s.check_provider_credentials().unwrap();
         assert_eq!(s.sandbox.e2b.api_key.unwrap().expose(), "e2b_00");
     }
 }

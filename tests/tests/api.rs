@@ -569,7 +569,7 @@ async fn cancel_ends_a_queued_job_whose_result_is_then_409() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
-        json!({"id": id, "queue": "research", "outcome": "cancelled", "status": null})
+        json!({"id": id, "queue": "research", "outcome": "cancelled", "status": "cancelled"})
     );
     let (status, body, _) = send(api.http.get(api.url(&format!("/v1/jobs/{id}/result")))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -582,6 +582,103 @@ async fn cancel_ends_a_queued_job_whose_result_is_then_409() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["outcome"], "already_ended");
     assert_eq!(body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_cli_and_the_api_answer_batch_and_cancel_in_one_shape() {
+    let api = Api::start(&[]).await;
+    let config = api.config.display().to_string();
+    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["--config", config.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let out =
+            fleet_tests::processes::fleet(&all, &[("FLEET_REDIS__URL", api.redis.url())], stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("one JSON document")
+    };
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+
+    // A batch: the same fields, the same kinds of values.
+    let from_cli = cli(&["batch", "-"], Some(b"a\nb\n"));
+    let (status, from_api, _) = send(
+        api.http
+            .post(api.url("/v1/batches"))
+            .header("content-type", "text/plain")
+            .body("a\nb\n"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{from_api}");
+    assert_eq!(keys(&from_cli), keys(&from_api), "{from_cli} vs {from_api}");
+    assert_eq!(keys(&from_api), ["batch_id", "count", "job_ids"]);
+    assert_eq!(from_cli["count"], 2);
+    assert_eq!(from_cli["job_ids"].as_array().unwrap().len(), 2);
+
+    // Cancel (queued: no worker): the same document, with the status the job now has.
+    let id_of = |v: &Value, i: usize| v["job_ids"][i].as_str().unwrap().to_string();
+    let (cli_id, api_id) = (id_of(&from_cli, 0), id_of(&from_api, 0));
+    let cancelled_cli = cli(&["cancel", &cli_id], None);
+    let (status, cancelled_api, _) =
+        send(api.http.post(api.url(&format!("/v1/jobs/{api_id}/cancel")))).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled_api}");
+    assert_eq!(
+        cancelled_cli,
+        json!({"id": cli_id, "queue": "research", "outcome": "cancelled", "status": "cancelled"})
+    );
+    assert_eq!(
+        cancelled_api,
+        json!({"id": api_id, "queue": "research", "outcome": "cancelled", "status": "cancelled"})
+    );
+}
+
+#[tokio::test]
+async fn extreme_values_are_refused_over_http_and_write_nothing() {
+    let api = Api::start(&[]).await;
+    let labels: serde_json::Map<String, Value> =
+        (0..500).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cases = [
+        (
+            json!({"query": "q", "attempt_timeout_secs": u64::MAX}),
+            "attempt_timeout_secs must be at most 86400",
+        ),
+        (
+            json!({"query": "q", "deadline_secs": u64::MAX}),
+            "deadline_secs must be at most 2592000",
+        ),
+        (
+            json!({"query": "q", "max_attempts": u32::MAX}),
+            "max_attempts must be at most 100",
+        ),
+        (
+            json!({"query": "q", "metadata": labels}),
+            "500 metadata entries",
+        ),
+        (
+            json!({"query": "q", "metadata": {"notes": "x".repeat(1 << 20)}}),
+            "metadata value of \"notes\" is 1048576 bytes",
+        ),
+        (
+            json!({"query": "q", "agent_id": "a".repeat(1 << 20)}),
+            "agent_id is 1048576 bytes",
+        ),
+    ];
+    for (job, want) in cases {
+        let (status, body, _) = send(api.http.post(api.url("/v1/jobs")).json(&job)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{want}: {body}");
+        assert!(error_of(&body).contains(want), "wanted {want:?} in {body}");
+        let (status, body, _) =
+            send(api.http.post(api.url("/v1/batches")).json(&json!([job]))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{want}: {body}");
+        assert!(error_of(&body).contains(want), "wanted {want:?} in {body}");
+        assert_eq!(api.keys(), 0, "{want}: written to Redis");
+    }
 }
 
 #[tokio::test]

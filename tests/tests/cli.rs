@@ -230,3 +230,180 @@ fn a_worker_stopped_while_it_waits_for_redis_exits_cleanly() {
         worker.log_text()
     );
 }
+
+#[test]
+fn extreme_values_are_refused_at_submit_and_write_nothing() {
+    // Each was accepted before: the worker then panicked on the timeout, the deadline
+    // wrapped, and megabytes of labels were kept for a week.
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let many_labels: serde_json::Map<String, serde_json::Value> = (0..500)
+        .map(|i| (format!("k{i}"), serde_json::Value::from("v")))
+        .collect();
+    let many_labels_line = serde_json::json!({"query": "q", "metadata": many_labels}).to_string();
+    let long_agent_id_line =
+        serde_json::json!({"query": "q", "agent_id": "a".repeat(100_000)}).to_string();
+    let long_label = format!("notes={}", "x".repeat(100_000));
+    let cases: Vec<BadInput> = vec![
+        (
+            vec!["submit", "q", "--timeout", "18446744073709551615"],
+            None,
+            "attempt_timeout_secs must be at most 86400",
+        ),
+        (
+            vec!["submit", "q", "--deadline", "18446744073709551615"],
+            None,
+            "deadline_secs must be at most 2592000",
+        ),
+        (
+            vec!["submit", "q", "--max-attempts", "4294967295"],
+            None,
+            "max_attempts must be at most 100",
+        ),
+        (
+            vec!["submit", "q", "--backoff-base-ms", "18446744073709551615"],
+            None,
+            "backoff_base_ms must be at most 86400000",
+        ),
+        (
+            vec!["submit", "q", "--meta", &long_label],
+            None,
+            "metadata value of \"notes\" is 100000 bytes",
+        ),
+        (
+            vec!["batch", "-"],
+            Some(many_labels_line.as_bytes()),
+            "line 1: 500 metadata entries",
+        ),
+        (
+            vec!["batch", "-"],
+            Some(long_agent_id_line.as_bytes()),
+            "line 1: agent_id is 100000 bytes",
+        ),
+    ];
+    for (args, stdin, expected) in cases {
+        let out = fleet(&args, &e, stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{:?}: {}",
+            &args[..2],
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(expected),
+            "{:?}: wanted {expected:?} in {}",
+            &args[..2],
+            stderr(&out)
+        );
+        assert_eq!(keys_in(&redis), 0, "{:?} wrote to Redis", &args[..2]);
+    }
+}
+
+#[test]
+fn unrelated_fleet_variables_stop_neither_binary() {
+    // Only FLEET_<SECTION>__<KEY> (and FLEET_CONFIG) are settings; a script's own
+    // FLEET_BIN_DIR or a misremembered FLEET_REDIS_URL is none of the binaries' business.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet_tests::harness::local_config(dir.path(), "");
+    let mut e = env(&redis);
+    e.push(("FLEET_BIN_DIR", "/opt/fleet/bin".into()));
+    e.push(("FLEET_REDIS_URL", "redis://elsewhere:1".into()));
+    let out = fleet(&["--json", "jobs"], &e, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut worker = WorkerProcess::start(&config, "env", &e, dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !worker.log_text().contains("worker started") {
+        assert!(
+            std::time::Instant::now() < deadline && worker.is_running(),
+            "the worker should have started: {}",
+            worker.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    worker.sigterm();
+    worker.assert_clean_exit();
+}
+
+#[test]
+fn the_cli_needs_no_e2b_key_it_never_uses() {
+    // A config shared by workers and the CLI names the e2b provider; the CLI only talks
+    // to Redis, so it runs without E2B_API_KEY. The worker, which calls E2B, still
+    // refuses to start without it, naming the key.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet_tests::harness::local_config(dir.path(), "[sandbox]\nprovider = \"e2b\"\n");
+    let config_arg = config.display().to_string();
+    let e = env(&redis);
+    let out = fleet(
+        &["--config", &config_arg, "--json", "submit", "q"],
+        &e,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fleet(&["--config", &config_arg, "jobs"], &e, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut worker = WorkerProcess::start(&config, "e2b", &e, dir.path());
+    assert_eq!(worker.wait(), Some(2), "{}", worker.log_text());
+    assert!(
+        worker.log_text().contains("E2B_API_KEY is not set"),
+        "{}",
+        worker.log_text()
+    );
+}
+
+#[test]
+fn a_result_wait_of_any_length_waits_instead_of_panicking() {
+    // `--timeout` takes any u64; one too long for a clock deadline means "no limit".
+    let redis = RedisServer::start();
+    let e = env(&redis);
+    let out = fleet(&["--json", "submit", "q"], &e, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waiting = {
+        let (e, id) = (e.clone(), id.clone());
+        std::thread::spawn(move || {
+            fleet(
+                &["result", &id, "--timeout", "18446744073709551615"],
+                &e,
+                None,
+            )
+        })
+    };
+    // Cancel once the result command listens for the job's end (or has ended early).
+    let channel =
+        fleet_shared::queue::keys::Keys::new("fleet", fleet_shared::job::QueueKind::Research)
+            .done_channel;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut redis.conn())
+            .unwrap();
+        if listeners > 0 || waiting.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`fleet result` never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cancelled = fleet(&["cancel", &id], &e, None);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    let out = waiting.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ended cancelled, so exit 1: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+}

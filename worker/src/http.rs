@@ -1,5 +1,5 @@
-//! `/healthz` (the process is up), `/readyz` (Redis answers and the worker is not
-//! draining) and `/metrics` (Prometheus text: attempts, pool, queue depths).
+//! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run and
+//! the worker is not draining) and `/metrics` (Prometheus text: attempts, pool, queue depths).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -13,10 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::execute::Executor;
+use crate::wiring::JobLoops;
 
 #[derive(Clone)]
 struct AppState {
     exec: Arc<Executor>,
+    loops: JobLoops,
     stop: CancellationToken,
 }
 
@@ -24,6 +26,7 @@ struct AppState {
 pub async fn serve(
     addr: &str,
     exec: Arc<Executor>,
+    loops: JobLoops,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     if addr.is_empty() {
@@ -38,6 +41,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(AppState {
             exec,
+            loops,
             stop: stop.clone(),
         });
     Ok(tokio::spawn(async move {
@@ -47,9 +51,12 @@ pub async fn serve(
     }))
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if let Some(why) = state.loops.failure() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    }
     if state.stop.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -57,8 +64,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     )
     .await
     {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n"),
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis unreachable\n".into(),
+        ),
     }
 }
 

@@ -36,7 +36,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match Settings::load(args.config.as_deref()) {
+    // The worker is the one process that calls the sandbox provider: only it needs
+    // the provider's credentials.
+    let settings = match Settings::load(args.config.as_deref())
+        .and_then(|s| s.check_provider_credentials().map(|()| s))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fleet-worker: bad configuration: {e}");

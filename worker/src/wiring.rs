@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{Monitor, WorkerBuilder};
+use apalis_core::error::WorkerError;
+use apalis_core::worker::context::WorkerContext;
 use fleet_shared::job::QueueKind;
 use fleet_shared::pool::{AgentPool, PoolProfile};
 use fleet_shared::queue::apalis_backend::RedisBackend;
@@ -31,6 +33,43 @@ pub fn default_worker_name() -> String {
         .unwrap_or_else(|_| "host".into());
     let salt: u32 = rand::random();
     format!("{host}-{}-{:06x}", std::process::id(), salt & 0xffffff)
+}
+
+/// Whether the job loops (one apalis worker per queue) still run. One that stopped on
+/// an error — a panic outside any handler, which `catch_panic` does not see — makes
+/// `/readyz` fail, and the process stops and exits non-zero for its supervisor to
+/// restart it (see [`on_job_loop_error`]).
+#[derive(Clone, Default)]
+pub struct JobLoops {
+    failure: Arc<OnceLock<String>>,
+}
+
+impl JobLoops {
+    /// Why a job loop stopped, once one did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+}
+
+/// The monitor's restart policy. A job loop that ended with an error is not restarted
+/// in place: whatever it held (fetched jobs, their leases) went with it, and its fetcher
+/// would keep fetching and handing jobs back to a loop that is gone. Instead readiness
+/// fails at once, and the whole worker stops in order (the other loop drains, leases are
+/// released, the pool shuts down) and exits non-zero, so the supervisor (systemd,
+/// Docker `restart:`, Kubernetes) starts a fresh process.
+pub fn on_job_loop_error(
+    loops: JobLoops,
+    stop: CancellationToken,
+) -> impl Fn(&WorkerContext, &WorkerError) -> bool + Send + Sync + 'static {
+    move |worker, error| {
+        if !stop.is_cancelled() {
+            let why = format!("job loop {} stopped: {error}", worker.name());
+            tracing::error!(reason = %why, "a job loop stopped unexpectedly; failing readiness and stopping the worker (exit 1) for its supervisor to restart it");
+            let _ = loops.failure.set(why);
+            stop.cancel();
+        }
+        false
+    }
 }
 
 pub fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProvider>> {
@@ -132,7 +171,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue
-        .announce_worker(&worker, lease_ttl * 3)
+        .announce_worker(&worker, lease_ttl.saturating_mul(3))
         .await?;
     let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
     releaser.set(keepers.values().cloned().collect());
@@ -140,8 +179,14 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         _ = reconcile(&pool, &research_queue) => {}
         _ = stop.cancelled() => {}
     }
-    let http =
-        crate::http::serve(&settings.worker.http_addr, executor.clone(), stop.clone()).await?;
+    let loops = JobLoops::default();
+    let http = crate::http::serve(
+        &settings.worker.http_addr,
+        executor.clone(),
+        loops.clone(),
+        stop.clone(),
+    )
+    .await?;
     let maintenance = {
         let pool = pool.clone();
         let stop = stop.clone();
@@ -173,6 +218,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         settings.worker.lifecycle_concurrency,
     );
     let monitor = Monitor::new()
+        .should_restart(on_job_loop_error(loops.clone(), stop.clone()))
         .register({
             let (queue, keeper, stop, exec, worker) = (
                 research.0,
@@ -228,17 +274,18 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             Ok(())
         }
     };
-    monitor
-        .run_with_signal(signal)
-        .await
-        .context("apalis monitor")?;
+    // Whatever the monitor says, the pool and the keepers are shut down in order.
+    let monitored = monitor.run_with_signal(signal).await;
     maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
     pool.shutdown().await;
     drop(keepers);
     let _ = http.await;
     tracing::info!(stats = ?pool.stats(), "worker stopped");
-    Ok(())
+    if let Some(why) = loops.failure() {
+        anyhow::bail!("{why}");
+    }
+    monitored.context("apalis monitor")
 }
 
 /// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
@@ -297,5 +344,64 @@ async fn open_until_reachable(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use apalis_core::backend::TaskSink;
+    use apalis_core::backend::memory::MemoryStorage;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_loop_that_panics_fails_readiness_and_stops_the_worker() {
+        // A panic outside any handler's `catch_panic` ends the apalis worker future;
+        // before, the process went on with that loop gone and /readyz still 200.
+        let mut backend = MemoryStorage::new();
+        backend.push(1u32).await.unwrap();
+        let backend = Mutex::new(Some(backend));
+        let loops = JobLoops::default();
+        let stop = CancellationToken::new();
+        let monitor = Monitor::new()
+            .should_restart(on_job_loop_error(loops.clone(), stop.clone()))
+            .register(move |run| {
+                let backend = backend.lock().unwrap().take().expect("built once");
+                WorkerBuilder::new(format!("panicky-{run}"))
+                    .backend(backend)
+                    .build(|n: u32| async move {
+                        if n > 0 {
+                            panic!("overflow when adding durations");
+                        }
+                    })
+            });
+        let signal = {
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                Ok(())
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), monitor.run_with_signal(signal))
+            .await
+            .expect("the monitor stops by itself, without a signal");
+        assert!(ended.is_err(), "the monitor reports the failed loop");
+        assert!(stop.is_cancelled(), "the worker is told to stop");
+        let why = loops.failure().expect("readiness fails");
+        assert!(why.contains("panicky-0"), "{why}");
+        assert!(why.contains("overflow when adding durations"), "{why}");
+    }
+
+    #[test]
+    fn an_error_while_stopping_is_no_failure() {
+        let loops = JobLoops::default();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let restart = on_job_loop_error(loops.clone(), stop);
+        let ctx = WorkerContext::new("stopping");
+        assert!(!restart(&ctx, &WorkerError::PanicError("late".into())));
+        assert_eq!(loops.failure(), None);
     }
 }

@@ -49,10 +49,11 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
     let submitted = submit_batch(queue, specs).await?;
     if !args.wait || !ctx.json {
         if ctx.json {
+            // The shape of the HTTP API's `POST /v1/batches` answer.
             emit_json(&json!({
-                "batch": submitted.batch_id,
+                "batch_id": submitted.batch_id,
                 "count": submitted.ids.len(),
-                "jobs": submitted.ids,
+                "job_ids": submitted.ids,
             }))?;
         } else {
             emit_text(&format!(
@@ -155,7 +156,7 @@ pub async fn report_batch(ctx: &Ctx, queue: &RedisQueue, batch: &Submitted) -> a
     let all_ok = items.iter().all(BatchItem::succeeded);
     if ctx.json {
         emit_json(&json!({
-            "batch": batch.batch_id,
+            "batch_id": batch.batch_id,
             "count": items.len(),
             "succeeded": items.iter().filter(|i| i.succeeded()).count(),
             "jobs": items.iter().map(BatchItem::to_json).collect::<Vec<_>>(),

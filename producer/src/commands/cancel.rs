@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use fleet_shared::job::{JobId, QueueKind};
 use fleet_shared::queue::CancelOutcome;
+use fleet_shared::results::JobStatus;
 use serde_json::json;
 
 use crate::context::{Ctx, Queues, parse_id, unknown_job};
@@ -46,11 +47,16 @@ pub async fn cancel_job(
     Ok((outcome != CancelOutcome::NotFound).then_some((kind, outcome)))
 }
 
-/// `fleet cancel --json`'s document (and the API's answer).
+/// `fleet cancel --json`'s document (and the API's answer). `status` is the job's status
+/// after the call: `cancelled`; `running` while its worker stops it; or the status it
+/// had already ended with.
 pub fn cancel_json(id: &JobId, kind: QueueKind, outcome: &CancelOutcome) -> serde_json::Value {
     let status = match outcome {
-        CancelOutcome::AlreadyEnded(s) => Some(s.as_str()),
-        _ => None,
+        CancelOutcome::Cancelled => JobStatus::Cancelled.to_string(),
+        CancelOutcome::Cancelling => JobStatus::Running.to_string(),
+        CancelOutcome::AlreadyEnded(s) => s.clone(),
+        // `cancel_job` answers "no such job" before a document is made.
+        CancelOutcome::NotFound => "not_found".to_string(),
     };
     json!({"id": id, "queue": kind.as_str(), "outcome": describe(outcome).0, "status": status})
 }
@@ -84,6 +90,18 @@ mod tests {
         assert_eq!(
             (name, text.as_str()),
             ("already_ended", "already ended: succeeded")
+        );
+    }
+
+    #[test]
+    fn the_json_document_always_names_the_status() {
+        let id: JobId = "01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f".parse().unwrap();
+        let status = |o: CancelOutcome| cancel_json(&id, QueueKind::Research, &o)["status"].clone();
+        assert_eq!(status(CancelOutcome::Cancelled), "cancelled");
+        assert_eq!(status(CancelOutcome::Cancelling), "running");
+        assert_eq!(
+            status(CancelOutcome::AlreadyEnded("succeeded".into())),
+            "succeeded"
         );
     }
 }

@@ -10,6 +10,7 @@
 //! is refused with a message that says what is wrong, and nothing is enqueued.
 
 pub mod batch;
+pub mod bounds;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -215,6 +216,9 @@ impl JobSpec {
                 return Err(ValidationError::new("the query contains a NUL byte"));
             }
             check_agent(&r.agent, limits)?;
+            if let Some(agent_id) = &r.agent_id {
+                bounds::check_agent_id(agent_id)?;
+            }
         }
         if let JobPayload::Lifecycle(
             LifecycleJob::Launch { agent, .. }
@@ -224,10 +228,32 @@ impl JobSpec {
         {
             check_agent(agent, limits)?;
         }
+        if let JobPayload::Lifecycle(
+            LifecycleJob::Pause { agent_id }
+            | LifecycleJob::Resume { agent_id }
+            | LifecycleJob::Terminate { agent_id },
+        ) = &self.payload
+        {
+            bounds::check_agent_id(agent_id)?;
+        }
+        if let JobPayload::Lifecycle(LifecycleJob::Scale { size, .. }) = &self.payload {
+            bounds::at_most("the pool size", Some(*size), bounds::MAX_POOL_SIZE)?;
+        }
         let o = &self.options;
         if o.max_attempts == Some(0) {
             return Err(ValidationError::new("max_attempts must be at least 1"));
         }
+        // Upper bounds first: a value past them is refused whatever else it is.
+        bounds::at_most("max_attempts", o.max_attempts, bounds::MAX_ATTEMPTS)?;
+        bounds::at_most(
+            "attempt_timeout_secs",
+            o.attempt_timeout_secs,
+            bounds::MAX_ATTEMPT_TIMEOUT_SECS,
+        )?;
+        bounds::at_most("deadline_secs", o.deadline_secs, bounds::MAX_DEADLINE_SECS)?;
+        bounds::at_most("backoff_base_ms", o.backoff_base_ms, bounds::MAX_BACKOFF_MS)?;
+        bounds::at_most("backoff_cap_ms", o.backoff_cap_ms, bounds::MAX_BACKOFF_MS)?;
+        bounds::check_metadata(&o.metadata)?;
         if let (Some(base), Some(cap)) = (o.backoff_base_ms, o.backoff_cap_ms)
             && cap < base
         {
@@ -351,6 +377,76 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("\"nope\""), "{err}");
         assert!(err.message.contains("demo"), "{err}");
+    }
+
+    #[test]
+    fn extreme_values_are_refused_at_the_edge() {
+        // Each of these was accepted before and broke a worker (overflowing durations,
+        // a deadline that wrapped) or sat in Redis for days (megabytes of labels).
+        let refused = |edit: &dyn Fn(&mut JobSpec)| {
+            let mut spec = JobSpec::research("q", "demo");
+            edit(&mut spec);
+            spec.validate(&limits())
+                .expect_err("an out-of-range value must be refused")
+                .message
+        };
+        let msg = refused(&|s| s.options.attempt_timeout_secs = Some(u64::MAX));
+        assert!(msg.contains("attempt_timeout_secs"), "{msg}");
+        assert!(msg.contains("at most 86400"), "{msg}");
+        let msg = refused(&|s| s.options.deadline_secs = Some(u64::MAX));
+        assert!(msg.contains("deadline_secs must be at most"), "{msg}");
+        let msg = refused(&|s| s.options.max_attempts = Some(u32::MAX));
+        assert!(msg.contains("max_attempts must be at most 100"), "{msg}");
+        let msg = refused(&|s| {
+            s.options.backoff_base_ms = Some(u64::MAX);
+            s.options.backoff_cap_ms = Some(u64::MAX);
+        });
+        assert!(msg.contains("backoff_base_ms must be at most"), "{msg}");
+        let msg = refused(&|s| {
+            s.options.metadata = (0..500).map(|i| (format!("k{i}"), "v".into())).collect()
+        });
+        assert!(msg.contains("500 metadata entries"), "{msg}");
+        let msg = refused(&|s| {
+            s.options
+                .metadata
+                .insert("notes".into(), "x".repeat(9 << 20));
+        });
+        assert!(msg.contains("metadata value of \"notes\""), "{msg}");
+        let msg = refused(&|s| {
+            s.options.metadata.insert("k".repeat(200), "v".into());
+        });
+        assert!(msg.contains("metadata key"), "{msg}");
+        let msg = refused(&|s| {
+            if let JobPayload::Research(r) = &mut s.payload {
+                r.agent_id = Some("a".repeat(9 << 20));
+            }
+        });
+        assert!(msg.contains("agent_id"), "{msg}");
+        let msg = refused(&|s| {
+            *s = JobSpec::lifecycle(LifecycleJob::Pause {
+                agent_id: "a".repeat(300),
+            })
+        });
+        assert!(msg.contains("agent_id"), "{msg}");
+        let msg = refused(&|s| {
+            *s = JobSpec::lifecycle(LifecycleJob::Scale {
+                agent: "demo".into(),
+                size: u32::MAX,
+            })
+        });
+        assert!(msg.contains("the pool size must be at most 1000"), "{msg}");
+
+        // The limits themselves are accepted.
+        let mut spec = JobSpec::research("q", "demo");
+        spec.options.attempt_timeout_secs = Some(86_400);
+        spec.options.deadline_secs = Some(30 * 86_400);
+        spec.options.max_attempts = Some(100);
+        spec.options.backoff_base_ms = Some(86_400_000);
+        spec.options.backoff_cap_ms = Some(86_400_000);
+        spec.options.metadata = (0..64)
+            .map(|i| (format!("k{i}"), "v".repeat(1024)))
+            .collect();
+        spec.validate(&limits()).unwrap();
     }
 
     #[test]

@@ -41,7 +41,7 @@ use super::lease_keeper::LeaseKeeper;
 use super::{AttemptRecord, Completion, Fenced, Lease, QueueError, RedisQueue, Settlement};
 use crate::error::{ErrorClass, JobError};
 use crate::job::Job;
-use crate::time::now_ms;
+use crate::time::{millis, now_ms};
 
 /// How long an idle fetcher blocks before looking again (also bounded by the next
 /// delayed job's due time).
@@ -429,7 +429,7 @@ where
                 })
             } else {
                 let fut = self.inner.call(task);
-                let limit = ctx.attempt_timeout + TIMEOUT_GRACE;
+                let limit = ctx.attempt_timeout.saturating_add(TIMEOUT_GRACE);
                 Box::pin(async move {
                     match tokio::time::timeout(limit, fut).await {
                         Ok(Ok(output)) => Ok(output),
@@ -527,7 +527,7 @@ async fn settle(
                 Some(err.message.clone()),
             );
             if let Settlement::Retry { delay } = settlement {
-                record.retry_in_ms = Some(delay.as_millis() as u64);
+                record.retry_in_ms = Some(millis(delay));
             }
             let message = match settlement {
                 Settlement::Dead
@@ -583,7 +583,7 @@ fn decide(
     } else {
         retry_delay(policy, lease.attempt, err.retry_after)
     };
-    if lease.deadline_at_ms != 0 && now + delay.as_millis() as u64 > lease.deadline_at_ms {
+    if lease.deadline_at_ms != 0 && now.saturating_add(millis(delay)) > lease.deadline_at_ms {
         return Settlement::Dead;
     }
     Settlement::Retry { delay }

@@ -443,7 +443,12 @@ impl RedisQueue {
             .options
             .deadline_secs
             .unwrap_or(self.config.policy.deadline_secs);
-        if secs == 0 { 0 } else { now + secs * 1000 }
+        // Saturating: a deadline past u64 milliseconds is "never", not a wrap into the past.
+        if secs == 0 {
+            0
+        } else {
+            now.saturating_add(secs.saturating_mul(1000))
+        }
     }
 
     /// Enqueue one job. With an idempotency key already used within its TTL, returns

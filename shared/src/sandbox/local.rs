@@ -680,7 +680,7 @@ fn deadline_after(now_ms: u64, timeout: Duration) -> u64 {
     if timeout.is_zero() {
         0
     } else {
-        now_ms.saturating_add(timeout.as_millis() as u64)
+        now_ms.saturating_add(crate::time::millis(timeout))
     }
 }
 

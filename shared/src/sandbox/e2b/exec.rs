@@ -60,7 +60,11 @@ pub(crate) async fn run(
     };
     let timer = async {
         match request.timeout {
-            Some(t) => tokio::time::sleep_until((started + t).into()).await,
+            // A timeout past what an Instant can hold is no timeout.
+            Some(t) => match started.checked_add(t) {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
     };
@@ -125,7 +129,11 @@ async fn drive(
     tracing::debug!(sandbox = %target.sandbox, call = "process.Start", "starting process");
     // `None` while detached; `why` says how the last stream ended.
     let (mut stream, mut why) = match envd
-        .start(target, &start, request.timeout.map(|t| t + KILL_GRACE))
+        .start(
+            target,
+            &start,
+            request.timeout.map(|t| t.saturating_add(KILL_GRACE)),
+        )
         .await
     {
         Ok(s) => (Some(s), String::new()),
