@@ -611,7 +611,7 @@ async fn the_cli_and_the_api_answer_batch_and_cancel_in_one_shape() {
     let (status, from_api, _) = send(
         api.http
             .post(api.url("/v1/batches"))
-            .header("content-type", "text/plain")
+            .header("content-type", "application/x-ndjson")
             .body("a\nb\n"),
     )
     .await;
