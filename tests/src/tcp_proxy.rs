@@ -7,7 +7,8 @@
 //! an error takes the command's place in order: the command is swapped for an unknown
 //! one, and the server's own error reply comes back where the command's would have.
 //! A lost reply cuts the connection at the first bytes the server sends after the
-//! command: meant for a connection with one request in flight at that moment.
+//! command (a held reply waits there): meant for a connection with one request in
+//! flight at that moment.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -22,6 +23,9 @@ pub enum Fault {
     LoseReply,
     /// Do not run the command: the client gets an error reply (`-ERR unknown command`).
     Error,
+    /// Forward the command, let it run, and hold its reply (and every later one on that
+    /// connection) until [`TcpProxy::release_held`].
+    HoldReply,
 }
 
 struct Rule {
@@ -35,6 +39,7 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     injected: AtomicUsize,
     stopped: AtomicBool,
+    released: AtomicBool,
     streams: Mutex<Vec<TcpStream>>,
 }
 
@@ -88,6 +93,11 @@ impl TcpProxy {
         });
     }
 
+    /// Pass on the replies held by [`Fault::HoldReply`].
+    pub fn release_held(&self) {
+        self.shared.released.store(true, Ordering::SeqCst);
+    }
+
     /// How many faults have been injected so far.
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::SeqCst)
@@ -112,10 +122,11 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
         streams.push(server.try_clone().unwrap());
     }
     let cut_on_reply = Arc::new(AtomicBool::new(false));
+    let hold = Arc::new(AtomicBool::new(false));
     // client -> server, command by command
     {
         let (mut from, mut to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-        let (shared, cut) = (shared.clone(), cut_on_reply.clone());
+        let (shared, cut, hold) = (shared.clone(), cut_on_reply.clone(), hold.clone());
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 64 * 1024];
@@ -133,6 +144,10 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                             cut.store(true, Ordering::SeqCst);
                             command
                         }
+                        Some(Fault::HoldReply) => {
+                            hold.store(true, Ordering::SeqCst);
+                            command
+                        }
                         None => command,
                     };
                     if to.write_all(&out).is_err() {
@@ -146,6 +161,7 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
     // server -> client, cut at the first reply after a LoseReply command
     {
         let (mut from, mut to) = (server, client);
+        let shared = shared.clone();
         std::thread::spawn(move || {
             let mut chunk = [0u8; 64 * 1024];
             loop {
@@ -155,6 +171,12 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                 };
                 if cut_on_reply.load(Ordering::SeqCst) {
                     break;
+                }
+                while hold.load(Ordering::SeqCst)
+                    && !shared.released.load(Ordering::SeqCst)
+                    && !shared.stopped.load(Ordering::SeqCst)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 if to.write_all(&chunk[..n]).is_err() {
                     break;

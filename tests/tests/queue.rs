@@ -634,6 +634,51 @@ async fn a_lost_fetch_reply_does_not_cost_a_single_attempt_job_its_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_in_flight_when_the_worker_stops_hands_its_jobs_back() {
+    let redis = RedisServer::start();
+    let overrides = [("QUEUE__LEASE_TTL_SECS", "3")];
+    let (proxy, s, _) = queue_through_proxy(&redis, &overrides).await;
+    let q = queue(&settings(&redis.url(), &overrides), QueueKind::Research).await;
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 2, ran.clone(), |q| Ok(json!({"answer": q}))).await;
+    wait_idle(&redis).await;
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::HoldReply, 1);
+    let mut one = spec("leased as the worker stops");
+    one.options.max_attempts = Some(1);
+    let (id, _) = q.enqueue(one).await.unwrap();
+    // The fetch ran (the job is leased); its reply is held while the worker stops.
+    eventually(
+        "the fetch to lease the job",
+        Duration::from_secs(10),
+        || async {
+            let r = q.job_record(&id.to_string()).await.ok()??;
+            (r.status == JobStatus::Running).then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    // Nothing to await here: a fetch raced against the stop would be dropped now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.release_held();
+    let r = eventually(
+        "the fetched job to be handed back",
+        Duration::from_secs(10),
+        || async {
+            let r = q.job_record(&id.to_string()).await.ok()??;
+            (r.status != JobStatus::Running).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.attempts),
+        (JobStatus::Queued, 0),
+        "handed back unstarted, no attempt charged ({:?})",
+        r.error
+    );
+    assert!(ran.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_success_whose_write_is_refused_once_still_ends_succeeded() {
     let redis = RedisServer::start();
     let overrides = [("QUEUE__LEASE_TTL_SECS", "3")];
