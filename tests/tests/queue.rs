@@ -715,6 +715,58 @@ async fn a_success_whose_write_is_refused_once_still_ends_succeeded() {
 }
 
 #[tokio::test]
+async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
+    use fleet_shared::queue::Completion;
+    use fleet_shared::queue::apalis_backend::CompletionBatcher;
+    use fleet_tests::tcp_proxy::Fault;
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    q.enqueue_many(vec![spec("a"), spec("b"), spec("c")], None)
+        .await
+        .unwrap();
+    let leases = q.fetch("w", 3).await.unwrap().leases;
+    let batcher = CompletionBatcher::start(q.clone());
+    let write = |i: usize, marker: &str| {
+        let (b, l) = (batcher.clone(), &leases[i]);
+        let c = Completion {
+            id: l.id.clone(),
+            token: l.token.clone(),
+            result_json: json!({ "output": marker }).to_string(),
+        };
+        tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
+    };
+    // The first write's reply is held, so the next two queue up and go in one call,
+    // which is refused because of one of them.
+    proxy.inject("hold-this-one", Fault::HoldReply, 1);
+    proxy.inject("refuse-this-one", Fault::Error, 1);
+    let first = write(0, "hold-this-one");
+    eventually(
+        "the first write to be sent",
+        Duration::from_secs(5),
+        || async { (proxy.injected() == 1).then_some(()) },
+    )
+    .await;
+    let beside = write(1, "written-beside-it");
+    let refused = write(2, "refuse-this-one");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    proxy.release_held();
+    assert_eq!(first.await.unwrap(), Ok(Fenced::Accepted));
+    assert_eq!(
+        beside.await.unwrap(),
+        Ok(Fenced::Accepted),
+        "a result batched with a refused one is still written"
+    );
+    let _ = refused.await.unwrap();
+    assert_eq!(proxy.injected(), 2, "the batch of two was refused once");
+    assert_eq!(
+        q.job_record(&leases[1].id).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+}
+
+#[tokio::test]
 async fn a_cancel_flag_wins_over_every_fail_decision() {
     let redis = RedisServer::start();
     let s = settings(&redis.url(), &[]);
