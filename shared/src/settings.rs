@@ -379,6 +379,9 @@ impl Settings {
         if self.queue.promote_chunk == 0 {
             return err("queue.promote_chunk", "must be at least 1");
         }
+        if self.queue.idempotency_ttl_secs == 0 {
+            return err("queue.idempotency_ttl_secs", "must be at least 1");
+        }
         if self.queue.max_query_bytes == 0 {
             return err("queue.max_query_bytes", "must be at least 1");
         }

@@ -7,5 +7,6 @@ pub mod fixture;
 pub mod harness;
 pub mod processes;
 pub mod redis_server;
+pub mod tcp_proxy;
 
 pub use redis_server::RedisServer;

@@ -562,3 +562,79 @@ async fn a_frozen_workers_late_result_cannot_overwrite_the_new_attempts() {
     assert_eq!(after.history, r.history);
     assert_eq!(after.status, JobStatus::Succeeded);
 }
+
+/// Lifecycle jobs stop when their attempt is told to: a cancelled `launch` ends
+/// cancelled at once, and one still launching at the drain timeout is released (the
+/// attempt not counted) instead of holding the worker's shutdown.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_jobs_honour_cancel_and_the_drain_timeout() {
+    use fleet_shared::job::{LifecycleJob, QueueKind};
+    // Setting the agent up takes longer than either test step may.
+    let extra = format!("setup = [[\"sh\", \"-c\", \"sleep 20\"]]\n{FAST_RECOVERY}");
+    let mut fleet = Fleet::start(RECORDING_ECHO, &extra).await;
+    let lifecycle = fleet_tests::harness::queue(&fleet.settings, QueueKind::Lifecycle).await;
+    fleet.start_worker("w1");
+    let launch = || {
+        JobSpec::lifecycle(LifecycleJob::Launch {
+            agent: "test".into(),
+            persistent: false,
+        })
+    };
+    let status_of = |id: fleet_shared::job::JobId, want: JobStatus| {
+        let lifecycle = lifecycle.clone();
+        move || {
+            let lifecycle = lifecycle.clone();
+            async move {
+                let r = lifecycle.job_record(&id.to_string()).await.ok()??;
+                (r.status == want).then_some(r)
+            }
+        }
+    };
+
+    let (id, _) = lifecycle.enqueue(launch()).await.unwrap();
+    fleet
+        .eventually(
+            "the launch to run",
+            Duration::from_secs(30),
+            status_of(id, JobStatus::Running),
+        )
+        .await;
+    assert_eq!(
+        lifecycle.cancel(&id).await.unwrap(),
+        fleet_shared::queue::CancelOutcome::Cancelling
+    );
+    fleet
+        .eventually(
+            "the cancelled launch to end cancelled",
+            Duration::from_secs(10),
+            status_of(id, JobStatus::Cancelled),
+        )
+        .await;
+
+    let (id, _) = lifecycle.enqueue(launch()).await.unwrap();
+    fleet
+        .eventually(
+            "the second launch to run",
+            Duration::from_secs(30),
+            status_of(id, JobStatus::Running),
+        )
+        .await;
+    let stopped = Instant::now();
+    fleet.workers[0].sigterm();
+    assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(12),
+        "the drain timeout (2 s) bounded the stop: {:?}",
+        stopped.elapsed()
+    );
+    let r = lifecycle
+        .job_record(&id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.status, r.attempts),
+        (JobStatus::Queued, 0),
+        "released, the attempt not counted: {r:?}"
+    );
+}

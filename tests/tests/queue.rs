@@ -529,3 +529,531 @@ async fn batched_completions_are_fenced_one_by_one() {
         JobStatus::Running
     );
 }
+
+// ---- issue 9: fetch idempotency, settles that must not be lost, cancel, leaks ----
+
+/// A queue that talks to `redis` through a fault-injecting proxy, with the script cache
+/// warmed (so the first call through the proxy runs its script, not a NOSCRIPT round).
+async fn queue_through_proxy(
+    redis: &RedisServer,
+    overrides: &[(&str, &str)],
+) -> (
+    fleet_tests::tcp_proxy::TcpProxy,
+    fleet_shared::settings::Settings,
+    fleet_shared::queue::RedisQueue,
+) {
+    let proxy = fleet_tests::tcp_proxy::TcpProxy::start(redis.port());
+    let direct = queue(&settings(&redis.url(), overrides), QueueKind::Research).await;
+    assert!(direct.fetch("warm-up", 1).await.unwrap().leases.is_empty());
+    let s = settings(&proxy.url(), overrides);
+    let q = queue(&s, QueueKind::Research).await;
+    (proxy, s, q)
+}
+
+/// Wait until a worker blocks in BZPOPMIN for work (its fetcher is idle).
+async fn wait_idle(redis: &RedisServer) {
+    eventually(
+        "the worker to wait for work",
+        Duration::from_secs(20),
+        || async {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut redis.conn())
+                .unwrap();
+            clients.contains("cmd=bzpopmin").then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_fetch_retried_after_a_lost_reply_returns_the_same_leases() {
+    let redis = RedisServer::start();
+    let (proxy, s, q) = queue_through_proxy(&redis, &[]).await;
+    let direct = queue(&settings(&redis.url(), &[]), QueueKind::Research).await;
+    let ids = direct
+        .enqueue_many(vec![spec("a"), spec("b"), spec("c")], None)
+        .await
+        .unwrap();
+    // The script runs, its reply is lost with the connection; the wrapper retries.
+    proxy.inject(
+        &direct.keys().token,
+        fleet_tests::tcp_proxy::Fault::LoseReply,
+        1,
+    );
+    let fetched = q.fetch("w1", 10).await.unwrap();
+    assert_eq!(proxy.injected(), 1, "the fetch's reply was lost once");
+    assert_eq!(
+        fetched.leases.len(),
+        3,
+        "the retried fetch hands back the jobs the lost call leased"
+    );
+    for l in &fetched.leases {
+        assert_eq!(l.attempt, 1);
+        let r = q.job_record(&l.id).await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempts), (JobStatus::Running, 1));
+        assert_eq!(q.complete(l, "{}").await.unwrap(), Fenced::Accepted);
+    }
+    let mut got: Vec<String> = fetched.leases.iter().map(|l| l.id.clone()).collect();
+    let mut want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // A new fetch is a new call: nothing is handed out twice.
+    assert!(q.fetch("w1", 10).await.unwrap().leases.is_empty());
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_fetch_reply_does_not_cost_a_single_attempt_job_its_run() {
+    let redis = RedisServer::start();
+    let overrides = [("QUEUE__LEASE_TTL_SECS", "3")];
+    let (proxy, s, _) = queue_through_proxy(&redis, &overrides).await;
+    let q = queue(&settings(&redis.url(), &overrides), QueueKind::Research).await;
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 2, ran.clone(), |q| Ok(json!({"answer": q}))).await;
+    wait_idle(&redis).await;
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::LoseReply, 1);
+    let mut one = spec("only one try");
+    one.options.max_attempts = Some(1);
+    let (id, _) = q.enqueue(one).await.unwrap();
+    let r = eventually("the job to end", Duration::from_secs(30), || async {
+        let r = q.job_record(&id.to_string()).await.ok()??;
+        r.status.is_final().then_some(r)
+    })
+    .await;
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(
+        (r.status, r.attempts),
+        (JobStatus::Succeeded, 1),
+        "error: {:?}",
+        r.error
+    );
+    assert_eq!(ran.lock().unwrap().len(), 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_in_flight_when_the_worker_stops_hands_its_jobs_back() {
+    let redis = RedisServer::start();
+    let overrides = [("QUEUE__LEASE_TTL_SECS", "3")];
+    let (proxy, s, _) = queue_through_proxy(&redis, &overrides).await;
+    let q = queue(&settings(&redis.url(), &overrides), QueueKind::Research).await;
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 2, ran.clone(), |q| Ok(json!({"answer": q}))).await;
+    wait_idle(&redis).await;
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::HoldReply, 1);
+    let mut one = spec("leased as the worker stops");
+    one.options.max_attempts = Some(1);
+    let (id, _) = q.enqueue(one).await.unwrap();
+    // The fetch ran (the job is leased); its reply is held while the worker stops.
+    eventually(
+        "the fetch to lease the job",
+        Duration::from_secs(10),
+        || async {
+            let r = q.job_record(&id.to_string()).await.ok()??;
+            (r.status == JobStatus::Running).then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    // Nothing to await here: a fetch raced against the stop would be dropped now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.release_held();
+    let r = eventually(
+        "the fetched job to be handed back",
+        Duration::from_secs(10),
+        || async {
+            let r = q.job_record(&id.to_string()).await.ok()??;
+            (r.status != JobStatus::Running).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.attempts),
+        (JobStatus::Queued, 0),
+        "handed back unstarted, no attempt charged ({:?})",
+        r.error
+    );
+    assert!(ran.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_whose_write_is_refused_once_still_ends_succeeded() {
+    let redis = RedisServer::start();
+    let overrides = [("QUEUE__LEASE_TTL_SECS", "3")];
+    let (proxy, s, _) = queue_through_proxy(&redis, &overrides).await;
+    let q = queue(&settings(&redis.url(), &overrides), QueueKind::Research).await;
+    // The result carries the query: the complete call holding it is refused once (as
+    // a READONLY replica or a script error would), the job's only attempt succeeded.
+    proxy.inject(
+        "result-refused-once",
+        fleet_tests::tcp_proxy::Fault::Error,
+        1,
+    );
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let stop = run_worker(&s, "w1", 2, ran.clone(), |q| Ok(json!({"answer": q}))).await;
+    let mut one = spec("result-refused-once");
+    one.options.max_attempts = Some(1);
+    let (id, _) = q.enqueue(one).await.unwrap();
+    let r = eventually("the job to end", Duration::from_secs(30), || async {
+        let r = q.job_record(&id.to_string()).await.ok()??;
+        r.status.is_final().then_some(r)
+    })
+    .await;
+    assert_eq!(proxy.injected(), 1, "the first complete was refused");
+    assert_eq!(
+        r.status,
+        JobStatus::Succeeded,
+        "a succeeded attempt must not end {} ({:?})",
+        r.status,
+        r.error
+    );
+    assert_eq!(r.result.unwrap()["output"]["answer"], "result-refused-once");
+    assert_eq!(ran.lock().unwrap().len(), 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
+    use fleet_shared::queue::Completion;
+    use fleet_shared::queue::apalis_backend::CompletionBatcher;
+    use fleet_tests::tcp_proxy::Fault;
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    q.enqueue_many(vec![spec("a"), spec("b"), spec("c")], None)
+        .await
+        .unwrap();
+    let leases = q.fetch("w", 3).await.unwrap().leases;
+    let batcher = CompletionBatcher::start(q.clone());
+    let write = |i: usize, marker: &str| {
+        let (b, l) = (batcher.clone(), &leases[i]);
+        let c = Completion {
+            id: l.id.clone(),
+            token: l.token.clone(),
+            result_json: json!({ "output": marker }).to_string(),
+        };
+        tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
+    };
+    // The first write's reply is held, so the next two queue up and go in one call,
+    // which is refused because of one of them.
+    proxy.inject("hold-this-one", Fault::HoldReply, 1);
+    proxy.inject("refuse-this-one", Fault::Error, 1);
+    let first = write(0, "hold-this-one");
+    eventually(
+        "the first write to be sent",
+        Duration::from_secs(5),
+        || async { (proxy.injected() == 1).then_some(()) },
+    )
+    .await;
+    let beside = write(1, "written-beside-it");
+    let refused = write(2, "refuse-this-one");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    proxy.release_held();
+    assert_eq!(first.await.unwrap(), Ok(Fenced::Accepted));
+    assert_eq!(
+        beside.await.unwrap(),
+        Ok(Fenced::Accepted),
+        "a result batched with a refused one is still written"
+    );
+    let _ = refused.await.unwrap();
+    assert_eq!(proxy.injected(), 2, "the batch of two was refused once");
+    assert_eq!(
+        q.job_record(&leases[1].id).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_flag_wins_over_every_fail_decision() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let error = json!({"class": "transient", "message": "flaky"});
+    for decision in [
+        Settlement::Retry {
+            delay: Duration::ZERO,
+        },
+        Settlement::Release,
+        Settlement::Dead,
+    ] {
+        let (id, _) = q.enqueue(spec("q")).await.unwrap();
+        let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
+        assert_eq!(
+            q.cancel(&id).await.unwrap(),
+            fleet_shared::queue::CancelOutcome::Cancelling
+        );
+        // The attempt ended some other way before it saw the cancel.
+        q.fail(&lease, decision, &error, &record(1, "transient"))
+            .await
+            .unwrap();
+        let r = q.job_record(&id.to_string()).await.unwrap().unwrap();
+        assert_eq!(
+            r.status,
+            JobStatus::Cancelled,
+            "{decision:?} of a job whose cancel was requested"
+        );
+    }
+    assert!(q.fetch("w", 10).await.unwrap().leases.is_empty());
+    assert_eq!(q.dead_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn fetch_ends_a_cancel_flagged_queued_job_instead_of_running_it() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    // As an older version left it: queued again with its cancel flag still set.
+    let id = fleet_shared::job::JobId::new().to_string();
+    let spec_json = serde_json::to_string(&spec("q")).unwrap();
+    put_raw_job(
+        &redis,
+        &q,
+        &id,
+        &[
+            ("spec", spec_json.as_str()),
+            ("status", "queued"),
+            ("meta", "3\t0\t0"),
+            ("cancel", "1"),
+        ],
+    );
+    assert!(q.fetch("w", 10).await.unwrap().leases.is_empty());
+    let r = q.job_record(&id).await.unwrap().unwrap();
+    assert_eq!(r.status, JobStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_retried_dead_letter_forgets_an_old_cancel_request() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let id = fleet_shared::job::JobId::new().to_string();
+    let spec_json = serde_json::to_string(&spec("q")).unwrap();
+    let mut conn = redis.conn();
+    let _: () = conn
+        .hset_multiple(
+            q.keys().job(&id),
+            &[
+                ("spec", spec_json.as_str()),
+                ("status", "dead"),
+                ("meta", "3\t0\t0"),
+                ("attempts", "3"),
+                ("cancel", "1"),
+            ],
+        )
+        .unwrap();
+    let _: () = conn.zadd(&q.keys().dead, &id, 1).unwrap();
+    assert_eq!(q.retry_dead(&[], 10).await.unwrap(), 1);
+    let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
+    assert_eq!(
+        q.renew(&[(lease.id.clone(), lease.token.clone())])
+            .await
+            .unwrap(),
+        vec![fleet_shared::queue::Renewal::Renewed],
+        "the retried job runs; the cancel before it died is not applied to it"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_queued_jobs_does_not_scan_the_backlog() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let ids = q
+        .enqueue_many((0..200).map(|i| spec(&format!("q{i}"))).collect(), None)
+        .await
+        .unwrap();
+    // A backlog of a million ready jobs queued after them.
+    let mut conn = redis.conn();
+    let filler: Vec<String> = (0..10_000).map(|i| format!("filler-{i}")).collect();
+    for _ in 0..100 {
+        let _: () = conn.lpush(&q.keys().wait, &filler).unwrap();
+    }
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    let started = Instant::now();
+    for id in &ids {
+        assert_eq!(
+            q.cancel(id).await.unwrap(),
+            fleet_shared::queue::CancelOutcome::Cancelled
+        );
+    }
+    let took = started.elapsed();
+    // A cancel is a constant-time script; scanning a million entries is ~10 ms a call.
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1000)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        took < Duration::from_millis(1000) && slow.is_empty(),
+        "200 cancels took {took:?}; {} of them were slow calls (SLOWLOG, > 10 ms)",
+        slow.len()
+    );
+    // The cancelled jobs' entries are dropped as they are fetched; none runs.
+    let _: () = conn.del(&q.keys().wait).unwrap();
+    let _: () = conn.rpush(&q.keys().wait, ids[0].to_string()).unwrap();
+    assert!(q.fetch("w", 10).await.unwrap().leases.is_empty());
+    assert_eq!(
+        q.job_record(&ids[0].to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        JobStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn an_enqueue_refused_for_a_zero_idempotency_ttl_writes_nothing() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let mut refused = fleet_shared::settings::Settings::from_layers(
+        None,
+        &[
+            ("FLEET_REDIS__URL".to_string(), redis.url()),
+            ("FLEET_QUEUE__IDEMPOTENCY_TTL_SECS".to_string(), "0".into()),
+        ],
+    )
+    .map(|_| ())
+    .expect_err("a zero idempotency TTL is refused when the settings are read")
+    .to_string();
+    refused.make_ascii_lowercase();
+    assert!(refused.contains("idempotency_ttl_secs"), "{refused}");
+    // And a queue built around validation anyway refuses the whole call.
+    let mut cfg = QueueConfig::from_settings(&s, QueueKind::Research);
+    cfg.idempotency_ttl = Duration::ZERO;
+    let q = fleet_shared::queue::RedisQueue::open(&s.redis, cfg)
+        .await
+        .unwrap();
+    let mut keyed = spec("b");
+    keyed.options.idempotency_key = Some("k-1".into());
+    assert!(q.enqueue_many(vec![spec("a"), keyed], None).await.is_err());
+    let n: u64 = redis::cmd("DBSIZE").query(&mut redis.conn()).unwrap();
+    assert_eq!(n, 0, "nothing of the refused call was written");
+}
+
+#[tokio::test]
+async fn every_key_a_job_creates_expires_after_the_job_ends() {
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let mut cfg = QueueConfig::from_settings(&s, QueueKind::Research);
+    cfg.result_ttl = Duration::from_millis(300);
+    cfg.idempotency_ttl = Duration::from_millis(300);
+    cfg.lease_ttl = Duration::from_millis(300);
+    let q = fleet_shared::queue::RedisQueue::open(&s.redis, cfg)
+        .await
+        .unwrap();
+    let mut conn = redis.conn();
+    let error = json!({"class": "permanent", "message": "bad"});
+    let fetch_one = || async { q.fetch("w", 1).await.unwrap().leases.remove(0) };
+
+    // A plain success, one with an idempotency key, one retried first.
+    q.enqueue(spec("plain")).await.unwrap();
+    let l = fetch_one().await;
+    q.complete(&l, "{}").await.unwrap();
+    let mut keyed = spec("keyed");
+    keyed.options.idempotency_key = Some("key-1".into());
+    q.enqueue(keyed).await.unwrap();
+    let l = fetch_one().await;
+    q.complete(&l, "{}").await.unwrap();
+    q.enqueue(spec("retried")).await.unwrap();
+    let l = fetch_one().await;
+    let retry = Settlement::Retry {
+        delay: Duration::ZERO,
+    };
+    q.fail(&l, retry, &error, &record(1, "transient"))
+        .await
+        .unwrap();
+    let l = fetch_one().await;
+    q.complete(&l, "{}").await.unwrap();
+    // A lost lease, then a success.
+    q.enqueue(spec("reclaimed")).await.unwrap();
+    fetch_one().await;
+    eventually(
+        "the lease to be reclaimed",
+        Duration::from_secs(5),
+        || async { (q.reclaim_expired(10).await.unwrap() > 0).then_some(()) },
+    )
+    .await;
+    let l = fetch_one().await;
+    q.complete(&l, "{}").await.unwrap();
+    // A cancelled queued job.
+    let (cancelled, _) = q.enqueue(spec("cancelled")).await.unwrap();
+    q.cancel(&cancelled).await.unwrap();
+    assert!(q.fetch("w", 10).await.unwrap().leases.is_empty());
+
+    // A batch: one job succeeds, one dies; once the batch record expired, the dead
+    // one is retried and succeeds at its first new attempt; another dies and is purged.
+    let batch = q
+        .enqueue_many(
+            vec![spec("b-ok"), spec("b-dead"), spec("b-purged")],
+            Some("b1"),
+        )
+        .await
+        .unwrap();
+    let leases = q.fetch("w", 3).await.unwrap().leases;
+    for l in &leases {
+        if l.id == batch[0].to_string() {
+            q.complete(l, "{}").await.unwrap();
+        } else {
+            q.fail(l, Settlement::Dead, &error, &record(1, "permanent"))
+                .await
+                .unwrap();
+        }
+    }
+    eventually(
+        "the batch record to expire",
+        Duration::from_secs(5),
+        || async {
+            let n: u64 = redis::cmd("EXISTS")
+                .arg(q.keys().batch("b1"))
+                .query(&mut redis.conn())
+                .unwrap();
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(q.retry_dead(&[batch[1].to_string()], 10).await.unwrap(), 1);
+    let recreated: Vec<(String, String)> = conn.hgetall(q.keys().batch("b1")).unwrap();
+    assert!(
+        recreated.is_empty(),
+        "an expired batch record is not brought back as counters only: {recreated:?}"
+    );
+    let l = fetch_one().await;
+    assert_eq!(l.attempt, 1);
+    q.complete(&l, "{}").await.unwrap();
+    assert_eq!(q.purge_dead(&[], 10).await.unwrap(), 1);
+    // A dead record without a spec (written by hand or by an older version).
+    let odd = fleet_shared::job::JobId::new().to_string();
+    let _: () = conn
+        .hset_multiple(q.keys().job(&odd), &[("status", "dead"), ("attempts", "1")])
+        .unwrap();
+    let _: () = conn.zadd(&q.keys().dead, &odd, 1).unwrap();
+    q.retry_dead(&[], 10).await.unwrap();
+    assert_eq!(q.dead_count().await.unwrap(), 0);
+
+    // Only the queue's own counter and wake-up marker may stay.
+    let baseline = [q.keys().token.clone(), q.keys().marker.clone()];
+    let left = eventually(
+        "every job key to expire",
+        Duration::from_secs(10),
+        || async {
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query(&mut redis.conn())
+                .unwrap();
+            keys.retain(|k| !baseline.contains(k));
+            keys.sort();
+            let ttls: Vec<(String, i64)> = keys
+                .iter()
+                .map(|k| (k.clone(), redis.conn().pttl(k).unwrap()))
+                .collect();
+            // Done when nothing is left, or when what is left will never expire.
+            (keys.is_empty() || ttls.iter().all(|(_, t)| *t == -1)).then_some(ttls)
+        },
+    )
+    .await;
+    assert!(left.is_empty(), "keys left without a TTL: {left:?}");
+}

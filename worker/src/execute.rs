@@ -11,7 +11,7 @@ use fleet_shared::job::{Job, JobPayload, LifecycleJob};
 use fleet_shared::pool::AgentPool;
 use fleet_shared::queue::RedisQueue;
 use fleet_shared::queue::apalis_backend::JobOutput;
-use fleet_shared::queue::attempt::AttemptContext;
+use fleet_shared::queue::attempt::{AbortReason, AttemptContext};
 use fleet_shared::runtime::RunOptions;
 use serde_json::json;
 
@@ -109,10 +109,13 @@ async fn research(
     }))
 }
 
-/// Run one lifecycle operation on this worker's pool.
+/// Run one lifecycle operation on this worker's pool. It stops when its attempt is told
+/// to (cancel, shutdown after the drain timeout, lease lost): the job then ends
+/// cancelled, is released, or is left to the attempt that now owns it, so a `launch`
+/// whose lease was reclaimed does not go on launching beside the new attempt.
 pub async fn run_lifecycle(
     job: Job,
-    _attempt: Data<AttemptContext>,
+    attempt: Data<AttemptContext>,
     exec: Data<Arc<Executor>>,
 ) -> Result<JobOutput, JobError> {
     let JobPayload::Lifecycle(op) = &job.spec.payload else {
@@ -120,6 +123,20 @@ pub async fn run_lifecycle(
             "a research job reached the lifecycle queue",
         ));
     };
+    tokio::select! {
+        biased;
+        _ = attempt.abort.token().cancelled() => Err(JobError::cancelled(
+            match attempt.abort.reason() {
+                Some(AbortReason::Shutdown) => "stopped: the worker is shutting down",
+                Some(AbortReason::LeaseLost) => "stopped: its lease was lost",
+                _ => "cancelled while it ran",
+            },
+        )),
+        result = lifecycle(op, &exec) => result,
+    }
+}
+
+async fn lifecycle(op: &LifecycleJob, exec: &Executor) -> Result<JobOutput, JobError> {
     let pool = &exec.pool;
     let result = match op {
         LifecycleJob::Launch { agent, persistent } => {

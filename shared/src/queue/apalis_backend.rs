@@ -17,7 +17,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -36,9 +36,11 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 use super::attempt::{AbortReason, AttemptContext};
-use super::backoff::retry_delay;
+use super::backoff::{is_transient, retry_delay};
 use super::lease_keeper::LeaseKeeper;
-use super::{AttemptRecord, Completion, Fenced, Lease, QueueError, RedisQueue, Settlement};
+use super::{
+    AttemptRecord, Completion, Fenced, Lease, QueueError, RedisQueue, Settlement, new_fetch_id,
+};
 use crate::error::{ErrorClass, JobError};
 use crate::job::Job;
 use crate::time::{millis, now_ms};
@@ -63,13 +65,19 @@ pub struct Slot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 /// Most completions written in one script call.
 const MAX_COMPLETE_BATCH: usize = 256;
+/// Most result bytes written in one script call (a larger single result goes alone):
+/// one call holds Redis, and must finish within the response timeout.
+const MAX_COMPLETE_BYTES: usize = 4 << 20;
 
 type CompletionReply = oneshot::Sender<Result<Fenced, String>>;
 
 /// Writes results to Redis in batches without adding latency: a completion that
 /// arrives when no call is in flight goes at once; those that arrive while one is in
-/// flight go together in the next call. One script call per job was the drain path's
-/// largest cost (see BENCHMARKS.md).
+/// flight go together in the next call, up to a count and a size. One script call per
+/// job was the drain path's largest cost (see BENCHMARKS.md). A call that fails (a
+/// timeout, an error) is split in halves and each half tried alone, so one huge or
+/// refused result cannot block the others; what still fails is answered with the
+/// error, and the attempt retries it (see `settle`).
 #[derive(Clone)]
 pub struct CompletionBatcher {
     tx: mpsc::UnboundedSender<(Completion, CompletionReply)>,
@@ -80,29 +88,31 @@ impl CompletionBatcher {
     pub fn start(queue: RedisQueue) -> CompletionBatcher {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, CompletionReply)>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut next = None;
+            loop {
+                let first = match next.take() {
+                    Some(c) => c,
+                    None => match rx.recv().await {
+                        Some(c) => c,
+                        None => return,
+                    },
+                };
+                let mut bytes = first.0.result_json.len();
                 let mut batch = vec![first];
                 while batch.len() < MAX_COMPLETE_BATCH {
                     match rx.try_recv() {
-                        Ok(next) => batch.push(next),
+                        Ok(c) if bytes + c.0.result_json.len() > MAX_COMPLETE_BYTES => {
+                            next = Some(c);
+                            break;
+                        }
+                        Ok(c) => {
+                            bytes += c.0.result_json.len();
+                            batch.push(c);
+                        }
                         Err(_) => break,
                     }
                 }
-                let (completions, replies): (Vec<Completion>, Vec<CompletionReply>) =
-                    batch.into_iter().unzip();
-                match queue.complete_many(&completions).await {
-                    Ok(outcomes) => {
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                    }
-                    Err(e) => {
-                        let message = e.to_string();
-                        for reply in replies {
-                            let _ = reply.send(Err(message.clone()));
-                        }
-                    }
-                }
+                write_completions(&queue, batch).await;
             }
         });
         CompletionBatcher { tx }
@@ -118,6 +128,36 @@ impl CompletionBatcher {
             .await
             .map_err(|_| QueueError::Batch("the completion writer has stopped".into()))?
             .map_err(QueueError::Batch)
+    }
+}
+
+/// Write one batch of completions; a failed call is split until the failing
+/// completions are alone.
+async fn write_completions(queue: &RedisQueue, batch: Vec<(Completion, CompletionReply)>) {
+    let mut todo = vec![batch];
+    while let Some(mut batch) = todo.pop() {
+        let completions: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
+        match queue.complete_many_once(&completions).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            // A timeout or an error reply may be this batch's own doing; a dropped or
+            // refused connection is not, and splitting would only multiply the calls.
+            Err(e) if batch.len() > 1 && (e.is_timeout() || !is_transient(&e)) => {
+                tracing::warn!(error = %e, completions = batch.len(), "writing a batch of results failed; splitting it");
+                let second = batch.split_off(batch.len() / 2);
+                todo.push(second);
+                todo.push(batch);
+            }
+            Err(e) => {
+                let message = QueueError::Redis(e).to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -185,21 +225,34 @@ async fn fetch_loop(
                 Err(_) => break,
             }
         }
-        let fetched = tokio::select! {
-            _ = stop.cancelled() => return,
-            f = queue.fetch(&worker, permits.len()) => f,
-        };
-        let fetched = match fetched {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetch failed; retrying");
-                drop(permits);
-                if !pause(&stop, RECONNECT_PAUSE).await {
-                    return;
+        // Never raced against `stop`: a fetch abandoned in flight would leave the jobs
+        // it leased running with no holder until their leases expire, each charged an
+        // attempt. A failed try is tried again under the same fetch ID, which returns
+        // what the lost try leased; once stopped, what a fetch got is handed back.
+        let fetch_id = new_fetch_id();
+        let fetched = loop {
+            let tried = queue.fetch_once(&worker, permits.len(), &fetch_id).await;
+            match tried {
+                Ok(f) => break Some(f),
+                Err(e) if stop.is_cancelled() => {
+                    tracing::debug!(error = %e, "fetch failed while stopping");
+                    break None;
                 }
-                continue;
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed; retrying");
+                    // On a stop the pause ends early and the same fetch is tried once
+                    // more, to hand back whatever the failed try may have leased.
+                    pause(&stop, RECONNECT_PAUSE).await;
+                }
             }
         };
+        let Some(fetched) = fetched else { return };
+        if stop.is_cancelled() {
+            for lease in &fetched.leases {
+                hand_back(&queue, &worker, lease).await;
+            }
+            return;
+        }
         if fetched.leases.is_empty() {
             drop(permits);
             let block = match fetched.next_due_ms {
@@ -285,14 +338,19 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext) {
-    let record = AttemptRecord::ended(&ctx.lease, &ctx.worker, now_ms(), "released", None);
+/// Hand a lease back unstarted (the attempt does not count).
+async fn hand_back(queue: &RedisQueue, worker: &str, lease: &Lease) {
+    let record = AttemptRecord::ended(lease, worker, now_ms(), "released", None);
     if let Err(e) = queue
-        .fail(&ctx.lease, Settlement::Release, &json!(null), &record)
+        .fail(lease, Settlement::Release, &json!(null), &record)
         .await
     {
-        tracing::warn!(job_id = %ctx.lease.id, error = %e, "could not release the job; it runs again when its lease expires");
+        tracing::warn!(job_id = %lease.id, error = %e, "could not release the job; it runs again when its lease expires");
     }
+}
+
+async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext) {
+    hand_back(queue, &ctx.worker, &ctx.lease).await;
     keeper.release(&ctx.lease.id);
 }
 
@@ -453,6 +511,18 @@ where
     }
 }
 
+/// An attempt's outcome, as it is written.
+enum Write {
+    Complete(Completion),
+    Fail(Settlement, serde_json::Value, AttemptRecord),
+}
+
+/// How long an attempt keeps trying to write its outcome before it gives up (its lease
+/// is then released and the job runs again), and the pauses between tries.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(600);
+const SETTLE_PAUSE_MIN: Duration = Duration::from_millis(100);
+const SETTLE_PAUSE_MAX: Duration = Duration::from_secs(2);
+
 /// The handler's error as a classified job error. Errors that are not `JobError`s
 /// (a panic caught by `catch_panic`, a missing extractor) are bugs: permanent.
 fn to_job_error(err: BoxDynError) -> JobError {
@@ -492,7 +562,8 @@ async fn settle(
         tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");
         return;
     }
-    let written = match outcome {
+    // What to write, decided once; written below until it lands.
+    let write = match outcome {
         Ok(output) => {
             let result = ResultEnvelope {
                 output: &output,
@@ -505,13 +576,11 @@ async fn settle(
                 run_ms: ended_at.saturating_sub(started_at),
                 total_ms: ended_at.saturating_sub(lease.created_at_ms),
             };
-            completions
-                .complete(Completion {
-                    id: lease.id.clone(),
-                    token: lease.token.clone(),
-                    result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
-                })
-                .await
+            Write::Complete(Completion {
+                id: lease.id.clone(),
+                token: lease.token.clone(),
+                result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
+            })
         }
         Err(err) => {
             let settlement = decide(&ctx.policy, lease, &err, reason, ended_at);
@@ -547,8 +616,32 @@ async fn settle(
             };
             let error = json!({"class": err.class, "message": message, "attempt": lease.attempt});
             tracing::info!(job_id = %lease.id, attempt = lease.attempt, class = %err.class, settlement = ?settlement, error = %err.message, "attempt failed");
-            queue.fail(lease, settlement, &error, &record).await
+            Write::Fail(settlement, error, record)
         }
+    };
+    // The lease stays held (renewed) while the outcome is written, and a write that
+    // fails is tried again: giving up would let the lease expire and the job be charged
+    // a lost lease, so a succeeded last attempt would end dead. It stops when the lease
+    // is lost anyway (someone else owns the job), at shutdown, or after SETTLE_PATIENCE.
+    let give_up = Instant::now() + SETTLE_PATIENCE;
+    let mut pause = SETTLE_PAUSE_MIN;
+    let written = loop {
+        let written = match &write {
+            Write::Complete(c) => completions.complete(c.clone()).await,
+            Write::Fail(settlement, error, record) => {
+                queue.fail(lease, *settlement, error, record).await
+            }
+        };
+        let Err(e) = &written else { break written };
+        let reason = ctx.abort.reason();
+        if matches!(reason, Some(AbortReason::LeaseLost | AbortReason::Shutdown))
+            || Instant::now() >= give_up
+        {
+            break written;
+        }
+        tracing::warn!(job_id = %lease.id, error = %e, retry_in_ms = pause.as_millis() as u64, "could not record the outcome; retrying while the lease is held");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SETTLE_PAUSE_MAX);
     };
     match written {
         Ok(Fenced::Accepted) => {}

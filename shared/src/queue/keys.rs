@@ -14,6 +14,7 @@
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
+//! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires 3 lease TTLs after its last beat) |
 //! | `…:done` (channel)         | PUBSUB | job IDs as they reach an end state                 |
 //! | `…:cancel` (channel)       | PUBSUB | job IDs whose cancellation was requested           |

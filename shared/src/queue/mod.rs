@@ -25,7 +25,8 @@
 //!   and no script unpacks a list into arguments.
 //! - **Weather is retried.** Every operation retries passing Redis faults with backoff
 //!   (`backoff::redis_backoff`); the calls are idempotent (client-chosen job IDs; a
-//!   settle retried after a lost reply is recognised by its token).
+//!   settle retried after a lost reply is recognised by its token; a fetch retried
+//!   after a lost reply, under its client-chosen fetch ID, returns the same leases).
 
 pub mod apalis_backend;
 pub mod attempt;
@@ -345,6 +346,25 @@ fn parse_fetched(reply: Vec<Vec<u8>>, leased_at_ms: u64) -> Result<Fetched, Queu
     })
 }
 
+/// The complete script's codes: 0 refused (stale), else accepted.
+fn fenced_codes(codes: Vec<i64>) -> Vec<Fenced> {
+    codes
+        .into_iter()
+        .map(|c| {
+            if c == 0 {
+                Fenced::Stale
+            } else {
+                Fenced::Accepted
+            }
+        })
+        .collect()
+}
+
+/// A new fetch ID: names one fetch across its retries (fetch-6.lua).
+pub fn new_fetch_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
 /// One job's arguments to the enqueue script.
 struct EnqueueRow {
     id: String,
@@ -550,27 +570,52 @@ impl RedisQueue {
     }
 
     /// Lease up to `max` ready jobs to `worker` (promoting due delayed jobs first).
+    /// Passing Redis faults are retried as one fetch (one fetch ID): a retry after a
+    /// lost reply returns the jobs the first try leased, never leases more.
     pub async fn fetch(&self, worker: &str, max: usize) -> Result<Fetched, QueueError> {
-        let reply: Vec<Vec<u8>> = self
-            .retrying("fetch", || {
-                let mut conn = self.conn.clone();
-                let mut inv = SCRIPTS.fetch.prepare_invoke();
-                inv.key(&self.keys.wait)
-                    .key(&self.keys.active)
-                    .key(&self.keys.delayed)
-                    .key(&self.keys.marker)
-                    .key(&self.keys.token)
-                    .key(&self.keys.dead)
-                    .arg(&self.keys.prefix)
-                    .arg(now_ms())
-                    .arg(self.config.lease_ttl.as_millis() as u64)
-                    .arg(max)
-                    .arg(worker)
-                    .arg(self.config.promote_chunk);
-                async move { inv.invoke_async(&mut conn).await }
-            })
+        let fetch_id = new_fetch_id();
+        let reply = self
+            .retrying("fetch", || self.invoke_fetch(worker, max, &fetch_id))
             .await?;
         parse_fetched(reply, now_ms())
+    }
+
+    /// One try of fetch `fetch_id` (from [`new_fetch_id`]), without retries: the caller
+    /// tries again with the same ID after an error (the fetch loop, which checks for a
+    /// stop between tries). The same ID returns the same leases for a lease TTL.
+    pub async fn fetch_once(
+        &self,
+        worker: &str,
+        max: usize,
+        fetch_id: &str,
+    ) -> Result<Fetched, QueueError> {
+        let reply = self.invoke_fetch(worker, max, fetch_id).await?;
+        parse_fetched(reply, now_ms())
+    }
+
+    fn invoke_fetch(
+        &self,
+        worker: &str,
+        max: usize,
+        fetch_id: &str,
+    ) -> impl Future<Output = redis::RedisResult<Vec<Vec<u8>>>> + use<> {
+        let mut conn = self.conn.clone();
+        let mut inv = SCRIPTS.fetch.prepare_invoke();
+        inv.key(&self.keys.wait)
+            .key(&self.keys.active)
+            .key(&self.keys.delayed)
+            .key(&self.keys.marker)
+            .key(&self.keys.token)
+            .key(&self.keys.dead)
+            .arg(&self.keys.prefix)
+            .arg(now_ms())
+            .arg(self.config.lease_ttl.as_millis() as u64)
+            .arg(max)
+            .arg(worker)
+            .arg(self.config.promote_chunk)
+            .arg(self.config.result_ttl.as_millis() as u64)
+            .arg(fetch_id);
+        async move { inv.invoke_async(&mut conn).await }
     }
 
     /// Renew leases held by this worker; one code per lease, in order.
@@ -622,30 +667,38 @@ impl RedisQueue {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let codes: Vec<i64> = self
-            .retrying("complete", || {
-                let mut conn = self.conn.clone();
-                let mut inv = SCRIPTS.complete.prepare_invoke();
-                inv.key(&self.keys.active)
-                    .arg(&self.keys.prefix)
-                    .arg(now_ms())
-                    .arg(self.config.result_ttl.as_millis() as u64);
-                for c in completions {
-                    inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
-                }
-                async move { inv.invoke_async(&mut conn).await }
-            })
+        let codes = self
+            .retrying("complete", || self.invoke_complete(completions))
             .await?;
-        Ok(codes
-            .into_iter()
-            .map(|c| {
-                if c == 0 {
-                    Fenced::Stale
-                } else {
-                    Fenced::Accepted
-                }
-            })
-            .collect())
+        Ok(fenced_codes(codes))
+    }
+
+    /// One try of [`RedisQueue::complete_many`], without retries (the completion
+    /// batcher splits a batch that fails, and the attempt retries what still fails).
+    pub async fn complete_many_once(
+        &self,
+        completions: &[Completion],
+    ) -> redis::RedisResult<Vec<Fenced>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(fenced_codes(self.invoke_complete(completions).await?))
+    }
+
+    fn invoke_complete(
+        &self,
+        completions: &[Completion],
+    ) -> impl Future<Output = redis::RedisResult<Vec<i64>>> + use<> {
+        let mut conn = self.conn.clone();
+        let mut inv = SCRIPTS.complete.prepare_invoke();
+        inv.key(&self.keys.active)
+            .arg(&self.keys.prefix)
+            .arg(now_ms())
+            .arg(self.config.result_ttl.as_millis() as u64);
+        for c in completions {
+            inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
+        }
+        async move { inv.invoke_async(&mut conn).await }
     }
 
     /// Settle an attempt that did not succeed (fenced).
@@ -762,6 +815,7 @@ impl RedisQueue {
     }
 
     /// Requeue dead jobs: the given IDs, or (none given) up to `max` of the oldest.
+    /// A dead record without a spec cannot run: it ends `failed` instead (not counted).
     pub async fn retry_dead(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
         self.retrying("retry_dead", || {
             let mut conn = self.conn.clone();
@@ -770,7 +824,9 @@ impl RedisQueue {
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
                 .arg(&self.keys.prefix)
-                .arg(max);
+                .arg(max)
+                .arg(now_ms())
+                .arg(self.config.result_ttl.as_millis() as u64);
             for id in ids {
                 inv.arg(id);
             }

@@ -17,11 +17,12 @@ local function succ(s)
 end
 
 -- Move a job to a new status, keeping its batch record's per-status counters true.
+-- A batch record that has expired is not brought back as bare counters (with no TTL).
 local function set_status(prefix, jk, new_status)
   local f = redis.call('HMGET', jk, 'status', 'batch')
   local old, batch = f[1], f[2]
   redis.call('HSET', jk, 'status', new_status)
-  if batch and batch ~= '' then
+  if batch and batch ~= '' and redis.call('EXISTS', prefix .. 'batch:' .. batch) == 1 then
     local bk = prefix .. 'batch:' .. batch
     if old then
       redis.call('HINCRBY', bk, old, -1)
@@ -47,24 +48,27 @@ local function count_move(deltas, batch, old, new)
   d[new] = (d[new] or 0) + 1
 end
 
-local function write_counts(prefix, deltas, ttl_ms)
+-- `create`: only enqueue creates a batch record; other scripts update one that still
+-- exists (one EXISTS per batch and call), so an expired record is not brought back as
+-- bare counters with no TTL.
+local function write_counts(prefix, deltas, ttl_ms, create)
   for batch, d in pairs(deltas) do
     local bk = prefix .. 'batch:' .. batch
-    for status, n in pairs(d) do
-      if n ~= 0 then
-        redis.call('HINCRBY', bk, status, n)
+    if create or redis.call('EXISTS', bk) == 1 then
+      for status, n in pairs(d) do
+        if n ~= 0 then
+          redis.call('HINCRBY', bk, status, n)
+        end
       end
-    end
-    if ttl_ms and ttl_ms > 0 then
-      redis.call('PEXPIRE', bk, ttl_ms)
+      if ttl_ms and ttl_ms > 0 then
+        redis.call('PEXPIRE', bk, ttl_ms)
+      end
     end
   end
 end
 
--- A job reached an end state: stamp it, let its record (and attempts, and batch
--- record) expire after the result TTL, and tell waiters.
-local function finish(prefix, jk, id, now, ttl_ms)
-  redis.call('HSET', jk, 'finished_at', now)
+-- Let an ended job's record, attempts and batch record expire after the result TTL.
+local function expire_ended(prefix, jk, id, ttl_ms)
   if ttl_ms > 0 then
     redis.call('PEXPIRE', jk, ttl_ms)
     redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl_ms)
@@ -73,8 +77,18 @@ local function finish(prefix, jk, id, now, ttl_ms)
       redis.call('PEXPIRE', prefix .. 'batch:' .. batch, ttl_ms)
     end
   end
+end
+
+-- A job reached an end state: stamp it, let its record (and attempts, and batch
+-- record) expire after the result TTL, and tell waiters.
+local function finish(prefix, jk, id, now, ttl_ms)
+  redis.call('HSET', jk, 'finished_at', now)
+  expire_ended(prefix, jk, id, ttl_ms)
   redis.call('PUBLISH', prefix .. 'done', id)
 end
+
+local CANCELLED_ERROR = cjson.encode({ class = 'cancelled',
+  message = 'cancelled before it ran to the end' })
 
 -- A job ran out of chances: `dead`, in the dead-letter set (kept until retried or
 -- purged, so no result TTL), and waiters told.

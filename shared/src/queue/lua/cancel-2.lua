@@ -1,7 +1,10 @@
 -- cancel: a queued or retrying job ends `cancelled` at once; a running job is flagged
 -- and its worker told (PUBLISH on the cancel channel; lease renewal reports the flag
 -- too, in case the message was missed). The worker kills the job's process and settles
--- it `cancelled`.
+-- it `cancelled`; `fail` and `fetch` honour the flag too.
+--
+-- A queued job's ID stays in `wait` (removing it would scan the whole list): fetch
+-- drops it when it comes out, and only then starts its record's TTL (`in_wait`).
 --
 -- KEYS[1] wait, KEYS[2] delayed
 --
@@ -17,12 +20,16 @@ if not status then
   return 'missing'
 end
 if status == 'queued' or status == 'retrying' then
-  redis.call('LREM', KEYS[1], 0, id)
-  redis.call('ZREM', KEYS[2], id)
+  local ttl = tonumber(ARGV[4])
+  if status == 'queued' then
+    redis.call('HSET', jk, 'in_wait', '1')
+    ttl = 0
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
   set_status(prefix, jk, 'cancelled')
-  redis.call('HSET', jk, 'error', cjson.encode({ class = 'cancelled',
-    message = 'cancelled before it ran to the end' }))
-  finish(prefix, jk, id, tonumber(ARGV[3]), tonumber(ARGV[4]))
+  redis.call('HSET', jk, 'error', CANCELLED_ERROR)
+  finish(prefix, jk, id, tonumber(ARGV[3]), ttl)
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', jk, 'cancel', '1')

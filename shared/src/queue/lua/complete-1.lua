@@ -27,7 +27,7 @@ for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   local token = ARGV[i + 1]
   local jk = pj .. id
-  local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts')
+  local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts', 'first_started_at')
   if f[1] ~= token then
     out[#out + 1] = 0
   elseif f[2] ~= 'running' then
@@ -39,11 +39,12 @@ for i = 4, #ARGV, 3 do
       count_move(deltas, f[3], 'running', 'succeeded')
     end
     -- The attempts list holds only earlier attempts, so a first-attempt success
-    -- creates no second key.
+    -- creates no second key. One that ran before (`first_started_at`: a dead letter
+    -- retried, whose counter started again) has one, which must expire too.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now_s)
     if ttl > 0 then
       redis.call('PEXPIRE', jk, ttl_s)
-      if f[4] ~= '1' then
+      if f[4] ~= '1' or f[5] then
         redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl_s)
       end
     end
@@ -51,7 +52,7 @@ for i = 4, #ARGV, 3 do
     out[#out + 1] = 1
   end
 end
-write_counts(prefix, deltas, ttl)
+write_counts(prefix, deltas, ttl, false)
 if any then
   -- Waiters re-read their job on any message, so one per call is enough.
   redis.call('PUBLISH', prefix .. 'done', any)

@@ -24,6 +24,14 @@ local out = {}
 local woke = false
 local deltas = {}
 local per = tonumber(ARGV[4])
+-- Refuse a call that could not be written whole before writing any of it.
+if per == 6 and (tonumber(idem_ttl) or 0) < 1 then
+  for i = 5, #ARGV, per do
+    if ARGV[i + 4] ~= '' then
+      return redis.error_reply('ERR idempotency TTL must be at least 1 ms, got ' .. idem_ttl)
+    end
+  end
+end
 for i = 5, #ARGV, per do
   local id = ARGV[i]
   local batch, idem, run_at_s = '', '', '0'
@@ -65,7 +73,7 @@ for i = 5, #ARGV, per do
   end
   out[#out + 1] = result_id
 end
-write_counts(prefix, deltas, nil)
+write_counts(prefix, deltas, nil, true)
 if woke then
   redis.call('ZADD', KEYS[3], '0', '0')
 end

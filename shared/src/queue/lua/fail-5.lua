@@ -5,6 +5,8 @@
 --   release    -> back to the front of the ready list at once, the attempt not counted
 --                 (graceful shutdown handing unfinished work back)
 -- Fenced like complete: a stale attempt's call is refused.
+-- A job whose cancellation was requested (its `cancel` flag) ends `cancelled`, whatever
+-- the worker decided: the attempt may have ended another way before it saw the cancel.
 --
 -- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead
 --
@@ -24,10 +26,15 @@ end
 local now = tonumber(ARGV[4])
 local decision = ARGV[5]
 redis.call('ZREM', KEYS[1], id)
-keep_first_start(jk, redis.call('HGET', jk, 'started_at'))
+local f = redis.call('HMGET', jk, 'started_at', 'cancel')
+keep_first_start(jk, f[1])
 if decision ~= 'release' then
   redis.call('HSET', jk, 'error', ARGV[7])
   redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[8])
+end
+if f[2] == '1' and decision ~= 'cancelled' then
+  redis.call('HSET', jk, 'error', CANCELLED_ERROR)
+  decision = 'cancelled'
 end
 if decision == 'retry' then
   local run_at = now + tonumber(ARGV[6])

@@ -8,7 +8,17 @@
 -- KEYS[6] dead     ZSET  dead-lettered job ID -> time (ms)
 --
 -- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] lease TTL (ms), ARGV[4] max jobs,
--- ARGV[5] worker name, ARGV[6] promote chunk
+-- ARGV[5] worker name, ARGV[6] promote chunk, ARGV[7] result TTL (ms),
+-- ARGV[8] fetch ID (chosen by the worker, kept across retries of one fetch)
+--
+-- Idempotent: the leases a call hands out are noted under `fetch:<worker>:<fetch ID>`
+-- (one SET per call, expiring after a lease TTL). The same call again (its reply was
+-- lost to a cut connection or a timeout) leases nothing new and returns those leases,
+-- re-read, as far as they still run under that call's token.
+--
+-- Cancelled jobs are dropped here: `cancel` leaves a queued job's ID in `wait` (no scan
+-- of the list), and its record's TTL starts when the ID comes out. A queued job that
+-- carries a cancel flag ends `cancelled` instead of running.
 --
 -- Returns a flat array { next_due, meta_1, spec_1, meta_2, spec_2, ... }: next_due is the
 -- run_at of the earliest delayed job ('' if none), so an idle worker knows how long to
@@ -28,9 +38,35 @@ local now = tonumber(now_s)
 local lease_until = tostring(now + tonumber(ARGV[3]))
 local max = tonumber(ARGV[4])
 local worker = ARGV[5]
+local result_ttl = tonumber(ARGV[7])
 local pj = prefix .. 'job:'
-local deltas = {}
+local fk = prefix .. 'fetch:' .. worker .. ':' .. ARGV[8]
+local out = { '' }
 
+local function next_due()
+  local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
+  return head[2] or ''
+end
+
+local prior = redis.call('GET', fk)
+if prior then
+  -- A retried call: hand back what it leased, nothing new.
+  local leased = cjson.decode(prior)
+  local token = leased[1]
+  for i = 2, #leased do
+    local id = leased[i]
+    local jk = pj .. id
+    local f = redis.call('HMGET', jk, 'status', 'token', 'attempts', 'spec', 'meta')
+    if f[1] == 'running' and f[2] == token then
+      out[#out + 1] = token .. '\t' .. f[3] .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
+      out[#out + 1] = f[4] or ''
+    end
+  end
+  out[1] = next_due()
+  return out
+end
+
+local deltas = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'LIMIT', '0', ARGV[6])
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[3], id)
@@ -44,13 +80,13 @@ for _, id in ipairs(due) do
   end
 end
 
-local out = { '' }
 local ids = redis.call('RPOP', KEYS[1], ARGV[4])
 if ids then
   local token = tostring(redis.call('INCR', KEYS[5]))
+  local leased = { token }
   for _, id in ipairs(ids) do
     local jk = pj .. id
-    local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta')
+    local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta', 'cancel')
     local status = f[1]
     if not status then
       redis.call('HSET', jk, 'id', id, 'status', 'dead', 'attempts', 0, 'finished_at', now,
@@ -58,6 +94,11 @@ if ids then
           message = 'undecodable job: no job record for this ID' }))
       redis.call('ZADD', KEYS[6], now, id)
       redis.call('PUBLISH', prefix .. 'done', id)
+    elseif status == 'queued' and f[6] == '1' then
+      count_move(deltas, f[2], status, 'cancelled')
+      redis.call('HSET', jk, 'status', 'cancelled', 'error', CANCELLED_ERROR)
+      redis.call('HDEL', jk, 'cancel')
+      finish(prefix, jk, id, now, result_ttl)
     elseif status == 'queued' then
       local attempt = succ(f[3] or '0')
       if f[2] then
@@ -68,16 +109,22 @@ if ids then
       redis.call('ZADD', KEYS[2], lease_until, id)
       out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
       out[#out + 1] = f[4] or ''
+      leased[#leased + 1] = id
+    elseif redis.call('HDEL', jk, 'in_wait') == 1 then
+      -- cancelled while queued: its entry is gone now, so its record may expire
+      expire_ended(prefix, jk, id, result_ttl)
     end
-    -- any other status (cancelled while queued, ...) is a stale list entry: skip it
+    -- any other status is a stale list entry: skip it
+  end
+  if #leased > 1 then
+    redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[3])
   end
 end
-write_counts(prefix, deltas, nil)
+write_counts(prefix, deltas, nil, false)
 
 if ids and #ids == max and redis.call('LLEN', KEYS[1]) > 0 then
   -- more work left: wake another idle worker
   redis.call('ZADD', KEYS[4], '0', '0')
 end
-local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
-out[1] = head[2] or ''
+out[1] = next_due()
 return out
