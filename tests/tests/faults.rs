@@ -562,3 +562,96 @@ async fn a_frozen_workers_late_result_cannot_overwrite_the_new_attempts() {
     assert_eq!(after.history, r.history);
     assert_eq!(after.status, JobStatus::Succeeded);
 }
+
+/// A research job on agent `agent_id`, with its own attempt timeout and one attempt.
+fn on_agent(query: &str, agent_id: &str, timeout_secs: u64) -> JobSpec {
+    let mut spec = JobSpec::research(query, "test");
+    if let fleet_shared::job::JobPayload::Research(r) = &mut spec.payload {
+        r.agent_id = Some(agent_id.to_string());
+    }
+    spec.options.attempt_timeout_secs = Some(timeout_secs);
+    spec.options.max_attempts = Some(1);
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_cut_off_while_it_holds_a_persistent_agent_gives_the_agent_back() {
+    // "slow" queries hold the agent for 11 s; any other answers at once.
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); if [ "$q" = slow ]; then echo $$ >> {dir}/slow.pids; sleep 11; fi; printf '%s' "$q""#,
+        FAST_RECOVERY,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let lifecycle =
+        fleet_tests::harness::queue(&fleet.settings, fleet_shared::job::QueueKind::Lifecycle).await;
+    let launch = lifecycle
+        .enqueue(JobSpec::lifecycle(
+            fleet_shared::job::LifecycleJob::Launch {
+                agent: "test".into(),
+                persistent: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .0;
+    let launched = fleet
+        .eventually(
+            "the persistent agent to launch",
+            Duration::from_secs(30),
+            || async {
+                let r = lifecycle.job_record(&launch.to_string()).await.ok()??;
+                (r.status == JobStatus::Succeeded).then_some(r)
+            },
+        )
+        .await;
+    let agent_id = launched.result.unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A holds the agent 11 s. B (2 s timeout) waits for it: B must end at its own
+    // timeout, not lease the agent at 11 s with a fresh timeout and be dropped by
+    // the outer limit (timeout + grace) while holding it.
+    let a = fleet.submit(on_agent("slow", &agent_id, 30)).await;
+    fleet
+        .eventually("A to run", Duration::from_secs(30), || async {
+            std::fs::read_to_string(fleet.path("slow.pids")).ok()
+        })
+        .await;
+    let b = fleet.submit(on_agent("slow", &agent_id, 2)).await;
+    let b = fleet
+        .wait_status(&b.to_string(), JobStatus::Dead, Duration::from_secs(40))
+        .await;
+    assert_eq!(b.history.last().unwrap().outcome, "timeout", "{b:?}");
+    fleet
+        .wait_status(
+            &a.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(40),
+        )
+        .await;
+
+    // The agent is free again: a quick job on it answers.
+    let c = fleet.submit(on_agent("quick", &agent_id, 5)).await;
+    let c = fleet
+        .eventually("C to end", Duration::from_secs(40), || async {
+            let r = fleet.queue.job_record(&c.to_string()).await.ok()??;
+            matches!(r.status, JobStatus::Succeeded | JobStatus::Dead).then_some(r)
+        })
+        .await;
+    assert_eq!(
+        c.status,
+        JobStatus::Succeeded,
+        "the agent was given back after B's attempt ended: {c:?}\n{}",
+        fleet.logs()
+    );
+    let pids = std::fs::read_to_string(fleet.path("slow.pids")).unwrap();
+    for pid in pids.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        assert!(
+            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
+            "agent process {pid} still runs"
+        );
+    }
+}

@@ -6,12 +6,17 @@
 //!   our timer, only as a backstop (envd kills the process when it elapses), so a
 //!   process outlives a crashed worker by at most that grace.
 //! - **Cancellation**: SIGKILL, then `Cancelled`.
+//! - **Dropped call**: a caller that drops the `exec` future (an attempt cut off by
+//!   its outer timeout, a panic) still gets its process killed: a guard sends the
+//!   SIGKILL from a task of its own, so nothing keeps running in a sandbox that is
+//!   given back to the pool.
 //! - **Dropped stream**: envd keeps the process running when the HTTP stream
 //!   breaks, so we re-attach with `process.Process/Connect` (by PID, or by the tag
 //!   given at start if the PID is not known yet). Output produced while detached
 //!   is lost; the result is then marked `truncated`. If the edge answers the
 //!   re-attach with 502 "sandbox not found", the sandbox is gone: `NotFound`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,7 +48,14 @@ pub(crate) async fn run(
     let started = Instant::now();
     let tag = format!("dexter-fleet-{}", uuid::Uuid::now_v7());
     // 0 until the `start` event names the process (no process has PID 0).
-    let pid = AtomicU32::new(0);
+    let pid = Arc::new(AtomicU32::new(0));
+    let mut kill_on_drop = KillOnDrop {
+        envd: envd.clone(),
+        target: target.clone(),
+        tag: tag.clone(),
+        pid: pid.clone(),
+        armed: true,
+    };
     let selector = || match pid.load(Ordering::SeqCst) {
         0 => Selector::Tag(tag.clone()),
         p => Selector::Pid(p),
@@ -71,6 +83,8 @@ pub(crate) async fn run(
         _ = timer => Err(SandboxError::Timeout(request.timeout.unwrap_or_default())),
         r = work => r,
     };
+    // Ended in order: the process is gone, or is killed below.
+    kill_on_drop.armed = false;
     match result {
         Ok(exit_code) => Ok(ExecOutput {
             exit_code,
@@ -85,6 +99,39 @@ pub(crate) async fn run(
             Err(e)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Kills the process when `run` is dropped before it ended in order.
+struct KillOnDrop {
+    envd: EnvdClient,
+    target: Target,
+    tag: String,
+    pid: Arc<AtomicU32>,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let sel = match self.pid.load(Ordering::SeqCst) {
+            0 => Selector::Tag(self.tag.clone()),
+            p => Selector::Pid(p),
+        };
+        let (envd, target) = (self.envd.clone(), self.target.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    kill(&envd, &target, &sel).await;
+                    tracing::info!(sandbox = %target.sandbox, call = "exec", "process of a dropped exec killed");
+                });
+            }
+            Err(_) => {
+                tracing::warn!(sandbox = %self.target.sandbox, "exec dropped with no runtime left; its process runs until envd's backstop timeout")
+            }
+        }
     }
 }
 
