@@ -655,3 +655,76 @@ async fn an_attempt_cut_off_while_it_holds_a_persistent_agent_gives_the_agent_ba
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_an_agent_prints_in_its_json_output_reaches_no_result_redis_or_log() {
+    const SECRET: &str = "sk-live-0f1e2d3c4b5a69788796a5b4";
+    // The agent answers in JSON and puts its key into the metadata, in a nested
+    // value, a key and a number-like string.
+    let extra = format!("secret_env = [\"MODEL_API_KEY\"]\n{FAST_RECOVERY}");
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; printf '{"answer": "fine", "debug": "key=%s", "nested": {"list": ["%s"], "%s": 1}}' "$MODEL_API_KEY" "$MODEL_API_KEY" "$MODEL_API_KEY""#,
+        &extra,
+    )
+    .await;
+    fleet.start_worker_with_env(
+        "w1",
+        &[
+            ("MODEL_API_KEY", SECRET.to_string()),
+            ("RUST_LOG", "debug".to_string()),
+        ],
+    );
+    let id = fleet.submit(JobSpec::research("q", "test")).await;
+    let r = fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(30),
+        )
+        .await;
+    let result = serde_json::to_string(&r.result).unwrap();
+    assert!(
+        result.contains("key=[redacted]"),
+        "the metadata is kept, the secret redacted: {result}"
+    );
+    assert!(!result.contains(SECRET), "secret in the result: {result}");
+
+    // Nowhere in Redis (every key, every field) nor in the AOF.
+    let mut conn = fleet.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query(&mut conn).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&dump).contains(SECRET),
+            "secret in Redis key {key}"
+        );
+    }
+    let mut aof = Vec::new();
+    for entry in walk(&fleet.redis.data_dir()) {
+        aof.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    assert!(!aof.is_empty(), "the AOF was read");
+    assert!(
+        !String::from_utf8_lossy(&aof).contains(SECRET),
+        "secret in the AOF"
+    );
+    fleet.workers[0].sigterm();
+    fleet.workers[0].assert_clean_exit();
+    let log = fleet.workers[0].log_text();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(!log.contains(SECRET), "secret in the worker's debug log");
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt;
+use apalis::layers::tracing::{DefaultMakeSpan, DefaultOnRequest, OnResponse, TraceLayer};
 use apalis::prelude::{Monitor, WorkerBuilder};
 use fleet_shared::job::QueueKind;
 use fleet_shared::pool::{AgentPool, PoolProfile};
@@ -190,7 +191,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         research_n,
                         stop.clone(),
                     ))
-                    .enable_tracing()
+                    .layer(quiet_tracing())
                     .catch_panic()
                     .concurrency(research_n)
                     .data(exec.clone())
@@ -214,7 +215,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         lifecycle_n,
                         stop.clone(),
                     ))
-                    .enable_tracing()
+                    .layer(quiet_tracing())
                     .catch_panic()
                     .concurrency(lifecycle_n)
                     .data(exec.clone())
@@ -239,6 +240,22 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let _ = http.await;
     tracing::info!(stats = ?pool.stats(), "worker stopped");
     Ok(())
+}
+
+/// apalis's tracing layer, except that a finished task logs how long it took and
+/// not its whole result: a result is the agent's output, which is user data and may
+/// hold what an agent printed (results are stored, not logged).
+fn quiet_tracing() -> TraceLayer<DefaultMakeSpan, DefaultOnRequest, TaskDone> {
+    TraceLayer::new().on_response(TaskDone)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TaskDone;
+
+impl<Res> OnResponse<Res> for TaskDone {
+    fn on_response(self, _: &Res, done_in: Duration, _: &tracing::Span) {
+        tracing::debug!(done_in_ms = done_in.as_millis() as u64, "task.done");
+    }
 }
 
 /// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
