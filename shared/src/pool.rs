@@ -191,7 +191,7 @@ impl PoolCore {
         match self.provider.kill(sandbox_id).await {
             Ok(()) | Err(SandboxError::NotFound(_)) => self.stats.lock().unwrap().killed += 1,
             Err(e) => {
-                tracing::warn!(%sandbox_id, error = %e, "could not kill sandbox; reconcile will retry")
+                tracing::warn!(%sandbox_id, error = %e, "could not kill sandbox; will retry")
             }
         }
     }
@@ -783,9 +783,24 @@ impl AgentPool {
         self.core.provider.list(&filter).await
     }
 
-    /// At worker shutdown: pause persistent agents, kill the rest. Afterwards the
-    /// pool owns no running sandbox.
+    /// Retry the kills the provider could not confirm (maintenance tick); the
+    /// sandboxes still not confirmed killed.
+    pub async fn retry_failed_kills(&self) -> Vec<String> {
+        self.core.provider.retry_failed_kills().await
+    }
+
+    /// At worker shutdown: pause persistent agents, kill the rest, retrying failed
+    /// kills for up to 10 s. See [`AgentPool::shutdown_within`].
     pub async fn shutdown(&self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// At worker shutdown: pause persistent agents, kill the rest; kills that fail
+    /// (the provider unreachable) are retried until `limit` has passed. Afterwards
+    /// the pool owns no running sandbox, except those returned: sandboxes that could
+    /// not be killed, each logged with its ID so an operator can kill it by hand.
+    pub async fn shutdown_within(&self, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
         let all: Vec<AgentInfo> = self.agents();
         for a in all {
             if a.sandbox_id.is_empty() {
@@ -796,6 +811,25 @@ impl AgentPool {
             } else if !a.persistent {
                 self.forget(&a.agent_id, &a.sandbox_id).await;
             }
+        }
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let left = match tokio::time::timeout_at(deadline, self.retry_failed_kills()).await {
+                Ok(left) => left,
+                // Out of time mid-retry: what is left is what the provider still holds.
+                Err(_) => self.core.provider.failed_kills(),
+            };
+            if left.is_empty() {
+                return left;
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                for sandbox_id in &left {
+                    tracing::error!(%sandbox_id, "sandbox could not be killed before shutdown: kill it by hand (it is tagged dexter-fleet-owner)");
+                }
+                return left;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 }

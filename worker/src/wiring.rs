@@ -153,7 +153,10 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = idle.tick() => pool.pause_idle().await,
+                    _ = idle.tick() => {
+                        pool.pause_idle().await;
+                        pool.retry_failed_kills().await;
+                    }
                     _ = strays.tick() => reconcile(&pool, &queue).await,
                 }
             }
@@ -235,7 +238,12 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         .context("apalis monitor")?;
     maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
-    pool.shutdown().await;
+    let left = pool
+        .shutdown_within(Duration::from_secs(settings.worker.drain_timeout_secs))
+        .await;
+    if !left.is_empty() {
+        tracing::error!(sandboxes = ?left, "sandboxes left running: they could not be killed within the drain timeout");
+    }
     drop(keepers);
     let _ = http.await;
     tracing::info!(stats = ?pool.stats(), "worker stopped");

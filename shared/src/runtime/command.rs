@@ -297,6 +297,20 @@ impl AgentRuntime for CommandRuntime {
         if output.exit_code != 0 {
             return Err(self.exit_error("agent", &output));
         }
+        // Output that is not whole is never an answer: an empty or cut answer
+        // stored as a success would be wrong for good.
+        if output.output_lost {
+            return Err(JobError::transient(
+                "the agent's output stream broke while it ran and part of its output was lost; \
+                 running it again",
+            ));
+        }
+        if output.stdout_truncated {
+            return Err(JobError::permanent(
+                "the agent's output exceeded the sandbox output limit \
+                 (sandbox.local.max_output_bytes, 1 MiB on E2B); the answer would be cut",
+            ));
+        }
         let (answer, metadata) = parse_answer(&String::from_utf8_lossy(&output.stdout));
         Ok(AgentOutput {
             answer: self.redact(&answer),

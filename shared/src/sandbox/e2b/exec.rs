@@ -13,7 +13,8 @@
 //! - **Dropped stream**: envd keeps the process running when the HTTP stream
 //!   breaks, so we re-attach with `process.Process/Connect` (by PID, or by the tag
 //!   given at start if the PID is not known yet). Output produced while detached
-//!   is lost; the result is then marked `truncated`. If the edge answers the
+//!   is lost; the result is then marked `output_lost` (and `truncated`), which
+//!   the runtimes never take for a complete answer. If the edge answers the
 //!   re-attach with 502 "sandbox not found", the sandbox is gone: `NotFound`.
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub(crate) async fn run(
         stdout: Vec::new(),
         stderr: Vec::new(),
         truncated: false,
+        stdout_truncated: false,
+        lost: false,
         tx: control.output.clone(),
     };
     let timer = async {
@@ -90,7 +93,9 @@ pub(crate) async fn run(
             exit_code,
             stdout: out.stdout,
             stderr: out.stderr,
-            truncated: out.truncated,
+            truncated: out.truncated || out.lost,
+            stdout_truncated: out.stdout_truncated,
+            output_lost: out.lost,
             duration: started.elapsed(),
         }),
         Err(e @ (SandboxError::Cancelled | SandboxError::Timeout(_))) => {
@@ -207,7 +212,7 @@ async fn drive(
                     stream = Some(s);
                     reattached = true;
                     // Whatever the process wrote while we were away is lost.
-                    out.truncated = true;
+                    out.lost = true;
                 }
                 // The edge's 502 "not found": the sandbox is gone.
                 Err(OpenError::Refused(e)) if !is_retryable(&e) => return Err(e),
@@ -300,6 +305,9 @@ struct Collector {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     truncated: bool,
+    stdout_truncated: bool,
+    /// The stream was re-attached: output written while detached is lost.
+    lost: bool,
     tx: Option<UnboundedSender<OutputChunk>>,
 }
 
@@ -314,6 +322,7 @@ impl Collector {
         if bytes.len() > room {
             bytes.truncate(room);
             self.truncated = true;
+            self.stdout_truncated |= !is_stderr;
         }
         if bytes.is_empty() {
             return;
@@ -342,6 +351,8 @@ mod tests {
             stdout: Vec::new(),
             stderr: Vec::new(),
             truncated: false,
+            stdout_truncated: false,
+            lost: false,
             tx: Some(tx),
         };
         c.push(false, b"abc".to_vec());
