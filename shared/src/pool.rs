@@ -744,7 +744,10 @@ impl AgentPool {
                 .get(META_AGENT_ID)
                 .cloned()
                 .unwrap_or_default();
-            if worker == self.worker || is_live_worker(&worker) {
+            if worker == self.worker
+                || is_live_worker(&worker)
+                || self.core.agents.lock().unwrap().contains_key(&agent_id)
+            {
                 continue;
             }
             if persistent

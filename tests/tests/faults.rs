@@ -433,7 +433,7 @@ async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
     assert!(count() > 0, "the pool kept warm agents");
     fleet.workers[0].kill9();
     assert!(count() > 0, "a killed worker cannot clean up after itself");
-    // Once the dead worker's announcement expires (3 lease TTLs), a new worker
+    // Once the dead worker's announcement expires (one lease TTL), a new worker
     // reconciles at start: the strays are killed.
     let mut conn = fleet.redis.conn();
     let key = fleet.queue.keys().worker("doomed");
@@ -727,4 +727,68 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_running_agent_is_killed_within_the_lease_ttl_plus_two_seconds() {
+    let ttl = Duration::from_secs(3);
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; echo $$ >> {dir}/agent.pids; exec sleep 300"#,
+        FAST_RECOVERY,
+    )
+    .await;
+    assert_eq!(fleet.settings.lease_ttl(), ttl);
+    fleet.start_worker("doomed");
+    let id = fleet.submit(JobSpec::research("long", "test")).await;
+    let pid: i32 = fleet
+        .eventually(
+            "the doomed worker's agent to run",
+            Duration::from_secs(30),
+            || async {
+                std::fs::read_to_string(fleet.path("agent.pids"))
+                    .ok()?
+                    .lines()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        )
+        .await;
+    fleet.start_worker("survivor");
+    fleet
+        .eventually("the survivor to start", Duration::from_secs(30), || async {
+            fleet.workers[1]
+                .log_text()
+                .contains("worker started")
+                .then_some(())
+        })
+        .await;
+
+    fleet.workers[0].kill9();
+    let killed_at = Instant::now();
+    let deadline = ttl + Duration::from_secs(2);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        if stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < deadline,
+            "the dead worker's agent (pid {pid}) still runs {:?} after the kill, while its job runs again elsewhere\n{}",
+            killed_at.elapsed(),
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "orphaned agent killed {:?} after its worker",
+        killed_at.elapsed()
+    );
+    // The job itself runs again on the survivor.
+    fleet
+        .eventually("the job to run again", Duration::from_secs(30), || async {
+            let r = fleet.queue.job_record(&id.to_string()).await.ok()??;
+            (r.attempts >= 2).then_some(())
+        })
+        .await;
 }

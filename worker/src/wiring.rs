@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt;
@@ -132,9 +132,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
 
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
-    research_queue
-        .announce_worker(&worker, lease_ttl * 3)
-        .await?;
+    research_queue.announce_worker(&worker, lease_ttl).await?;
     let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
@@ -147,9 +145,12 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         let pool = pool.clone();
         let stop = stop.clone();
         let queue = research_queue.clone();
+        let mut deaths = DeathWatch::new(worker.clone(), timings.renew_every);
         tokio::spawn(async move {
             let mut idle = tokio::time::interval(Duration::from_secs(5));
             let mut strays = tokio::time::interval(Duration::from_secs(60));
+            let mut watch = tokio::time::interval(DEATH_WATCH_EVERY);
+            watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -158,6 +159,16 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         pool.retry_failed_kills().await;
                     }
                     _ = strays.tick() => reconcile(&pool, &queue).await,
+                    _ = watch.tick() => {
+                        let dead = deaths.check(&queue).await;
+                        if !dead.is_empty() {
+                            tracing::warn!(workers = ?dead, "workers gone; killing their sandboxes");
+                            reconcile(&pool, &queue).await;
+                            if let Err(e) = queue.forget_workers(&dead).await {
+                                tracing::warn!(error = %e, "could not forget dead workers");
+                            }
+                        }
+                    }
                 }
             }
         })
@@ -263,6 +274,76 @@ struct TaskDone;
 impl<Res> OnResponse<Res> for TaskDone {
     fn on_response(self, _: &Res, done_in: Duration, _: &tracing::Span) {
         tracing::debug!(done_in_ms = done_in.as_millis() as u64, "task.done");
+    }
+}
+
+/// How often the other workers' announcements are checked.
+const DEATH_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Notices, within about a second, that a worker's announcement (`worker:<name>`,
+/// one lease TTL long) has expired, so that its sandboxes are killed while its
+/// jobs start again elsewhere — not minutes later, with two copies running.
+///
+/// It costs two Redis reads a second; the provider's listing (an API call on
+/// E2B) runs only when a worker is found dead. An absence is trusted only after
+/// Redis has answered promptly for a whole renewal interval: after an outage or a
+/// stall, live workers need that long to announce themselves again.
+struct DeathWatch {
+    me: String,
+    trust_after: Duration,
+    /// Since when every check has gone through promptly.
+    healthy_since: Option<Instant>,
+    last_ok: Option<Instant>,
+}
+
+impl DeathWatch {
+    fn new(me: String, renew_every: Duration) -> DeathWatch {
+        DeathWatch {
+            me,
+            trust_after: renew_every + Duration::from_millis(500),
+            healthy_since: None,
+            last_ok: None,
+        }
+    }
+
+    /// The known workers whose announcement is gone, when that can be trusted.
+    async fn check(&mut self, queue: &RedisQueue) -> Vec<String> {
+        let asked = Instant::now();
+        let looked = async {
+            let known = queue.known_workers().await?;
+            let others: Vec<String> = known.into_iter().filter(|w| *w != self.me).collect();
+            let live = queue.live_workers(&others).await?;
+            Ok::<_, fleet_shared::queue::QueueError>(
+                others
+                    .into_iter()
+                    .zip(live)
+                    .filter_map(|(w, alive)| (!alive).then_some(w))
+                    .collect::<Vec<String>>(),
+            )
+        };
+        let answer = tokio::time::timeout(DEATH_WATCH_EVERY, looked).await;
+        let now = Instant::now();
+        let prompt = now - asked < DEATH_WATCH_EVERY
+            && self.last_ok.is_none_or(|t| now - t < DEATH_WATCH_EVERY * 3);
+        match answer {
+            Ok(Ok(dead)) if prompt => {
+                self.last_ok = Some(now);
+                let since = *self.healthy_since.get_or_insert(asked);
+                if now - since >= self.trust_after {
+                    return dead;
+                }
+            }
+            Ok(Ok(_)) => {
+                // Late: start a new healthy stretch from here.
+                self.healthy_since = None;
+                self.last_ok = Some(now);
+            }
+            _ => {
+                self.healthy_since = None;
+                self.last_ok = None;
+            }
+        }
+        Vec::new()
     }
 }
 
