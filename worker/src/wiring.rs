@@ -145,7 +145,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         let pool = pool.clone();
         let stop = stop.clone();
         let queue = research_queue.clone();
-        let mut deaths = DeathWatch::new(worker.clone(), timings.renew_every);
+        let mut deaths = DeathWatch::new(worker.clone(), lease_ttl);
         tokio::spawn(async move {
             let mut idle = tokio::time::interval(Duration::from_secs(5));
             let mut strays = tokio::time::interval(Duration::from_secs(60));
@@ -286,8 +286,9 @@ const DEATH_WATCH_EVERY: Duration = Duration::from_secs(1);
 ///
 /// It costs two Redis reads a second; the provider's listing (an API call on
 /// E2B) runs only when a worker is found dead. An absence is trusted only after
-/// Redis has answered promptly for a whole renewal interval: after an outage or a
-/// stall, live workers need that long to announce themselves again.
+/// Redis has answered this worker promptly for a whole lease TTL: after an outage
+/// or a stall, live workers get that long to reconnect and announce themselves
+/// again (they renew every TTL/3) before their sandboxes could be taken for strays.
 struct DeathWatch {
     me: String,
     trust_after: Duration,
@@ -297,10 +298,10 @@ struct DeathWatch {
 }
 
 impl DeathWatch {
-    fn new(me: String, renew_every: Duration) -> DeathWatch {
+    fn new(me: String, lease_ttl: Duration) -> DeathWatch {
         DeathWatch {
             me,
-            trust_after: renew_every + Duration::from_millis(500),
+            trust_after: lease_ttl,
             healthy_since: None,
             last_ok: None,
         }
