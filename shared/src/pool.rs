@@ -286,7 +286,8 @@ impl AgentPool {
     }
 
     /// Lease an agent of `profile` (or the agent `agent_id`) for one job.
-    /// `ephemeral`: a fresh agent, killed when given back.
+    /// `ephemeral`: a fresh agent, killed when given back. Waiting for a busy
+    /// agent ends at `attempt_timeout` with a timeout error.
     pub async fn lease(
         &self,
         profile: &str,
@@ -301,6 +302,9 @@ impl AgentPool {
             )));
         };
         let timeout = self.sandbox_timeout(attempt_timeout);
+        // Waiting for an agent spends the attempt's budget: past it, the attempt
+        // ends as a timeout (a launch or resume under way is not cut short).
+        let give_up_at = tokio::time::Instant::now() + attempt_timeout;
         loop {
             // Register interest before looking, so a give_back between the look and
             // the wait is not missed.
@@ -406,6 +410,10 @@ impl AgentPool {
                     tokio::select! {
                         _ = notified => continue,
                         _ = cancel.cancelled() => return Err(JobError::cancelled("stopped while waiting for an agent")),
+                        _ = tokio::time::sleep_until(give_up_at) => return Err(JobError::timeout(format!(
+                            "no agent became free within the attempt timeout ({}s)",
+                            attempt_timeout.as_secs()
+                        ))),
                     }
                 }
             };

@@ -76,22 +76,16 @@ async fn research(
     let runtime = exec.pool.runtime(&research.agent).ok_or_else(|| {
         JobError::permanent(format!("unknown agent profile {:?}", research.agent))
     })?;
-    let leasing = exec.pool.lease(
-        &research.agent,
-        research.agent_id.as_deref(),
-        research.ephemeral,
-        attempt.attempt_timeout,
-        cancel,
-    );
-    let lease = match tokio::time::timeout(attempt.attempt_timeout, leasing).await {
-        Ok(lease) => lease?,
-        Err(_) => {
-            return Err(JobError::timeout(format!(
-                "no agent became free within the attempt timeout ({}s)",
-                attempt.attempt_timeout.as_secs()
-            )));
-        }
-    };
+    let lease = exec
+        .pool
+        .lease(
+            &research.agent,
+            research.agent_id.as_deref(),
+            research.ephemeral,
+            attempt.attempt_timeout,
+            cancel,
+        )
+        .await?;
     let remaining = attempt.attempt_timeout.saturating_sub(started.elapsed());
     if remaining.is_zero() {
         exec.pool.give_back(lease, true).await;

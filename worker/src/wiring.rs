@@ -158,13 +158,18 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         pool.pause_idle().await;
                         pool.retry_failed_kills().await;
                     }
-                    _ = strays.tick() => reconcile(&pool, &queue).await,
+                    _ = strays.tick() => {
+                        reconcile(&pool, &queue).await;
+                    }
                     _ = watch.tick() => {
                         let dead = deaths.check(&queue).await;
                         if !dead.is_empty() {
                             tracing::warn!(workers = ?dead, "workers gone; killing their sandboxes");
-                            reconcile(&pool, &queue).await;
-                            if let Err(e) = queue.forget_workers(&dead).await {
+                            // Forgotten only once dealt with: a failed listing is tried
+                            // again at the next check.
+                            if reconcile(&pool, &queue).await
+                                && let Err(e) = queue.forget_workers(&dead).await
+                            {
                                 tracing::warn!(error = %e, "could not forget dead workers");
                             }
                         }
@@ -350,13 +355,14 @@ impl DeathWatch {
 
 /// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
 /// One listing serves both the liveness check and the reconcile (see `AgentPool::reconcile`).
-async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
+/// False when it could not be done (listing or liveness check failed).
+async fn reconcile(pool: &AgentPool, queue: &RedisQueue) -> bool {
     use fleet_shared::pool::META_WORKER;
     let found = match pool.owned_sandboxes().await {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "could not list sandboxes to reconcile");
-            return;
+            return false;
         }
     };
     let mut owners: Vec<String> = found
@@ -369,7 +375,7 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
         Ok(live) => live,
         Err(e) => {
             tracing::warn!(error = %e, "could not check which workers are alive");
-            return;
+            return false;
         }
     };
     let live: std::collections::HashSet<&str> = owners
@@ -378,12 +384,18 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
         .filter_map(|(w, alive)| alive.then_some(w.as_str()))
         .collect();
     match pool.reconcile(found, |w| live.contains(w)).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            sandboxes = n,
-            "reconciled sandboxes left by workers that are gone"
-        ),
-        Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                sandboxes = n,
+                "reconciled sandboxes left by workers that are gone"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reconcile failed");
+            false
+        }
     }
 }
 
