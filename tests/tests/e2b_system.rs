@@ -241,3 +241,62 @@ async fn kills_that_fail_at_shutdown_are_retried_within_the_drain_time_and_the_r
     );
     fake.faults().clear();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_running_sandbox_is_killed_within_the_lease_ttl_plus_two_seconds() {
+    let fake = FakeE2b::start_local().await;
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; echo started >> {dir}/started; exec sleep 300"#,
+        &e2b_config(&fake),
+    )
+    .await;
+    let ttl = fleet.settings.lease_ttl();
+    let env = [("E2B_API_KEY", fake.api_key().to_string())];
+    fleet.start_worker_with_env("doomed", &env);
+    fleet.submit(JobSpec::research("long", "test")).await;
+    fleet
+        .eventually(
+            "the doomed worker's agent to run",
+            Duration::from_secs(30),
+            || async { std::fs::read_to_string(fleet.path("started")).ok() },
+        )
+        .await;
+    let sandbox = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/sandboxes" && r.status == 201)
+        .and_then(|r| r.response_body)
+        .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+        .and_then(|v| v["sandboxID"].as_str().map(String::from))
+        .expect("the doomed worker created a sandbox");
+    fleet.start_worker_with_env("survivor", &env);
+    fleet
+        .eventually("the survivor to start", Duration::from_secs(30), || async {
+            fleet.workers[1]
+                .log_text()
+                .contains("worker started")
+                .then_some(())
+        })
+        .await;
+
+    fleet.workers[0].kill9();
+    let killed_at = std::time::Instant::now();
+    let path = format!("/sandboxes/{sandbox}");
+    let kill = fake
+        .wait_for_request(ttl + Duration::from_secs(2), |r| {
+            r.method == "DELETE" && r.path == path && r.status == 204
+        })
+        .await;
+    assert!(
+        kill.is_some(),
+        "the dead worker's sandbox {sandbox} still runs {:?} after the kill\n{}",
+        killed_at.elapsed(),
+        fleet.logs()
+    );
+    eprintln!(
+        "orphaned sandbox killed {:?} after its worker",
+        kill.unwrap().at - killed_at
+    );
+    fleet.workers[1].sigterm();
+    fleet.workers[1].assert_clean_exit();
+}
