@@ -74,12 +74,81 @@ struct Agent {
 }
 
 /// An agent leased to one job. Give it back with [`AgentPool::give_back`].
-#[derive(Debug)]
+///
+/// The lease is also a guard: dropped without `give_back` (the attempt was cut off
+/// by the outer timeout, or panicked), it still gives the agent back — a persistent
+/// agent is kept (the provider killed the command with its dropped `exec`), any
+/// other agent is removed and its sandbox killed — so no agent stays busy forever.
 pub struct AgentLease {
     pub agent_id: String,
     pub sandbox_id: String,
     pub profile: String,
     ephemeral: bool,
+    phase: LeasePhase,
+    /// `Some` while the lease is out; taken by `give_back` and by the error paths
+    /// of `lease`, which settle the agent themselves.
+    core: Option<Arc<PoolCore>>,
+}
+
+/// How far a lease got: what a dropped lease must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeasePhase {
+    /// The sandbox is being created and set up (its ID may not be known yet).
+    Launching,
+    /// A paused agent is being resumed.
+    Resuming,
+    /// The agent is the job's.
+    Held,
+}
+
+impl AgentLease {
+    fn new(
+        core: &Arc<PoolCore>,
+        agent_id: &str,
+        sandbox_id: &str,
+        profile: &str,
+        ephemeral: bool,
+        phase: LeasePhase,
+    ) -> AgentLease {
+        AgentLease {
+            agent_id: agent_id.to_string(),
+            sandbox_id: sandbox_id.to_string(),
+            profile: profile.to_string(),
+            ephemeral,
+            phase,
+            core: Some(core.clone()),
+        }
+    }
+
+    /// The caller settles the agent itself from here on: dropping does nothing.
+    fn disarm(&mut self) {
+        self.core = None;
+    }
+}
+
+impl std::fmt::Debug for AgentLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentLease")
+            .field("agent_id", &self.agent_id)
+            .field("sandbox_id", &self.sandbox_id)
+            .field("profile", &self.profile)
+            .field("ephemeral", &self.ephemeral)
+            .field("phase", &self.phase)
+            .field("armed", &self.core.is_some())
+            .finish()
+    }
+}
+
+impl Drop for AgentLease {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.take() {
+            core.recover_dropped(
+                std::mem::take(&mut self.agent_id),
+                std::mem::take(&mut self.sandbox_id),
+                self.phase,
+            );
+        }
+    }
 }
 
 /// Pool counters, for /metrics and the benchmarks.
@@ -93,13 +162,77 @@ pub struct PoolStats {
 }
 
 pub struct AgentPool {
-    provider: Arc<dyn SandboxProvider>,
+    core: Arc<PoolCore>,
     profiles: BTreeMap<String, PoolProfile>,
     settings: PoolSettings,
     worker: String,
+}
+
+/// The pool's state, shared with the leases it hands out (a dropped lease reaches
+/// back here to give its agent back).
+struct PoolCore {
+    provider: Arc<dyn SandboxProvider>,
     agents: Mutex<HashMap<String, Agent>>,
     stats: Mutex<PoolStats>,
     changed: Notify,
+}
+
+impl PoolCore {
+    /// Remove an agent and kill its sandbox (best effort).
+    async fn forget(&self, agent_id: &str, sandbox_id: &str) {
+        self.agents.lock().unwrap().remove(agent_id);
+        self.changed.notify_waiters();
+        if !sandbox_id.is_empty() {
+            self.kill_sandbox(sandbox_id).await;
+        }
+    }
+
+    async fn kill_sandbox(&self, sandbox_id: &str) {
+        match self.provider.kill(sandbox_id).await {
+            Ok(()) | Err(SandboxError::NotFound(_)) => self.stats.lock().unwrap().killed += 1,
+            Err(e) => {
+                tracing::warn!(%sandbox_id, error = %e, "could not kill sandbox; will retry")
+            }
+        }
+    }
+
+    /// A lease was dropped without `give_back`. A persistent agent that was the
+    /// job's goes back idle (one being resumed goes back paused: a later lease
+    /// resumes it again); any other agent, or one still launching, is removed and
+    /// its sandbox killed, since what the cut-off attempt left in it is unknown.
+    fn recover_dropped(self: Arc<Self>, agent_id: String, sandbox_id: String, phase: LeasePhase) {
+        let kill = {
+            let mut agents = self.agents.lock().unwrap();
+            match agents.get_mut(&agent_id) {
+                None => None,
+                Some(a) if a.info.persistent && phase == LeasePhase::Held => {
+                    a.info.state = AgentState::Idle;
+                    a.idle_since = Instant::now();
+                    None
+                }
+                Some(a) if a.info.persistent && phase == LeasePhase::Resuming => {
+                    a.info.state = AgentState::Paused;
+                    None
+                }
+                Some(_) => {
+                    agents.remove(&agent_id);
+                    Some(sandbox_id.clone())
+                }
+            }
+        };
+        self.changed.notify_waiters();
+        tracing::warn!(%agent_id, %sandbox_id, ?phase, "an attempt ended without giving its agent back (timeout or panic); agent recovered");
+        if let Some(id) = kill.filter(|id| !id.is_empty()) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { self.kill_sandbox(&id).await });
+                }
+                Err(_) => {
+                    tracing::warn!(sandbox_id = %id, "no runtime left to kill the sandbox of a dropped lease")
+                }
+            }
+        }
+    }
 }
 
 impl AgentPool {
@@ -110,18 +243,20 @@ impl AgentPool {
         worker: impl Into<String>,
     ) -> AgentPool {
         AgentPool {
-            provider,
+            core: Arc::new(PoolCore {
+                provider,
+                agents: Mutex::default(),
+                stats: Mutex::default(),
+                changed: Notify::new(),
+            }),
             profiles,
             settings,
             worker: worker.into(),
-            agents: Mutex::default(),
-            stats: Mutex::default(),
-            changed: Notify::new(),
         }
     }
 
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
-        &self.provider
+        &self.core.provider
     }
 
     pub fn runtime(&self, profile: &str) -> Option<Arc<dyn AgentRuntime>> {
@@ -129,11 +264,12 @@ impl AgentPool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        *self.stats.lock().unwrap()
+        *self.core.stats.lock().unwrap()
     }
 
     pub fn agents(&self) -> Vec<AgentInfo> {
         let mut v: Vec<AgentInfo> = self
+            .core
             .agents
             .lock()
             .unwrap()
@@ -150,7 +286,8 @@ impl AgentPool {
     }
 
     /// Lease an agent of `profile` (or the agent `agent_id`) for one job.
-    /// `ephemeral`: a fresh agent, killed when given back.
+    /// `ephemeral`: a fresh agent, killed when given back. Waiting for a busy
+    /// agent ends at `attempt_timeout` with a timeout error.
     pub async fn lease(
         &self,
         profile: &str,
@@ -165,10 +302,13 @@ impl AgentPool {
             )));
         };
         let timeout = self.sandbox_timeout(attempt_timeout);
+        // Waiting for an agent spends the attempt's budget: past it, the attempt
+        // ends as a timeout (a launch or resume under way is not cut short).
+        let give_up_at = tokio::time::Instant::now() + attempt_timeout;
         loop {
             // Register interest before looking, so a give_back between the look and
             // the wait is not missed.
-            let notified = self.changed.notified();
+            let notified = self.core.changed.notified();
             enum Next {
                 Use(String, String),
                 Resume(String, String),
@@ -176,7 +316,7 @@ impl AgentPool {
                 Wait,
             }
             let next = {
-                let mut agents = self.agents.lock().unwrap();
+                let mut agents = self.core.agents.lock().unwrap();
                 if let Some(wanted) = agent_id {
                     match agents.get_mut(wanted) {
                         None => {
@@ -230,48 +370,65 @@ impl AgentPool {
                     }
                 }
             };
-            let leased = match next {
+            // From here the lease guards the agent: should this future be dropped
+            // (the attempt's outer timeout, a panic), the agent is given back.
+            let (mut lease, result) = match next {
                 Next::Use(agent_id, sandbox_id) => {
-                    match self.provider.set_timeout(&sandbox_id, timeout).await {
-                        Ok(()) => Ok((agent_id, sandbox_id)),
-                        Err(e) => Err((agent_id, sandbox_id, e)),
-                    }
+                    let lease = AgentLease::new(
+                        &self.core,
+                        &agent_id,
+                        &sandbox_id,
+                        profile,
+                        ephemeral,
+                        LeasePhase::Held,
+                    );
+                    let r = self.core.provider.set_timeout(&sandbox_id, timeout).await;
+                    (lease, r)
                 }
                 Next::Resume(agent_id, sandbox_id) => {
-                    match self.provider.connect(&sandbox_id, timeout).await {
-                        Ok(_) => {
-                            self.stats.lock().unwrap().resumed += 1;
-                            Ok((agent_id, sandbox_id))
-                        }
-                        Err(e) => Err((agent_id, sandbox_id, e)),
+                    let mut lease = AgentLease::new(
+                        &self.core,
+                        &agent_id,
+                        &sandbox_id,
+                        profile,
+                        ephemeral,
+                        LeasePhase::Resuming,
+                    );
+                    let r = self.core.provider.connect(&sandbox_id, timeout).await;
+                    if r.is_ok() {
+                        lease.phase = LeasePhase::Held;
+                        self.core.stats.lock().unwrap().resumed += 1;
                     }
+                    (lease, r.map(|_| ()))
                 }
                 Next::Launch => {
-                    let (agent_id, sandbox_id) = self.launch_agent(profile, false, timeout).await?;
-                    Ok((agent_id, sandbox_id))
+                    let mut lease = self.launch_agent(profile, false, timeout).await?;
+                    lease.ephemeral = ephemeral;
+                    (lease, Ok(()))
                 }
                 Next::Wait => {
                     tokio::select! {
                         _ = notified => continue,
                         _ = cancel.cancelled() => return Err(JobError::cancelled("stopped while waiting for an agent")),
+                        _ = tokio::time::sleep_until(give_up_at) => return Err(JobError::timeout(format!(
+                            "no agent became free within the attempt timeout ({}s)",
+                            attempt_timeout.as_secs()
+                        ))),
                     }
                 }
             };
-            match leased {
-                Ok((agent_id, sandbox_id)) => {
-                    self.stats.lock().unwrap().leases += 1;
-                    return Ok(AgentLease {
-                        agent_id,
-                        sandbox_id,
-                        profile: profile.to_string(),
-                        ephemeral,
-                    });
+            match result {
+                Ok(()) => {
+                    self.core.stats.lock().unwrap().leases += 1;
+                    return Ok(lease);
                 }
-                Err((agent_id, sandbox_id, err)) => {
+                Err(err) => {
                     // The sandbox is gone or unreachable: drop the agent and try again
                     // (a lost sandbox must not fail the job).
+                    lease.disarm();
+                    let (agent_id, sandbox_id) = (&lease.agent_id, &lease.sandbox_id);
                     tracing::warn!(%agent_id, %sandbox_id, error = %err, "agent unusable; dropping it from the pool");
-                    self.forget(&agent_id, &sandbox_id).await;
+                    self.forget(agent_id, sandbox_id).await;
                     if !matches!(err, SandboxError::NotFound(_)) {
                         return Err(err.into());
                     }
@@ -281,19 +438,21 @@ impl AgentPool {
     }
 
     /// Create a sandbox for `profile`, set the agent up in it, and add it to the pool
-    /// (busy, for the caller). Counts against the profile's limit while launching.
+    /// (busy, for the caller, who holds the returned lease). Counts against the
+    /// profile's limit while launching; dropped midway, the lease removes the agent
+    /// and kills whatever sandbox was created.
     async fn launch_agent(
         &self,
         profile: &str,
         persistent: bool,
         timeout: Duration,
-    ) -> Result<(String, String), JobError> {
+    ) -> Result<AgentLease, JobError> {
         let p = self
             .profiles
             .get(profile)
             .ok_or_else(|| JobError::permanent(format!("unknown agent profile {profile:?}")))?;
         let agent_id = format!("agent-{}", uuid::Uuid::now_v7().simple());
-        self.agents.lock().unwrap().insert(
+        self.core.agents.lock().unwrap().insert(
             agent_id.clone(),
             Agent {
                 info: AgentInfo {
@@ -306,6 +465,14 @@ impl AgentPool {
                 },
                 idle_since: Instant::now(),
             },
+        );
+        let mut lease = AgentLease::new(
+            &self.core,
+            &agent_id,
+            "",
+            profile,
+            false,
+            LeasePhase::Launching,
         );
         let mut metadata = BTreeMap::new();
         metadata.insert(META_OWNER.to_string(), OWNER.to_string());
@@ -320,57 +487,56 @@ impl AgentPool {
             env: p.env.clone(),
             auto_pause: false,
         };
-        let created = match self.provider.create(&spec).await {
+        let created = match self.core.provider.create(&spec).await {
             Ok(info) => info,
             Err(e) => {
-                self.agents.lock().unwrap().remove(&agent_id);
-                self.changed.notify_waiters();
+                lease.disarm();
+                self.core.agents.lock().unwrap().remove(&agent_id);
+                self.core.changed.notify_waiters();
                 return Err(e.into());
             }
         };
-        self.stats.lock().unwrap().created += 1;
-        if let Some(a) = self.agents.lock().unwrap().get_mut(&agent_id) {
+        self.core.stats.lock().unwrap().created += 1;
+        lease.sandbox_id = created.id.clone();
+        if let Some(a) = self.core.agents.lock().unwrap().get_mut(&agent_id) {
             a.info.sandbox_id = created.id.clone();
         }
-        if let Err(e) = p.runtime.setup(self.provider.as_ref(), &created.id).await {
+        if let Err(e) = p
+            .runtime
+            .setup(self.core.provider.as_ref(), &created.id)
+            .await
+        {
             tracing::warn!(%agent_id, sandbox_id = %created.id, error = %e, "agent setup failed; killing its sandbox");
+            lease.disarm();
             self.forget(&agent_id, &created.id).await;
             return Err(e);
         }
-        if let Some(a) = self.agents.lock().unwrap().get_mut(&agent_id) {
+        if let Some(a) = self.core.agents.lock().unwrap().get_mut(&agent_id) {
             a.info.state = AgentState::Busy;
         }
+        lease.phase = LeasePhase::Held;
         tracing::info!(%agent_id, sandbox_id = %created.id, profile, "agent launched");
-        Ok((agent_id, created.id))
+        Ok(lease)
     }
 
-    /// Remove an agent and kill its sandbox (best effort).
     async fn forget(&self, agent_id: &str, sandbox_id: &str) {
-        self.agents.lock().unwrap().remove(agent_id);
-        self.changed.notify_waiters();
-        if !sandbox_id.is_empty() {
-            self.kill_sandbox(sandbox_id).await;
-        }
+        self.core.forget(agent_id, sandbox_id).await
     }
 
     async fn kill_sandbox(&self, sandbox_id: &str) {
-        match self.provider.kill(sandbox_id).await {
-            Ok(()) | Err(SandboxError::NotFound(_)) => self.stats.lock().unwrap().killed += 1,
-            Err(e) => {
-                tracing::warn!(%sandbox_id, error = %e, "could not kill sandbox; reconcile will retry")
-            }
-        }
+        self.core.kill_sandbox(sandbox_id).await
     }
 
     /// Return a leased agent. `sandbox_healthy = false` (its sandbox was lost) drops it.
-    pub async fn give_back(&self, lease: AgentLease, sandbox_healthy: bool) {
+    pub async fn give_back(&self, mut lease: AgentLease, sandbox_healthy: bool) {
+        lease.disarm();
         enum Then {
             Keep,
             Pause,
             Kill,
         }
         let then = {
-            let mut agents = self.agents.lock().unwrap();
+            let mut agents = self.core.agents.lock().unwrap();
             let Some(a) = agents.get_mut(&lease.agent_id) else {
                 return;
             };
@@ -397,7 +563,7 @@ impl AgentPool {
             }
         };
         match then {
-            Then::Keep => self.changed.notify_waiters(),
+            Then::Keep => self.core.changed.notify_waiters(),
             Then::Kill => self.forget(&lease.agent_id, &lease.sandbox_id).await,
             Then::Pause => {
                 self.pause_agent_sandbox(&lease.agent_id, &lease.sandbox_id)
@@ -407,13 +573,13 @@ impl AgentPool {
     }
 
     async fn pause_agent_sandbox(&self, agent_id: &str, sandbox_id: &str) {
-        match self.provider.pause(sandbox_id).await {
+        match self.core.provider.pause(sandbox_id).await {
             Ok(()) => {
-                self.stats.lock().unwrap().paused += 1;
-                if let Some(a) = self.agents.lock().unwrap().get_mut(agent_id) {
+                self.core.stats.lock().unwrap().paused += 1;
+                if let Some(a) = self.core.agents.lock().unwrap().get_mut(agent_id) {
                     a.info.state = AgentState::Paused;
                 }
-                self.changed.notify_waiters();
+                self.core.changed.notify_waiters();
             }
             Err(e) => {
                 tracing::warn!(%agent_id, %sandbox_id, error = %e, "pause failed; killing the sandbox instead");
@@ -425,17 +591,20 @@ impl AgentPool {
     /// Lifecycle: launch an agent now (idle afterwards); returns its agent ID.
     pub async fn launch(&self, profile: &str, persistent: bool) -> Result<AgentInfo, JobError> {
         let timeout = self.sandbox_timeout(Duration::ZERO);
-        let (agent_id, _) = self.launch_agent(profile, persistent, timeout).await?;
-        let mut agents = self.agents.lock().unwrap();
+        let mut lease = self.launch_agent(profile, persistent, timeout).await?;
+        lease.disarm();
+        let agent_id = std::mem::take(&mut lease.agent_id);
+        let mut agents = self.core.agents.lock().unwrap();
         let a = agents.get_mut(&agent_id).expect("just launched");
         a.info.state = AgentState::Idle;
         a.idle_since = Instant::now();
-        self.changed.notify_waiters();
+        self.core.changed.notify_waiters();
         Ok(a.info.clone())
     }
 
     fn agent(&self, agent_id: &str) -> Result<AgentInfo, JobError> {
-        self.agents
+        self.core
+            .agents
             .lock()
             .unwrap()
             .get(agent_id)
@@ -455,9 +624,9 @@ impl AgentPool {
                 )));
             }
         }
-        self.provider.pause(&info.sandbox_id).await?;
-        self.stats.lock().unwrap().paused += 1;
-        let mut agents = self.agents.lock().unwrap();
+        self.core.provider.pause(&info.sandbox_id).await?;
+        self.core.stats.lock().unwrap().paused += 1;
+        let mut agents = self.core.agents.lock().unwrap();
         let a = agents
             .get_mut(agent_id)
             .ok_or_else(|| JobError::permanent("agent vanished"))?;
@@ -471,17 +640,18 @@ impl AgentPool {
         if info.state != AgentState::Paused {
             return Ok(info);
         }
-        self.provider
+        self.core
+            .provider
             .connect(&info.sandbox_id, self.sandbox_timeout(Duration::ZERO))
             .await?;
-        self.stats.lock().unwrap().resumed += 1;
-        let mut agents = self.agents.lock().unwrap();
+        self.core.stats.lock().unwrap().resumed += 1;
+        let mut agents = self.core.agents.lock().unwrap();
         let a = agents
             .get_mut(agent_id)
             .ok_or_else(|| JobError::permanent("agent vanished"))?;
         a.info.state = AgentState::Idle;
         a.idle_since = Instant::now();
-        self.changed.notify_waiters();
+        self.core.changed.notify_waiters();
         Ok(a.info.clone())
     }
 
@@ -502,7 +672,7 @@ impl AgentPool {
     pub async fn scale(&self, profile: &str, size: usize) -> Result<usize, JobError> {
         loop {
             let (count, idle) = {
-                let agents = self.agents.lock().unwrap();
+                let agents = self.core.agents.lock().unwrap();
                 let of: Vec<&Agent> = agents
                     .values()
                     .filter(|a| a.info.profile == profile)
@@ -533,7 +703,7 @@ impl AgentPool {
             return;
         }
         let stale: Vec<(String, String)> = {
-            let mut agents = self.agents.lock().unwrap();
+            let mut agents = self.core.agents.lock().unwrap();
             agents
                 .values_mut()
                 .filter(|a| {
@@ -582,14 +752,17 @@ impl AgentPool {
                 .get(META_AGENT_ID)
                 .cloned()
                 .unwrap_or_default();
-            if worker == self.worker || is_live_worker(&worker) {
+            if worker == self.worker
+                || is_live_worker(&worker)
+                || self.core.agents.lock().unwrap().contains_key(&agent_id)
+            {
                 continue;
             }
             if persistent
                 && sandbox.state == SandboxState::Paused
                 && self.profiles.contains_key(&profile)
             {
-                self.agents.lock().unwrap().insert(
+                self.core.agents.lock().unwrap().insert(
                     agent_id.clone(),
                     Agent {
                         info: AgentInfo {
@@ -618,12 +791,27 @@ impl AgentPool {
         filter
             .metadata
             .insert(META_OWNER.to_string(), OWNER.to_string());
-        self.provider.list(&filter).await
+        self.core.provider.list(&filter).await
     }
 
-    /// At worker shutdown: pause persistent agents, kill the rest. Afterwards the
-    /// pool owns no running sandbox.
+    /// Retry the kills the provider could not confirm (maintenance tick); the
+    /// sandboxes still not confirmed killed.
+    pub async fn retry_failed_kills(&self) -> Vec<String> {
+        self.core.provider.retry_failed_kills().await
+    }
+
+    /// At worker shutdown: pause persistent agents, kill the rest, retrying failed
+    /// kills for up to 10 s. See [`AgentPool::shutdown_within`].
     pub async fn shutdown(&self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// At worker shutdown: pause persistent agents, kill the rest; kills that fail
+    /// (the provider unreachable) are retried until `limit` has passed. Afterwards
+    /// the pool owns no running sandbox, except those returned: sandboxes that could
+    /// not be killed, each logged with its ID so an operator can kill it by hand.
+    pub async fn shutdown_within(&self, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
         let all: Vec<AgentInfo> = self.agents();
         for a in all {
             if a.sandbox_id.is_empty() {
@@ -634,6 +822,25 @@ impl AgentPool {
             } else if !a.persistent {
                 self.forget(&a.agent_id, &a.sandbox_id).await;
             }
+        }
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let left = match tokio::time::timeout_at(deadline, self.retry_failed_kills()).await {
+                Ok(left) => left,
+                // Out of time mid-retry: what is left is what the provider still holds.
+                Err(_) => self.core.provider.failed_kills(),
+            };
+            if left.is_empty() {
+                return left;
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                for sandbox_id in &left {
+                    tracing::error!(%sandbox_id, "sandbox could not be killed before shutdown: kill it by hand (it is tagged dexter-fleet-owner)");
+                }
+                return left;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 }

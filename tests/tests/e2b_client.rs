@@ -1253,3 +1253,81 @@ async fn credentials_never_reach_logs_errors_or_debug_output() {
     let wire: String = fake.requests().iter().map(RecordedRequest::text).collect();
     assert!(wire.contains(fake.api_key()) && wire.contains(tokens[0].as_str()));
 }
+
+#[tokio::test]
+async fn an_answer_whose_output_stream_was_cut_is_never_a_success() {
+    use fleet_shared::runtime::command::CommandRuntime;
+    use fleet_shared::runtime::{AgentRuntime, RunOptions};
+    use fleet_shared::settings::{AgentProfile, QueryVia, RuntimeKind};
+    let fake = fake().await;
+    let p = Arc::new(client(&fake, |_| {}));
+    let sb = p.create(&spec(&[])).await.unwrap();
+    // The agent prints its answer, then waits (for a file the test writes once the
+    // client has re-attached) and exits 0.
+    let profile = AgentProfile {
+        runtime: RuntimeKind::Command,
+        repo: String::new(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            r#"q=$(cat); printf '{"answer": "%s"}' "$q"; while [ ! -f go ]; do sleep 0.02; done"#
+                .into(),
+        ],
+        query_via: QueryVia::Stdin,
+        setup: Vec::new(),
+        env: BTreeMap::new(),
+        secret_env: Vec::new(),
+        template: String::new(),
+    };
+    let rt = Arc::new(CommandRuntime::new(
+        profile,
+        BTreeMap::new(),
+        std::env::temp_dir(),
+    ));
+    rt.setup(p.as_ref(), &sb.id).await.unwrap();
+    fake.faults().cut_next_stream();
+    let task = {
+        let (p, rt, id) = (p.clone(), rt.clone(), sb.id.clone());
+        tokio::spawn(async move {
+            rt.run(p.as_ref(), &id, "the question", RunOptions::default())
+                .await
+        })
+    };
+    fake.wait_for_request(WAIT, |r| {
+        r.path.ends_with("/process.Process/Connect") && r.status == 200
+    })
+    .await
+    .expect("client re-attached");
+    p.write_file(&sb.id, "agent/go", b"").await.unwrap();
+    let result = task.await.unwrap();
+    let err = result.expect_err("output lost to a cut stream is not an answer");
+    assert_eq!(err.class, ErrorClass::Transient, "{err:?}");
+    p.kill(&sb.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_kill_that_failed_keeps_no_slot_once_retried_and_confirmed() {
+    let fake = fake().await;
+    let p = client(&fake, |s| {
+        s.max_concurrent_sandboxes = 1;
+        s.request_attempts = 2;
+    })
+    .with_limit_wait(Duration::from_millis(300));
+    let a = p.create(&spec(&[])).await.unwrap();
+    // The control plane is down for the kill.
+    fake.faults().set_control_error_rate(1.0, 503);
+    let e = p.kill(&a.id).await.unwrap_err();
+    assert!(matches!(e, SandboxError::Unavailable(_)), "{e:?}");
+    assert_eq!(fake.counters().running, 1, "the sandbox is still running");
+    fake.faults().clear();
+
+    // Back up: the next create retries the kill, which frees the slot.
+    let b = p
+        .create(&spec(&[]))
+        .await
+        .expect("the failed kill was retried and its slot freed");
+    assert_eq!(fake.counters().killed, 1, "the first sandbox was killed");
+    assert_eq!(p.running_sandboxes(), 1);
+    p.kill(&b.id).await.unwrap();
+    assert_eq!(fake.counters().running, 0);
+}

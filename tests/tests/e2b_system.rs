@@ -151,3 +151,152 @@ request_attempts = 8
         );
     }
 }
+
+/// A fleet config on the fake E2B, with kills not retried inside one call for long.
+fn e2b_config(fake: &FakeE2b) -> String {
+    format!(
+        r#"
+[queue]
+lease_ttl_secs = 5
+reclaim_interval_ms = 200
+[worker]
+concurrency = 1
+drain_timeout_secs = 6
+[sandbox]
+provider = "e2b"
+[sandbox.e2b]
+api_url = "{api}"
+envd_url = "{envd}"
+request_timeout_secs = 2
+request_attempts = 2
+"#,
+        api = fake.api_url(),
+        envd = fake.envd_url(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_that_fail_at_shutdown_are_retried_within_the_drain_time_and_the_rest_reported() {
+    let fake = FakeE2b::start_local().await;
+    let mut fleet = Fleet::start(r#"q=$(cat); printf 'answer: %s' "$q""#, &e2b_config(&fake)).await;
+    let env = [("E2B_API_KEY", fake.api_key().to_string())];
+
+    // 1. The control plane is down for 2 s while the worker shuts down: its kill
+    // fails at first, is retried, and the sandbox is killed before it exits.
+    fleet.start_worker_with_env("e1", &env);
+    let id = fleet.submit(JobSpec::research("q1", "test")).await;
+    fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(fake.counters().running, 1, "the agent is kept warm");
+    fake.faults().set_control_error_rate(1.0, 503);
+    let faults = fake.faults();
+    let outage = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        faults.clear();
+    });
+    fleet.workers[0].sigterm();
+    fleet.workers[0].assert_clean_exit();
+    outage.await.unwrap();
+    assert_eq!(
+        fake.counters().running,
+        0,
+        "the kill was retried until it went through\n{}",
+        fleet.logs()
+    );
+
+    // 2. The control plane stays down: the worker still exits, and names the
+    // sandbox it could not kill.
+    fleet.start_worker_with_env("e2", &env);
+    let id = fleet.submit(JobSpec::research("q2", "test")).await;
+    fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
+    let sandbox = fleet.record(&id.to_string()).await.result.unwrap()["output"]["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fake.faults().set_control_error_rate(1.0, 503);
+    let t0 = std::time::Instant::now();
+    fleet.workers[1].sigterm();
+    fleet.workers[1].assert_clean_exit();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "shutdown gave up within the drain time: {:?}",
+        t0.elapsed()
+    );
+    let log = fleet.workers[1].log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("could not be killed") && l.contains(&sandbox)),
+        "the sandbox left running is reported with its ID:\n{log}"
+    );
+    fake.faults().clear();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_running_sandbox_is_killed_within_the_lease_ttl_plus_two_seconds() {
+    let fake = FakeE2b::start_local().await;
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; echo started >> {dir}/started; exec sleep 300"#,
+        &e2b_config(&fake),
+    )
+    .await;
+    let ttl = fleet.settings.lease_ttl();
+    let env = [("E2B_API_KEY", fake.api_key().to_string())];
+    fleet.start_worker_with_env("doomed", &env);
+    fleet.submit(JobSpec::research("long", "test")).await;
+    fleet
+        .eventually(
+            "the doomed worker's agent to run",
+            Duration::from_secs(30),
+            || async { std::fs::read_to_string(fleet.path("started")).ok() },
+        )
+        .await;
+    let sandbox = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/sandboxes" && r.status == 201)
+        .and_then(|r| r.response_body)
+        .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+        .and_then(|v| v["sandboxID"].as_str().map(String::from))
+        .expect("the doomed worker created a sandbox");
+    fleet.start_worker_with_env("survivor", &env);
+    fleet
+        .eventually("the survivor to start", Duration::from_secs(30), || async {
+            fleet.workers[1]
+                .log_text()
+                .contains("worker started")
+                .then_some(())
+        })
+        .await;
+
+    fleet.workers[0].kill9();
+    let killed_at = std::time::Instant::now();
+    let path = format!("/sandboxes/{sandbox}");
+    let kill = fake
+        .wait_for_request(ttl + Duration::from_secs(2), |r| {
+            r.method == "DELETE" && r.path == path && r.status == 204
+        })
+        .await;
+    assert!(
+        kill.is_some(),
+        "the dead worker's sandbox {sandbox} still runs {:?} after the kill\n{}",
+        killed_at.elapsed(),
+        fleet.logs()
+    );
+    eprintln!(
+        "orphaned sandbox killed {:?} after its worker",
+        kill.unwrap().at - killed_at
+    );
+    fleet.workers[1].sigterm();
+    fleet.workers[1].assert_clean_exit();
+}

@@ -433,7 +433,7 @@ async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
     assert!(count() > 0, "the pool kept warm agents");
     fleet.workers[0].kill9();
     assert!(count() > 0, "a killed worker cannot clean up after itself");
-    // Once the dead worker's announcement expires (3 lease TTLs), a new worker
+    // Once the dead worker's announcement expires (one lease TTL), a new worker
     // reconciles at start: the strays are killed.
     let mut conn = fleet.redis.conn();
     let key = fleet.queue.keys().worker("doomed");
@@ -637,4 +637,234 @@ async fn lifecycle_jobs_honour_cancel_and_the_drain_timeout() {
         (JobStatus::Queued, 0),
         "released, the attempt not counted: {r:?}"
     );
+}
+
+/// A research job on agent `agent_id`, with its own attempt timeout and one attempt.
+fn on_agent(query: &str, agent_id: &str, timeout_secs: u64) -> JobSpec {
+    let mut spec = JobSpec::research(query, "test");
+    if let fleet_shared::job::JobPayload::Research(r) = &mut spec.payload {
+        r.agent_id = Some(agent_id.to_string());
+    }
+    spec.options.attempt_timeout_secs = Some(timeout_secs);
+    spec.options.max_attempts = Some(1);
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_cut_off_while_it_holds_a_persistent_agent_gives_the_agent_back() {
+    // "slow" queries hold the agent for 11 s; any other answers at once.
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); if [ "$q" = slow ]; then echo $$ >> {dir}/slow.pids; sleep 11; fi; printf '%s' "$q""#,
+        FAST_RECOVERY,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let lifecycle =
+        fleet_tests::harness::queue(&fleet.settings, fleet_shared::job::QueueKind::Lifecycle).await;
+    let launch = lifecycle
+        .enqueue(JobSpec::lifecycle(
+            fleet_shared::job::LifecycleJob::Launch {
+                agent: "test".into(),
+                persistent: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .0;
+    let launched = fleet
+        .eventually(
+            "the persistent agent to launch",
+            Duration::from_secs(30),
+            || async {
+                let r = lifecycle.job_record(&launch.to_string()).await.ok()??;
+                (r.status == JobStatus::Succeeded).then_some(r)
+            },
+        )
+        .await;
+    let agent_id = launched.result.unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A holds the agent 11 s. B (2 s timeout) waits for it: B must end at its own
+    // timeout, not lease the agent at 11 s with a fresh timeout and be dropped by
+    // the outer limit (timeout + grace) while holding it.
+    let a = fleet.submit(on_agent("slow", &agent_id, 30)).await;
+    fleet
+        .eventually("A to run", Duration::from_secs(30), || async {
+            std::fs::read_to_string(fleet.path("slow.pids")).ok()
+        })
+        .await;
+    let b = fleet.submit(on_agent("slow", &agent_id, 2)).await;
+    let b = fleet
+        .wait_status(&b.to_string(), JobStatus::Dead, Duration::from_secs(40))
+        .await;
+    assert_eq!(b.history.last().unwrap().outcome, "timeout", "{b:?}");
+    fleet
+        .wait_status(
+            &a.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(40),
+        )
+        .await;
+
+    // The agent is free again: a quick job on it answers.
+    let c = fleet.submit(on_agent("quick", &agent_id, 5)).await;
+    let c = fleet
+        .eventually("C to end", Duration::from_secs(40), || async {
+            let r = fleet.queue.job_record(&c.to_string()).await.ok()??;
+            matches!(r.status, JobStatus::Succeeded | JobStatus::Dead).then_some(r)
+        })
+        .await;
+    assert_eq!(
+        c.status,
+        JobStatus::Succeeded,
+        "the agent was given back after B's attempt ended: {c:?}\n{}",
+        fleet.logs()
+    );
+    let pids = std::fs::read_to_string(fleet.path("slow.pids")).unwrap();
+    for pid in pids.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        assert!(
+            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
+            "agent process {pid} still runs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_an_agent_prints_in_its_json_output_reaches_no_result_redis_or_log() {
+    const SECRET: &str = "sk-live-0f1e2d3c4b5a69788796a5b4";
+    // The agent answers in JSON and puts its key into the metadata, in a nested
+    // value, a key and a number-like string.
+    let extra = format!("secret_env = [\"MODEL_API_KEY\"]\n{FAST_RECOVERY}");
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; printf '{"answer": "fine", "debug": "key=%s", "nested": {"list": ["%s"], "%s": 1}}' "$MODEL_API_KEY" "$MODEL_API_KEY" "$MODEL_API_KEY""#,
+        &extra,
+    )
+    .await;
+    fleet.start_worker_with_env(
+        "w1",
+        &[
+            ("MODEL_API_KEY", SECRET.to_string()),
+            ("RUST_LOG", "debug".to_string()),
+        ],
+    );
+    let id = fleet.submit(JobSpec::research("q", "test")).await;
+    let r = fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(30),
+        )
+        .await;
+    let result = serde_json::to_string(&r.result).unwrap();
+    assert!(
+        result.contains("key=[redacted]"),
+        "the metadata is kept, the secret redacted: {result}"
+    );
+    assert!(!result.contains(SECRET), "secret in the result: {result}");
+
+    // Nowhere in Redis (every key, every field) nor in the AOF.
+    let mut conn = fleet.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query(&mut conn).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&dump).contains(SECRET),
+            "secret in Redis key {key}"
+        );
+    }
+    let mut aof = Vec::new();
+    for entry in walk(&fleet.redis.data_dir()) {
+        aof.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    assert!(!aof.is_empty(), "the AOF was read");
+    assert!(
+        !String::from_utf8_lossy(&aof).contains(SECRET),
+        "secret in the AOF"
+    );
+    fleet.workers[0].sigterm();
+    fleet.workers[0].assert_clean_exit();
+    let log = fleet.workers[0].log_text();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(!log.contains(SECRET), "secret in the worker's debug log");
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_running_agent_is_killed_within_the_lease_ttl_plus_two_seconds() {
+    let ttl = Duration::from_secs(3);
+    let mut fleet = Fleet::start(
+        r#"cat >/dev/null; echo $$ >> {dir}/agent.pids; exec sleep 300"#,
+        FAST_RECOVERY,
+    )
+    .await;
+    assert_eq!(fleet.settings.lease_ttl(), ttl);
+    fleet.start_worker("doomed");
+    let id = fleet.submit(JobSpec::research("long", "test")).await;
+    let pid: i32 = fleet
+        .eventually(
+            "the doomed worker's agent to run",
+            Duration::from_secs(30),
+            || async {
+                std::fs::read_to_string(fleet.path("agent.pids"))
+                    .ok()?
+                    .lines()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        )
+        .await;
+    fleet.start_worker("survivor");
+    fleet
+        .eventually("the survivor to start", Duration::from_secs(30), || async {
+            fleet.workers[1]
+                .log_text()
+                .contains("worker started")
+                .then_some(())
+        })
+        .await;
+
+    fleet.workers[0].kill9();
+    let killed_at = Instant::now();
+    let deadline = ttl + Duration::from_secs(2);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        if stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < deadline,
+            "the dead worker's agent (pid {pid}) still runs {:?} after the kill, while its job runs again elsewhere\n{}",
+            killed_at.elapsed(),
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "orphaned agent killed {:?} after its worker",
+        killed_at.elapsed()
+    );
+    // The job itself runs again on the survivor.
+    fleet
+        .eventually("the job to run again", Duration::from_secs(30), || async {
+            let r = fleet.queue.job_record(&id.to_string()).await.ok()??;
+            (r.attempts >= 2).then_some(())
+        })
+        .await;
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use apalis::prelude::Data;
 use fleet_shared::error::{ErrorClass, JobError};
@@ -67,6 +68,10 @@ async fn research(
             "a lifecycle job reached the research queue",
         ));
     };
+    // One budget for the whole attempt: waiting for an agent spends it, and the
+    // runtime gets what is left (not a fresh full timeout), so the attempt ends at
+    // its timeout and not past the layer's outer limit, which would drop it.
+    let started = Instant::now();
     let cancel = attempt.abort.token();
     let runtime = exec.pool.runtime(&research.agent).ok_or_else(|| {
         JobError::permanent(format!("unknown agent profile {:?}", research.agent))
@@ -81,6 +86,13 @@ async fn research(
             cancel,
         )
         .await?;
+    let remaining = attempt.attempt_timeout.saturating_sub(started.elapsed());
+    if remaining.is_zero() {
+        exec.pool.give_back(lease, true).await;
+        return Err(JobError::timeout(
+            "the attempt timeout passed while leasing an agent",
+        ));
+    }
     let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
     tracing::info!(job_id = %job.id, attempt = attempt.lease.attempt, %agent_id, %sandbox_id, "running query");
     let output = runtime
@@ -89,7 +101,7 @@ async fn research(
             &sandbox_id,
             &research.query,
             RunOptions {
-                timeout: Some(attempt.attempt_timeout),
+                timeout: Some(remaining),
                 cancel: cancel.clone(),
                 output: None,
             },

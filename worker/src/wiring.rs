@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt;
+use apalis::layers::tracing::{DefaultMakeSpan, DefaultOnRequest, OnResponse, TraceLayer};
 use apalis::prelude::{Monitor, WorkerBuilder};
 use apalis_core::error::WorkerError;
 use apalis_core::worker::context::WorkerContext;
@@ -170,9 +171,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
 
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
-    research_queue
-        .announce_worker(&worker, lease_ttl.saturating_mul(3))
-        .await?;
+    research_queue.announce_worker(&worker, lease_ttl).await?;
     let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
@@ -191,14 +190,35 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         let pool = pool.clone();
         let stop = stop.clone();
         let queue = research_queue.clone();
+        let mut deaths = DeathWatch::new(worker.clone(), lease_ttl);
         tokio::spawn(async move {
             let mut idle = tokio::time::interval(Duration::from_secs(5));
             let mut strays = tokio::time::interval(Duration::from_secs(60));
+            let mut watch = tokio::time::interval(DEATH_WATCH_EVERY);
+            watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = idle.tick() => pool.pause_idle().await,
-                    _ = strays.tick() => reconcile(&pool, &queue).await,
+                    _ = idle.tick() => {
+                        pool.pause_idle().await;
+                        pool.retry_failed_kills().await;
+                    }
+                    _ = strays.tick() => {
+                        reconcile(&pool, &queue).await;
+                    }
+                    _ = watch.tick() => {
+                        let dead = deaths.check(&queue).await;
+                        if !dead.is_empty() {
+                            tracing::warn!(workers = ?dead, "workers gone; killing their sandboxes");
+                            // Forgotten only once dealt with: a failed listing is tried
+                            // again at the next check.
+                            if reconcile(&pool, &queue).await
+                                && let Err(e) = queue.forget_workers(&dead).await
+                            {
+                                tracing::warn!(error = %e, "could not forget dead workers");
+                            }
+                        }
+                    }
                 }
             }
         })
@@ -236,7 +256,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         research_n,
                         stop.clone(),
                     ))
-                    .enable_tracing()
+                    .layer(quiet_tracing())
                     .catch_panic()
                     .concurrency(research_n)
                     .data(exec.clone())
@@ -260,7 +280,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         lifecycle_n,
                         stop.clone(),
                     ))
-                    .enable_tracing()
+                    .layer(quiet_tracing())
                     .catch_panic()
                     .concurrency(lifecycle_n)
                     .data(exec.clone())
@@ -278,7 +298,12 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let monitored = monitor.run_with_signal(signal).await;
     maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
-    pool.shutdown().await;
+    let left = pool
+        .shutdown_within(Duration::from_secs(settings.worker.drain_timeout_secs))
+        .await;
+    if !left.is_empty() {
+        tracing::error!(sandboxes = ?left, "sandboxes left running: they could not be killed within the drain timeout");
+    }
     drop(keepers);
     let _ = http.await;
     tracing::info!(stats = ?pool.stats(), "worker stopped");
@@ -288,15 +313,103 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     monitored.context("apalis monitor")
 }
 
+/// apalis's tracing layer, except that a finished task logs how long it took and
+/// not its whole result: a result is the agent's output, which is user data and may
+/// hold what an agent printed (results are stored, not logged).
+fn quiet_tracing() -> TraceLayer<DefaultMakeSpan, DefaultOnRequest, TaskDone> {
+    TraceLayer::new().on_response(TaskDone)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TaskDone;
+
+impl<Res> OnResponse<Res> for TaskDone {
+    fn on_response(self, _: &Res, done_in: Duration, _: &tracing::Span) {
+        tracing::debug!(done_in_ms = done_in.as_millis() as u64, "task.done");
+    }
+}
+
+/// How often the other workers' announcements are checked.
+const DEATH_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Notices, within about a second, that a worker's announcement (`worker:<name>`,
+/// one lease TTL long) has expired, so that its sandboxes are killed while its
+/// jobs start again elsewhere — not minutes later, with two copies running.
+///
+/// It costs two Redis reads a second; the provider's listing (an API call on
+/// E2B) runs only when a worker is found dead. An absence is trusted only after
+/// Redis has answered this worker promptly for a whole lease TTL: after an outage
+/// or a stall, live workers get that long to reconnect and announce themselves
+/// again (they renew every TTL/3) before their sandboxes could be taken for strays.
+struct DeathWatch {
+    me: String,
+    trust_after: Duration,
+    /// Since when every check has gone through promptly.
+    healthy_since: Option<Instant>,
+    last_ok: Option<Instant>,
+}
+
+impl DeathWatch {
+    fn new(me: String, lease_ttl: Duration) -> DeathWatch {
+        DeathWatch {
+            me,
+            trust_after: lease_ttl,
+            healthy_since: None,
+            last_ok: None,
+        }
+    }
+
+    /// The known workers whose announcement is gone, when that can be trusted.
+    async fn check(&mut self, queue: &RedisQueue) -> Vec<String> {
+        let asked = Instant::now();
+        let looked = async {
+            let known = queue.known_workers().await?;
+            let others: Vec<String> = known.into_iter().filter(|w| *w != self.me).collect();
+            let live = queue.live_workers(&others).await?;
+            Ok::<_, fleet_shared::queue::QueueError>(
+                others
+                    .into_iter()
+                    .zip(live)
+                    .filter_map(|(w, alive)| (!alive).then_some(w))
+                    .collect::<Vec<String>>(),
+            )
+        };
+        let answer = tokio::time::timeout(DEATH_WATCH_EVERY, looked).await;
+        let now = Instant::now();
+        let prompt = now - asked < DEATH_WATCH_EVERY
+            && self.last_ok.is_none_or(|t| now - t < DEATH_WATCH_EVERY * 3);
+        match answer {
+            Ok(Ok(dead)) if prompt => {
+                self.last_ok = Some(now);
+                let since = *self.healthy_since.get_or_insert(asked);
+                if now - since >= self.trust_after {
+                    return dead;
+                }
+            }
+            Ok(Ok(_)) => {
+                // Late: start a new healthy stretch from here.
+                self.healthy_since = None;
+                self.last_ok = Some(now);
+            }
+            _ => {
+                self.healthy_since = None;
+                self.last_ok = None;
+            }
+        }
+        Vec::new()
+    }
+}
+
 /// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
 /// One listing serves both the liveness check and the reconcile (see `AgentPool::reconcile`).
-async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
+/// False when it could not be done (listing or liveness check failed).
+async fn reconcile(pool: &AgentPool, queue: &RedisQueue) -> bool {
     use fleet_shared::pool::META_WORKER;
     let found = match pool.owned_sandboxes().await {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "could not list sandboxes to reconcile");
-            return;
+            return false;
         }
     };
     let mut owners: Vec<String> = found
@@ -309,7 +422,7 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
         Ok(live) => live,
         Err(e) => {
             tracing::warn!(error = %e, "could not check which workers are alive");
-            return;
+            return false;
         }
     };
     let live: std::collections::HashSet<&str> = owners
@@ -318,12 +431,18 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) {
         .filter_map(|(w, alive)| alive.then_some(w.as_str()))
         .collect();
     match pool.reconcile(found, |w| live.contains(w)).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            sandboxes = n,
-            "reconciled sandboxes left by workers that are gone"
-        ),
-        Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                sandboxes = n,
+                "reconciled sandboxes left by workers that are gone"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reconcile failed");
+            false
+        }
     }
 }
 

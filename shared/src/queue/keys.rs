@@ -15,7 +15,8 @@
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
-//! | `…:worker:<name>`          | STRING | a live worker (expires 3 lease TTLs after its last beat) |
+//! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
+//! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
 //! | `…:done` (channel)         | PUBSUB | job IDs as they reach an end state                 |
 //! | `…:cancel` (channel)       | PUBSUB | job IDs whose cancellation was requested           |
 
@@ -62,6 +63,10 @@ impl Keys {
 
     pub fn worker(&self, name: &str) -> String {
         format!("{}worker:{name}", self.prefix)
+    }
+
+    pub fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
     }
 
     pub fn batch(&self, id: &str) -> String {

@@ -170,7 +170,7 @@ async fn keeper_main(
             _ = renew.tick() => {
                 let name = announced.lock().unwrap().clone();
                 if let Some(name) = name
-                    && let Err(e) = queue.announce_worker(&name, config.lease_ttl * 3).await
+                    && let Err(e) = queue.announce_worker(&name, config.lease_ttl).await
                 {
                     tracing::warn!(error = %e, "could not announce this worker as alive");
                 }

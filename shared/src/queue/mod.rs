@@ -878,20 +878,48 @@ impl RedisQueue {
         })
     }
 
-    /// Announce that worker `name` is alive for `ttl` (refreshed by its lease keeper).
+    /// Announce that worker `name` is alive for `ttl` (refreshed by its lease keeper),
+    /// and list it among the known workers (see [`RedisQueue::known_workers`]).
     pub async fn announce_worker(&self, name: &str, ttl: Duration) -> Result<(), QueueError> {
         self.retrying("announce_worker", || {
             let mut conn = self.conn.clone();
-            let key = self.keys.worker(name);
-            async move {
-                conn.set_options::<_, _, ()>(
-                    key,
-                    crate::time::now_ms(),
-                    redis::SetOptions::default()
-                        .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64)),
-                )
-                .await
-            }
+            let mut pipe = redis::pipe();
+            pipe.set_options(
+                self.keys.worker(name),
+                crate::time::now_ms(),
+                redis::SetOptions::default()
+                    .with_expiration(redis::SetExpiry::PX(ttl.as_millis() as u64)),
+            )
+            .ignore()
+            .sadd(self.keys.workers(), name)
+            .ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Every worker that announced itself and was not forgotten since: the live
+    /// ones and those whose death has not been dealt with yet.
+    pub async fn known_workers(&self) -> Result<Vec<String>, QueueError> {
+        self.retrying("known_workers", || {
+            let mut conn = self.conn.clone();
+            let key = self.keys.workers();
+            async move { conn.smembers(key).await }
+        })
+        .await
+    }
+
+    /// Drop dead workers from the known workers (their sandboxes were reconciled).
+    /// A worker that was only late re-adds itself with its next announcement.
+    pub async fn forget_workers(&self, names: &[String]) -> Result<(), QueueError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.retrying("forget_workers", || {
+            let mut conn = self.conn.clone();
+            let key = self.keys.workers();
+            let names = names.to_vec();
+            async move { conn.srem(key, names).await }
         })
         .await
     }

@@ -103,6 +103,33 @@ impl CommandRuntime {
         text
     }
 
+    /// [`Self::redact`] through a JSON value: every string (keys included), and a
+    /// number whose digits hold a secret becomes the string `[redacted]`.
+    fn redact_json(&self, value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.redact(&s)),
+            Value::Number(n) => {
+                let digits = n.to_string();
+                let redacted = self.redact(&digits);
+                if redacted == digits {
+                    Value::Number(n)
+                } else {
+                    Value::String(redacted)
+                }
+            }
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| self.redact_json(v)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.redact(&k), self.redact_json(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     /// Run one setup-time command in the sandbox and fail unless it exits 0.
     async fn run_setup_command(
         &self,
@@ -270,12 +297,28 @@ impl AgentRuntime for CommandRuntime {
         if output.exit_code != 0 {
             return Err(self.exit_error("agent", &output));
         }
+        // Output that is not whole is never an answer: an empty or cut answer
+        // stored as a success would be wrong for good.
+        if output.output_lost {
+            return Err(JobError::transient(
+                "the agent's output stream broke while it ran and part of its output was lost; \
+                 running it again",
+            ));
+        }
+        if output.stdout_truncated {
+            return Err(JobError::permanent(
+                "the agent's output exceeded the sandbox output limit \
+                 (sandbox.local.max_output_bytes, 1 MiB on E2B); the answer would be cut",
+            ));
+        }
         let (answer, metadata) = parse_answer(&String::from_utf8_lossy(&output.stdout));
         Ok(AgentOutput {
             answer: self.redact(&answer),
             exit_code: output.exit_code,
             stderr_tail: self.redact(&tail_utf8(&output.stderr, STDERR_TAIL_BYTES)),
-            metadata,
+            // Everything returned reaches Redis, the API and the CLI: the metadata
+            // an agent printed is redacted like its answer.
+            metadata: self.redact_json(metadata),
             truncated: output.truncated,
         })
     }
@@ -661,6 +704,35 @@ mod tests {
             err.message.contains("leaking [redacted]"),
             "{}",
             err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_are_redacted_from_json_metadata() {
+        let p = profile(
+            &[
+                "sh",
+                "-c",
+                r#"printf '{"answer":"a","debug":"k=%s","deep":[{"%s":["%s"]}],"n":1}' "$K" "$K" "$K""#,
+            ],
+            QueryVia::Stdin,
+        );
+        let secrets = BTreeMap::from([("K".to_string(), Secret::new("sk-very-secret"))]);
+        let rt = CommandRuntime::new(p, secrets, PathBuf::new());
+        let out = setup_and_run(&rt, "q").await.unwrap();
+        assert_eq!(out.answer, "a");
+        assert_eq!(
+            out.metadata,
+            serde_json::json!({"debug": "k=[redacted]", "deep": [{"[redacted]": ["[redacted]"]}], "n": 1})
+        );
+        let numeric = CommandRuntime::new(
+            profile(&["true"], QueryVia::Stdin),
+            BTreeMap::from([("K".to_string(), Secret::new("31415926"))]),
+            PathBuf::new(),
+        );
+        assert_eq!(
+            numeric.redact_json(serde_json::json!({"pin": 31415926, "other": 2})),
+            serde_json::json!({"pin": "[redacted]", "other": 2})
         );
     }
 

@@ -502,8 +502,10 @@ impl SandboxProvider for LocalProvider {
             return Err(SandboxError::NotFound(id.to_string()));
         }
         Ok(ExecOutput {
+            output_lost: false,
             exit_code: exit_code(status),
             truncated: stdout.truncated || stderr.truncated,
+            stdout_truncated: stdout.truncated,
             stdout: stdout.kept,
             stderr: stderr.kept,
             duration: started.elapsed(),

@@ -105,8 +105,15 @@ pub struct ExecOutput {
     pub exit_code: i32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// Output beyond `max_output_bytes` was dropped.
+    /// The output kept is not all the command wrote: output beyond
+    /// `max_output_bytes` was dropped, or some was lost in transit (`output_lost`).
     pub truncated: bool,
+    /// Stdout in particular was cut at `max_output_bytes` (stderr, diagnostics
+    /// only, may be cut without it).
+    pub stdout_truncated: bool,
+    /// Output was lost in transit: the stream broke and was re-attached, and what
+    /// the command wrote meanwhile is gone. The exit code is still the command's.
+    pub output_lost: bool,
     pub duration: Duration,
 }
 
@@ -214,6 +221,18 @@ pub trait SandboxProvider: Send + Sync + 'static {
         request: &ExecRequest,
         control: ExecControl,
     ) -> Result<ExecOutput, SandboxError>;
+
+    /// Retry, once each, the kills that failed earlier (a provider that can fail
+    /// a kill keeps them until confirmed); returns the sandbox IDs still not
+    /// confirmed killed. Providers whose kills cannot fail this way have none.
+    async fn retry_failed_kills(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The sandbox IDs whose kill failed and is not confirmed yet.
+    fn failed_kills(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Write a file (parents created, existing file replaced).
     async fn write_file(&self, id: &str, path: &str, contents: &[u8]) -> Result<(), SandboxError>;

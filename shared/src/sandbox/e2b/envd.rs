@@ -330,6 +330,7 @@ impl UnaryError {
 }
 
 /// The envd client, shared by all sandboxes.
+#[derive(Clone)]
 pub(crate) struct EnvdClient {
     http: reqwest::Client,
     /// Bound on each unary call and file transfer, and on the wait for a

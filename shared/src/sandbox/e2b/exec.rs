@@ -6,12 +6,18 @@
 //!   our timer, only as a backstop (envd kills the process when it elapses), so a
 //!   process outlives a crashed worker by at most that grace.
 //! - **Cancellation**: SIGKILL, then `Cancelled`.
+//! - **Dropped call**: a caller that drops the `exec` future (an attempt cut off by
+//!   its outer timeout, a panic) still gets its process killed: a guard sends the
+//!   SIGKILL from a task of its own, so nothing keeps running in a sandbox that is
+//!   given back to the pool.
 //! - **Dropped stream**: envd keeps the process running when the HTTP stream
 //!   breaks, so we re-attach with `process.Process/Connect` (by PID, or by the tag
 //!   given at start if the PID is not known yet). Output produced while detached
-//!   is lost; the result is then marked `truncated`. If the edge answers the
+//!   is lost; the result is then marked `output_lost` (and `truncated`), which
+//!   the runtimes never take for a complete answer. If the edge answers the
 //!   re-attach with 502 "sandbox not found", the sandbox is gone: `NotFound`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,7 +49,14 @@ pub(crate) async fn run(
     let started = Instant::now();
     let tag = format!("dexter-fleet-{}", uuid::Uuid::now_v7());
     // 0 until the `start` event names the process (no process has PID 0).
-    let pid = AtomicU32::new(0);
+    let pid = Arc::new(AtomicU32::new(0));
+    let mut kill_on_drop = KillOnDrop {
+        envd: envd.clone(),
+        target: target.clone(),
+        tag: tag.clone(),
+        pid: pid.clone(),
+        armed: true,
+    };
     let selector = || match pid.load(Ordering::SeqCst) {
         0 => Selector::Tag(tag.clone()),
         p => Selector::Pid(p),
@@ -56,6 +69,8 @@ pub(crate) async fn run(
         stdout: Vec::new(),
         stderr: Vec::new(),
         truncated: false,
+        stdout_truncated: false,
+        lost: false,
         tx: control.output.clone(),
     };
     let timer = async {
@@ -75,12 +90,16 @@ pub(crate) async fn run(
         _ = timer => Err(SandboxError::Timeout(request.timeout.unwrap_or_default())),
         r = work => r,
     };
+    // Ended in order: the process is gone, or is killed below.
+    kill_on_drop.armed = false;
     match result {
         Ok(exit_code) => Ok(ExecOutput {
             exit_code,
             stdout: out.stdout,
             stderr: out.stderr,
-            truncated: out.truncated,
+            truncated: out.truncated || out.lost,
+            stdout_truncated: out.stdout_truncated,
+            output_lost: out.lost,
             duration: started.elapsed(),
         }),
         Err(e @ (SandboxError::Cancelled | SandboxError::Timeout(_))) => {
@@ -89,6 +108,39 @@ pub(crate) async fn run(
             Err(e)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Kills the process when `run` is dropped before it ended in order.
+struct KillOnDrop {
+    envd: EnvdClient,
+    target: Target,
+    tag: String,
+    pid: Arc<AtomicU32>,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let sel = match self.pid.load(Ordering::SeqCst) {
+            0 => Selector::Tag(self.tag.clone()),
+            p => Selector::Pid(p),
+        };
+        let (envd, target) = (self.envd.clone(), self.target.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    kill(&envd, &target, &sel).await;
+                    tracing::info!(sandbox = %target.sandbox, call = "exec", "process of a dropped exec killed");
+                });
+            }
+            Err(_) => {
+                tracing::warn!(sandbox = %self.target.sandbox, "exec dropped with no runtime left; its process runs until envd's backstop timeout")
+            }
+        }
     }
 }
 
@@ -168,7 +220,7 @@ async fn drive(
                     stream = Some(s);
                     reattached = true;
                     // Whatever the process wrote while we were away is lost.
-                    out.truncated = true;
+                    out.lost = true;
                 }
                 // The edge's 502 "not found": the sandbox is gone.
                 Err(OpenError::Refused(e)) if !is_retryable(&e) => return Err(e),
@@ -261,6 +313,9 @@ struct Collector {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     truncated: bool,
+    stdout_truncated: bool,
+    /// The stream was re-attached: output written while detached is lost.
+    lost: bool,
     tx: Option<UnboundedSender<OutputChunk>>,
 }
 
@@ -275,6 +330,7 @@ impl Collector {
         if bytes.len() > room {
             bytes.truncate(room);
             self.truncated = true;
+            self.stdout_truncated |= !is_stderr;
         }
         if bytes.is_empty() {
             return;
@@ -303,6 +359,8 @@ mod tests {
             stdout: Vec::new(),
             stderr: Vec::new(),
             truncated: false,
+            stdout_truncated: false,
+            lost: false,
             tx: Some(tx),
         };
         c.push(false, b"abc".to_vec());

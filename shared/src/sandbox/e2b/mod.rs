@@ -19,6 +19,12 @@
 //!   values, and kept in memory only (re-fetched with `GET /sandboxes/{id}` when
 //!   unknown, e.g. after a worker restart).
 //!
+//! - A kill that failed (control plane down past the retries) is not forgotten:
+//!   the sandbox keeps its slot (it may well be running) and the kill is retried
+//!   before every create or resume, at every `list`, and by
+//!   [`SandboxProvider::retry_failed_kills`] (the pool's maintenance tick and its
+//!   shutdown), until E2B confirms it; then the slot is freed.
+//!
 //! Error mapping: 404 → `NotFound`; 409 → `Conflict`; 429 → `RateLimited` (with
 //! `Retry-After`); envd's 502 "sandbox not found" → `NotFound` (the sandbox is
 //! lost); other 5xx and transport failures → `Unavailable`; other 4xx → `Invalid`.
@@ -75,6 +81,8 @@ pub struct E2bProvider {
     limits: Arc<PlanLimits>,
     retry: RetryPolicy,
     access: Mutex<HashMap<String, Access>>,
+    /// Sandboxes whose kill failed: retried until E2B confirms them gone.
+    failed_kills: Mutex<HashSet<String>>,
 }
 
 impl fmt::Debug for E2bProvider {
@@ -111,6 +119,7 @@ impl E2bProvider {
             ),
             retry: RetryPolicy::new(settings.request_attempts),
             access: Mutex::new(HashMap::new()),
+            failed_kills: Mutex::new(HashSet::new()),
             settings: settings.clone(),
         })
     }
@@ -189,6 +198,25 @@ impl E2bProvider {
             self.settings.envd_base(id, access.domain.as_deref()),
             access.token.as_ref(),
         )
+    }
+
+    /// Try each failed kill once more; a confirmed one frees its slot. Returns the
+    /// sandboxes still not confirmed killed.
+    async fn retry_kills_once(&self) -> Vec<String> {
+        let pending: Vec<String> = self.failed_kills.lock().unwrap().iter().cloned().collect();
+        for id in pending {
+            match self.control.kill(&id).await {
+                Ok(existed) => {
+                    self.failed_kills.lock().unwrap().remove(&id);
+                    self.forget(&id);
+                    tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed on retry");
+                }
+                Err(e) => {
+                    tracing::debug!(sandbox = %id, call = "kill", error = %e, "kill retry failed; will try again")
+                }
+            }
+        }
+        self.failed_kills.lock().unwrap().iter().cloned().collect()
     }
 
     /// Kill every sandbox tagged with `create_id` except `keep`: the leftovers of
@@ -300,6 +328,9 @@ impl SandboxProvider for E2bProvider {
             metadata: &metadata,
             env_vars: &spec.env,
         };
+        if !self.failed_kills.lock().unwrap().is_empty() {
+            self.retry_kills_once().await;
+        }
         let slot = self.limits.reserve().await?;
         let ambiguous = AtomicBool::new(false);
         let result = self
@@ -338,6 +369,9 @@ impl SandboxProvider for E2bProvider {
         let slot = if self.limits.is_running(id) {
             None
         } else {
+            if !self.failed_kills.lock().unwrap().is_empty() {
+                self.retry_kills_once().await;
+            }
             Some(self.limits.reserve().await?)
         };
         let needs_turn = slot.is_some();
@@ -388,7 +422,15 @@ impl SandboxProvider for E2bProvider {
 
     async fn kill(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
-        let existed = self.retry.run("kill", id, || self.control.kill(id)).await?;
+        let existed = match self.retry.run("kill", id, || self.control.kill(id)).await {
+            Ok(existed) => existed,
+            Err(e) => {
+                // It may still be running: it keeps its slot, and the kill is retried.
+                self.failed_kills.lock().unwrap().insert(id.to_string());
+                return Err(e);
+            }
+        };
+        self.failed_kills.lock().unwrap().remove(id);
         self.forget(id);
         tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed");
         Ok(())
@@ -423,6 +465,9 @@ impl SandboxProvider for E2bProvider {
         };
         // Held before the list was asked for: only these can be judged by it (a
         // sandbox created meanwhile may be missing from the answer).
+        if !self.failed_kills.lock().unwrap().is_empty() {
+            self.retry_kills_once().await;
+        }
         let held_before = self.limits.held();
         let listed = self.list_all(&query).await?;
 
@@ -442,6 +487,11 @@ impl SandboxProvider for E2bProvider {
         {
             self.limits
                 .retain(|id| !held_before.contains(id) || running.contains(id));
+            // A sandbox whose kill failed and that the whole list no longer shows is gone.
+            self.failed_kills
+                .lock()
+                .unwrap()
+                .retain(|id| !held_before.contains(id) || running.contains(id.as_str()));
         }
 
         let wanted =
@@ -490,6 +540,17 @@ impl SandboxProvider for E2bProvider {
             self.access.lock().unwrap().remove(id);
         }
         r
+    }
+
+    fn failed_kills(&self) -> Vec<String> {
+        self.failed_kills.lock().unwrap().iter().cloned().collect()
+    }
+
+    async fn retry_failed_kills(&self) -> Vec<String> {
+        if self.failed_kills.lock().unwrap().is_empty() {
+            return Vec::new();
+        }
+        self.retry_kills_once().await
     }
 
     async fn write_file(&self, id: &str, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
