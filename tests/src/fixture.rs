@@ -83,6 +83,22 @@ query_via = "stdin"
         self.workers.len() - 1
     }
 
+    /// Wait until worker `index` has logged that it started (it fetches from then on).
+    pub async fn wait_started(&self, index: usize) {
+        let name = self.workers[index].name.clone();
+        self.eventually(
+            &format!("worker {name} to start"),
+            Duration::from_secs(30),
+            || async {
+                self.workers[index]
+                    .log_text()
+                    .contains("worker started")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Enqueue one job on the research queue; its ID.
     pub async fn submit(&self, spec: fleet_shared::job::JobSpec) -> fleet_shared::job::JobId {
         self.queue.enqueue(spec).await.expect("enqueue").0

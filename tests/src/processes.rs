@@ -129,6 +129,13 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+pub fn process_ended(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_none_or(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
 /// Run the `fleet` CLI to completion.
 pub fn fleet(args: &[&str], env: &[(&str, String)], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(binary("fleet"));

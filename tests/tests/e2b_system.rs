@@ -270,14 +270,7 @@ async fn a_killed_workers_running_sandbox_is_killed_within_the_lease_ttl_plus_tw
         .and_then(|v| v["sandboxID"].as_str().map(String::from))
         .expect("the doomed worker created a sandbox");
     fleet.start_worker_with_env("survivor", &env);
-    fleet
-        .eventually("the survivor to start", Duration::from_secs(30), || async {
-            fleet.workers[1]
-                .log_text()
-                .contains("worker started")
-                .then_some(())
-        })
-        .await;
+    fleet.wait_started(1).await;
 
     fleet.workers[0].kill9();
     let killed_at = std::time::Instant::now();

@@ -8,6 +8,7 @@ use fleet_shared::job::JobSpec;
 use fleet_shared::results::{JobRecord, JobStatus};
 use fleet_tests::fixture::Fleet;
 use fleet_tests::harness::eventually;
+use fleet_tests::processes::process_ended;
 
 /// The test agent: records each run in `runs.log`, then answers with the query.
 const RECORDING_ECHO: &str =
@@ -483,9 +484,8 @@ async fn attempt_timeout_kills_the_agent_and_is_retried_as_a_timeout() {
     }
     let pids = std::fs::read_to_string(fleet.path("pids")).unwrap();
     for pid in pids.lines() {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
         assert!(
-            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
+            process_ended(pid),
             "agent {pid} still runs after its attempt timed out"
         );
     }
@@ -724,11 +724,7 @@ async fn an_attempt_cut_off_while_it_holds_a_persistent_agent_gives_the_agent_ba
     );
     let pids = std::fs::read_to_string(fleet.path("slow.pids")).unwrap();
     for pid in pids.lines() {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        assert!(
-            stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
-            "agent process {pid} still runs"
-        );
+        assert!(process_ended(pid), "agent process {pid} still runs");
     }
 }
 
@@ -831,21 +827,13 @@ async fn a_killed_workers_running_agent_is_killed_within_the_lease_ttl_plus_two_
         )
         .await;
     fleet.start_worker("survivor");
-    fleet
-        .eventually("the survivor to start", Duration::from_secs(30), || async {
-            fleet.workers[1]
-                .log_text()
-                .contains("worker started")
-                .then_some(())
-        })
-        .await;
+    fleet.wait_started(1).await;
 
     fleet.workers[0].kill9();
     let killed_at = Instant::now();
     let deadline = ttl + Duration::from_secs(2);
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        if stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")) {
+        if process_ended(&pid.to_string()) {
             break;
         }
         assert!(
