@@ -105,6 +105,23 @@ impl RedisServer {
         }
     }
 
+    /// `kill -STOP` the server, as a stalled host (or a long fork/fsync) would: it keeps
+    /// its connections and its data but answers nothing until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// `kill -CONT`: the frozen server goes on where it stopped.
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let done = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(done, 0, "could not signal redis-server");
+    }
+
     /// Start it again on the same port and directory (AOF replays).
     pub fn restart(&mut self) {
         self.kill9();

@@ -1,5 +1,6 @@
-//! `/healthz` (the process is up), `/readyz` (Redis answers and the worker is not
-//! draining) and `/metrics` (Prometheus text: attempts, pool, queue depths).
+//! `/healthz` (the process is up), `/readyz` (Redis answers, every lease keeper has
+//! renewed within half the lease TTL, and the worker is not draining) and `/metrics`
+//! (Prometheus text: attempts, pool, queue depths).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use fleet_shared::queue::lease_keeper::LeaseKeeper;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +19,7 @@ use crate::execute::Executor;
 #[derive(Clone)]
 struct AppState {
     exec: Arc<Executor>,
+    keepers: Arc<[Arc<LeaseKeeper>]>,
     stop: CancellationToken,
 }
 
@@ -24,6 +27,7 @@ struct AppState {
 pub async fn serve(
     addr: &str,
     exec: Arc<Executor>,
+    keepers: Vec<Arc<LeaseKeeper>>,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     if addr.is_empty() {
@@ -38,6 +42,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(AppState {
             exec,
+            keepers: keepers.into(),
             stop: stop.clone(),
         });
     Ok(tokio::spawn(async move {
@@ -50,6 +55,15 @@ pub async fn serve(
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     if state.stop.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    // Redis may answer this read while leases cannot be renewed (writes blocked, the
+    // keeper's connection broken, its thread stuck): a worker that cannot keep its
+    // leases must not be sent work.
+    if !state.keepers.iter().all(|k| k.is_ticking()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease renewal is not working\n",
+        );
     }
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),

@@ -140,8 +140,13 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         _ = reconcile(&pool, &research_queue) => {}
         _ = stop.cancelled() => {}
     }
-    let http =
-        crate::http::serve(&settings.worker.http_addr, executor.clone(), stop.clone()).await?;
+    let http = crate::http::serve(
+        &settings.worker.http_addr,
+        executor.clone(),
+        keepers.values().cloned().collect(),
+        stop.clone(),
+    )
+    .await?;
     let maintenance = {
         let pool = pool.clone();
         let stop = stop.clone();
@@ -228,10 +233,13 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             Ok(())
         }
     };
-    monitor
-        .run_with_signal(signal)
-        .await
-        .context("apalis monitor")?;
+    tokio::select! {
+        ran = monitor.run_with_signal(signal) => ran.context("apalis monitor")?,
+        _ = releaser.gave_up_settling(lease_ttl) => tracing::warn!(
+            "released jobs could not be written back (Redis out of reach?); stopping anyway: \
+             they run again when their leases expire"
+        ),
+    }
     maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
     pool.shutdown().await;

@@ -293,7 +293,7 @@ async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext)
     {
         tracing::warn!(job_id = %ctx.lease.id, error = %e, "could not release the job; it runs again when its lease expires");
     }
-    keeper.release(&ctx.lease.id);
+    keeper.release(&ctx.lease);
 }
 
 impl Backend for RedisBackend {
@@ -447,7 +447,7 @@ where
             // outcome is written (the lease stays held and renewed until then).
             drop(slot);
             settle(&queue, &completions, &ctx, outcome, started_at).await;
-            keeper.release(&ctx.lease.id);
+            keeper.release(&ctx.lease);
             Ok(())
         })
     }
@@ -568,7 +568,10 @@ fn decide(
     reason: Option<AbortReason>,
     now: u64,
 ) -> Settlement {
-    if reason == Some(AbortReason::Shutdown) {
+    if matches!(
+        reason,
+        Some(AbortReason::Shutdown | AbortReason::LeaseUnconfirmed)
+    ) {
         return Settlement::Release;
     }
     if reason == Some(AbortReason::Cancelled) || err.class == ErrorClass::Cancelled {
