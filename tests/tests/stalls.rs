@@ -92,6 +92,56 @@ async fn a_stale_attempts_release_leaves_the_new_attempt_of_the_same_job_renewed
     assert_eq!((r.status, r.attempts), (JobStatus::Running, 2), "{r:?}");
 }
 
+/// Item 1 of issue 9 with a real worker: it stalls (SIGSTOP) past its lease, another
+/// worker (the test) reclaims the job, and after SIGCONT the same worker fetches the
+/// job again while its stale attempt is still winding down. The new attempt keeps its
+/// lease: one `lease_lost` for the stall, then success; no cycle of lost leases.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_refetches_its_own_reclaimed_job_keeps_the_new_attempt() {
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); echo "$q" >> {dir}/runs.log; sleep 4; printf '%s' "$q""#,
+        FAST,
+    )
+    .await;
+    fleet.start_worker("w1");
+    let id = fleet.submit(JobSpec::research("stalled", "test")).await;
+    let id = id.to_string();
+    fleet
+        .eventually(
+            "the first run to start",
+            Duration::from_secs(30),
+            || async { fleet.path("runs.log").exists().then_some(()) },
+        )
+        .await;
+    let worker = fleet.workers[0].pid();
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    // Another worker's reclaim tick, every 20 ms, until the stalled lease expires.
+    fleet
+        .eventually(
+            "the stalled lease to be reclaimed",
+            Duration::from_secs(10),
+            || async { (fleet.queue.reclaim_expired(10).await.unwrap() == 1).then_some(()) },
+        )
+        .await;
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    let r = fleet
+        .eventually("the job to end", Duration::from_secs(60), || async {
+            let r = fleet.queue.job_record(&id).await.ok()??;
+            matches!(r.status, JobStatus::Succeeded | JobStatus::Dead).then_some(r)
+        })
+        .await;
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| h.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lease_lost", "succeeded"],
+        "the new attempt lost its lease to the stale one: {r:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!((r.status, r.attempts), (JobStatus::Succeeded, 2));
+}
+
 /// Item 3 of issue 9, at the library level: Redis froze for longer than the lease TTL,
 /// so no holder could renew. The first reclaim after the freeze must not take the
 /// leases (their holders get a chance to renew); a lease nobody renews afterwards is
@@ -207,12 +257,24 @@ async fn redis_frozen_longer_than_the_lease_ttl_charges_no_attempt() {
         (b.count(JobStatus::Running) >= 4).then_some(())
     })
     .await;
+    // A third worker with nothing to renew, only reclaiming: after the freeze it is
+    // as quick to reclaim as the holders are to renew.
+    let reclaimer = {
+        let queue = fleet.queue.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = queue.reclaim_expired(100).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     fleet.redis.freeze();
     tokio::time::sleep(Duration::from_secs(8)).await; // the outage itself
     fleet.redis.thaw();
     fleet
         .wait_batch_final("b", 24, Duration::from_secs(90))
         .await;
+    reclaimer.abort();
     for id in &ids {
         let r = fleet.record(&id.to_string()).await;
         assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
