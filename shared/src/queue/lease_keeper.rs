@@ -50,7 +50,8 @@ struct Held {
 struct Shared {
     held: Mutex<HashMap<AttemptKey, Held>>,
     announced: Mutex<Option<String>>,
-    /// When the last renewal round ended with every Redis call confirmed.
+    /// When the last renewal round ended with every Redis call confirmed (at first:
+    /// when the keeper started).
     last_tick: Mutex<Option<Instant>>,
 }
 
@@ -82,7 +83,12 @@ impl LeaseKeeper {
         mut config: QueueConfig,
         timings: KeeperTimings,
     ) -> LeaseKeeper {
-        let shared: Arc<Shared> = Arc::default();
+        // Counted as a tick: a keeper just started has half a TTL to confirm its first
+        // round before `/readyz` holds it against the worker.
+        let shared = Arc::new(Shared {
+            last_tick: Mutex::new(Some(Instant::now())),
+            ..Shared::default()
+        });
         let stop = CancellationToken::new();
         // A keeper call that cannot finish within one interval is given up and tried
         // afresh at the next tick (with a fresh `now`), never retried without end.
