@@ -694,13 +694,13 @@ impl RedisQueue {
     /// Time in which no reclaim ran at all (Redis frozen or out of every worker's
     /// reach) is not held against the leases: after such a gap, longer than twice the
     /// reclaim interval and a third of the lease TTL, every lease is extended by it and
-    /// nothing is reclaimed for half a lease TTL, so their holders get the chance to
+    /// nothing is reclaimed for one lease TTL, so their holders get the chance to
     /// renew (see the script).
     pub async fn reclaim_expired(&self, max: usize) -> Result<u64, QueueError> {
         let stall_ms = (self.config.reclaim_interval * 2)
             .max(self.config.lease_ttl / 3)
             .as_millis() as u64;
-        let grace_ms = (self.config.lease_ttl / 2).as_millis() as u64;
+        let grace_ms = self.config.lease_ttl.as_millis() as u64;
         self.retrying("reclaim_expired", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.reclaim_expired.prepare_invoke();
