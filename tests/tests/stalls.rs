@@ -275,6 +275,15 @@ async fn redis_frozen_longer_than_the_lease_ttl_charges_no_attempt() {
         .wait_batch_final("b", 24, Duration::from_secs(90))
         .await;
     reclaimer.abort();
+    // The freeze outlasted the point where workers stop unconfirmed attempts (item 5):
+    // those attempts were handed back uncounted, which the histories above show.
+    assert!(
+        fleet
+            .logs()
+            .contains("stopping this attempt before its lease can expire"),
+        "no attempt was stopped for want of renewal:\n{}",
+        fleet.logs()
+    );
     for id in &ids {
         let r = fleet.record(&id.to_string()).await;
         assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
@@ -382,6 +391,7 @@ async fn sigterm_while_redis_is_down_stops_the_worker_in_bounded_time() {
         "took {:?} to stop (drain timeout 2 s)",
         stopping.elapsed()
     );
+    assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
     assert!(
         stat.is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")),
