@@ -296,7 +296,10 @@ async fn renew_loop(
             renew_all(&queue, &shared, started).await
         };
         match bounded(&stop, every, round).await {
-            Some(Ok(())) => *shared.last_tick.lock().unwrap() = Some(Instant::now()),
+            Some(Ok(())) => {
+                *shared.last_tick.lock().unwrap() = Some(Instant::now());
+                continue;
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
             None if stop.is_cancelled() => return,
             None => tracing::warn!(
@@ -304,6 +307,9 @@ async fn renew_loop(
                 "lease renewal got no answer from Redis in time"
             ),
         }
+        // A failed round is tried again soon, not a whole interval later: one passing
+        // fault must not bring a lease near the point where its attempt is stopped.
+        renew.reset_after(every / 6);
     }
 }
 
