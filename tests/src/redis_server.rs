@@ -105,29 +105,27 @@ impl RedisServer {
         }
     }
 
-    /// Start it again on the same port and directory (AOF replays).
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-
-    /// `kill -STOP` the server: it keeps its sockets but answers nothing, like a host
-    /// that froze or a network that stopped delivering.
+    /// `kill -STOP` the server, as a stalled host (or a long fork/fsync) would: it keeps
+    /// its connections and its data but answers nothing until [`thaw`](Self::thaw).
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);
     }
 
-    /// `kill -CONT` after [`RedisServer::freeze`].
+    /// `kill -CONT`: the frozen server goes on where it stopped.
     pub fn thaw(&self) {
         self.signal(libc::SIGCONT);
     }
 
-    fn signal(&self, signal: i32) {
-        if let Some(child) = &self.child {
-            unsafe {
-                libc::kill(child.id() as i32, signal);
-            }
-        }
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let done = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(done, 0, "could not signal redis-server");
+    }
+
+    /// Start it again on the same port and directory (AOF replays).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
     }
 
     /// A synchronous connection, for test assertions.

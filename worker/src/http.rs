@@ -1,5 +1,6 @@
-//! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run and
-//! the worker is not draining) and `/metrics` (Prometheus text: attempts, pool, queue depths).
+//! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run, every
+//! lease keeper has renewed within half the lease TTL, and the worker is not draining)
+//! and `/metrics` (Prometheus text: attempts, pool, queue depths).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use fleet_shared::queue::lease_keeper::LeaseKeeper;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,7 @@ use crate::wiring::JobLoops;
 struct AppState {
     exec: Arc<Executor>,
     loops: JobLoops,
+    keepers: Arc<[Arc<LeaseKeeper>]>,
     stop: CancellationToken,
 }
 
@@ -27,6 +30,7 @@ pub async fn serve(
     addr: &str,
     exec: Arc<Executor>,
     loops: JobLoops,
+    keepers: Vec<Arc<LeaseKeeper>>,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     if addr.is_empty() {
@@ -42,6 +46,7 @@ pub async fn serve(
         .with_state(AppState {
             exec,
             loops,
+            keepers: keepers.into(),
             stop: stop.clone(),
         });
     Ok(tokio::spawn(async move {
@@ -57,6 +62,15 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     }
     if state.stop.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
+    }
+    // Redis may answer this read while leases cannot be renewed (writes blocked, the
+    // keeper's connection broken, its thread stuck): a worker that cannot keep its
+    // leases must not be sent work.
+    if !state.keepers.iter().all(|k| k.is_ticking()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease renewal is not working\n".into(),
+        );
     }
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),

@@ -6,6 +6,10 @@
 //!    is told `AbortReason::Shutdown`; its process is killed and the job is released
 //!    back to the front of the queue without counting an attempt.
 //! 3. When the workers have ended, the pool pauses persistent agents and kills the rest.
+//!    Writing the released attempts back needs Redis; if it is out of reach, the worker
+//!    waits one lease TTL for it ([`Releaser::gave_up_settling`]) and then stops anyway:
+//!    those jobs come back when their leases expire, as after a crash. Shutdown never
+//!    hangs on Redis (the lease keeper's calls are bounded too).
 //!
 //! The handlers are installed first thing in `wiring::run`, so a signal that arrives
 //! while the worker is still starting stops it the same way (exit 0), never by the
@@ -24,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Default)]
 pub struct Releaser {
     keepers: Arc<OnceLock<Vec<Arc<LeaseKeeper>>>>,
+    /// Cancelled once in-flight work has been told to stop (drain timeout or second signal).
+    released: CancellationToken,
 }
 
 impl Releaser {
@@ -32,10 +38,20 @@ impl Releaser {
     }
 
     fn release_all(&self) -> usize {
-        self.keepers
+        let released = self
+            .keepers
             .get()
             .map(|ks| ks.iter().map(|k| k.abort_all(AbortReason::Shutdown)).sum())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.released.cancel();
+        released
+    }
+
+    /// Resolves `grace` after in-flight work was released: the time the workers get to
+    /// write their outcomes (Redis may be out of reach) before the worker stops anyway.
+    pub async fn gave_up_settling(&self, grace: Duration) {
+        self.released.cancelled().await;
+        tokio::time::sleep(grace).await;
     }
 }
 

@@ -183,6 +183,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         &settings.worker.http_addr,
         executor.clone(),
         loops.clone(),
+        keepers.values().cloned().collect(),
         stop.clone(),
     )
     .await?;
@@ -295,7 +296,16 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         }
     };
     // Whatever the monitor says, the pool and the keepers are shut down in order.
-    let monitored = monitor.run_with_signal(signal).await;
+    let monitored = tokio::select! {
+        ran = monitor.run_with_signal(signal) => ran,
+        _ = releaser.gave_up_settling(lease_ttl) => {
+            tracing::warn!(
+                "released jobs could not be written back (Redis out of reach?); stopping anyway: \
+                 they run again when their leases expire"
+            );
+            Ok(())
+        }
+    };
     maintenance.abort();
     tracing::info!("workers stopped; shutting the pool down");
     let left = pool

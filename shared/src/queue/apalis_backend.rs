@@ -351,7 +351,7 @@ async fn hand_back(queue: &RedisQueue, worker: &str, lease: &Lease) {
 
 async fn release(queue: &RedisQueue, keeper: &LeaseKeeper, ctx: &AttemptContext) {
     hand_back(queue, &ctx.worker, &ctx.lease).await;
-    keeper.release(&ctx.lease.id);
+    keeper.release(&ctx.lease);
 }
 
 impl Backend for RedisBackend {
@@ -505,7 +505,7 @@ where
             // outcome is written (the lease stays held and renewed until then).
             drop(slot);
             settle(&queue, &completions, &ctx, outcome, started_at).await;
-            keeper.release(&ctx.lease.id);
+            keeper.release(&ctx.lease);
             Ok(())
         })
     }
@@ -661,7 +661,10 @@ fn decide(
     reason: Option<AbortReason>,
     now: u64,
 ) -> Settlement {
-    if reason == Some(AbortReason::Shutdown) {
+    if matches!(
+        reason,
+        Some(AbortReason::Shutdown | AbortReason::LeaseUnconfirmed)
+    ) {
         return Settlement::Release;
     }
     if reason == Some(AbortReason::Cancelled) || err.class == ErrorClass::Cancelled {

@@ -1,6 +1,7 @@
 //! What a running attempt knows about itself: its lease, its limits, and a signal
 //! that tells it to stop — because its job was cancelled, because its lease was lost
-//! (another worker now owns the job), or because the worker is shutting down.
+//! (another worker now owns the job) or could not be renewed for too long (Redis out of
+//! reach), or because the worker is shutting down.
 //! Handlers get it as `Data<AttemptContext>`.
 
 use std::sync::Arc;
@@ -20,6 +21,12 @@ pub enum AbortReason {
     LeaseLost,
     /// The drain timeout passed: hand the job back to the queue, attempt not counted.
     Shutdown,
+    /// Renewals could not be confirmed (Redis unreachable or frozen) until shortly
+    /// before the lease could expire: the work is stopped, since another worker may
+    /// own the job by then. Handed back uncounted if the lease still holds when Redis
+    /// answers again (a frozen Redis: reclaim makes up for the freeze); refused as
+    /// stale if it was reclaimed meanwhile (that attempt counted as `lease_lost`).
+    LeaseUnconfirmed,
 }
 
 impl AbortReason {
@@ -28,6 +35,7 @@ impl AbortReason {
             AbortReason::Cancelled => 1,
             AbortReason::LeaseLost => 2,
             AbortReason::Shutdown => 3,
+            AbortReason::LeaseUnconfirmed => 4,
         }
     }
     fn from_code(code: u8) -> Option<AbortReason> {
@@ -35,6 +43,7 @@ impl AbortReason {
             1 => Some(AbortReason::Cancelled),
             2 => Some(AbortReason::LeaseLost),
             3 => Some(AbortReason::Shutdown),
+            4 => Some(AbortReason::LeaseUnconfirmed),
             _ => None,
         }
     }

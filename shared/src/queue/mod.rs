@@ -73,6 +73,9 @@ pub enum QueueError {
 pub struct QueueConfig {
     pub kind: QueueKind,
     pub lease_ttl: Duration,
+    /// How often each worker reclaims expired leases; a longer pause between reclaims
+    /// than about this (and a third of the TTL) is taken as a stall of the whole queue.
+    pub reclaim_interval: Duration,
     pub promote_chunk: u32,
     pub result_ttl: Duration,
     pub idempotency_ttl: Duration,
@@ -87,6 +90,7 @@ impl QueueConfig {
         QueueConfig {
             kind,
             lease_ttl: Duration::from_secs(q.lease_ttl_secs),
+            reclaim_interval: Duration::from_millis(q.reclaim_interval_ms),
             promote_chunk: q.promote_chunk,
             result_ttl: Duration::from_secs(q.result_ttl_secs),
             idempotency_ttl: Duration::from_secs(q.idempotency_ttl_secs),
@@ -744,7 +748,17 @@ impl RedisQueue {
     }
 
     /// Take back jobs whose lease expired; returns how many.
+    ///
+    /// Time in which no reclaim ran at all (Redis frozen or out of every worker's
+    /// reach) is not held against the leases: after such a gap, longer than twice the
+    /// reclaim interval and a third of the lease TTL, every lease is extended by it and
+    /// nothing is reclaimed for one lease TTL, so their holders get the chance to
+    /// renew (see the script).
     pub async fn reclaim_expired(&self, max: usize) -> Result<u64, QueueError> {
+        let stall_ms = (self.config.reclaim_interval * 2)
+            .max(self.config.lease_ttl / 3)
+            .as_millis() as u64;
+        let grace_ms = self.config.lease_ttl.as_millis() as u64;
         self.retrying("reclaim_expired", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.reclaim_expired.prepare_invoke();
@@ -755,7 +769,9 @@ impl RedisQueue {
                 .arg(&self.keys.prefix)
                 .arg(now_ms())
                 .arg(max)
-                .arg(self.config.result_ttl.as_millis() as u64);
+                .arg(self.config.result_ttl.as_millis() as u64)
+                .arg(stall_ms)
+                .arg(grace_ms);
             async move { inv.invoke_async(&mut conn).await }
         })
         .await

@@ -7,6 +7,9 @@
 -- Returns one code per pair: 1 renewed, 2 renewed but cancellation was requested,
 -- 0 lost (the lease expired and was reclaimed, or the job was settled): the holder must
 -- stop the attempt, whose writes will be refused.
+--
+-- A renewal only ever extends a lease (`GT`): a call sent before a stall and run after
+-- it carries an old `now`, and must not undo what reclaim added for the stall.
 local prefix = ARGV[1]
 local now = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
@@ -16,7 +19,7 @@ for i = 4, #ARGV, 2 do
   local jk = job_key(prefix, id)
   local f = redis.call('HMGET', jk, 'token', 'status', 'cancel')
   if f[1] == ARGV[i + 1] and f[2] == 'running' and redis.call('ZSCORE', KEYS[1], id) then
-    redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, id)
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', now + lease_ms, id)
     if f[3] == '1' then
       out[#out + 1] = 2
     else
