@@ -304,7 +304,7 @@ impl AgentPool {
         let timeout = self.sandbox_timeout(attempt_timeout);
         // Waiting for an agent spends the attempt's budget: past it, the attempt
         // ends as a timeout (a launch or resume under way is not cut short).
-        let give_up_at = tokio::time::Instant::now() + attempt_timeout;
+        let give_up_at = crate::time::instant_after(attempt_timeout);
         loop {
             // Register interest before looking, so a give_back between the look and
             // the wait is not missed.
@@ -811,7 +811,7 @@ impl AgentPool {
     /// the pool owns no running sandbox, except those returned: sandboxes that could
     /// not be killed, each logged with its ID so an operator can kill it by hand.
     pub async fn shutdown_within(&self, limit: Duration) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = crate::time::instant_after(limit);
         let all: Vec<AgentInfo> = self.agents();
         for a in all {
             if a.sandbox_id.is_empty() {
