@@ -92,6 +92,7 @@ async fn research(
                 timeout: Some(attempt.attempt_timeout),
                 cancel: cancel.clone(),
                 output: None,
+                keep_session: research.agent_id.is_some(),
             },
         )
         .await;

@@ -396,6 +396,7 @@ mod tests {
             env: BTreeMap::new(),
             secret_env: Vec::new(),
             template: String::new(),
+            ..Default::default()
         }
     }
 
