@@ -2,6 +2,7 @@
 //! benchmarks: a real `redis-server` per test, settings and queue helpers, and (in
 //! `fake_e2b`) a fake E2B server that follows E2B's published specs and injects faults.
 
+pub mod agent_clis;
 pub mod fake_anthropic;
 pub mod fake_e2b;
 pub mod fixture;
