@@ -733,6 +733,45 @@ mod tests {
     }
 
     #[test]
+    fn the_example_profiles_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+        let load = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            Settings::from_layers(Some(&text), &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let s = load("claude-code.toml");
+        let p = &s.agents["claude"];
+        assert_eq!(p.runtime, RuntimeKind::ClaudeCode);
+        assert!(p.resume_session && p.max_turns == 20 && p.max_budget_usd == 1.0);
+        assert_eq!(p.permission_mode, "dontAsk");
+        let s = load("dexter.toml");
+        let p = &s.agents["dexter"];
+        assert_eq!(p.runtime, RuntimeKind::Dexter);
+        assert_eq!(p.max_iterations, 10);
+        assert!(!p.share_cache);
+        assert_eq!(
+            load("command.toml").agents["csv"].runtime,
+            RuntimeKind::Command
+        );
+    }
+
+    #[test]
+    fn agent_profile_keys_are_checked() {
+        let bad = |extra: &str| {
+            let text = format!("[agents.x]\nruntime = \"claude-code\"\nrepo = \"\"\n{extra}");
+            Settings::from_layers(Some(&text), &[]).unwrap_err().key
+        };
+        assert_eq!(bad("max_budget_usd = -1.0"), "agents.x.max_budget_usd");
+        assert_eq!(
+            bad("permission_mode = \"yolo\""),
+            "agents.x.permission_mode"
+        );
+        let ok = "[agents.x]\nruntime = \"claude-code\"\nrepo = \"\"\n";
+        let s = Settings::from_layers(Some(ok), &[]).unwrap();
+        assert_eq!(s.agents["x"].runtime, RuntimeKind::ClaudeCode);
+    }
+
+    #[test]
     fn defaults_load_and_validate() {
         let s = Settings::from_layers(None, &[]).unwrap();
         assert_eq!(s.queue.lease_ttl_secs, 30);

@@ -357,3 +357,88 @@ async fn two_jobs_on_one_persistent_agent_share_the_session() {
         .await;
     assert_ne!(output(&pooled)["metadata"]["session_id"], session.as_str());
 }
+
+#[tokio::test]
+async fn setup_installs_the_pinned_cli_when_the_sandbox_has_none() {
+    use fleet_shared::runtime::claude_code::ClaudeCodeRuntime;
+    use fleet_shared::runtime::{AgentRuntime, RunOptions};
+    use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
+    use fleet_shared::sandbox::{SandboxProvider, SandboxSpec};
+    use fleet_shared::settings::{AgentProfile, RuntimeKind};
+    use std::collections::BTreeMap;
+
+    // The test cache's install fills npm's cache, so the install in the sandbox below
+    // comes from it rather than from the registry.
+    if let Err(why) = npm_bin_dir(CLAUDE_CODE) {
+        eprintln!("SKIPPED: the Claude Code CLI cannot be installed here: {why}");
+        return;
+    }
+    let Some(npm) = ["/usr/bin", "/usr/local/bin"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|d| d.join("npm").is_file())
+    else {
+        eprintln!("SKIPPED: no npm in /usr/bin or /usr/local/bin");
+        return;
+    };
+    let fake = FakeAnthropic::start(Mode::Answer("installed and answering".into())).await;
+    let root = tempfile::tempdir().unwrap();
+    // A sandbox whose PATH has node and npm but no claude.
+    let provider = LocalProvider::new(LocalConfig {
+        root: root.path().to_path_buf(),
+        env_allowlist: Vec::new(),
+        max_output_bytes: 1024 * 1024,
+        extra_path: vec![npm, "/bin".into()],
+    });
+    let sandbox = provider.create(&SandboxSpec::default()).await.unwrap().id;
+    let home = std::env::var("HOME").unwrap();
+    let profile = AgentProfile {
+        runtime: RuntimeKind::ClaudeCode,
+        model: "claude-sonnet-4-5".into(),
+        env: BTreeMap::from([
+            ("ANTHROPIC_BASE_URL".to_string(), fake.url.clone()),
+            ("ANTHROPIC_API_KEY".to_string(), API_KEY.to_string()),
+            ("npm_config_cache".to_string(), format!("{home}/.npm")),
+            ("npm_config_prefer_offline".to_string(), "true".to_string()),
+        ]),
+        ..Default::default()
+    };
+    let rt = ClaudeCodeRuntime::new(profile, BTreeMap::new(), std::path::PathBuf::new());
+    let started = std::time::Instant::now();
+    rt.setup(&provider, &sandbox).await.unwrap();
+    eprintln!(
+        "installing the CLI in a sandbox took {:?}",
+        started.elapsed()
+    );
+    let cli = std::fs::read_to_string(
+        root.path()
+            .join(&sandbox)
+            .join("home/agent/.fleet/claude-cli"),
+    )
+    .unwrap();
+    assert!(
+        cli.ends_with(".fleet/claude-code/node_modules/.bin/claude"),
+        "{cli}"
+    );
+    let out = rt
+        .run(
+            &provider,
+            &sandbox,
+            "q",
+            RunOptions {
+                timeout: Some(Duration::from_secs(60)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.answer, "installed and answering");
+    // Setup again (a recycled agent) finds the installed CLI and installs nothing.
+    let started = std::time::Instant::now();
+    rt.setup(&provider, &sandbox).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
