@@ -75,8 +75,9 @@ fn research(query: &str, agent_id: Option<&str>, max_attempts: u32) -> JobSpec {
     spec
 }
 
-/// Launch a persistent `claude` agent through the lifecycle queue; its ID.
-async fn launch_persistent(f: &ClaudeFleet) -> String {
+/// Launch a persistent `claude` agent through the lifecycle queue; its agent ID and
+/// sandbox ID.
+async fn launch_persistent_agent(f: &ClaudeFleet) -> (String, String) {
     let lifecycle = queue(&f.fleet.settings, QueueKind::Lifecycle).await;
     let (id, _) = lifecycle
         .enqueue(JobSpec::lifecycle(LifecycleJob::Launch {
@@ -92,10 +93,15 @@ async fn launch_persistent(f: &ClaudeFleet) -> String {
             (r.status == JobStatus::Succeeded).then_some(r)
         })
         .await;
-    record.result.unwrap()["output"]["agent"]["agent_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let agent = &record.result.unwrap()["output"]["agent"];
+    (
+        agent["agent_id"].as_str().unwrap().to_string(),
+        agent["sandbox_id"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn launch_persistent(f: &ClaudeFleet) -> String {
+    launch_persistent_agent(f).await.0
 }
 
 fn output(record: &JobRecord) -> &Value {
@@ -311,7 +317,7 @@ async fn two_jobs_on_one_persistent_agent_share_the_session() {
     let Some(f) = claude_fleet(Mode::Answer("noted".into())).await else {
         return;
     };
-    let agent = launch_persistent(&f).await;
+    let (agent, sandbox) = launch_persistent_agent(&f).await;
     let first = f
         .fleet
         .submit(research("Remember the ticker AAPL.", Some(&agent), 1))
@@ -356,6 +362,28 @@ async fn two_jobs_on_one_persistent_agent_share_the_session() {
         .wait_status(&pooled.to_string(), JobStatus::Succeeded, WAIT)
         .await;
     assert_ne!(output(&pooled)["metadata"]["session_id"], session.as_str());
+
+    // A saved session the CLI no longer has (its transcript lost) does not wedge the
+    // agent: the job starts a new session, which later jobs then resume.
+    let saved = f
+        .fleet
+        .path("sandboxes")
+        .join(&sandbox)
+        .join("home/agent/.fleet/claude-session-id");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), session);
+    let lost = "0c3b8a7e-5a0e-4f7c-9d51-6f2f1f0e9b11";
+    std::fs::write(&saved, lost).unwrap();
+    let third = f
+        .fleet
+        .submit(research("Start over.", Some(&agent), 1))
+        .await;
+    let third = f
+        .fleet
+        .wait_status(&third.to_string(), JobStatus::Succeeded, WAIT)
+        .await;
+    let fresh = output(&third)["metadata"]["session_id"].as_str().unwrap();
+    assert!(fresh != lost && fresh != session, "{fresh}");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), fresh);
 }
 
 #[tokio::test]

@@ -259,6 +259,7 @@ async fn dexter_runs_through_a_worker_and_a_401_is_dead_at_once() {
 runtime = "dexter"
 repo = "{repo}"
 model = "gpt-4.1"
+setup = [["sh", "-c", "echo once >> setup-runs.log"]]
 secret_env = ["OPENAI_API_KEY"]
 env = {{ OPENAI_BASE_URL = "{url}" }}
 "#,

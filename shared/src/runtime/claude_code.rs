@@ -213,30 +213,41 @@ impl AgentRuntime for ClaudeCodeRuntime {
         options: RunOptions,
     ) -> Result<AgentOutput, JobError> {
         let keep_session = self.profile.resume_session && options.keep_session;
-        let resume = if keep_session {
+        let mut resume = if keep_session {
             self.saved_session(provider, sandbox_id).await
         } else {
             None
         };
-        let mut env = self.agent_env();
-        env.extend(control_env(options.timeout));
-        let request = ExecRequest {
-            program: self.cli(provider, sandbox_id).await,
-            args: cli_args(&self.profile, resume.as_deref()),
-            env,
-            cwd: Some(AGENT_DIR.into()),
-            stdin: Some(query.as_bytes().to_vec()),
-            timeout: options.timeout,
-            max_output_bytes: MAX_OUTPUT_BYTES,
+        let program = self.cli(provider, sandbox_id).await;
+        let (output, parsed) = loop {
+            let mut env = self.agent_env();
+            env.extend(control_env(options.timeout));
+            let request = ExecRequest {
+                program: program.clone(),
+                args: cli_args(&self.profile, resume.as_deref()),
+                env,
+                cwd: Some(AGENT_DIR.into()),
+                stdin: Some(query.as_bytes().to_vec()),
+                timeout: options.timeout,
+                max_output_bytes: MAX_OUTPUT_BYTES,
+            };
+            let control = ExecControl {
+                cancel: options.cancel.clone(),
+                output: options.output.clone(),
+            };
+            let output = provider.exec(sandbox_id, &request, control).await?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let parsed = parse_run(&stdout, &stderr, output.exit_code, output.truncated);
+            // A saved session the CLI no longer has (its transcript is gone) would fail
+            // every later job on the agent: start a fresh session instead, once.
+            if resume.is_some() && parsed.resume_refused() {
+                tracing::warn!(%sandbox_id, session = ?resume, "the agent's saved session cannot be resumed; starting a new one");
+                resume = None;
+                continue;
+            }
+            break (output, parsed);
         };
-        let control = ExecControl {
-            cancel: options.cancel,
-            output: options.output,
-        };
-        let output = provider.exec(sandbox_id, &request, control).await?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let parsed = parse_run(&stdout, &stderr, output.exit_code, output.truncated);
         if keep_session
             && let Some(id) = parsed.session_id()
             && is_session_id(id)
@@ -332,6 +343,15 @@ pub struct ParsedRun {
 impl ParsedRun {
     pub fn session_id(&self) -> Option<&str> {
         self.metadata.get("session_id").and_then(Value::as_str)
+    }
+
+    /// The CLI ended before its first turn with `error_during_execution`: what it does
+    /// when `--resume` names a session it does not have.
+    pub fn resume_refused(&self) -> bool {
+        self.outcome.is_err()
+            && self.metadata.get("subtype").and_then(Value::as_str)
+                == Some("error_during_execution")
+            && self.metadata.get("num_turns").and_then(Value::as_u64) == Some(0)
     }
 }
 
@@ -649,6 +669,16 @@ mod tests {
         let result = json!({"type": "result", "subtype": "success", "is_error": false, "result": answer, "num_turns": 1});
         let run = parse_run(&format!("{result}\n"), "", 0, false);
         assert_eq!(run.outcome.unwrap().len(), answer.len());
+    }
+
+    #[test]
+    fn a_session_the_cli_cannot_resume_is_recognised() {
+        let run = parse("resume_missing.jsonl", 1);
+        assert!(run.resume_refused());
+        assert_eq!(run.outcome.unwrap_err().class, ErrorClass::Transient);
+        for other in ["auth_401.jsonl", "max_turns.jsonl", "success.jsonl"] {
+            assert!(!parse(other, 1).resume_refused(), "{other}");
+        }
     }
 
     #[test]
