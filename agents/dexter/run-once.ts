@@ -8,7 +8,8 @@
 //      DEXTER_TIMEOUT_MS (abort after), DEXTER_MODEL, DEXTER_MAX_ITERATIONS,
 //      FLEET_DEXTER_CLEAR_CACHE=1 (remove .dexter/cache first: no answers leak
 //      between jobs), and the model/data keys in the environment.
-// Out: one line of JSON: {ok, answer, toolCalls:[{tool,args}], toolErrors, iterations,
+// Out: one line of JSON: {ok, answer, toolCalls:[{tool,args}], toolErrors (tool_error
+//      events), toolErrorDetails, iterations,
 //      totalTimeMs, tokenUsage (summed over EVERY model call, the tool routers' too),
 //      modelCalls, elapsedMs, error?: {kind, status?, retryAfterSecs?, message}};
 //      progress events as JSON lines on stderr. Exit 0 on an answer, 1 otherwise.
@@ -89,13 +90,19 @@ const controller = new AbortController();
 const timer = setTimeout(() => controller.abort(), timeoutMs);
 let done: any = null;
 let thrown: unknown = null;
+const toolErrors: Array<{ tool: string; error: string }> = [];
 try {
   // Imported after fetch is wrapped, so every client the agent builds is counted.
   const { Agent } = await import('./src/agent/agent.js');
   const agent = await Agent.create({ model, channel: 'headless', memoryEnabled: false, maxIterations, signal: controller.signal });
   for await (const event of agent.run(query)) {
-    if (event.type === 'done') done = event;
-    else if (event.type !== 'stream_progress') process.stderr.write(JSON.stringify(event) + '\n');
+    if (event.type === 'done') {
+      done = event;
+      continue;
+    }
+    if (event.type === 'tool_error') toolErrors.push({ tool: event.tool, error: String(event.error).slice(0, 500) });
+    // Progress for the log (Dexter's own logger is in memory only).
+    if (event.type !== 'stream_progress') process.stderr.write(JSON.stringify(event) + '\n');
   }
 } catch (e) {
   thrown = e;
@@ -105,14 +112,11 @@ await Promise.allSettled(counting);
 
 const answer = typeof done?.answer === 'string' ? done.answer : '';
 const toolCalls = (done?.toolCalls ?? []).map((c: any) => ({ tool: c.tool, args: c.args }));
-const toolErrors = (done?.toolCalls ?? []).filter((c: any) => {
-  const r = typeof c.result === 'string' ? c.result : JSON.stringify(c.result ?? '');
-  return /^\s*(Error\b|\{"error")/.test(r);
-}).length;
 const report = {
   answer,
   toolCalls,
-  toolErrors,
+  toolErrors: toolErrors.length,
+  toolErrorDetails: toolErrors.slice(0, 20),
   iterations: done?.iterations ?? 0,
   totalTimeMs: done?.totalTime ?? 0,
   tokenUsage: { ...usage, reportedByAgent: done?.tokenUsage ?? null },
@@ -131,6 +135,9 @@ if (controller.signal.aborted) {
   error = { kind: 'no_done', message: 'the agent ended without a done event' };
 } else if (!answer.trim()) {
   error = { kind: 'empty_answer', message: 'empty answer (a tool was denied, or the model said nothing)' };
+} else if (done.iterations >= maxIterations && answer.startsWith('Reached maximum iterations')) {
+  // Dexter's own sentinel when it runs out of steps (src/agent/agent.ts): no answer.
+  error = { kind: 'max_iterations', message: answer };
 } else if (answer.startsWith('Error:')) {
   error = { kind: 'agent_error', message: answer };
 }

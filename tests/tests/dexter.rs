@@ -171,6 +171,30 @@ async fn model_failures_are_classified_from_the_http_status() {
 }
 
 #[tokio::test]
+async fn running_out_of_iterations_is_a_permanent_failure_with_the_tool_errors() {
+    let Some(bun) = bun_dir() else { return };
+    let fake = FakeOpenAi::start(Mode::Echo).await;
+    let rt = runtime(&fake, |p| p.max_iterations = 1);
+    let sb = sandbox(&bun).await;
+    rt.setup(&sb.provider, &sb.id).await.unwrap();
+    let err = rt
+        .run(&sb.provider, &sb.id, "q", options(Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent);
+    assert!(
+        err.message
+            .starts_with("dexter: ran out of iterations: Reached maximum iterations (1)"),
+        "{}",
+        err.message
+    );
+    let details = err.details.unwrap();
+    assert_eq!(details["tool_errors"], 1, "{details}");
+    assert_eq!(details["tool_error_details"][0]["tool"], "get_financials");
+    assert_eq!(details["iterations"], 1);
+}
+
+#[tokio::test]
 async fn an_empty_answer_fails_and_a_slow_model_hits_the_wrappers_timeout() {
     let Some(bun) = bun_dir() else { return };
     let fake = FakeOpenAi::start(Mode::Empty).await;

@@ -15,7 +15,8 @@
 //! below the attempt's time, and `FLEET_DEXTER_CLEAR_CACHE=1` unless the profile shares
 //! `.dexter/cache` on purpose (`share_cache`). The wrapper prints one JSON result; an
 //! empty answer or one starting with `Error:` is a failure, classified from the HTTP
-//! status of the failed model call the wrapper saw (not from message text).
+//! status of the failed model call the wrapper saw (not from message text); Dexter's
+//! "Reached maximum iterations" sentinel is a permanent failure, like Claude's max turns.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -254,6 +255,7 @@ pub fn parse_result(stdout: &str, stderr: &str, exit_code: i32, truncated: bool)
     for (from, to) in [
         ("toolCalls", "tool_calls"),
         ("toolErrors", "tool_errors"),
+        ("toolErrorDetails", "tool_error_details"),
         ("iterations", "iterations"),
         ("tokenUsage", "token_usage"),
         ("modelCalls", "model_calls"),
@@ -304,6 +306,10 @@ fn classify(error: Option<&Value>, answer: &str) -> JobError {
         ),
         ("timeout", _) => (ErrorClass::Timeout, "dexter: timed out".to_string()),
         ("empty_answer", _) => (ErrorClass::Permanent, "dexter: empty answer".to_string()),
+        ("max_iterations", _) => (
+            ErrorClass::Permanent,
+            "dexter: ran out of iterations".to_string(),
+        ),
         (kind, _) => (ErrorClass::Transient, format!("dexter: {kind}")),
     };
     let message = if message.is_empty() || message == what {
@@ -389,10 +395,23 @@ mod tests {
 
     #[test]
     fn max_iterations_and_timeouts() {
-        let run = parse("max_iterations.json", 0);
-        // Dexter answers when it runs out of iterations: that is an answer.
-        assert!(run.outcome.is_ok());
+        // Dexter's "Reached maximum iterations" sentinel is no answer: like Claude's
+        // max turns, another attempt would end the same way.
+        let run = parse("max_iterations.json", 1);
+        let err = run.outcome.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(
+            err.message
+                .starts_with("dexter: ran out of iterations: Reached maximum iterations (10)"),
+            "{}",
+            err.message
+        );
         assert_eq!(run.metadata["iterations"], 10);
+        assert_eq!(run.metadata["tool_errors"], 1);
+        assert_eq!(
+            run.metadata["tool_error_details"][0]["tool"],
+            "get_financials"
+        );
 
         let err = parse("timeout.json", 1).outcome.unwrap_err();
         assert_eq!(err.class, ErrorClass::Timeout);
