@@ -354,6 +354,25 @@ mod tests {
     }
 
     #[test]
+    fn the_real_dexters_outputs_parse() {
+        // Printed by the wrapper driving virattt/dexter 823052e itself (see testdata/README).
+        let run = parse("real_dexter_success.json", 0);
+        assert_eq!(
+            run.outcome.unwrap(),
+            "Real Dexter answered: revenue was $391.0B."
+        );
+        assert_eq!(run.metadata["token_usage"]["totalTokens"], 120);
+        let run = parse("real_dexter_401.json", 1);
+        let err = run.outcome.unwrap_err();
+        // Dexter's answer text has no status in it; the wrapper saw the 401.
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert_eq!(
+            err.message,
+            "dexter: model call failed with HTTP 401: Error: OpenAI API key is invalid or expired. Check that your API key is correct in your environment variables."
+        );
+    }
+
+    #[test]
     fn an_empty_answer_is_a_permanent_failure() {
         let err = parse("empty_answer.json", 1).outcome.unwrap_err();
         assert_eq!(err.class, ErrorClass::Permanent);
