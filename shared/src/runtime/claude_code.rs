@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::command::CommandRuntime;
-use super::{AgentOutput, AgentRuntime, RunOptions, redact, tail_utf8};
+use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8};
 use crate::error::{ErrorClass, JobError};
 use crate::sandbox::{ExecControl, ExecRequest, SandboxProvider};
 use crate::secret::Secret;
@@ -256,17 +256,18 @@ impl AgentRuntime for ClaudeCodeRuntime {
                 .write_file(sandbox_id, SESSION_FILE, id.as_bytes())
                 .await?;
         }
+        let metadata = redact_value(&self.secrets, parsed.metadata);
         match parsed.outcome {
             Ok(answer) => Ok(AgentOutput {
                 answer: redact(&self.secrets, &answer),
                 exit_code: output.exit_code,
                 stderr_tail: redact(&self.secrets, &tail_utf8(&output.stderr, STDERR_TAIL_BYTES)),
-                metadata: parsed.metadata,
+                metadata,
                 truncated: output.truncated,
             }),
             Err(mut err) => {
                 err.message = redact(&self.secrets, &err.message);
-                Err(err.with_details(parsed.metadata))
+                Err(err.with_details(metadata))
             }
         }
     }

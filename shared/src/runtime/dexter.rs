@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::command::CommandRuntime;
-use super::{AgentOutput, AgentRuntime, RunOptions, redact, tail_utf8};
+use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8};
 use crate::error::{ErrorClass, JobError};
 use crate::sandbox::{ExecControl, ExecRequest, SandboxProvider};
 use crate::secret::Secret;
@@ -195,13 +195,6 @@ fn wrapper_env(
         env.insert("FLEET_DEXTER_CLEAR_CACHE".into(), "1".into());
     }
     env
-}
-
-fn redact_value(secrets: &BTreeMap<String, Secret>, value: Value) -> Value {
-    if value.is_null() {
-        return value;
-    }
-    serde_json::from_str(&redact(secrets, &value.to_string())).unwrap_or(value)
 }
 
 /// What one run of the wrapper produced.

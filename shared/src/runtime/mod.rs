@@ -97,6 +97,17 @@ pub(crate) fn redact(
     text
 }
 
+/// [`redact`] for a JSON value (an agent's metadata).
+pub(crate) fn redact_value(
+    secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    if value.is_null() {
+        return value;
+    }
+    serde_json::from_str(&redact(secrets, &value.to_string())).unwrap_or(value)
+}
+
 /// The last `max` bytes of `bytes` as text, starting on a character boundary.
 pub(crate) fn tail_utf8(bytes: &[u8], max: usize) -> String {
     let mut start = bytes.len().saturating_sub(max);
