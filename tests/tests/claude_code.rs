@@ -46,6 +46,9 @@ runtime = "claude_code"
 repo = ""
 model = "claude-sonnet-4-5"
 max_turns = 3
+max_budget_usd = 1.0
+allowed_tools = ["Read", "Grep"]
+permission_mode = "dontAsk"
 resume_session = true
 secret_env = ["ANTHROPIC_API_KEY"]
 env = {{ ANTHROPIC_BASE_URL = "{url}", IS_SANDBOX = "1" }}
