@@ -148,7 +148,7 @@ async fn handle(
                 timeout: Some(attempt.attempt_timeout),
                 cancel: cancel.clone(),
                 output: None,
-                keep_session: false,
+                ..Default::default()
             },
         )
         .await;

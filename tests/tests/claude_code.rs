@@ -316,6 +316,48 @@ async fn a_529_is_transient_and_retried_until_the_attempts_run_out() {
 }
 
 #[tokio::test]
+async fn a_jobs_own_turn_and_budget_caps_dead_letter_it_at_once_with_the_figures() {
+    // A model that keeps calling a tool: the profile allows 3 turns and $1, the jobs
+    // ask for less, and the real CLI stops where they say.
+    let Some(f) = claude_fleet(Mode::ToolLoop).await else {
+        return;
+    };
+    let mut spec = research("q", None, 5);
+    spec.options.max_turns = Some(1);
+    let id = f.fleet.submit(spec).await;
+    let record = f
+        .fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, WAIT)
+        .await;
+    assert_eq!(record.attempts, 1);
+    let message = record.error.as_ref().unwrap()["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "claude code error_max_turns: Reached maximum number of turns (1)"
+    );
+    let details = record.history[0].details.as_ref().unwrap();
+    assert_eq!(details["subtype"], "error_max_turns");
+    assert!(
+        details["total_cost_usd"].as_f64().unwrap() > 0.0,
+        "{details}"
+    );
+
+    let mut spec = research("q", None, 5);
+    spec.options.max_budget_usd = Some(fleet_shared::job::Usd(0.0001));
+    let id = f.fleet.submit(spec).await;
+    let record = f
+        .fleet
+        .wait_status(&id.to_string(), JobStatus::Dead, WAIT)
+        .await;
+    assert_eq!(record.attempts, 1);
+    let message = record.error.as_ref().unwrap()["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "claude code error_max_budget_usd: Reached maximum budget ($0.0001)"
+    );
+}
+
+#[tokio::test]
 async fn two_jobs_on_one_persistent_agent_share_the_session() {
     let Some(f) = claude_fleet(Mode::Answer("noted".into())).await else {
         return;

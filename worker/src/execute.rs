@@ -93,6 +93,8 @@ async fn research(
                 cancel: cancel.clone(),
                 output: None,
                 keep_session: research.agent_id.is_some(),
+                max_turns: job.spec.options.max_turns,
+                max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),
             },
         )
         .await;

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::command::CommandRuntime;
-use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8};
+use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8, tighter_cap};
 use crate::error::{ErrorClass, JobError};
 use crate::sandbox::{ExecControl, ExecRequest, SandboxProvider};
 use crate::secret::Secret;
@@ -219,12 +219,15 @@ impl AgentRuntime for ClaudeCodeRuntime {
             None
         };
         let program = self.cli(provider, sandbox_id).await;
+        let mut profile = self.profile.clone();
+        profile.max_turns = tighter_cap(profile.max_turns, options.max_turns);
+        profile.max_budget_usd = tighter_cap(profile.max_budget_usd, options.max_budget_usd);
         let (output, parsed) = loop {
             let mut env = self.agent_env();
             env.extend(control_env(options.timeout));
             let request = ExecRequest {
                 program: program.clone(),
-                args: cli_args(&self.profile, resume.as_deref()),
+                args: cli_args(&profile, resume.as_deref()),
                 env,
                 cwd: Some(AGENT_DIR.into()),
                 stdin: Some(query.as_bytes().to_vec()),

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::command::CommandRuntime;
-use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8};
+use super::{AgentOutput, AgentRuntime, RunOptions, redact, redact_value, tail_utf8, tighter_cap};
 use crate::error::{ErrorClass, JobError};
 use crate::sandbox::{ExecControl, ExecRequest, SandboxProvider};
 use crate::secret::Secret;
@@ -130,7 +130,9 @@ impl AgentRuntime for DexterRuntime {
     ) -> Result<AgentOutput, JobError> {
         let (program, args) = self.argv();
         let mut env = self.agent_env();
-        env.extend(wrapper_env(&self.profile, options.timeout));
+        let mut profile = self.profile.clone();
+        profile.max_iterations = tighter_cap(profile.max_iterations, options.max_turns);
+        env.extend(wrapper_env(&profile, options.timeout));
         let request = ExecRequest {
             program,
             args,

@@ -57,6 +57,19 @@ pub struct RunOptions {
     /// between jobs, such as a Claude Code session, may carry over. Pooled agents
     /// serve unrelated jobs and never carry a conversation over.
     pub keep_session: bool,
+    /// The job's step cap (`max_turns`): lowers the profile's, never raises it.
+    pub max_turns: Option<u32>,
+    /// The job's spending cap in US dollars: lowers the profile's, never raises it.
+    pub max_budget_usd: Option<f64>,
+}
+
+/// The tighter of a profile's cap and a job's (`0` or `None`: no cap).
+pub(crate) fn tighter_cap<T: PartialOrd + Default + Copy>(profile: T, job: Option<T>) -> T {
+    let unset = T::default();
+    match job {
+        Some(job) if job > unset && (profile <= unset || job < profile) => job,
+        _ => profile,
+    }
 }
 
 #[async_trait]
@@ -115,4 +128,21 @@ pub(crate) fn tail_utf8(bytes: &[u8], max: usize) -> String {
         start += 1;
     }
     String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tighter_cap;
+
+    #[test]
+    fn a_job_may_lower_a_profile_cap_but_not_raise_it() {
+        assert_eq!(tighter_cap(20u32, Some(5)), 5);
+        assert_eq!(tighter_cap(20u32, Some(50)), 20);
+        assert_eq!(tighter_cap(0u32, Some(50)), 50, "no profile cap: the job's");
+        assert_eq!(tighter_cap(20u32, None), 20);
+        assert_eq!(tighter_cap(20u32, Some(0)), 20);
+        assert_eq!(tighter_cap(1.0f64, Some(0.25)), 0.25);
+        assert_eq!(tighter_cap(1.0f64, Some(3.0)), 1.0);
+        assert_eq!(tighter_cap(0.0f64, None), 0.0);
+    }
 }
