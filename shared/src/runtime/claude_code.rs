@@ -222,16 +222,19 @@ impl AgentRuntime for ClaudeCodeRuntime {
         let mut profile = self.profile.clone();
         profile.max_turns = tighter_cap(profile.max_turns, options.max_turns);
         profile.max_budget_usd = tighter_cap(profile.max_budget_usd, options.max_budget_usd);
+        // A second run (a fresh session, below) gets only what is left of the attempt.
+        let deadline = options.timeout.map(|t| std::time::Instant::now() + t);
         let (output, parsed) = loop {
+            let timeout = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
             let mut env = self.agent_env();
-            env.extend(control_env(options.timeout));
+            env.extend(control_env(timeout));
             let request = ExecRequest {
                 program: program.clone(),
                 args: cli_args(&profile, resume.as_deref()),
                 env,
                 cwd: Some(AGENT_DIR.into()),
                 stdin: Some(query.as_bytes().to_vec()),
-                timeout: options.timeout,
+                timeout,
                 max_output_bytes: MAX_OUTPUT_BYTES,
             };
             let control = ExecControl {
