@@ -59,6 +59,7 @@ pub fn build(root: &Path, agents: usize, command: &[&str], worker: &str) -> Agen
         env: BTreeMap::new(),
         secret_env: Vec::new(),
         template: String::new(),
+        ..Default::default()
     };
     let runtime = Arc::new(CommandRuntime::new(
         profile,
@@ -147,6 +148,7 @@ async fn handle(
                 timeout: Some(attempt.attempt_timeout),
                 cancel: cancel.clone(),
                 output: None,
+                ..Default::default()
             },
         )
         .await;

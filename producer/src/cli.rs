@@ -201,6 +201,16 @@ pub struct SubmitArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub meta: Vec<(String, String)>,
 
+    /// The agent's step cap for this job (Claude Code turns, Dexter iterations), at most
+    /// 10000; it may lower the profile's cap, never raise it
+    #[arg(long, value_name = "N")]
+    pub max_turns: Option<u32>,
+
+    /// The agent's spending cap for this job in US dollars (Claude Code), at most 10000;
+    /// it may lower the profile's cap, never raise it
+    #[arg(long, value_name = "USD")]
+    pub max_budget_usd: Option<f64>,
+
     /// Wait for the job to end and print its answer
     #[arg(long)]
     pub wait: bool,
@@ -216,7 +226,8 @@ One query per line, or JSON Lines with per-job options (`-` reads stdin):
   {\"query\": \"Compare Globex and Initech margins\", \"agent\": \"demo\", \"max_attempts\": 5}
 
 JSON fields: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs,
-deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata. Blank lines are skipped. One bad line refuses
+deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata, max_turns,
+max_budget_usd. Blank lines are skipped. One bad line refuses
 the whole batch (the error names the line); nothing is enqueued then.")]
     pub file: String,
 

@@ -307,6 +307,12 @@ pub fn render_detail(queue: QueueKind, r: &JobRecord, now_ms: u64) -> String {
         if let Some(k) = &o.idempotency_key {
             opts.push(format!("idempotency_key={k}"));
         }
+        if let Some(n) = o.max_turns {
+            opts.push(format!("max_turns={n}"));
+        }
+        if let Some(usd) = o.max_budget_usd {
+            opts.push(format!("max_budget_usd={}", usd.0));
+        }
         for (k, v) in &o.metadata {
             opts.push(format!("{k}={v}"));
         }
@@ -353,6 +359,10 @@ pub fn render_detail(queue: QueueKind, r: &JobRecord, now_ms: u64) -> String {
         }
         if let Some(d) = a.retry_in_ms {
             f("retry in", fmt_duration(d));
+        }
+        if let Some(d) = &a.details {
+            // What the agent reported about the failed run (cost, turns, session, ...).
+            f("details", one_line(&d.to_string(), 400));
         }
     }
     out
@@ -741,10 +751,15 @@ mod tests {
                 attempt: 2,
                 outcome: "permanent".into(),
                 error: Some("bad data".into()),
+                details: Some(serde_json::json!({"num_turns": 2, "total_cost_usd": 0.01})),
                 ..Default::default()
             },
         ];
         let text = render_detail(QueueKind::Research, &r, 0);
+        assert!(
+            text.contains("  details   {\"num_turns\":2,\"total_cost_usd\":0.01}"),
+            "{text}"
+        );
         assert!(
             text.contains("attempt 1\n  outcome   timeout\n  worker    w1\n"),
             "{text}"

@@ -49,14 +49,17 @@ impl std::fmt::Display for ErrorClass {
     }
 }
 
-/// The failure of one job attempt: its class, a message a user can act on, and
-/// an upstream `Retry-After` when one was given.
+/// The failure of one job attempt: its class, a message a user can act on, an
+/// upstream `Retry-After` when one was given, and what the agent reported about the
+/// failed run (cost, turns, session: `details`, kept on the attempt's record).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{class}: {message}")]
 pub struct JobError {
     pub class: ErrorClass,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// Structured figures of the failed run (a runtime's metadata), if any.
+    pub details: Option<serde_json::Value>,
 }
 
 impl JobError {
@@ -65,6 +68,7 @@ impl JobError {
             class,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
     }
     pub fn transient(message: impl Into<String>) -> Self {
@@ -84,6 +88,10 @@ impl JobError {
     }
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = (!details.is_null()).then_some(details);
         self
     }
 }

@@ -230,22 +230,29 @@ impl E2bSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
+    #[default]
     Command,
+    /// The Claude Code CLI (`runtime = "claude_code"`, also spelled `"claude-code"`).
+    #[serde(alias = "claude-code")]
+    ClaudeCode,
+    /// Dexter (virattt/dexter) through the project's run-once wrapper.
+    Dexter,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum QueryVia {
+    #[default]
     Stdin,
     Env,
     File,
 }
 
 /// One agent profile (`[agents.<name>]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentProfile {
     pub runtime: RuntimeKind,
@@ -262,6 +269,34 @@ pub struct AgentProfile {
     pub secret_env: Vec<String>,
     #[serde(default)]
     pub template: String,
+    /// `claude_code`, `dexter`: the model ("" = the agent's default).
+    #[serde(default)]
+    pub model: String,
+    /// `claude_code`: `--max-turns` (0 = the CLI's default).
+    #[serde(default)]
+    pub max_turns: u32,
+    /// `claude_code`: `--allowedTools` (empty = not passed).
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
+    /// `claude_code`: `--permission-mode` ("" = not passed).
+    #[serde(default)]
+    pub permission_mode: String,
+    /// `claude_code`: `--max-budget-usd` per job (0 = no cap).
+    #[serde(default)]
+    pub max_budget_usd: f64,
+    /// `claude_code`: jobs on a persistent agent `--resume` the agent's session.
+    #[serde(default)]
+    pub resume_session: bool,
+    /// `claude_code`: the `@anthropic-ai/claude-code` version installed when the
+    /// sandbox has no `claude` on its PATH ("" = the pinned default).
+    #[serde(default)]
+    pub cli_version: String,
+    /// `dexter`: the agent's `maxIterations` (0 = 10).
+    #[serde(default)]
+    pub max_iterations: u32,
+    /// `dexter`: keep `.dexter/cache` between jobs (default: cleared before each job).
+    #[serde(default)]
+    pub share_cache: bool,
 }
 
 fn default_query_via() -> QueryVia {
@@ -518,6 +553,21 @@ impl Settings {
                     "a \"command\" runtime needs a command line",
                 );
             }
+            if !(profile.max_budget_usd.is_finite() && profile.max_budget_usd >= 0.0) {
+                return err(
+                    &format!("agents.{name}.max_budget_usd"),
+                    "must be a number of dollars, 0 or more",
+                );
+            }
+            if !matches!(
+                profile.permission_mode.as_str(),
+                "" | "default" | "acceptEdits" | "plan" | "bypassPermissions" | "dontAsk"
+            ) {
+                return err(
+                    &format!("agents.{name}.permission_mode"),
+                    "must be \"\", \"default\", \"acceptEdits\", \"plan\", \"bypassPermissions\" or \"dontAsk\"",
+                );
+            }
             if profile.setup.iter().any(Vec::is_empty) {
                 return err(&format!("agents.{name}.setup"), "holds an empty command");
             }
@@ -683,6 +733,45 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_example_profiles_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+        let load = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            Settings::from_layers(Some(&text), &[]).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let s = load("claude-code.toml");
+        let p = &s.agents["claude"];
+        assert_eq!(p.runtime, RuntimeKind::ClaudeCode);
+        assert!(p.resume_session && p.max_turns == 20 && p.max_budget_usd == 1.0);
+        assert_eq!(p.permission_mode, "dontAsk");
+        let s = load("dexter.toml");
+        let p = &s.agents["dexter"];
+        assert_eq!(p.runtime, RuntimeKind::Dexter);
+        assert_eq!(p.max_iterations, 10);
+        assert!(!p.share_cache);
+        assert_eq!(
+            load("command.toml").agents["csv"].runtime,
+            RuntimeKind::Command
+        );
+    }
+
+    #[test]
+    fn agent_profile_keys_are_checked() {
+        let bad = |extra: &str| {
+            let text = format!("[agents.x]\nruntime = \"claude-code\"\nrepo = \"\"\n{extra}");
+            Settings::from_layers(Some(&text), &[]).unwrap_err().key
+        };
+        assert_eq!(bad("max_budget_usd = -1.0"), "agents.x.max_budget_usd");
+        assert_eq!(
+            bad("permission_mode = \"yolo\""),
+            "agents.x.permission_mode"
+        );
+        let ok = "[agents.x]\nruntime = \"claude-code\"\nrepo = \"\"\n";
+        let s = Settings::from_layers(Some(ok), &[]).unwrap();
+        assert_eq!(s.agents["x"].runtime, RuntimeKind::ClaudeCode);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! benchmarks: a real `redis-server` per test, settings and queue helpers, and (in
 //! `fake_e2b`) a fake E2B server that follows E2B's published specs and injects faults.
 
+pub mod agent_clis;
+pub mod fake_anthropic;
 pub mod fake_e2b;
+pub mod fake_openai;
 pub mod fixture;
 pub mod harness;
 pub mod processes;

@@ -25,13 +25,9 @@ const WAIT: Duration = Duration::from_secs(20);
 fn pool(provider: Arc<dyn SandboxProvider>, script: &str) -> Arc<AgentPool> {
     let profile = AgentProfile {
         runtime: RuntimeKind::Command,
-        repo: String::new(),
         command: vec!["sh".into(), "-c".into(), script.into()],
         query_via: QueryVia::Stdin,
-        setup: Vec::new(),
-        env: BTreeMap::new(),
-        secret_env: Vec::new(),
-        template: String::new(),
+        ..Default::default()
     };
     let runtime = Arc::new(CommandRuntime::new(
         profile,

@@ -1266,7 +1266,6 @@ async fn an_answer_whose_output_stream_was_cut_is_never_a_success() {
     // client has re-attached) and exits 0.
     let profile = AgentProfile {
         runtime: RuntimeKind::Command,
-        repo: String::new(),
         command: vec![
             "sh".into(),
             "-c".into(),
@@ -1274,10 +1273,7 @@ async fn an_answer_whose_output_stream_was_cut_is_never_a_success() {
                 .into(),
         ],
         query_via: QueryVia::Stdin,
-        setup: Vec::new(),
-        env: BTreeMap::new(),
-        secret_env: Vec::new(),
-        template: String::new(),
+        ..Default::default()
     };
     let rt = Arc::new(CommandRuntime::new(
         profile,

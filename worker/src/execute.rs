@@ -104,6 +104,9 @@ async fn research(
                 timeout: Some(remaining),
                 cancel: cancel.clone(),
                 output: None,
+                keep_session: research.agent_id.is_some(),
+                max_turns: job.spec.options.max_turns,
+                max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),
             },
         )
         .await;

@@ -17,7 +17,9 @@ use fleet_shared::queue::apalis_backend::RedisBackend;
 use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
 use fleet_shared::queue::{QueueConfig, RedisQueue};
 use fleet_shared::runtime::AgentRuntime;
+use fleet_shared::runtime::claude_code::ClaudeCodeRuntime;
 use fleet_shared::runtime::command::CommandRuntime;
+use fleet_shared::runtime::dexter::DexterRuntime;
 use fleet_shared::sandbox::SandboxProvider;
 use fleet_shared::sandbox::e2b::E2bProvider;
 use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
@@ -108,6 +110,16 @@ pub fn build_pool(
             .collect();
         let runtime: Arc<dyn AgentRuntime> = match profile.runtime {
             RuntimeKind::Command => Arc::new(CommandRuntime::new(
+                profile.clone(),
+                secrets,
+                base_dir.clone(),
+            )),
+            RuntimeKind::ClaudeCode => Arc::new(ClaudeCodeRuntime::new(
+                profile.clone(),
+                secrets,
+                base_dir.clone(),
+            )),
+            RuntimeKind::Dexter => Arc::new(DexterRuntime::new(
                 profile.clone(),
                 secrets,
                 base_dir.clone(),

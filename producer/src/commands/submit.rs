@@ -2,7 +2,7 @@
 //! print its job ID; with `--wait`, then wait and print the answer like `fleet result`.
 
 use anyhow::Context as _;
-use fleet_shared::job::{JobOptions, JobSpec, QueueKind};
+use fleet_shared::job::{JobOptions, JobSpec, QueueKind, Usd};
 use serde_json::json;
 
 use crate::cli::SubmitArgs;
@@ -22,6 +22,8 @@ pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpe
         idempotency_key: args.idempotency_key.clone(),
         batch_id: None,
         metadata: args.meta.iter().cloned().collect(),
+        max_turns: args.max_turns,
+        max_budget_usd: args.max_budget_usd.map(Usd),
     };
     spec
 }

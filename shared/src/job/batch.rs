@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{JobOptions, JobPayload, JobSpec, Limits, ResearchJob, ValidationError};
+use super::{JobOptions, JobPayload, JobSpec, Limits, ResearchJob, Usd, ValidationError};
 
 /// One job as a JSON object: a JSON Lines batch line, an item of a batch sent to the
 /// HTTP API as a JSON array, or the body of `POST /v1/jobs`. Unknown fields are
@@ -45,6 +45,10 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    #[serde(default)]
+    pub max_budget_usd: Option<Usd>,
 }
 
 impl JobRequest {
@@ -67,6 +71,8 @@ impl JobRequest {
                 idempotency_key: self.idempotency_key,
                 batch_id: None,
                 metadata: self.metadata,
+                max_turns: self.max_turns,
+                max_budget_usd: self.max_budget_usd,
             },
         }
     }
@@ -231,7 +237,8 @@ mod tests {
         let body = br#"{"query": "Compare Globex and Initech margins", "agent": "dexter",
             "agent_id": "agent-1", "ephemeral": true, "max_attempts": 5,
             "attempt_timeout_secs": 120, "backoff_base_ms": 10, "backoff_cap_ms": 20,
-            "deadline_secs": 600, "idempotency_key": "q-17", "metadata": {"team": "research"}}"#;
+            "deadline_secs": 600, "idempotency_key": "q-17", "metadata": {"team": "research"},
+            "max_turns": 8, "max_budget_usd": 0.75}"#;
         let spec = parse_job(body, "demo", &limits()).unwrap();
         let JobPayload::Research(r) = &spec.payload else {
             panic!()
@@ -248,6 +255,8 @@ mod tests {
         assert_eq!(o.idempotency_key.as_deref(), Some("q-17"));
         assert_eq!(o.metadata.get("team").map(String::as_str), Some("research"));
         assert_eq!(o.batch_id, None);
+        assert_eq!(o.max_turns, Some(8));
+        assert_eq!(o.max_budget_usd, Some(Usd(0.75)));
 
         let spec = parse_job(br#"{"query": "q"}"#, "demo", &limits()).unwrap();
         assert_eq!(spec, JobSpec::research("q", "demo"));
@@ -274,6 +283,23 @@ mod tests {
             err(br#"{"query": "q", "max_attempts": 0}"#),
             "max_attempts must be at least 1"
         );
+        assert_eq!(
+            err(br#"{"query": "q", "max_turns": 0}"#),
+            "max_turns must be at least 1"
+        );
+        assert_eq!(
+            err(br#"{"query": "q", "max_turns": 10001}"#),
+            "max_turns must be at most 10000 (got 10001)"
+        );
+        for budget in ["0", "-1", "10000.5", "1e400"] {
+            let body = format!(r#"{{"query": "q", "max_budget_usd": {budget}}}"#);
+            let message = err(body.as_bytes());
+            assert!(
+                message.contains("max_budget_usd must be more than 0 and at most 10000")
+                    || message.starts_with("malformed JSON"),
+                "{budget}: {message}"
+            );
+        }
     }
 
     #[test]

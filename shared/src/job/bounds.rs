@@ -19,6 +19,10 @@ pub const MAX_ATTEMPT_TIMEOUT_SECS: u64 = 86_400;
 pub const MAX_DEADLINE_SECS: u64 = 30 * 86_400;
 /// Retry backoff base and cap: a day, in milliseconds.
 pub const MAX_BACKOFF_MS: u64 = 86_400_000;
+/// An agent's step cap for one job (`max_turns`).
+pub const MAX_TURNS: u32 = 10_000;
+/// An agent's spending cap for one job (`max_budget_usd`), in US dollars.
+pub const MAX_BUDGET_USD: f64 = 10_000.0;
 /// Metadata labels per job, and the size of each key and value.
 pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_KEY_BYTES: usize = 128;

@@ -164,7 +164,29 @@ pub struct JobOptions {
     /// Free-form labels, returned with the result.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The agent's step cap for this job (Claude Code `--max-turns`, Dexter
+    /// `maxIterations`); it may lower the profile's, never raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// The agent's spending cap for this job in US dollars (Claude Code
+    /// `--max-budget-usd`); it may lower the profile's, never raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<Usd>,
 }
+
+/// An amount in US dollars. Compared by its bits, so options stay `Eq`; validation
+/// refuses NaN and infinities.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Usd(pub f64);
+
+impl PartialEq for Usd {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Usd {}
 
 /// What to do and how: the part of a job the producer is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +276,18 @@ impl JobSpec {
         bounds::at_most("backoff_base_ms", o.backoff_base_ms, bounds::MAX_BACKOFF_MS)?;
         bounds::at_most("backoff_cap_ms", o.backoff_cap_ms, bounds::MAX_BACKOFF_MS)?;
         bounds::check_metadata(&o.metadata)?;
+        if o.max_turns == Some(0) {
+            return Err(ValidationError::new("max_turns must be at least 1"));
+        }
+        bounds::at_most("max_turns", o.max_turns, bounds::MAX_TURNS)?;
+        if let Some(Usd(usd)) = o.max_budget_usd
+            && !(usd.is_finite() && usd > 0.0 && usd <= bounds::MAX_BUDGET_USD)
+        {
+            return Err(ValidationError::new(format!(
+                "max_budget_usd must be more than 0 and at most {}",
+                bounds::MAX_BUDGET_USD
+            )));
+        }
         if let (Some(base), Some(cap)) = (o.backoff_base_ms, o.backoff_cap_ms)
             && cap < base
         {

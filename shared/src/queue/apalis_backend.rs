@@ -598,6 +598,7 @@ async fn settle(
             if let Settlement::Retry { delay } = settlement {
                 record.retry_in_ms = Some(millis(delay));
             }
+            record.details = err.details.clone();
             let message = match settlement {
                 Settlement::Dead
                     if err.class.is_retryable() && lease.attempt >= lease.max_attempts =>

@@ -274,6 +274,9 @@ pub struct AttemptRecord {
     /// The delay before the next attempt, when one was scheduled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_in_ms: Option<u64>,
+    /// What the agent reported about the failed run (cost, turns, session, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl AttemptRecord {

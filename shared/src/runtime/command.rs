@@ -439,6 +439,7 @@ mod tests {
             env: BTreeMap::new(),
             secret_env: Vec::new(),
             template: String::new(),
+            ..Default::default()
         }
     }
 

@@ -1,14 +1,21 @@
 //! Agent runtimes: how a query is run by one kind of agent inside a sandbox.
 //!
 //! - [`command`]: any command-line agent; the query goes in through stdin, an
-//!   environment variable or a file, never spliced into a shell string. Dexter and
-//!   Claude Code run through it today with a profile each (see `config/examples/`).
+//!   environment variable or a file, never spliced into a shell string.
+//! - [`claude_code`]: the Claude Code CLI, headless; its stream-json result becomes the
+//!   answer and metadata (cost, turns, session), its API errors are classified.
+//! - [`dexter`]: Dexter (virattt/dexter, Bun) through the project's run-once wrapper
+//!   (`agents/dexter/run-once.ts`), uploaded into the sandbox.
+//!
+//! Working profiles for each are in `config/examples/`.
 //!
 //! A runtime prepares a new sandbox once (`setup`: the agent's files, installs)
 //! and then runs queries in it (`run`). Its errors are [`JobError`]s, already
 //! classified, so the queue knows whether to retry.
 
+pub mod claude_code;
 pub mod command;
+pub mod dexter;
 
 use std::time::Duration;
 
@@ -46,6 +53,23 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Stream output here as it arrives, when set.
     pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    /// The job was addressed to one agent (a persistent agent): state the agent keeps
+    /// between jobs, such as a Claude Code session, may carry over. Pooled agents
+    /// serve unrelated jobs and never carry a conversation over.
+    pub keep_session: bool,
+    /// The job's step cap (`max_turns`): lowers the profile's, never raises it.
+    pub max_turns: Option<u32>,
+    /// The job's spending cap in US dollars: lowers the profile's, never raises it.
+    pub max_budget_usd: Option<f64>,
+}
+
+/// The tighter of a profile's cap and a job's (`0` or `None`: no cap).
+pub(crate) fn tighter_cap<T: PartialOrd + Default + Copy>(profile: T, job: Option<T>) -> T {
+    let unset = T::default();
+    match job {
+        Some(job) if job > unset && (profile <= unset || job < profile) => job,
+        _ => profile,
+    }
 }
 
 #[async_trait]
@@ -66,4 +90,59 @@ pub trait AgentRuntime: Send + Sync + 'static {
         query: &str,
         options: RunOptions,
     ) -> Result<AgentOutput, JobError>;
+}
+
+/// Secrets shorter than this are not redacted: replacing every occurrence of a one-
+/// or two-character value would mangle ordinary text.
+const MIN_REDACTED_SECRET_LEN: usize = 4;
+
+/// Replace secret values in text that may reach a log, an error or a result.
+pub(crate) fn redact(
+    secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    text: &str,
+) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.values() {
+        if secret.expose().len() >= MIN_REDACTED_SECRET_LEN {
+            text = text.replace(secret.expose(), "[redacted]");
+        }
+    }
+    text
+}
+
+/// [`redact`] for a JSON value (an agent's metadata).
+pub(crate) fn redact_value(
+    secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    if value.is_null() {
+        return value;
+    }
+    serde_json::from_str(&redact(secrets, &value.to_string())).unwrap_or(value)
+}
+
+/// The last `max` bytes of `bytes` as text, starting on a character boundary.
+pub(crate) fn tail_utf8(bytes: &[u8], max: usize) -> String {
+    let mut start = bytes.len().saturating_sub(max);
+    while start < bytes.len() && start > 0 && bytes[start] & 0xC0 == 0x80 {
+        start += 1;
+    }
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tighter_cap;
+
+    #[test]
+    fn a_job_may_lower_a_profile_cap_but_not_raise_it() {
+        assert_eq!(tighter_cap(20u32, Some(5)), 5);
+        assert_eq!(tighter_cap(20u32, Some(50)), 20);
+        assert_eq!(tighter_cap(0u32, Some(50)), 50, "no profile cap: the job's");
+        assert_eq!(tighter_cap(20u32, None), 20);
+        assert_eq!(tighter_cap(20u32, Some(0)), 20);
+        assert_eq!(tighter_cap(1.0f64, Some(0.25)), 0.25);
+        assert_eq!(tighter_cap(1.0f64, Some(3.0)), 1.0);
+        assert_eq!(tighter_cap(0.0f64, None), 0.0);
+    }
 }
