@@ -222,7 +222,7 @@ async fn sigterm_lets_in_flight_jobs_finish_and_runs_none_twice() {
     assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());
     for id in &ids {
         let r = fleet.record(&id.to_string()).await;
-        assert_eq!(r.status, JobStatus::Succeeded, "{r:?}");
+        assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
         assert_eq!(r.attempts, 1);
     }
     assert!(runs(&fleet.path("runs.log")).values().all(|&n| n == 1));
