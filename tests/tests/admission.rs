@@ -273,3 +273,66 @@ async fn holds_and_turns_are_timed_by_the_redis_clock_whatever_the_callers_clock
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_providers_share_one_plan_and_a_crashed_ones_slots_come_back() {
+    use fleet_shared::sandbox::e2b::E2bProvider;
+    use fleet_shared::sandbox::{SandboxError, SandboxProvider, SandboxSpec};
+    use fleet_tests::fake_e2b::{FakeE2b, Plan as FakePlan};
+
+    let redis = RedisServer::start();
+    let fake = FakeE2b::start_local().await;
+    fake.faults().set_plan(Some(FakePlan {
+        max_running: 2,
+        starts_per_second: 1000.0,
+    }));
+    // Each provider alone believes in 100 sandboxes; the fleet's plan says 2.
+    let plan = Plan::new(2, 1000.0, Duration::from_secs(1));
+    let provider = |admission: FleetAdmission, wait: Duration| {
+        E2bProvider::new(&fake.settings())
+            .unwrap()
+            .with_limit_wait(wait)
+            .with_fleet_admission(admission)
+    };
+    let spec = || SandboxSpec {
+        template: "base".into(),
+        timeout: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let a = provider(client(&redis, plan).await, Duration::from_secs(10));
+    let b = provider(client(&redis, plan).await, Duration::from_millis(300));
+    let a1 = a.create(&spec()).await.unwrap();
+    let a2 = a.create(&spec()).await.unwrap();
+
+    // The plan is full: B waits, then gives up without sending anything.
+    let e = b.create(&spec()).await.unwrap_err();
+    assert!(matches!(e, SandboxError::LimitReached(_)), "{e:?}");
+    assert_eq!(fake.counters().created, 2);
+
+    // B kills one of A's sandboxes (as the reconcile of a dead worker's does): the slot
+    // is free at once, fleet-wide.
+    b.kill(&a1.id).await.unwrap();
+    let b1 = b.create(&spec()).await.unwrap();
+
+    // A crashes: it no longer renews its hold on a2. Its sandbox goes away at E2B (here
+    // killed behind the fleet's back), and its slot comes back once its hold expires.
+    drop(a);
+    let outsider = E2bProvider::new(&fake.settings()).unwrap();
+    outsider.kill(&a2.id).await.unwrap();
+    let t0 = Instant::now();
+    let b = provider(client(&redis, plan).await, Duration::from_secs(5));
+    let b2 = b.create(&spec()).await.unwrap();
+    let waited = t0.elapsed();
+    eprintln!("the crashed provider's slot came back after {waited:?}");
+    assert!(waited <= Duration::from_millis(1500), "{waited:?}");
+
+    let c = fake.counters();
+    assert_eq!(c.max_running, 2, "{c:?}");
+    assert_eq!((c.cap_refusals, c.rate_refusals), (0, 0), "{c:?}");
+    for id in [&b1.id, &b2.id] {
+        b.kill(id).await.unwrap();
+    }
+    assert_eq!(b.running_sandboxes(), 0);
+    let admission = client(&redis, plan).await;
+    assert_eq!(admission.held_slots().await.unwrap(), 0, "no slot leaked");
+}
