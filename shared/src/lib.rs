@@ -10,6 +10,8 @@
 //!   state transition, leases with fencing tokens, delayed retries, dead letters.
 //! - [`results`]: the result store, keyed by job ID, and batch records.
 //! - [`pool`]: the agent pool that leases sandboxes to jobs.
+//! - [`admission`]: a provider's plan limits (running sandboxes, creates per
+//!   second) shared by every worker through Redis.
 //! - [`sandbox`]: the sandbox provider trait and its `local` and `e2b` providers.
 //! - [`runtime`]: agent runtimes (`command`, `dexter`, `claude_code`) that run a
 //!   query inside a sandbox.
@@ -17,6 +19,7 @@
 //!   environment variables and `.env`, validated with errors that name the key.
 //! - [`secret`]: a wrapper that keeps API keys out of logs and debug output.
 
+pub mod admission;
 pub mod error;
 pub mod job;
 pub mod pool;

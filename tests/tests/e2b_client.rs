@@ -28,7 +28,7 @@ use fleet_shared::sandbox::{
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::E2bSettings;
 use fleet_tests::fake_e2b::openapi::{OpenApi, RequestParts, specs_dir};
-use fleet_tests::fake_e2b::{FakeE2b, NotFoundBody, RecordedRequest};
+use fleet_tests::fake_e2b::{FakeE2b, NotFoundBody, Plan, RecordedRequest};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -724,7 +724,8 @@ async fn rate_limited_calls_wait_for_retry_after() {
     assert_eq!(posts.len(), 2);
     assert!(posts[1] - posts[0] >= Duration::from_secs(1));
 
-    // Out of attempts: RateLimited, carrying Retry-After to the queue.
+    // A Retry-After longer than the limit wait: RateLimited at once, carrying
+    // Retry-After to the queue.
     let p = client(&fake, |s| s.request_attempts = 1);
     fake.faults().rate_limit_next(1, Duration::from_secs(7));
     let e = p.create(&spec(&[])).await.unwrap_err();
@@ -739,6 +740,51 @@ async fn rate_limited_calls_wait_for_retry_after() {
         (job.class, job.retry_after),
         (ErrorClass::Transient, Some(Duration::from_secs(7)))
     );
+}
+
+#[tokio::test]
+async fn a_run_of_429s_on_create_and_resume_is_waited_out_without_using_up_tries() {
+    let fake = fake().await;
+    // One try per call: before, the first 429 failed the call (and the job's attempt).
+    let p = client(&fake, |s| s.request_attempts = 1)
+        .with_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    fake.faults().rate_limit_next(3, Duration::from_secs(1));
+    let t0 = Instant::now();
+    let a = p.create(&spec(&[])).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(count(&fake, "POST", |p| p == "/sandboxes"), 4);
+
+    // E2B's own concurrency limit (a plan smaller than the client believes): 429
+    // without Retry-After on create and on resume, waited out until a slot frees.
+    fake.clear_requests();
+    fake.faults().set_plan(Some(Plan {
+        max_running: 1,
+        starts_per_second: 1000.0,
+    }));
+    let p = Arc::new(p);
+    let waiting = {
+        let p = p.clone();
+        tokio::spawn(async move { p.create(&spec(&[])).await })
+    };
+    fake.wait_for_request(WAIT, |r| r.path == "/sandboxes" && r.status == 429)
+        .await
+        .expect("the plan refused the second create");
+    p.pause(&a.id).await.unwrap();
+    let b = waiting.await.unwrap().unwrap();
+    let resuming = {
+        let (p, id) = (p.clone(), a.id.clone());
+        tokio::spawn(async move { p.connect(&id, Duration::from_secs(60)).await })
+    };
+    let connect = format!("/sandboxes/{}/connect", a.id);
+    fake.wait_for_request(WAIT, |r| r.path == connect && r.status == 429)
+        .await
+        .expect("the plan refused the resume");
+    p.kill(&b.id).await.unwrap();
+    resuming.await.unwrap().unwrap();
+    let c = fake.counters();
+    assert!(c.cap_refusals >= 2, "both were refused: {c:?}");
+    assert_eq!(c.max_running, 1);
+    p.kill(&a.id).await.unwrap();
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use apalis::layers::tracing::{DefaultMakeSpan, DefaultOnRequest, OnResponse, Tra
 use apalis::prelude::{Monitor, WorkerBuilder};
 use apalis_core::error::WorkerError;
 use apalis_core::worker::context::WorkerContext;
+use fleet_shared::admission::{FleetAdmission, Plan};
 use fleet_shared::job::QueueKind;
 use fleet_shared::pool::{AgentPool, PoolProfile};
 use fleet_shared::queue::apalis_backend::RedisBackend;
@@ -75,7 +76,10 @@ pub fn on_job_loop_error(
     }
 }
 
-pub fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProvider>> {
+/// The sandbox provider. E2B's plan limits are the fleet's: its slots and start turns
+/// live in Redis, shared with every worker on the same key prefix, and this worker's
+/// holds last one lease TTL without renewal (so a killed worker's come back).
+pub async fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProvider>> {
     Ok(match settings.sandbox.provider {
         ProviderKind::Local => {
             let mut config = LocalConfig::from_settings(&settings.sandbox.local);
@@ -88,10 +92,22 @@ pub fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn SandboxProv
             }
             Arc::new(LocalProvider::new(config))
         }
-        ProviderKind::E2b => Arc::new(
-            E2bProvider::new(&settings.sandbox.e2b)
-                .map_err(|e| anyhow::anyhow!("sandbox.e2b: {e}"))?,
-        ),
+        ProviderKind::E2b => {
+            let e2b = &settings.sandbox.e2b;
+            let plan = Plan::new(
+                e2b.max_concurrent_sandboxes,
+                e2b.creates_per_second,
+                settings.lease_ttl(),
+            );
+            let admission = FleetAdmission::open(&settings.redis, "e2b", plan)
+                .await
+                .context("connecting to Redis for the E2B plan limits")?;
+            Arc::new(
+                E2bProvider::new(e2b)
+                    .map_err(|e| anyhow::anyhow!("sandbox.e2b: {e}"))?
+                    .with_fleet_admission(admission),
+            )
+        }
     })
 }
 
@@ -157,8 +173,6 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         Duration::from_secs(settings.worker.drain_timeout_secs),
     )
     .context("installing the signal handlers")?;
-    let provider = build_provider(&settings)?;
-    let pool = Arc::new(build_pool(&settings, provider, &worker)?);
 
     let lease_ttl = settings.lease_ttl();
     let timings = KeeperTimings {
@@ -181,6 +195,9 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         queues.insert(kind, queue);
     }
 
+    // After Redis answered: the E2B provider shares its plan limits through it.
+    let provider = build_provider(&settings).await?;
+    let pool = Arc::new(build_pool(&settings, provider, &worker)?);
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;

@@ -62,6 +62,45 @@ pub(crate) fn api_error(status: u16, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A 429 from the plan (`Faults::set_plan`), shaped as E2B's.
+fn plan_refusal(message: &str, retry_after: Option<u64>) -> Response {
+    let mut r = api_error(429, message);
+    if let Some(secs) = retry_after {
+        r.headers_mut()
+            .insert("Retry-After", HeaderValue::from(secs));
+    }
+    r
+}
+
+/// Admit a start under the plan; the guard ends it (admitted or not, it stops
+/// counting as starting when the handler returns).
+struct Starting<'a>(&'a Shared);
+
+impl Starting<'_> {
+    /// The sandbox is in the world as running: it stops counting as starting, in
+    /// the same critical section.
+    fn started(self, w: &mut super::World) {
+        w.start_done();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.world.lock().unwrap().start_done();
+    }
+}
+
+fn admit<'a>(s: &'a Shared, arrived: Instant) -> Result<Starting<'a>, Response> {
+    let plan = s.faults.plan();
+    s.world
+        .lock()
+        .unwrap()
+        .admit_start(plan, arrived)
+        .map(|()| Starting(s))
+        .map_err(|(message, retry_after)| plan_refusal(&message, retry_after))
+}
+
 async fn guard(AxState(s): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
     sweep(&s).await;
     match s.faults.take_control_fault() {
@@ -272,6 +311,10 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
+    let starting = match admit(&s, arrived) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let spec = SandboxSpec {
         template: req.template_id.clone(),
         timeout,
@@ -308,6 +351,7 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
     let body = sandbox_json(&sb);
     w.sandboxes.insert(sb.id.clone(), sb);
     w.counters.created += 1;
+    starting.started(&mut w);
     w.started(arrived);
     (StatusCode::CREATED, Json(body)).into_response()
 }
@@ -460,6 +504,10 @@ async fn connect(
             ),
         }
     };
+    let starting = match admit(&s, arrived) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let (old_inner, spec) = paused;
     let inner = if s.faults.pause_keeps_files() {
         match s.provider.connect(&old_inner, timeout).await {
@@ -485,6 +533,7 @@ async fn connect(
     sb.end_at = now + timeout;
     let body = sandbox_json(sb);
     w.counters.resumed += 1;
+    starting.started(&mut w);
     w.started(arrived);
     (StatusCode::CREATED, Json(body)).into_response()
 }

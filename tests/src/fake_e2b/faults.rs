@@ -27,6 +27,16 @@ pub enum NotFoundBody {
     Html,
 }
 
+/// A plan the fake enforces as E2B does: creates and resumes beyond it get 429.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Sandboxes running (or starting) at once.
+    pub max_running: usize,
+    /// Creates and resumes per second: one accepted start per `1 / rate`, measured
+    /// on arrival.
+    pub starts_per_second: f64,
+}
+
 #[derive(Debug)]
 struct State {
     rng: StdRng,
@@ -41,6 +51,7 @@ struct State {
     lose_next_start: bool,
     pause_keeps_files: bool,
     list_page_size: Option<usize>,
+    plan: Option<Plan>,
 }
 
 impl Default for State {
@@ -58,6 +69,7 @@ impl Default for State {
             lose_next_start: false,
             pause_keeps_files: true,
             list_page_size: None,
+            plan: None,
         }
     }
 }
@@ -147,6 +159,18 @@ impl Faults {
     /// pagination shows with few sandboxes.
     pub fn set_list_page_size(&self, n: Option<usize>) {
         self.with(|s| s.list_page_size = n);
+    }
+
+    /// Enforce a plan (E2B's limits) on creates and resumes: beyond its concurrent
+    /// sandboxes, 429 "maximum number of concurrent E2B sandboxes"; sooner than
+    /// `1 / starts_per_second` after the last accepted start, 429 with `Retry-After: 1`.
+    /// Refusals are counted in [`super::Counters`] (`cap_refusals`, `rate_refusals`).
+    pub fn set_plan(&self, plan: Option<Plan>) {
+        self.with(|s| s.plan = plan);
+    }
+
+    pub(crate) fn plan(&self) -> Option<Plan> {
+        self.with(|s| s.plan)
     }
 
     pub(crate) fn take_control_fault(&self) -> Option<ControlFault> {

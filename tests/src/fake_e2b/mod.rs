@@ -39,7 +39,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Faults, NotFoundBody};
+pub use faults::{Faults, NotFoundBody, Plan};
 pub use record::RecordedRequest;
 
 /// The API key the fake accepts unless told otherwise (E2B's format).
@@ -75,6 +75,10 @@ pub struct Counters {
     pub max_running: usize,
     /// When each create and each resume arrived (what E2B's rate limit counts).
     pub starts: Vec<Instant>,
+    /// Creates and resumes refused with 429 by the plan ([`Faults::set_plan`]):
+    /// at its concurrent-sandbox cap, and for coming too soon after the last start.
+    pub cap_refusals: usize,
+    pub rate_refusals: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +114,47 @@ pub(crate) struct World {
     pub counters: Counters,
     /// Every access token issued, for leak checks.
     pub tokens: Vec<String>,
+    /// Creates and resumes admitted by the plan and not finished yet.
+    pub starting: usize,
+    /// When the plan last admitted a start.
+    pub last_start: Option<Instant>,
 }
 
 impl World {
+    /// Admit a create or resume that arrived at `at` under `plan`, or say why not
+    /// (E2B's 429 message and `Retry-After`). An admitted start counts as running
+    /// until [`World::start_done`].
+    pub fn admit_start(
+        &mut self,
+        plan: Option<faults::Plan>,
+        at: Instant,
+    ) -> Result<(), (String, Option<u64>)> {
+        if let Some(plan) = plan {
+            if self.running() + self.starting >= plan.max_running {
+                self.counters.cap_refusals += 1;
+                return Err((
+                    format!(
+                        "you have reached the maximum number of concurrent E2B sandboxes ({})",
+                        plan.max_running
+                    ),
+                    None,
+                ));
+            }
+            let interval = Duration::from_secs_f64(1.0 / plan.starts_per_second.max(1e-6));
+            if self.last_start.is_some_and(|last| at < last + interval) {
+                self.counters.rate_refusals += 1;
+                return Err(("Rate limit exceeded".into(), Some(1)));
+            }
+            self.last_start = Some(at);
+        }
+        self.starting += 1;
+        Ok(())
+    }
+
+    pub fn start_done(&mut self) {
+        self.starting = self.starting.saturating_sub(1);
+    }
+
     pub fn running(&self) -> usize {
         self.sandboxes
             .values()

@@ -11,9 +11,15 @@
 //!   A create that failed ambiguously (timeout, 5xx) may have created a sandbox
 //!   anyway; each create is tagged with a one-off ID ([`META_CREATE_ID`]) and any
 //!   such orphan is killed.
-//! - The plan limits are kept on our side (see `limits.rs`): at the concurrency cap
+//! - The plan limits are kept on our side (see `limits.rs`), fleet-wide in Redis when
+//!   the provider is given a [`FleetAdmission`] (workers do): at the concurrency cap
 //!   or the create rate, `create` and a resuming `connect` wait up to
 //!   `request_timeout_secs` and then fail with `LimitReached`.
+//! - A 429 on a create or resume is a wait, never a failed try: it does not count
+//!   against `request_attempts`; the start is sent again after `Retry-After` (at least
+//!   the backoff), with every worker's starts held back as long, until the limit wait
+//!   runs out (then `LimitReached`, or `RateLimited` carrying a `Retry-After` longer
+//!   than the wait, for the queue to honour).
 //! - The API key and the sandboxes' envd access tokens never reach logs, error
 //!   messages or `Debug` output: they are [`Secret`]s, sent as sensitive header
 //!   values, and kept in memory only (re-fetched with `GET /sandboxes/{id}` when
@@ -49,6 +55,7 @@ use self::control::{ApiSandboxState, ControlPlane, ListQuery, NewSandbox, Sandbo
 use self::envd::{EnvdClient, Target};
 use self::http::RetryPolicy;
 use self::limits::PlanLimits;
+use crate::admission::FleetAdmission;
 use crate::sandbox::{
     ExecControl, ExecOutput, ExecRequest, ListFilter, SandboxError, SandboxInfo, SandboxProvider,
     SandboxSpec, SandboxState,
@@ -72,8 +79,9 @@ struct Access {
     domain: Option<String>,
 }
 
-/// The E2B provider. One per worker process: its plan limits count the sandboxes
-/// this instance created or resumed.
+/// The E2B provider. One per worker process. Its plan limits are the fleet's when it
+/// is given a [`FleetAdmission`] ([`E2bProvider::with_fleet_admission`]), else they
+/// count the sandboxes this instance created or resumed.
 pub struct E2bProvider {
     settings: E2bSettings,
     control: ControlPlane,
@@ -91,6 +99,7 @@ impl fmt::Debug for E2bProvider {
             .field("api", &self.settings.api_base())
             .field("template", &self.settings.template)
             .field("running", &self.limits.running())
+            .field("fleet_wide_limits", &self.limits.is_fleet_wide())
             .field(
                 "max_concurrent_sandboxes",
                 &self.settings.max_concurrent_sandboxes,
@@ -138,6 +147,14 @@ impl E2bProvider {
         self
     }
 
+    /// Share the plan limits with every worker through Redis (`admission`'s plan
+    /// replaces the in-process one). Call within a Tokio runtime: it starts the task
+    /// that renews this process's holds.
+    pub fn with_fleet_admission(mut self, admission: FleetAdmission) -> Self {
+        self.limits = PlanLimits::fleet(admission, self.limits.wait());
+        self
+    }
+
     /// Sandboxes this provider holds as running (counted against the cap).
     pub fn running_sandboxes(&self) -> usize {
         self.limits.running()
@@ -155,17 +172,69 @@ impl E2bProvider {
 
     /// The sandbox is gone or paused: free its slot and forget its token (a
     /// later call learns its state from `GET /sandboxes/{id}`).
-    fn forget(&self, id: &str) {
-        self.limits.release(id);
+    async fn forget(&self, id: &str) {
+        self.limits.release(id).await;
         self.access.lock().unwrap().remove(id);
     }
 
     /// Release the slot and forget the sandbox when `r` says it is gone.
-    fn note<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, SandboxError> {
+    async fn note<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, SandboxError> {
         if let Err(SandboxError::NotFound(_)) = &r {
-            self.forget(id);
+            self.forget(id).await;
         }
         r
+    }
+
+    /// Send one start (a create or a resume) in its turn. A 429 is a wait, not a try:
+    /// every worker's starts are held back for `Retry-After` (at least the backoff,
+    /// which doubles with each refusal), and the start is sent again in a later turn,
+    /// until the limit wait runs out.
+    async fn start_in_turn<T, F, Fut>(
+        &self,
+        call: &str,
+        sandbox: &str,
+        mut send: F,
+    ) -> Result<T, SandboxError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SandboxError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.limits.wait();
+        let mut refusals = 0u32;
+        loop {
+            self.limits.start_turn().await?;
+            let retry_after = match send().await {
+                Err(SandboxError::RateLimited { retry_after }) => retry_after,
+                other => return other,
+            };
+            refusals += 1;
+            let backoff = self
+                .retry
+                .min_delay
+                .saturating_mul(1 << (refusals - 1).min(16))
+                .min(self.retry.max_delay)
+                .mul_f64(rand::random_range(0.5..=1.0));
+            let delay = retry_after.map_or(backoff, |after| after.max(backoff));
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(match retry_after {
+                    Some(after) if after > self.limits.wait() => {
+                        SandboxError::RateLimited { retry_after }
+                    }
+                    _ => SandboxError::LimitReached(format!(
+                        "{call}: E2B still answered 429 after {refusals} tries within {:?}",
+                        self.limits.wait()
+                    )),
+                });
+            }
+            tracing::info!(
+                call,
+                sandbox,
+                refusals,
+                delay_ms = delay.as_millis() as u64,
+                "E2B answered 429; holding starts back and trying again"
+            );
+            self.limits.defer_starts(delay).await;
+        }
     }
 
     /// Where the sandbox's envd is, fetching its access token when unknown.
@@ -174,10 +243,11 @@ impl E2bProvider {
         let access = match known {
             Some(a) => a,
             None => {
-                let detail =
-                    self.note(id, self.retry.run("get", id, || self.control.get(id)).await)?;
+                let detail = self
+                    .note(id, self.retry.run("get", id, || self.control.get(id)).await)
+                    .await?;
                 if detail.state == ApiSandboxState::Paused {
-                    self.limits.release(id);
+                    self.limits.release(id).await;
                     return Err(SandboxError::Conflict(format!(
                         "sandbox {id} is paused; connect to resume it"
                     )));
@@ -208,7 +278,7 @@ impl E2bProvider {
             match self.control.kill(&id).await {
                 Ok(existed) => {
                     self.failed_kills.lock().unwrap().remove(&id);
-                    self.forget(&id);
+                    self.forget(&id).await;
                     tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed on retry");
                 }
                 Err(e) => {
@@ -336,8 +406,9 @@ impl SandboxProvider for E2bProvider {
         let result = self
             .retry
             .run("create", "-", || async {
-                self.limits.start_turn().await?;
-                let r = self.control.create(&body).await;
+                let r = self
+                    .start_in_turn("create", "-", || self.control.create(&body))
+                    .await;
                 if let Err(SandboxError::Unavailable(_)) = &r {
                     // A timeout or a 5xx: the sandbox may exist even so.
                     ambiguous.store(true, Ordering::SeqCst);
@@ -350,7 +421,7 @@ impl SandboxProvider for E2bProvider {
             self.remove_orphans(&create_id, keep).await;
         }
         let sandbox = result?;
-        slot.commit(&sandbox.sandbox_id);
+        slot.commit(&sandbox.sandbox_id).await;
         self.remember(&sandbox);
         tracing::info!(sandbox = %sandbox.sandbox_id, call = "create", template, envd = %sandbox.envd_version, "sandbox created");
         Ok(SandboxInfo {
@@ -379,14 +450,16 @@ impl SandboxProvider for E2bProvider {
             .retry
             .run("connect", id, || async {
                 if needs_turn {
-                    self.limits.start_turn().await?;
+                    self.start_in_turn("connect", id, || self.control.connect(id, secs))
+                        .await
+                } else {
+                    self.control.connect(id, secs).await
                 }
-                self.control.connect(id, secs).await
             })
             .await;
-        let (sandbox, resumed) = self.note(id, result)?;
+        let (sandbox, resumed) = self.note(id, result).await?;
         if let Some(slot) = slot {
-            slot.commit(id);
+            slot.commit(id).await;
         }
         self.remember(&sandbox);
         tracing::info!(sandbox = %id, call = "connect", resumed, "sandbox connected");
@@ -409,13 +482,15 @@ impl SandboxProvider for E2bProvider {
 
     async fn pause(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
-        let newly = self.note(
-            id,
-            self.retry.run("pause", id, || self.control.pause(id)).await,
-        )?;
+        let newly = self
+            .note(
+                id,
+                self.retry.run("pause", id, || self.control.pause(id)).await,
+            )
+            .await?;
         // envd of a paused sandbox answers 502 "not found", which would read as
         // "lost"; forgetting it makes `exec` ask the control plane and say "paused".
-        self.forget(id);
+        self.forget(id).await;
         tracing::info!(sandbox = %id, call = "pause", already_paused = !newly, "sandbox paused");
         Ok(())
     }
@@ -431,7 +506,7 @@ impl SandboxProvider for E2bProvider {
             }
         };
         self.failed_kills.lock().unwrap().remove(id);
-        self.forget(id);
+        self.forget(id).await;
         tracing::info!(sandbox = %id, call = "kill", already_gone = !existed, "sandbox killed");
         Ok(())
     }
@@ -443,7 +518,7 @@ impl SandboxProvider for E2bProvider {
             .retry
             .run("set_timeout", id, || self.control.set_timeout(id, secs))
             .await;
-        self.note(id, r)?;
+        self.note(id, r).await?;
         tracing::debug!(sandbox = %id, call = "set_timeout", secs, "sandbox timeout set");
         Ok(())
     }
@@ -480,13 +555,14 @@ impl SandboxProvider for E2bProvider {
             .map(|s| s.sandbox_id.as_str())
             .collect();
         for s in listed.iter().filter(|s| s.state == ApiSandboxState::Paused) {
-            self.limits.release(&s.sandbox_id);
+            self.limits.release(&s.sandbox_id).await;
         }
         if filter.metadata.is_empty()
             && (filter.states.is_empty() || filter.states.contains(&SandboxState::Running))
         {
             self.limits
-                .retain(|id| !held_before.contains(id) || running.contains(id));
+                .retain(|id| !held_before.contains(id) || running.contains(id))
+                .await;
             // A sandbox whose kill failed and that the whole list no longer shows is gone.
             self.failed_kills
                 .lock()
