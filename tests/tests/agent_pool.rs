@@ -16,6 +16,7 @@ use fleet_shared::sandbox::e2b::E2bProvider;
 use fleet_shared::settings::{AgentProfile, QueryVia, RuntimeKind, Settings};
 use fleet_tests::fake_e2b::{self, FakeE2b};
 use fleet_tests::harness::eventually;
+use fleet_tests::processes::process_ended;
 use tokio_util::sync::CancellationToken;
 
 const PROFILE: &str = "test";
@@ -88,14 +89,6 @@ fn state(pool: &AgentPool, agent_id: &str) -> Option<AgentState> {
         .map(|a| a.state)
 }
 
-fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie awaiting its reaper has stopped running.
-        Ok(stat) => stat.split_whitespace().nth(2) == Some("Z"),
-    }
-}
-
 async fn read_pid(path: &Path) -> i32 {
     eventually("the agent to write its pid", WAIT, || async {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -127,7 +120,7 @@ async fn a_dropped_attempt_gives_its_persistent_agent_back_and_kills_its_process
     eventually(
         "the dropped attempt's process to be killed",
         WAIT,
-        || async { process_gone(pid).then_some(()) },
+        || async { process_ended(&pid.to_string()).then_some(()) },
     )
     .await;
     // The next job on that agent gets it at once.
@@ -173,7 +166,7 @@ async fn a_dropped_attempt_on_e2b_kills_its_process_in_the_sandbox() {
         .await
         .expect("the dropped exec's process was sent a kill");
     eventually("the process in the sandbox to be killed", WAIT, || async {
-        process_gone(pid).then_some(())
+        process_ended(&pid.to_string()).then_some(())
     })
     .await;
     eventually("the agent to be idle again", WAIT, || async {
