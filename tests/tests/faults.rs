@@ -856,3 +856,122 @@ async fn a_killed_workers_running_agent_is_killed_within_the_lease_ttl_plus_two_
         })
         .await;
 }
+
+/// The agents whose sandboxes exist under the fleet's local sandbox root and are
+/// persistent: their agent IDs (from each sandbox's `meta.json`).
+fn persistent_agents(fleet: &Fleet) -> Vec<String> {
+    let Ok(dirs) = std::fs::read_dir(fleet.path("sandboxes")) else {
+        return Vec::new();
+    };
+    let mut agents: Vec<String> = dirs
+        .filter_map(|d| std::fs::read_to_string(d.ok()?.path().join("meta.json")).ok())
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .filter(|m| m["metadata"]["dexter-fleet-persistent"] == "true")
+        .filter_map(|m| Some(m["metadata"]["dexter-fleet-agent-id"].as_str()?.to_string()))
+        .collect();
+    agents.sort();
+    agents
+}
+
+/// Item 8 of issue 9: a `launch` whose worker stalls (SIGSTOP) past its lease is
+/// reclaimed and launched again; the stalled attempt's launch, which finished setting
+/// its agent up during the stall, must not leave a second agent once the worker goes
+/// on: exactly one agent per successful launch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reclaimed_launch_does_not_leave_a_second_agent() {
+    use fleet_shared::job::{LifecycleJob, QueueKind};
+    // The setup records its process ID and takes 2 s.
+    let extra = format!(
+        "setup = [[\"sh\", \"-c\", \"echo $$ >> {{dir}}/setups; sleep 2\"]]\n{FAST_RECOVERY}"
+    );
+    let mut fleet = Fleet::start(RECORDING_ECHO, &extra).await;
+    let lifecycle = fleet_tests::harness::queue(&fleet.settings, QueueKind::Lifecycle).await;
+    fleet.start_worker("w1");
+    fleet.wait_started(0).await;
+    let (id, _) = lifecycle
+        .enqueue(JobSpec::lifecycle(LifecycleJob::Launch {
+            agent: "test".into(),
+            persistent: true,
+        }))
+        .await
+        .unwrap();
+    let id = id.to_string();
+    let setups = || -> Vec<String> {
+        std::fs::read_to_string(fleet.path("setups"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let setup = fleet
+        .eventually(
+            "the launch's setup to run",
+            Duration::from_secs(30),
+            || async { setups().first().cloned() },
+        )
+        .await;
+    let worker = fleet.workers[0].pid();
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    // Another worker's reclaim tick, until the stalled lease expires.
+    fleet
+        .eventually(
+            "the stalled launch to be reclaimed",
+            Duration::from_secs(10),
+            || async { (lifecycle.reclaim_expired(10).await.unwrap() == 1).then_some(()) },
+        )
+        .await;
+    // The stalled attempt's setup finished meanwhile: its agent is ready to be
+    // handed out the moment the worker goes on.
+    fleet
+        .eventually(
+            "the first setup to end",
+            Duration::from_secs(10),
+            || async { process_ended(&setup).then_some(()) },
+        )
+        .await;
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    let r = fleet
+        .eventually("the launch to end", Duration::from_secs(30), || async {
+            let r = lifecycle.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| h.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lease_lost", "succeeded"],
+        "{r:?}"
+    );
+    let launched = r.result.as_ref().unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet
+        .eventually(
+            "the stalled attempt to be noticed",
+            Duration::from_secs(10),
+            || async {
+                let log = fleet.workers[0].log_text();
+                (log.contains("stale attempt ended") || log.contains("outcome refused"))
+                    .then_some(())
+            },
+        )
+        .await;
+    // The stale attempt's agent (if it was handed out) is being killed: give it a
+    // moment to go, then it must stay gone.
+    let agents = fleet
+        .eventually(
+            "one persistent agent, the launched one",
+            Duration::from_secs(5),
+            || async {
+                let agents = persistent_agents(&fleet);
+                (agents == [launched.clone()]).then_some(agents)
+            },
+        )
+        .await;
+    assert_eq!(agents, [launched.clone()]);
+    assert_eq!(setups().len(), 2, "one setup per attempt");
+}
