@@ -766,6 +766,70 @@ async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
     );
 }
 
+/// Item 6 of issue 9: the completion batcher bounds one `complete` call by bytes, not
+/// only by count. Four results of 1.5 MiB queue up while a call is in flight; they go
+/// in more than one call, none carrying more than the 4 MiB cap, and all are written.
+#[tokio::test]
+async fn one_complete_call_carries_at_most_four_mib_of_results() {
+    use fleet_shared::queue::Completion;
+    use fleet_shared::queue::apalis_backend::CompletionBatcher;
+    use fleet_tests::tcp_proxy::Fault;
+    const CAP: usize = 4 << 20;
+    const BIG: usize = 3 << 19; // 1.5 MiB
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    let specs = (0..5).map(|i| spec(&format!("q{i}"))).collect();
+    q.enqueue_many(specs, None).await.unwrap();
+    let leases = q.fetch("w", 5).await.unwrap().leases;
+    assert_eq!(leases.len(), 5);
+    let batcher = CompletionBatcher::start(q.clone());
+    let write = |i: usize, output: String| {
+        let (b, l) = (batcher.clone(), &leases[i]);
+        let c = Completion {
+            id: l.id.clone(),
+            token: l.token.clone(),
+            result_json: json!({ "output": output }).to_string(),
+        };
+        tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
+    };
+    // The first write's reply is held, so the big ones queue up behind it.
+    proxy.inject("hold-this-one", Fault::HoldReply, 1);
+    proxy.watch("big-result");
+    let first = write(0, "hold-this-one".into());
+    eventually(
+        "the first write to be sent",
+        Duration::from_secs(5),
+        || async { (proxy.injected() == 1).then_some(()) },
+    )
+    .await;
+    let big: Vec<_> = (1..5)
+        .map(|i| write(i, format!("big-result-{i}:{}", "x".repeat(BIG))))
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    proxy.release_held();
+    assert_eq!(first.await.unwrap(), Ok(Fenced::Accepted));
+    for b in big {
+        assert_eq!(b.await.unwrap(), Ok(Fenced::Accepted));
+    }
+    let calls = proxy.watched("big-result");
+    assert!(
+        calls.len() >= 2,
+        "6 MiB of results went in {} call(s)",
+        calls.len()
+    );
+    assert!(
+        calls.iter().all(|&bytes| bytes <= CAP + 64 * 1024),
+        "a complete call carried more than the 4 MiB cap: {calls:?}"
+    );
+    assert!(calls.iter().sum::<usize>() >= 4 * BIG, "{calls:?}");
+    for l in &leases {
+        let r = q.job_record(&l.id).await.unwrap().unwrap();
+        assert_eq!(r.status, JobStatus::Succeeded);
+    }
+}
+
 #[tokio::test]
 async fn a_cancel_flag_wins_over_every_fail_decision() {
     let redis = RedisServer::start();
