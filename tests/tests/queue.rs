@@ -714,6 +714,85 @@ async fn a_success_whose_write_is_refused_once_still_ends_succeeded() {
     stop.cancel();
 }
 
+/// Item 6 of issue 9 with a real worker: a failover turns the worker's Redis into a
+/// replica just as a job's only attempt ends, so `complete` is refused with READONLY;
+/// once it is a primary again the result lands. The job ends succeeded with its one
+/// result, never dead (no lease lost, no attempt charged).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_refused_as_readonly_during_a_failover_still_ends_succeeded() {
+    use fleet_tests::fixture::Fleet;
+    // The agent waits for the test's go before it answers.
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); touch {dir}/ready; while [ ! -f {dir}/go ]; do sleep 0.05; done; printf '%s' "$q""#,
+        "[queue]\nlease_ttl_secs = 3\nreclaim_interval_ms = 200\n",
+    )
+    .await;
+    fleet.start_worker("w1");
+    let mut one = JobSpec::research("answered during a failover", "test");
+    one.options.max_attempts = Some(1);
+    let id = fleet.submit(one).await.to_string();
+    fleet
+        .eventually("the agent to run", Duration::from_secs(30), || async {
+            fleet.path("ready").exists().then_some(())
+        })
+        .await;
+    // Failover: a replica takes over the data, is promoted, and the worker's Redis
+    // becomes its replica (writes refused with READONLY).
+    let other = RedisServer::start_with(false);
+    other.replicaof(Some(&fleet.redis));
+    other.wait_replica_synced();
+    other.replicaof(None);
+    fleet.redis.replicaof(Some(&other));
+    fleet.redis.wait_replica_synced();
+    std::fs::write(fleet.path("go"), "").unwrap();
+    fleet
+        .eventually(
+            "the result's write to be refused",
+            Duration::from_secs(10),
+            || async {
+                fleet.workers[0]
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("could not record the outcome; retrying"))
+                    .then_some(())
+            },
+        )
+        .await;
+    fleet.redis.replicaof(None);
+    let log = fleet.workers[0].log_text();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("could not record the outcome; retrying"))
+        .unwrap();
+    assert!(refused.contains("read only replica"), "{refused}");
+    let r = fleet
+        .eventually("the job to end", Duration::from_secs(20), || async {
+            let r = fleet.queue.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(
+        r.status,
+        JobStatus::Succeeded,
+        "a succeeded attempt must not end {} ({:?})\n{}",
+        r.status,
+        r.error,
+        fleet.logs()
+    );
+    assert_eq!(r.attempts, 1);
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| h.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["succeeded"]
+    );
+    assert_eq!(
+        r.result.unwrap()["output"]["answer"],
+        "answered during a failover"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
     use fleet_shared::queue::Completion;
