@@ -103,6 +103,11 @@ impl TcpProxy {
         });
     }
 
+    /// Disarm every fault not injected yet.
+    pub fn clear_faults(&self) {
+        self.shared.rules.lock().unwrap().clear();
+    }
+
     /// Pass on the replies held by [`Fault::HoldReply`].
     pub fn release_held(&self) {
         self.shared.released.store(true, Ordering::SeqCst);

@@ -974,3 +974,62 @@ async fn a_reclaimed_launch_does_not_leave_a_second_agent() {
         .await;
     assert_eq!(setups().len(), 2, "one setup per attempt");
 }
+
+/// Item 8 of issue 9, the other order: the `launch` finished (its agent is up) but its
+/// result could not be written before the lease was lost (as when the worker stalls
+/// between the two). The job is launched again by its next attempt; the first
+/// attempt's agent, whose ID nobody will ever learn, must not be left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_whose_result_is_discarded_does_not_leave_its_agent() {
+    use fleet_shared::job::{LifecycleJob, QueueKind};
+    use fleet_tests::tcp_proxy::{Fault, TcpProxy};
+    let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
+    let lifecycle = fleet_tests::harness::queue(&fleet.settings, QueueKind::Lifecycle).await;
+    let proxy = TcpProxy::start(fleet.redis.port());
+    fleet.start_worker_with_env("w1", &[("FLEET_REDIS__URL", proxy.url())]);
+    fleet.wait_started(0).await;
+    // Every write of a launch's result is refused until the lease is gone.
+    proxy.inject(r#""output":{"agent":{"#, Fault::Error, usize::MAX);
+    let (id, _) = lifecycle
+        .enqueue(JobSpec::lifecycle(LifecycleJob::Launch {
+            agent: "test".into(),
+            persistent: true,
+        }))
+        .await
+        .unwrap();
+    let id = id.to_string();
+    fleet
+        .eventually(
+            "the first launch's result to be refused",
+            Duration::from_secs(30),
+            || async { (proxy.injected() >= 1).then_some(()) },
+        )
+        .await;
+    assert_eq!(persistent_agents(&fleet).len(), 1, "the first agent is up");
+    // Its lease is lost (expired, as after a stall) and reclaimed by another worker.
+    let _: () =
+        redis::Commands::zadd(&mut fleet.redis.conn(), &lifecycle.keys().active, &id, 0).unwrap();
+    assert_eq!(lifecycle.reclaim_expired(10).await.unwrap(), 1);
+    proxy.clear_faults();
+    let r = fleet
+        .eventually("the launch to end", Duration::from_secs(30), || async {
+            let r = lifecycle.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
+    assert_eq!(r.attempts, 2, "{r:?}");
+    let launched = r.result.as_ref().unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet
+        .eventually(
+            "only the agent the result names to be left",
+            Duration::from_secs(10),
+            || async {
+                (persistent_agents(&fleet) == std::slice::from_ref(&launched)).then_some(())
+            },
+        )
+        .await;
+}
