@@ -25,7 +25,8 @@ pub struct Fleet {
 impl Fleet {
     /// A fleet whose `test` agent runs `sh -c SCRIPT` with the query on stdin;
     /// `{dir}` in the script is replaced by the fleet's temp directory.
-    /// `extra` is TOML appended to the config (e.g. `[queue]` overrides).
+    /// `extra` is TOML appended to the config (e.g. `[queue]` overrides), `{dir}`
+    /// replaced there too.
     pub async fn start(script: &str, extra: &str) -> Fleet {
         let redis = RedisServer::start();
         let dir = tempfile::Builder::new()
@@ -36,6 +37,7 @@ impl Fleet {
         std::fs::create_dir_all(&agent_repo).unwrap();
         std::fs::write(agent_repo.join("README.md"), "test agent\n").unwrap();
         let script = script.replace("{dir}", &dir.path().display().to_string());
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
         let config = dir.path().join("fleet.toml");
         let text = format!(
             r#"default_agent = "test"

@@ -128,6 +128,46 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// `REPLICAOF` the `primary` (it refuses writes with `READONLY` from then on), or,
+    /// for `None`, `REPLICAOF NO ONE` (a primary again, its data kept).
+    pub fn replicaof(&self, primary: Option<&RedisServer>) {
+        let mut cmd = redis::cmd("REPLICAOF");
+        match primary {
+            Some(p) => {
+                // The primary syncs its replica at once, not after the default 5 s.
+                let _: () = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("repl-diskless-sync-delay")
+                    .arg(0)
+                    .query(&mut p.conn())
+                    .expect("CONFIG SET");
+                cmd.arg("127.0.0.1").arg(p.port())
+            }
+            None => cmd.arg("NO").arg("ONE"),
+        };
+        let _: () = cmd.query(&mut self.conn()).expect("REPLICAOF");
+    }
+
+    /// Wait until this replica's link to its primary is up (its first sync done).
+    pub fn wait_replica_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.conn())
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica on port {} did not sync: {info}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A synchronous connection, for test assertions.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())

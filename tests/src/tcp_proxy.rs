@@ -9,6 +9,12 @@
 //! A lost reply cuts the connection at the first bytes the server sends after the
 //! command (a held reply waits there): meant for a connection with one request in
 //! flight at that moment.
+//!
+//! It can also cut its clients off altogether ([`TcpProxy::cut_off`]: every byte in
+//! either direction is dropped, as in a network partition; connections stay open and
+//! new ones are accepted, so clients see only silence) and let them back
+//! ([`TcpProxy::restore`]), and it can record the size of the commands that contain a
+//! pattern ([`TcpProxy::watch`]).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -40,7 +46,11 @@ struct Shared {
     injected: AtomicUsize,
     stopped: AtomicBool,
     released: AtomicBool,
+    /// Drop every byte in both directions (see [`TcpProxy::cut_off`]).
+    cut_off: AtomicBool,
     streams: Mutex<Vec<TcpStream>>,
+    /// Patterns watched, each with the sizes of the commands that contained it.
+    watches: Mutex<Vec<(Vec<u8>, Vec<usize>)>>,
 }
 
 pub struct TcpProxy {
@@ -93,6 +103,11 @@ impl TcpProxy {
         });
     }
 
+    /// Disarm every fault not injected yet.
+    pub fn clear_faults(&self) {
+        self.shared.rules.lock().unwrap().clear();
+    }
+
     /// Pass on the replies held by [`Fault::HoldReply`].
     pub fn release_held(&self) {
         self.shared.released.store(true, Ordering::SeqCst);
@@ -101,6 +116,47 @@ impl TcpProxy {
     /// How many faults have been injected so far.
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::SeqCst)
+    }
+
+    /// Cut every client off from the server, as a network partition would: from now
+    /// on every byte in either direction is dropped, on open connections and on new
+    /// ones, and nothing is closed, so clients see only silence (their calls time out).
+    pub fn cut_off(&self) {
+        self.shared.cut_off.store(true, Ordering::SeqCst);
+    }
+
+    /// End a [`cut_off`](Self::cut_off): the connections open during it are closed
+    /// (the bytes they lost would leave client and server out of step), so clients
+    /// reconnect; new connections are forwarded as before.
+    pub fn restore(&self) {
+        // Under the lock, so no connection is opened while some are still cut off.
+        let mut open = self.shared.streams.lock().unwrap();
+        for s in open.drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.shared.cut_off.store(false, Ordering::SeqCst);
+    }
+
+    /// Record the size in bytes of every later command containing `pattern`
+    /// (see [`watched`](Self::watched)).
+    pub fn watch(&self, pattern: &str) {
+        self.shared
+            .watches
+            .lock()
+            .unwrap()
+            .push((pattern.as_bytes().to_vec(), Vec::new()));
+    }
+
+    /// The sizes of the commands forwarded so far that contained the watched `pattern`.
+    pub fn watched(&self, pattern: &str) -> Vec<usize> {
+        self.shared
+            .watches
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == pattern.as_bytes())
+            .map(|(_, sizes)| sizes.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -135,9 +191,14 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                if shared.cut_off.load(Ordering::SeqCst) {
+                    buf.clear();
+                    continue;
+                }
                 buf.extend_from_slice(&chunk[..n]);
                 while let Some(len) = command_len(&buf) {
                     let command: Vec<u8> = buf.drain(..len).collect();
+                    record_watched(&shared, &command);
                     let out = match take_fault(&shared, &command) {
                         Some(Fault::Error) => REFUSED.to_vec(),
                         Some(Fault::LoseReply) => {
@@ -172,6 +233,9 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                 if cut_on_reply.load(Ordering::SeqCst) {
                     break;
                 }
+                if shared.cut_off.load(Ordering::SeqCst) {
+                    continue;
+                }
                 while hold.load(Ordering::SeqCst)
                     && !shared.released.load(Ordering::SeqCst)
                     && !shared.stopped.load(Ordering::SeqCst)
@@ -188,14 +252,23 @@ fn connect_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
     }
 }
 
+fn contains(command: &[u8], pattern: &[u8]) -> bool {
+    command.windows(pattern.len()).any(|w| w == pattern)
+}
+
+fn record_watched(shared: &Shared, command: &[u8]) {
+    for (pattern, sizes) in shared.watches.lock().unwrap().iter_mut() {
+        if contains(command, pattern) {
+            sizes.push(command.len());
+        }
+    }
+}
+
 fn take_fault(shared: &Shared, command: &[u8]) -> Option<Fault> {
     let mut rules = shared.rules.lock().unwrap();
-    let rule = rules.iter_mut().find(|r| {
-        r.times > 0
-            && command
-                .windows(r.pattern.len())
-                .any(|w| w == r.pattern.as_slice())
-    })?;
+    let rule = rules
+        .iter_mut()
+        .find(|r| r.times > 0 && contains(command, &r.pattern))?;
     rule.times -= 1;
     shared.injected.fetch_add(1, Ordering::SeqCst);
     Some(rule.fault)

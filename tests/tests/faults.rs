@@ -856,3 +856,180 @@ async fn a_killed_workers_running_agent_is_killed_within_the_lease_ttl_plus_two_
         })
         .await;
 }
+
+/// The agents whose sandboxes exist under the fleet's local sandbox root and are
+/// persistent: their agent IDs (from each sandbox's `meta.json`).
+fn persistent_agents(fleet: &Fleet) -> Vec<String> {
+    let Ok(dirs) = std::fs::read_dir(fleet.path("sandboxes")) else {
+        return Vec::new();
+    };
+    let mut agents: Vec<String> = dirs
+        .filter_map(|d| std::fs::read_to_string(d.ok()?.path().join("meta.json")).ok())
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .filter(|m| m["metadata"]["dexter-fleet-persistent"] == "true")
+        .filter_map(|m| Some(m["metadata"]["dexter-fleet-agent-id"].as_str()?.to_string()))
+        .collect();
+    agents.sort();
+    agents
+}
+
+/// Item 8 of issue 9: a `launch` whose worker stalls (SIGSTOP) past its lease is
+/// reclaimed and launched again; the stalled attempt's launch, which finished setting
+/// its agent up during the stall, must not leave a second agent once the worker goes
+/// on: exactly one agent per successful launch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reclaimed_launch_does_not_leave_a_second_agent() {
+    use fleet_shared::job::{LifecycleJob, QueueKind};
+    // The setup records its process ID and takes 2 s.
+    let extra = format!(
+        "setup = [[\"sh\", \"-c\", \"echo $$ >> {{dir}}/setups; sleep 2\"]]\n{FAST_RECOVERY}"
+    );
+    let mut fleet = Fleet::start(RECORDING_ECHO, &extra).await;
+    let lifecycle = fleet_tests::harness::queue(&fleet.settings, QueueKind::Lifecycle).await;
+    fleet.start_worker("w1");
+    fleet.wait_started(0).await;
+    let (id, _) = lifecycle
+        .enqueue(JobSpec::lifecycle(LifecycleJob::Launch {
+            agent: "test".into(),
+            persistent: true,
+        }))
+        .await
+        .unwrap();
+    let id = id.to_string();
+    let setups = || -> Vec<String> {
+        std::fs::read_to_string(fleet.path("setups"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let setup = fleet
+        .eventually(
+            "the launch's setup to run",
+            Duration::from_secs(30),
+            || async { setups().first().cloned() },
+        )
+        .await;
+    let worker = fleet.workers[0].pid();
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    // Another worker's reclaim tick, until the stalled lease expires.
+    fleet
+        .eventually(
+            "the stalled launch to be reclaimed",
+            Duration::from_secs(10),
+            || async { (lifecycle.reclaim_expired(10).await.unwrap() == 1).then_some(()) },
+        )
+        .await;
+    // The stalled attempt's setup finished meanwhile: its agent is ready to be
+    // handed out the moment the worker goes on.
+    fleet
+        .eventually(
+            "the first setup to end",
+            Duration::from_secs(10),
+            || async { process_ended(&setup).then_some(()) },
+        )
+        .await;
+    unsafe { libc::kill(worker, libc::SIGCONT) };
+    let r = fleet
+        .eventually("the launch to end", Duration::from_secs(30), || async {
+            let r = lifecycle.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| h.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lease_lost", "succeeded"],
+        "{r:?}"
+    );
+    let launched = r.result.as_ref().unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet
+        .eventually(
+            "the stalled attempt to be noticed",
+            Duration::from_secs(10),
+            || async {
+                let log = fleet.workers[0].log_text();
+                (log.contains("stale attempt ended") || log.contains("outcome refused"))
+                    .then_some(())
+            },
+        )
+        .await;
+    // The stale attempt's agent is killed (that may take a moment): only the agent
+    // the job's result names is left.
+    fleet
+        .eventually(
+            "one persistent agent, the launched one",
+            Duration::from_secs(5),
+            || async {
+                let agents = persistent_agents(&fleet);
+                (agents == std::slice::from_ref(&launched)).then_some(())
+            },
+        )
+        .await;
+    assert_eq!(setups().len(), 2, "one setup per attempt");
+}
+
+/// Item 8 of issue 9, the other order: the `launch` finished (its agent is up) but its
+/// result could not be written before the lease was lost (as when the worker stalls
+/// between the two). The job is launched again by its next attempt; the first
+/// attempt's agent, whose ID nobody will ever learn, must not be left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_whose_result_is_discarded_does_not_leave_its_agent() {
+    use fleet_shared::job::{LifecycleJob, QueueKind};
+    use fleet_tests::tcp_proxy::{Fault, TcpProxy};
+    let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
+    let lifecycle = fleet_tests::harness::queue(&fleet.settings, QueueKind::Lifecycle).await;
+    let proxy = TcpProxy::start(fleet.redis.port());
+    fleet.start_worker_with_env("w1", &[("FLEET_REDIS__URL", proxy.url())]);
+    fleet.wait_started(0).await;
+    // Every write of a launch's result is refused until the lease is gone.
+    proxy.inject(r#""output":{"agent":{"#, Fault::Error, usize::MAX);
+    let (id, _) = lifecycle
+        .enqueue(JobSpec::lifecycle(LifecycleJob::Launch {
+            agent: "test".into(),
+            persistent: true,
+        }))
+        .await
+        .unwrap();
+    let id = id.to_string();
+    fleet
+        .eventually(
+            "the first launch's result to be refused",
+            Duration::from_secs(30),
+            || async { (proxy.injected() >= 1).then_some(()) },
+        )
+        .await;
+    assert_eq!(persistent_agents(&fleet).len(), 1, "the first agent is up");
+    // Its lease is lost (expired, as after a stall) and reclaimed by another worker.
+    let _: () =
+        redis::Commands::zadd(&mut fleet.redis.conn(), &lifecycle.keys().active, &id, 0).unwrap();
+    assert_eq!(lifecycle.reclaim_expired(10).await.unwrap(), 1);
+    proxy.clear_faults();
+    let r = fleet
+        .eventually("the launch to end", Duration::from_secs(30), || async {
+            let r = lifecycle.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(r.status, JobStatus::Succeeded, "{r:?}\n{}", fleet.logs());
+    assert_eq!(r.attempts, 2, "{r:?}");
+    let launched = r.result.as_ref().unwrap()["output"]["agent"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fleet
+        .eventually(
+            "only the agent the result names to be left",
+            Duration::from_secs(10),
+            || async {
+                (persistent_agents(&fleet) == std::slice::from_ref(&launched)).then_some(())
+            },
+        )
+        .await;
+}

@@ -714,6 +714,85 @@ async fn a_success_whose_write_is_refused_once_still_ends_succeeded() {
     stop.cancel();
 }
 
+/// Item 6 of issue 9 with a real worker: a failover turns the worker's Redis into a
+/// replica just as a job's only attempt ends, so `complete` is refused with READONLY;
+/// once it is a primary again the result lands. The job ends succeeded with its one
+/// result, never dead (no lease lost, no attempt charged).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_refused_as_readonly_during_a_failover_still_ends_succeeded() {
+    use fleet_tests::fixture::Fleet;
+    // The agent waits for the test's go before it answers.
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); touch {dir}/ready; while [ ! -f {dir}/go ]; do sleep 0.05; done; printf '%s' "$q""#,
+        "[queue]\nlease_ttl_secs = 3\nreclaim_interval_ms = 200\n",
+    )
+    .await;
+    fleet.start_worker("w1");
+    let mut one = JobSpec::research("answered during a failover", "test");
+    one.options.max_attempts = Some(1);
+    let id = fleet.submit(one).await.to_string();
+    fleet
+        .eventually("the agent to run", Duration::from_secs(30), || async {
+            fleet.path("ready").exists().then_some(())
+        })
+        .await;
+    // Failover: a replica takes over the data, is promoted, and the worker's Redis
+    // becomes its replica (writes refused with READONLY).
+    let other = RedisServer::start_with(false);
+    other.replicaof(Some(&fleet.redis));
+    other.wait_replica_synced();
+    other.replicaof(None);
+    fleet.redis.replicaof(Some(&other));
+    fleet.redis.wait_replica_synced();
+    std::fs::write(fleet.path("go"), "").unwrap();
+    fleet
+        .eventually(
+            "the result's write to be refused",
+            Duration::from_secs(10),
+            || async {
+                fleet.workers[0]
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("could not record the outcome; retrying"))
+                    .then_some(())
+            },
+        )
+        .await;
+    fleet.redis.replicaof(None);
+    let log = fleet.workers[0].log_text();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("could not record the outcome; retrying"))
+        .unwrap();
+    assert!(refused.contains("read only replica"), "{refused}");
+    let r = fleet
+        .eventually("the job to end", Duration::from_secs(20), || async {
+            let r = fleet.queue.job_record(&id).await.ok()??;
+            r.status.is_final().then_some(r)
+        })
+        .await;
+    assert_eq!(
+        r.status,
+        JobStatus::Succeeded,
+        "a succeeded attempt must not end {} ({:?})\n{}",
+        r.status,
+        r.error,
+        fleet.logs()
+    );
+    assert_eq!(r.attempts, 1);
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| h.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["succeeded"]
+    );
+    assert_eq!(
+        r.result.unwrap()["output"]["answer"],
+        "answered during a failover"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
     use fleet_shared::queue::Completion;
@@ -764,6 +843,70 @@ async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
         q.job_record(&leases[1].id).await.unwrap().unwrap().status,
         JobStatus::Succeeded
     );
+}
+
+/// Item 6 of issue 9: the completion batcher bounds one `complete` call by bytes, not
+/// only by count. Four results of 1.5 MiB queue up while a call is in flight; they go
+/// in more than one call, none carrying more than the 4 MiB cap, and all are written.
+#[tokio::test]
+async fn one_complete_call_carries_at_most_four_mib_of_results() {
+    use fleet_shared::queue::Completion;
+    use fleet_shared::queue::apalis_backend::CompletionBatcher;
+    use fleet_tests::tcp_proxy::Fault;
+    const CAP: usize = 4 << 20;
+    const BIG: usize = 3 << 19; // 1.5 MiB
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    let specs = (0..5).map(|i| spec(&format!("q{i}"))).collect();
+    q.enqueue_many(specs, None).await.unwrap();
+    let leases = q.fetch("w", 5).await.unwrap().leases;
+    assert_eq!(leases.len(), 5);
+    let batcher = CompletionBatcher::start(q.clone());
+    let write = |i: usize, output: String| {
+        let (b, l) = (batcher.clone(), &leases[i]);
+        let c = Completion {
+            id: l.id.clone(),
+            token: l.token.clone(),
+            result_json: json!({ "output": output }).to_string(),
+        };
+        tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
+    };
+    // The first write's reply is held, so the big ones queue up behind it.
+    proxy.inject("hold-this-one", Fault::HoldReply, 1);
+    proxy.watch("big-result");
+    let first = write(0, "hold-this-one".into());
+    eventually(
+        "the first write to be sent",
+        Duration::from_secs(5),
+        || async { (proxy.injected() == 1).then_some(()) },
+    )
+    .await;
+    let big: Vec<_> = (1..5)
+        .map(|i| write(i, format!("big-result-{i}:{}", "x".repeat(BIG))))
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    proxy.release_held();
+    assert_eq!(first.await.unwrap(), Ok(Fenced::Accepted));
+    for b in big {
+        assert_eq!(b.await.unwrap(), Ok(Fenced::Accepted));
+    }
+    let calls = proxy.watched("big-result");
+    assert!(
+        calls.len() >= 2,
+        "6 MiB of results went in {} call(s)",
+        calls.len()
+    );
+    assert!(
+        calls.iter().all(|&bytes| bytes <= CAP + 64 * 1024),
+        "a complete call carried more than the 4 MiB cap: {calls:?}"
+    );
+    assert!(calls.iter().sum::<usize>() >= 4 * BIG, "{calls:?}");
+    for l in &leases {
+        let r = q.job_record(&l.id).await.unwrap().unwrap();
+        assert_eq!(r.status, JobStatus::Succeeded);
+    }
 }
 
 #[tokio::test]

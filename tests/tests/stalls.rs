@@ -398,3 +398,157 @@ async fn sigterm_while_redis_is_down_stops_the_worker_in_bounded_time() {
         "the agent still runs after its worker stopped"
     );
 }
+
+/// The HTTP status `url` answers with, if it answers at all.
+async fn http_status(http: &reqwest::Client, url: &str) -> Option<u16> {
+    http.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+/// Item 5 of issue 9 with real workers: one worker's Redis traffic is cut off (a
+/// silent partition through a proxy) while it runs a job; the other worker still
+/// reaches Redis. The cut-off worker stops its attempt (the agent process ends) while
+/// its lease still holds, so before anyone could take the job over; the job is then
+/// reclaimed, charged one `lease_lost` to the cut-off worker, and succeeds once on the
+/// other worker. After the partition heals the cut-off worker is ready and serves again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_from_redis_stops_its_attempt_before_another_can_own_the_job() {
+    use fleet_tests::processes::process_ended;
+    use fleet_tests::tcp_proxy::TcpProxy;
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); if [ "$q" = long ]; then echo $$ >> {dir}/long.pids; sleep 6; fi; printf '%s' "$q""#,
+        FAST,
+    )
+    .await;
+    let proxy = TcpProxy::start(fleet.redis.port());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cut = fleet.start_worker_with_env(
+        "cut",
+        &[
+            ("FLEET_REDIS__URL", proxy.url()),
+            ("FLEET_WORKER__HTTP_ADDR", addr.clone()),
+        ],
+    );
+    let readyz = format!("http://{addr}/readyz");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    fleet.wait_started(cut).await;
+    let id = fleet
+        .submit(JobSpec::research("long", "test"))
+        .await
+        .to_string();
+    let pids = |fleet: &Fleet| -> Vec<String> {
+        std::fs::read_to_string(fleet.path("long.pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let pid = fleet
+        .eventually(
+            "the agent to run on the cut-off worker",
+            Duration::from_secs(30),
+            || async { pids(&fleet).first().cloned() },
+        )
+        .await;
+    let other = fleet.start_worker("other");
+    fleet.wait_started(other).await;
+    fleet
+        .eventually(
+            "the cut-off worker to be ready",
+            Duration::from_secs(10),
+            || async { (http_status(&http, &readyz).await == Some(200)).then_some(()) },
+        )
+        .await;
+
+    proxy.cut_off();
+    let cut_at = Instant::now();
+    // Until the agent ends, the job must still be leased to the cut-off worker: its
+    // lease (renewed by nobody now) has not expired, nobody reclaimed it, nobody else
+    // runs the job.
+    loop {
+        let expiry = lease_expiry(&fleet.redis, &fleet.queue, &id);
+        let now = now_ms();
+        let ended = process_ended(&pid);
+        assert!(
+            expiry.is_some_and(|e| e > now) && pids(&fleet).len() == 1,
+            "the lease expired (expiry {expiry:?}, now {now}) or the job ran elsewhere \
+             ({:?}) {:?} after the cut while the cut-off worker's agent {}\n{}",
+            pids(&fleet),
+            cut_at.elapsed(),
+            if ended { "had just ended" } else { "still ran" },
+            fleet.logs()
+        );
+        if ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_after = cut_at.elapsed();
+    assert!(
+        stopped_after < Duration::from_secs(3),
+        "stopped {stopped_after:?} after the cut (lease TTL 3 s)"
+    );
+    fleet
+        .eventually(
+            "the cut-off worker to log the stop",
+            Duration::from_secs(5),
+            || async {
+                fleet.workers[cut]
+                    .log_text()
+                    .contains("stopping this attempt before its lease can expire")
+                    .then_some(())
+            },
+        )
+        .await;
+    fleet
+        .eventually(
+            "/readyz of the cut-off worker to fail",
+            Duration::from_secs(5),
+            || async { (http_status(&http, &readyz).await == Some(503)).then_some(()) },
+        )
+        .await;
+
+    let r = fleet
+        .wait_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| (h.outcome.as_str(), h.worker.as_str()))
+            .collect::<Vec<_>>(),
+        [("lease_lost", "cut"), ("succeeded", "other")],
+        "{r:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.result.as_ref().unwrap()["output"]["answer"], "long");
+    assert_eq!(pids(&fleet).len(), 2, "one run per attempt");
+
+    // The partition heals: the cut-off worker is ready again and serves jobs (the
+    // other one is stopped, so the next job can only run there).
+    proxy.restore();
+    fleet
+        .eventually(
+            "the cut-off worker to be ready again",
+            Duration::from_secs(15),
+            || async { (http_status(&http, &readyz).await == Some(200)).then_some(()) },
+        )
+        .await;
+    fleet.workers[other].sigterm();
+    fleet.workers[other].assert_clean_exit();
+    let quick = fleet
+        .submit(JobSpec::research("quick", "test"))
+        .await
+        .to_string();
+    let q = fleet
+        .wait_status(&quick, JobStatus::Succeeded, Duration::from_secs(20))
+        .await;
+    assert_eq!(q.history[0].worker, "cut", "{q:?}");
+    let after = fleet.record(&id).await;
+    assert_eq!(
+        after.history, r.history,
+        "nothing more was written for the job"
+    );
+}

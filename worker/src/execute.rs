@@ -147,7 +147,24 @@ pub async fn run_lifecycle(
                 _ => "cancelled while it ran",
             },
         )),
-        result = lifecycle(op, &exec) => result,
+        result = lifecycle(op, &exec) => {
+            if let (LifecycleJob::Launch { .. }, Ok(out)) = (op, &result)
+                && let Some(agent_id) = out["agent"]["agent_id"].as_str()
+            {
+                // Only the result names the new agent: if the result is discarded (the
+                // lease was lost, or it could not be written), the job is launched
+                // again by its next attempt, and this agent must not be left running.
+                let (pool, agent_id) = (exec.pool.clone(), agent_id.to_string());
+                attempt.undo.set(move || {
+                    Box::pin(async move {
+                        if let Err(e) = pool.terminate(&agent_id).await {
+                            tracing::warn!(%agent_id, error = %e.message, "could not terminate the agent of a discarded launch");
+                        }
+                    })
+                });
+            }
+            result
+        }
     }
 }
 

@@ -317,6 +317,7 @@ async fn fetch_loop(
                 attempt_timeout,
                 policy: Arc::new(job_policy),
                 worker: worker.clone(),
+                undo: Default::default(),
             };
             let task_id = TaskId::from_string(job.id.to_string());
             let mut task = TaskBuilder::new(job).task_id(task_id).build();
@@ -560,6 +561,7 @@ async fn settle(
     let reason = ctx.abort.reason();
     if reason == Some(AbortReason::LeaseLost) {
         tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");
+        undo_discarded(ctx).await;
         return;
     }
     // What to write, decided once; written below until it lands.
@@ -645,13 +647,22 @@ async fn settle(
         pause = (pause * 2).min(SETTLE_PAUSE_MAX);
     };
     match written {
-        Ok(Fenced::Accepted) => {}
+        Ok(Fenced::Accepted) => return,
         Ok(Fenced::Stale) => {
             tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "outcome refused: this attempt's lease was lost (fencing token is stale)")
         }
         Err(e) => {
             tracing::error!(job_id = %lease.id, error = %e, "could not record the outcome; the job runs again when its lease expires")
         }
+    }
+    undo_discarded(ctx).await;
+}
+
+/// The job's work is done again by a later attempt: undo what this one's success made.
+async fn undo_discarded(ctx: &AttemptContext) {
+    if let Some(undo) = ctx.undo.take() {
+        tracing::warn!(job_id = %ctx.lease.id, attempt = ctx.lease.attempt, "undoing this attempt's discarded success");
+        undo().await;
     }
 }
 

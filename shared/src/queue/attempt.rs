@@ -4,10 +4,11 @@
 //! reach), or because the worker is shutting down.
 //! Handlers get it as `Data<AttemptContext>`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::Lease;
@@ -86,4 +87,35 @@ pub struct AttemptContext {
     pub policy: Arc<crate::settings::RetryPolicy>,
     /// The worker's name (for attempt records and sandbox tags).
     pub worker: Arc<str>,
+    /// What undoes a success whose result is not recorded (see [`UndoIfDiscarded`]).
+    pub undo: UndoIfDiscarded,
+}
+
+type Undo = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// Undoes what a successful attempt made when its result is discarded: the lease was
+/// lost (another attempt now owns the job and will do the work again) or the result
+/// could not be written (the job runs again when its lease expires). A handler whose
+/// success creates something only its result names (a `launch`'s agent) sets it; the
+/// backend runs it after a success is refused, never after one is recorded.
+#[derive(Clone, Default)]
+pub struct UndoIfDiscarded(Arc<Mutex<Option<Undo>>>);
+
+impl UndoIfDiscarded {
+    /// Set the undo (replacing one set before).
+    pub fn set(&self, undo: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static) {
+        *self.0.lock().unwrap() = Some(Box::new(undo));
+    }
+
+    /// The undo, if one is set (it can be taken once).
+    pub fn take(&self) -> Option<Undo> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+impl std::fmt::Debug for UndoIfDiscarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.lock().map(|u| u.is_some()).unwrap_or(false);
+        f.debug_tuple("UndoIfDiscarded").field(&set).finish()
+    }
 }
