@@ -213,9 +213,10 @@ async fn sigterm_lets_in_flight_jobs_finish_and_runs_none_twice() {
     .await;
     fleet.start_worker("w1");
     let ids = fleet.queue.enqueue_many(specs(4), Some("b")).await.unwrap();
-    eventually("all four running", Duration::from_secs(30), || async {
-        let b = fleet.queue.batch_record("b").await.ok()??;
-        (b.count(JobStatus::Running) == 4).then_some(())
+    // In flight means the agents run, not only that Redis says `running`: a job
+    // fetched but not yet started when the signal comes is handed back unstarted.
+    eventually("all four agents running", Duration::from_secs(30), || async {
+        (runs(&fleet.path("runs.log")).len() == 4).then_some(())
     })
     .await;
     fleet.workers[0].sigterm();
