@@ -215,9 +215,11 @@ async fn sigterm_lets_in_flight_jobs_finish_and_runs_none_twice() {
     let ids = fleet.queue.enqueue_many(specs(4), Some("b")).await.unwrap();
     // In flight means the agents run, not only that Redis says `running`: a job
     // fetched but not yet started when the signal comes is handed back unstarted.
-    eventually("all four agents running", Duration::from_secs(30), || async {
-        (runs(&fleet.path("runs.log")).len() == 4).then_some(())
-    })
+    eventually(
+        "all four agents running",
+        Duration::from_secs(30),
+        || async { (runs(&fleet.path("runs.log")).len() == 4).then_some(()) },
+    )
     .await;
     fleet.workers[0].sigterm();
     assert_eq!(fleet.workers[0].wait(), Some(0), "{}", fleet.logs());

@@ -1177,8 +1177,12 @@ async fn every_key_a_job_creates_expires_after_the_job_ends() {
     q.retry_dead(&[], 10).await.unwrap();
     assert_eq!(q.dead_count().await.unwrap(), 0);
 
-    // Only the queue's own counter and wake-up marker may stay.
-    let baseline = [q.keys().token.clone(), q.keys().marker.clone()];
+    // Only the queue's own counter, wake-up marker and reclaim clock may stay.
+    let baseline = [
+        q.keys().token.clone(),
+        q.keys().marker.clone(),
+        q.keys().reclaim_clock.clone(),
+    ];
     let left = eventually(
         "every job key to expire",
         Duration::from_secs(10),

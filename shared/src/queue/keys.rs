@@ -10,6 +10,7 @@
 //! | `…:dead`                   | ZSET   | dead-lettered job ID → when (ms)                   |
 //! | `…:marker`                 | ZSET   | one member; wakes a worker blocked in BZPOPMIN     |
 //! | `…:token`                  | STRING | fencing-token counter                              |
+//! | `…:reclaim_clock`          | HASH   | when reclaim last ran and until when it waits after a stall (Redis' clock) |
 //! | `…:job:<id>`               | HASH   | the job: spec, status, attempts, lease, result     |
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
@@ -32,6 +33,7 @@ pub struct Keys {
     pub dead: String,
     pub marker: String,
     pub token: String,
+    pub reclaim_clock: String,
     pub done_channel: String,
     pub cancel_channel: String,
 }
@@ -47,6 +49,7 @@ impl Keys {
             dead: k("dead"),
             marker: k("marker"),
             token: k("token"),
+            reclaim_clock: k("reclaim_clock"),
             done_channel: k("done"),
             cancel_channel: k("cancel"),
             prefix,
