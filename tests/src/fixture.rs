@@ -13,6 +13,22 @@ use crate::harness::queue;
 use crate::processes::WorkerProcess;
 use crate::redis_server::RedisServer;
 
+/// Settings for fault tests: a 3 s lease reclaimed within 0.2 s of expiring, fast
+/// retries with attempts to spare, and a short drain. Append to (or `.replace` in)
+/// the `extra` TOML of [`Fleet::start`].
+pub const FAST_RECOVERY: &str = r#"
+[queue]
+lease_ttl_secs = 3
+reclaim_interval_ms = 200
+[queue.research]
+max_attempts = 10
+backoff_base_ms = 50
+backoff_cap_ms = 200
+[worker]
+concurrency = 4
+drain_timeout_secs = 2
+"#;
+
 pub struct Fleet {
     pub redis: RedisServer,
     pub dir: tempfile::TempDir,

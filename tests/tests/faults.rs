@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fleet_shared::job::JobSpec;
 use fleet_shared::results::{JobRecord, JobStatus};
-use fleet_tests::fixture::Fleet;
+use fleet_tests::fixture::{FAST_RECOVERY, Fleet};
 use fleet_tests::harness::eventually;
 use fleet_tests::processes::process_ended;
 
@@ -87,19 +87,6 @@ async fn two_worker_processes_share_a_queue_and_run_no_job_twice() {
     };
     assert_eq!(workers.len(), 2, "both workers took jobs");
 }
-
-const FAST_RECOVERY: &str = r#"
-[queue]
-lease_ttl_secs = 3
-reclaim_interval_ms = 200
-[queue.research]
-max_attempts = 10
-backoff_base_ms = 50
-backoff_cap_ms = 200
-[worker]
-concurrency = 4
-drain_timeout_secs = 2
-"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_workers_jobs_all_complete_with_exactly_one_result() {

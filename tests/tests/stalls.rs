@@ -10,7 +10,7 @@ use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
 use fleet_shared::queue::{QueueConfig, RedisQueue};
 use fleet_shared::results::JobStatus;
 use fleet_tests::RedisServer;
-use fleet_tests::fixture::Fleet;
+use fleet_tests::fixture::{FAST_RECOVERY, Fleet};
 use fleet_tests::harness::{eventually, settings};
 use fleet_tests::redis_server::free_port;
 use redis::Commands;
@@ -100,7 +100,7 @@ async fn a_stale_attempts_release_leaves_the_new_attempt_of_the_same_job_renewed
 async fn a_worker_that_refetches_its_own_reclaimed_job_keeps_the_new_attempt() {
     let mut fleet = Fleet::start(
         r#"q=$(cat); echo "$q" >> {dir}/runs.log; sleep 4; printf '%s' "$q""#,
-        FAST,
+        FAST_RECOVERY,
     )
     .await;
     fleet.start_worker("w1");
@@ -218,19 +218,6 @@ async fn an_attempt_cut_off_from_redis_is_stopped_before_its_lease_can_expire() 
     drop(keeper);
 }
 
-const FAST: &str = r#"
-[queue]
-lease_ttl_secs = 3
-reclaim_interval_ms = 200
-[queue.research]
-max_attempts = 10
-backoff_base_ms = 50
-backoff_cap_ms = 200
-[worker]
-concurrency = 4
-drain_timeout_secs = 2
-"#;
-
 /// Item 3 of issue 9 with real workers: Redis frozen for longer than the lease TTL,
 /// every worker alive. No job is charged an attempt for it, none is dead-lettered,
 /// each ends with exactly one result.
@@ -239,7 +226,7 @@ async fn redis_frozen_longer_than_the_lease_ttl_charges_no_attempt() {
     // Calls in flight during the freeze time out (the default 5 s response timeout)
     // and are sent again: a fetch retried after its reply was lost returns the same
     // leases (item 4), so no lease is left without a holder.
-    let mut fleet = Fleet::start(r#"q=$(cat); sleep 1; printf '%s' "$q""#, FAST).await;
+    let mut fleet = Fleet::start(r#"q=$(cat); sleep 1; printf '%s' "$q""#, FAST_RECOVERY).await;
     fleet.start_worker("w1");
     fleet.start_worker("w2");
     let ids = fleet
@@ -305,7 +292,7 @@ async fn redis_frozen_longer_than_the_lease_ttl_charges_no_attempt() {
 /// Redis still answers reads (here: `CLIENT PAUSE … WRITE` holds every script).
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_fails_while_the_lease_keeper_cannot_renew() {
-    let mut fleet = Fleet::start(r#"cat"#, FAST).await;
+    let mut fleet = Fleet::start(r#"cat"#, FAST_RECOVERY).await;
     let addr = format!("127.0.0.1:{}", free_port());
     fleet.start_worker_with_env("w1", &[("FLEET_WORKER__HTTP_ADDR", addr.clone())]);
     let readyz = format!("http://{addr}/readyz");
@@ -359,7 +346,11 @@ async fn readyz_fails_while_the_lease_keeper_cannot_renew() {
 /// the worker, its running agent killed, within a bounded time.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_redis_is_down_stops_the_worker_in_bounded_time() {
-    let mut fleet = Fleet::start(r#"echo $$ > {dir}/agent.pid; exec sleep 300"#, FAST).await;
+    let mut fleet = Fleet::start(
+        r#"echo $$ > {dir}/agent.pid; exec sleep 300"#,
+        FAST_RECOVERY,
+    )
+    .await;
     fleet.start_worker("w1");
     let id = fleet.submit(JobSpec::research("long", "test")).await;
     fleet
@@ -416,7 +407,7 @@ async fn a_worker_cut_off_from_redis_stops_its_attempt_before_another_can_own_th
     use fleet_tests::tcp_proxy::TcpProxy;
     let mut fleet = Fleet::start(
         r#"q=$(cat); if [ "$q" = long ]; then echo $$ >> {dir}/long.pids; sleep 6; fi; printf '%s' "$q""#,
-        FAST,
+        FAST_RECOVERY,
     )
     .await;
     let proxy = TcpProxy::start(fleet.redis.port());

@@ -320,11 +320,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let path = format!(
-            "{}/src/runtime/testdata/dexter/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        super::super::testdata("dexter", name)
     }
 
     fn parse(name: &str, exit_code: i32) -> ParsedResult {

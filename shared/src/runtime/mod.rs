@@ -130,6 +130,17 @@ pub(crate) fn tail_utf8(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+/// A recorded output of `agent` from `src/runtime/testdata/<agent>/<name>`, for the
+/// runtimes' parsing tests.
+#[cfg(test)]
+pub(crate) fn testdata(agent: &str, name: &str) -> String {
+    let path = format!(
+        "{}/src/runtime/testdata/{agent}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::tighter_cap;
