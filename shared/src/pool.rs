@@ -854,7 +854,12 @@ mod tests {
         let mut metadata = BTreeMap::new();
         metadata.insert(META_OWNER.to_string(), OWNER.to_string());
         metadata.insert(META_POOL.to_string(), "demo".to_string());
-        metadata.insert(META_AGENT_ID.to_string(), format!("agent-{worker}"));
+        // Agent IDs are unique per launch; reconcile skips a sandbox whose agent ID
+        // the pool already holds.
+        metadata.insert(
+            META_AGENT_ID.to_string(),
+            format!("agent-{worker}-{persistent}"),
+        );
         metadata.insert(META_WORKER.to_string(), worker.to_string());
         metadata.insert(META_PERSISTENT.to_string(), persistent.to_string());
         SandboxSpec {
