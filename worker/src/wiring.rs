@@ -102,9 +102,21 @@ pub async fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn Sandb
             let admission = FleetAdmission::open(&settings.redis, "e2b", plan)
                 .await
                 .context("connecting to Redis for the E2B plan limits")?;
+            // A job that cannot get a sandbox cannot progress: at a plan limit it waits
+            // for one as long as an attempt may last (the pool stops waiting when the
+            // attempt's own budget is spent), not a request timeout's worth, so waiting
+            // in line behind a busy plan never costs it an attempt.
+            let limit_wait = Duration::from_secs(
+                settings
+                    .queue
+                    .research
+                    .attempt_timeout_secs
+                    .max(settings.queue.lifecycle.attempt_timeout_secs),
+            );
             Arc::new(
                 E2bProvider::new(e2b)
                     .map_err(|e| anyhow::anyhow!("sandbox.e2b: {e}"))?
+                    .with_limit_wait(limit_wait)
                     .with_fleet_admission(admission),
             )
         }

@@ -13,8 +13,9 @@
 //!   such orphan is killed.
 //! - The plan limits are kept on our side (see `limits.rs`), fleet-wide in Redis when
 //!   the provider is given a [`FleetAdmission`] (workers do): at the concurrency cap
-//!   or the create rate, `create` and a resuming `connect` wait up to
-//!   `request_timeout_secs` and then fail with `LimitReached`.
+//!   or the create rate, `create` and a resuming `connect` wait up to the limit wait
+//!   (`request_timeout_secs` unless set; the worker sets its longest attempt timeout)
+//!   and then fail with `LimitReached`.
 //! - A 429 on a create or resume is a wait, never a failed try: it does not count
 //!   against `request_attempts`; the start is sent again after `Retry-After` (at least
 //!   the backoff), with every worker's starts held back as long, until the limit wait
