@@ -101,6 +101,31 @@ query_via = "stdin"
         self.workers.len() - 1
     }
 
+    /// The lines of a file in the fleet's directory (none if it does not exist yet),
+    /// e.g. what a test agent appends to as it runs.
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait until worker `index`'s log holds any of `needles`.
+    pub async fn wait_for_log(
+        &self,
+        index: usize,
+        what: &str,
+        timeout: Duration,
+        needles: &[&str],
+    ) {
+        self.eventually(what, timeout, || async {
+            let log = self.workers[index].log_text();
+            needles.iter().any(|n| log.contains(n)).then_some(())
+        })
+        .await;
+    }
+
     /// Wait until worker `index` has logged that it started (it fetches from then on).
     pub async fn wait_started(&self, index: usize) {
         let name = self.workers[index].name.clone();

@@ -537,14 +537,11 @@ async fn a_frozen_workers_late_result_cannot_overwrite_the_new_attempts() {
     // Thaw it: its attempt ends, and whatever it tries to write is refused.
     unsafe { libc::kill(frozen, libc::SIGCONT) };
     fleet
-        .eventually(
+        .wait_for_log(
+            0,
             "the stale attempt noticed",
             Duration::from_secs(30),
-            || async {
-                let log = fleet.workers[0].log_text();
-                (log.contains("outcome refused") || log.contains("stale attempt ended"))
-                    .then_some(())
-            },
+            &["outcome refused", "stale attempt ended"],
         )
         .await;
     let after = fleet.record(&id).await;
@@ -886,13 +883,7 @@ async fn a_reclaimed_launch_does_not_leave_a_second_agent() {
         .await
         .unwrap();
     let id = id.to_string();
-    let setups = || -> Vec<String> {
-        std::fs::read_to_string(fleet.path("setups"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let setups = || fleet.lines("setups");
     let setup = fleet
         .eventually(
             "the launch's setup to run",
@@ -940,14 +931,11 @@ async fn a_reclaimed_launch_does_not_leave_a_second_agent() {
         .unwrap()
         .to_string();
     fleet
-        .eventually(
+        .wait_for_log(
+            0,
             "the stalled attempt to be noticed",
             Duration::from_secs(10),
-            || async {
-                let log = fleet.workers[0].log_text();
-                (log.contains("stale attempt ended") || log.contains("outcome refused"))
-                    .then_some(())
-            },
+            &["stale attempt ended", "outcome refused"],
         )
         .await;
     // The stale attempt's agent is killed (that may take a moment): only the agent

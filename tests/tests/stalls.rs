@@ -429,13 +429,7 @@ async fn a_worker_cut_off_from_redis_stops_its_attempt_before_another_can_own_th
         .submit(JobSpec::research("long", "test"))
         .await
         .to_string();
-    let pids = |fleet: &Fleet| -> Vec<String> {
-        std::fs::read_to_string(fleet.path("long.pids"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let pids = |fleet: &Fleet| fleet.lines("long.pids");
     let pid = fleet
         .eventually(
             "the agent to run on the cut-off worker",
