@@ -969,7 +969,7 @@ impl Bench<'_> {
         let root = tempfile::Builder::new()
             .prefix("fleet-bench-pool-")
             .tempdir()?;
-        let mut lat = pool::warm_lease_latency(root.path(), samples).await?;
+        let mut lat = pool::warm_lease_latency(root.path(), samples, &self.url).await?;
         lat.sort_by(f64::total_cmp);
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
             let mut row = Row::new(
@@ -983,7 +983,7 @@ impl Bench<'_> {
         }
 
         let n = self.cli.makespan_jobs;
-        let agents = 10;
+        let agents = pool::AGENTS;
         let ideal = n as f64 * pool::JOB_SECS / agents as f64;
         progress(format!(
             "pool: makespan of {n} jobs × {} ms over {agents} agents (ideal {ideal:.1} s)",
@@ -995,10 +995,21 @@ impl Bench<'_> {
         let root = tempfile::Builder::new()
             .prefix("fleet-bench-pool-")
             .tempdir()?;
-        let mut spec = self.spec(System::FleetPool, "fleet-pool", agents);
-        spec.pool_root = Some(root.path().to_path_buf());
-        let mut proc = WorkerProc::spawn(&spec).await?;
-        proc.go().await?;
+        // Three worker processes share one fleet-wide pool of `agents` agents (the
+        // registry in Redis); together they run more handlers than there are agents.
+        let mut procs = Vec::new();
+        for i in 0..pool::WORKERS {
+            let mut spec = self.spec(
+                System::FleetPool,
+                &format!("fleet-pool-{i}"),
+                pool::CONCURRENCY,
+            );
+            spec.pool_root = Some(root.path().to_path_buf());
+            procs.push(WorkerProc::spawn(&spec).await?);
+        }
+        for proc in &mut procs {
+            proc.go().await?;
+        }
         let t = Instant::now();
         let limit = Duration::from_secs_f64(ideal * 3.0 + 30.0);
         let drained: Result<()> = async {
@@ -1010,8 +1021,8 @@ impl Bench<'_> {
                 if c.ready == 0 && c.running == 0 && c.delayed == 0 {
                     return Ok(());
                 }
-                if proc.exited().is_some() {
-                    bail!("the pool worker exited");
+                if procs.iter_mut().any(|p| p.exited().is_some()) {
+                    bail!("a pool worker exited");
                 }
                 if t.elapsed() > limit {
                     bail!("pool jobs not done within {limit:?}: {c:?}");
@@ -1021,7 +1032,9 @@ impl Bench<'_> {
         }
         .await;
         let makespan = t.elapsed().as_secs_f64();
-        proc.kill9().await;
+        for mut proc in procs {
+            proc.kill9().await;
+        }
         drained?;
         let (lease_us, run_us) = pool::take_sums(&mut self.admin).await?;
         let mut row = Row::new(
@@ -1033,6 +1046,17 @@ impl Bench<'_> {
             Better::Lower,
         );
         row.fleet = Value::Num(makespan / ideal);
+        row.apalis = no_pool();
+        self.rows.push(row);
+        // Every agent's sandbox ran (billed) for the whole batch; the agents ran jobs
+        // for the sum of the handlers' run times.
+        let billed = agents as f64 * makespan;
+        let mut row = Row::new(
+            format!("Billed sandbox-seconds ÷ agent run seconds, that batch"),
+            "ratio",
+            Better::Lower,
+        );
+        row.fleet = Value::Num(billed / (run_us as f64 / 1e6));
         row.apalis = no_pool();
         self.rows.push(row);
         let run_ms = run_us as f64 / n as f64 / 1000.0;
@@ -1047,8 +1071,9 @@ impl Bench<'_> {
              as `worker/src/wiring.rs` wires them. *Warm lease*: {samples} sequential \
              `lease` + `give_back` cycles on a pool of 10 agents launched beforehand (a warm \
              lease extends the sandbox's timeout: one `meta.json` rewrite); max {:.2} ms. \
-             *Makespan*: {n} jobs queued, then one worker process (`RedisBackend`, \
-             concurrency {agents}, 10 agents launched before the clock starts) whose handler \
+             *Makespan*: {n} jobs queued, then three worker processes (`RedisBackend`, \
+             concurrency 4 each) sharing one fleet-wide pool of {agents} agents in the Redis \
+             registry (launched before the clock starts), whose handler \
              mirrors `worker/src/execute.rs`: lease an agent, run the query with the agent's \
              runtime, give it back. The agent command is `sleep {}`, so the ideal makespan \
              is {n} × {} s / {agents} = {ideal:.1} s. Measured {makespan:.2} s; per job the \

@@ -164,6 +164,19 @@ pub struct PoolSettings {
     pub idle_pause_after_secs: u64,
     pub sandbox_timeout_secs: u64,
     pub recycle_after_jobs: u64,
+    /// Most agents of one profile at once, fleet-wide (0 = no cap beyond the jobs
+    /// running: each holds one agent).
+    pub max_agents: usize,
+    /// Idle agents of each profile kept warm, fleet-wide.
+    pub min_idle: usize,
+    /// Pooled agents paused this long are terminated (0 = never).
+    pub kill_paused_after_secs: u64,
+    /// The provider's sandbox lifetime limit (0 = none; E2B: 3600 Hobby, 86400 Pro).
+    pub max_lifetime_secs: u64,
+    /// Agents this close to `max_lifetime_secs` are recycled instead of leased.
+    pub lifetime_margin_secs: u64,
+    /// An agent idle longer than this is pinged before a job gets it (0 = never).
+    pub health_check_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use apalis::prelude::Data;
 use fleet_shared::error::{ErrorClass, JobError};
 use fleet_shared::job::{Job, JobPayload, LifecycleJob};
-use fleet_shared::pool::AgentPool;
+use fleet_shared::pool::{AgentPool, JobRef};
 use fleet_shared::queue::RedisQueue;
 use fleet_shared::queue::apalis_backend::JobOutput;
 use fleet_shared::queue::attempt::{AbortReason, AttemptContext};
@@ -84,6 +84,10 @@ async fn research(
             research.ephemeral,
             attempt.attempt_timeout,
             cancel,
+            &JobRef {
+                id: job.id.to_string(),
+                order: job.id.submitted_ms(),
+            },
         )
         .await?;
     let remaining = attempt.attempt_timeout.saturating_sub(started.elapsed());
@@ -178,24 +182,20 @@ async fn lifecycle(op: &LifecycleJob, exec: &Executor) -> Result<JobOutput, JobE
         LifecycleJob::Pause { agent_id } => json!({"agent": pool.pause(agent_id).await?}),
         LifecycleJob::Resume { agent_id } => json!({"agent": pool.resume(agent_id).await?}),
         LifecycleJob::Terminate { agent_id } => {
-            pool.terminate(agent_id).await?;
-            json!({"terminated": agent_id})
+            let now = pool.terminate(agent_id).await?;
+            json!({"terminated": agent_id, "after_job": !now})
         }
         LifecycleJob::Scale { agent, size } => {
             json!({"agent": agent, "size": pool.scale(agent, *size as usize).await?})
         }
         LifecycleJob::Refresh { agent } => {
-            // Fresh agents get the new code: drop the idle ones; busy ones are
-            // replaced as they come back.
-            let before = pool
-                .agents()
-                .into_iter()
-                .filter(|a| &a.profile == agent)
-                .count();
-            pool.scale(agent, 0).await?;
-            json!({"agent": agent, "replaced": before})
+            // Fresh agents get the new code: idle and paused ones are replaced now,
+            // busy ones when their jobs end.
+            json!({"agent": agent, "replaced": pool.refresh(agent).await?})
         }
-        LifecycleJob::HealthCheck => json!({"agents": pool.agents(), "stats": pool.stats()}),
+        LifecycleJob::HealthCheck => {
+            json!({"agents": pool.agents().await?, "stats": pool.stats()})
+        }
     };
     Ok(result)
 }

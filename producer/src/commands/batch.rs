@@ -46,7 +46,7 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
         ))
     })?;
     let queue = &ctx.queues().await?.research;
-    let submitted = submit_batch(queue, specs).await?;
+    let submitted = submit_batch(queue, &ctx.settings.redis, specs).await?;
     if !args.wait || !ctx.json {
         if ctx.json {
             // The shape of the HTTP API's `POST /v1/batches` answer.
@@ -70,12 +70,31 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
     report_batch(ctx, queue, &submitted).await
 }
 
-pub async fn submit_batch(queue: &RedisQueue, specs: Vec<JobSpec>) -> anyhow::Result<Submitted> {
+pub async fn submit_batch(
+    queue: &RedisQueue,
+    redis: &fleet_shared::settings::RedisSettings,
+    specs: Vec<JobSpec>,
+) -> anyhow::Result<Submitted> {
     let batch_id = uuid::Uuid::now_v7().to_string();
+    let addressed: Vec<(usize, JobSpec)> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            matches!(&s.payload, fleet_shared::job::JobPayload::Research(r) if r.agent_id.is_some())
+        })
+        .map(|(i, s)| (i, s.clone()))
+        .collect();
     let ids = queue
         .enqueue_many(specs, Some(&batch_id))
         .await
         .context("submitting the batch")?;
+    let expected: Vec<_> = addressed
+        .iter()
+        .filter_map(|(i, spec)| ids.get(*i).map(|id| (*id, spec)))
+        .collect();
+    fleet_shared::pool::expect_submitted(redis, &expected)
+        .await
+        .context("queueing the batch's jobs for their agents")?;
     Ok(Submitted { batch_id, ids })
 }
 

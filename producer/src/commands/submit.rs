@@ -48,7 +48,13 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<u8> {
     spec.validate(&ctx.settings.limits())
         .map_err(|e| Fail::usage(format!("invalid job: {e}")))?;
     let queue = &ctx.queues().await?.research;
-    let (id, existing) = queue.enqueue(spec).await.context("submitting the job")?;
+    let (id, existing) = queue
+        .enqueue(spec.clone())
+        .await
+        .context("submitting the job")?;
+    fleet_shared::pool::expect_submitted(&ctx.settings.redis, &[(id, &spec)])
+        .await
+        .context("queueing the job for its agent")?;
     if existing {
         eprintln!("note: the idempotency key was used before; this is that job");
     }

@@ -28,6 +28,19 @@ impl JobId {
     pub fn new() -> Self {
         JobId(Uuid::now_v7())
     }
+
+    /// When the ID was made (ms, from its UUIDv7 timestamp; 0 for other UUIDs): the
+    /// submission order of jobs addressed to one agent. IDs made by one process sort
+    /// in the order they were made, ties included.
+    pub fn submitted_ms(&self) -> u64 {
+        self.0
+            .get_timestamp()
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs * 1000 + u64::from(nanos) / 1_000_000
+            })
+            .unwrap_or(0)
+    }
 }
 
 impl Default for JobId {

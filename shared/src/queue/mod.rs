@@ -943,6 +943,21 @@ impl RedisQueue {
         .await
     }
 
+    /// A worker that stops: its announcement goes now, not one TTL later, so the
+    /// others (and its own last-one-out check) see it gone.
+    pub async fn withdraw_worker(&self, name: &str) -> Result<(), QueueError> {
+        self.retrying("withdraw_worker", || {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.del(self.keys.worker(name))
+                .ignore()
+                .srem(self.keys.workers(), name)
+                .ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await
+    }
+
     /// Workers whose announcement has not expired, among `names`.
     pub async fn live_workers(&self, names: &[String]) -> Result<Vec<bool>, QueueError> {
         if names.is_empty() {
