@@ -1052,7 +1052,7 @@ impl Bench<'_> {
         // for the sum of the handlers' run times.
         let billed = agents as f64 * makespan;
         let mut row = Row::new(
-            format!("Billed sandbox-seconds ÷ agent run seconds, that batch"),
+            "Billed sandbox-seconds ÷ agent run seconds, that batch".to_string(),
             "ratio",
             Better::Lower,
         );

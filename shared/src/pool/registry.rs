@@ -75,13 +75,13 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     terminate: load(include_str!("lua/terminate-5.lua")),
     forget: load(include_str!("lua/forget-9.lua")),
     renew: load(include_str!("lua/renew-N.lua")),
-    adopt: load(include_str!("lua/adopt-3.lua")),
+    adopt: load(include_str!("lua/adopt-5.lua")),
     extend: load(include_str!("lua/extend-1.lua")),
 });
 
 /// How long a job submitted to an agent, but not yet taken by a worker, holds back
 /// later jobs for that agent once it is in their way (see `lease_agent-6.lua`).
-pub const WAITER_GRACE: Duration = Duration::from_secs(2);
+pub const WAITER_GRACE: Duration = Duration::from_secs(1);
 
 /// How many idle (and paused) agents one `lease` call considers.
 const LEASE_CANDIDATES: isize = 8;
@@ -863,7 +863,7 @@ impl Registry {
         Ok(ids)
     }
 
-    /// Take over an agent whose hold expired (`adopt-3.lua`).
+    /// Take over an agent whose hold expired (`adopt-5.lua`).
     pub async fn adopt(
         &self,
         agent_id: &str,
@@ -875,6 +875,8 @@ impl Registry {
             .key(self.keys.agent(agent_id))
             .key(&self.keys.held)
             .key(&self.keys.changed)
+            .key(self.keys.waiters(agent_id))
+            .key(self.keys.waiter_expiry(agent_id))
             .arg(worker)
             .arg(ms(hold))
             .invoke_async(&mut self.conn())

@@ -36,6 +36,23 @@ end
 if rec[2] == 'terminating' or rec[6] == 'terminate' then
   return { -1, 'the agent is being terminated' }
 end
+-- Its holder's hold expired (the worker died) and nobody adopted it yet: adopt it
+-- here, as `adopt` would, so waiting jobs need not wait for a maintenance round.
+local holder = redis.call('HMGET', KEYS[1], 'hold_until', 'holder', 'holder_order')
+if (rec[2] == 'busy' or rec[2] == 'resuming') and rec[5] == '1'
+    and tonumber(holder[1] or 0) > 0 and tonumber(holder[1]) < now then
+  if holder[2] ~= '' and holder[2] ~= 'pool' and holder[3] then
+    redis.call('ZADD', KEYS[3], 'NX', tonumber(holder[3]), holder[2])
+    redis.call('HSET', KEYS[4], holder[2], 'u:' .. now)
+  end
+  local rested = 'idle'
+  if rec[2] == 'resuming' then
+    rested = 'paused'
+  end
+  set_state(KEYS[1], rested, now)
+  unhold(KEYS[1], KEYS[2], rec[1])
+  rec[2] = rested
+end
 -- Claim (or renew) this job's place.
 redis.call('ZADD', KEYS[3], 'NX', tonumber(ARGV[6]), ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], now + tonumber(ARGV[7]))
@@ -43,6 +60,8 @@ redis.call('HSET', KEYS[4], ARGV[1], now + tonumber(ARGV[7]))
 local grace = tonumber(ARGV[8])
 local blocked = false
 local ahead = redis.call('ZRANGE', KEYS[3], 0, 49)
+-- Every waiter ahead is looked at (not only the first that blocks), so that the
+-- graces of several unclaimed places run at once rather than one after another.
 for _, job in ipairs(ahead) do
   if job == ARGV[1] then
     break
@@ -65,9 +84,6 @@ for _, job in ipairs(ahead) do
   else
     blocked = true
   end
-  if blocked then
-    break
-  end
 end
 local free = (rec[2] == 'idle' or rec[2] == 'paused') and rec[6] ~= 'pause'
 if free and not blocked then
@@ -82,7 +98,7 @@ if free and not blocked then
   end
   set_state(KEYS[1], next_state, now)
   hold(KEYS[1], KEYS[2], rec[1], ARGV[1], ARGV[2], now, tonumber(ARGV[3]))
-  redis.call('HSET', KEYS[1], 'last_used', now)
+  redis.call('HSET', KEYS[1], 'last_used', now, 'holder_order', ARGV[6])
   local s = summary(KEYS[1], now, now - tonumber(rec[7] or now))
   return { 1, unpack(s) }
 end
