@@ -213,7 +213,18 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;
-    let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
+    let mut executor = Executor::new(pool.clone(), research_queue.clone());
+    if settings.events.enabled {
+        // A connection of their own: a burst of output never queues behind the
+        // queue's calls, nor they behind it.
+        let conn = fleet_shared::queue::connect(&settings.redis).await?;
+        executor = executor.with_events(fleet_shared::events::writer::EventSink::new(
+            conn,
+            settings.events.clone(),
+            research_queue.config().result_ttl,
+        ));
+    }
+    let executor = Arc::new(executor);
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
         _ = reconcile(&pool, &research_queue) => {}
