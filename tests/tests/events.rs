@@ -641,3 +641,37 @@ async fn events_expire_with_the_result_ttl() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_e2b_provider_streams_events_while_the_job_runs() {
+    let fake = fleet_tests::fake_e2b::FakeE2b::start_local().await;
+    let extra = format!(
+        "[sandbox]\nprovider = \"e2b\"\n[sandbox.e2b]\napi_url = \"{}\"\nenvd_url = \"{}\"\ncreates_per_second = 20.0\n",
+        fake.api_url(),
+        fake.envd_url(),
+    );
+    let script = format!(
+        "echo before; echo oops >&2; {}; echo after",
+        gate("release")
+    );
+    let mut fleet = Fleet::start(&script, &extra).await;
+    fleet.start_worker_with_env("e1", &[("E2B_API_KEY", fake.api_key().to_string())]);
+    let id = fleet
+        .submit(JobSpec::research("q", "test"))
+        .await
+        .to_string();
+    let early = fleet
+        .eventually("events through envd while the job runs", LONG, || async {
+            let events = events_of(&fleet, &id).await;
+            let stderr = events.iter().any(|e| e.kind == "stderr");
+            (!stdout_lines(&events).is_empty() && stderr).then_some(events)
+        })
+        .await;
+    assert_eq!(fleet.record(&id).await.status, JobStatus::Running);
+    assert_eq!(stdout_lines(&early), ["before"]);
+    open_gate(&fleet, "release");
+    fleet.wait_status(&id, JobStatus::Succeeded, LONG).await;
+    let events = events_of(&fleet, &id).await;
+    assert_eq!(stdout_lines(&events), ["before", "after"]);
+    assert_eq!(events.last().unwrap().data["status"], "succeeded");
+}
