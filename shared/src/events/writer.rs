@@ -504,6 +504,56 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_claude_code_run_becomes_agent_events_in_order() {
+        let recorded = crate::runtime::testdata("claude_code", "success.jsonl");
+        let redact: Redactor = Arc::new(str::to_string);
+        // Fed in odd-sized chunks, as pipes deliver it.
+        let mut lines = Lines::new(65536);
+        let mut events = Vec::new();
+        for chunk in recorded.as_bytes().chunks(97) {
+            lines.feed(chunk, &mut |l| {
+                if !l.is_empty() {
+                    events.push(classify(
+                        OutputPipe::Stdout,
+                        l,
+                        Some(OutputPipe::Stdout),
+                        &redact,
+                    ));
+                }
+            });
+        }
+        lines.flush(&mut |l| {
+            events.push(classify(
+                OutputPipe::Stdout,
+                l,
+                Some(OutputPipe::Stdout),
+                &redact,
+            ))
+        });
+        assert_eq!(
+            events.len(),
+            recorded.lines().filter(|l| !l.is_empty()).count()
+        );
+        // The CLI's stream-json events are agent events, in order; the SDK's debug log
+        // (`ANTHROPIC_LOG=debug`, which it writes to stdout too) stays text.
+        let types: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Agent)
+            .map(|e| {
+                let event: Value = serde_json::from_str(&e.data).unwrap();
+                event["type"].as_str().unwrap_or("").to_string()
+            })
+            .collect();
+        assert_eq!(types, ["system", "assistant", "result"]);
+        assert!(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::Stdout)
+                .any(|e| e.data.contains("sending request"))
+        );
+    }
+
+    #[test]
     fn a_full_buffer_drops_its_oldest_and_counts_them() {
         let b = Buffer::new(3);
         for i in 0..5 {
