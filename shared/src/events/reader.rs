@@ -10,6 +10,7 @@
 //! attempt's last events before it settles the attempt, so nothing comes after.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -35,6 +36,9 @@ pub enum Step {
     End(Option<JobStatus>),
 }
 
+type PendingRead =
+    Pin<Box<dyn Future<Output = (ConnectionManager, Result<Vec<Event>, QueueError>)> + Send>>;
+
 /// Follows one job's events.
 pub struct Follow {
     queue: RedisQueue,
@@ -43,7 +47,11 @@ pub struct Follow {
     /// The last entry delivered (`0-0`: none).
     after: String,
     block: Duration,
+    /// The connection for blocked reads, while no read holds it.
     blocking: Option<ConnectionManager>,
+    /// A blocked read in flight: it owns the connection and gives it back with its
+    /// reply, so a `changed` that turns out not to be the end does not cut it short.
+    pending: Option<PendingRead>,
     /// The job has ended: deliver what is left, then end.
     ending: Option<Option<JobStatus>>,
     ended: bool,
@@ -66,6 +74,7 @@ impl Follow {
             after: after.unwrap_or_else(|| "0-0".into()),
             block,
             blocking: None,
+            pending: None,
             ending: None,
             ended: false,
         };
@@ -87,38 +96,42 @@ impl Follow {
         if let Some(status) = self.ending {
             return self.rest(status).await;
         }
-        let block = self.block;
-        let read = async {
-            let conn = match self.blocking.as_mut() {
+        if self.pending.is_none() {
+            let block = self.block;
+            let mut conn = match self.blocking.take() {
                 Some(conn) => conn,
-                None => self
-                    .blocking
-                    .insert(self.queue.blocking_connection(block).await?),
+                None => self.queue.blocking_connection(block).await?,
             };
-            read_after(conn, &self.key, &self.after, Some(block)).await
+            let (key, after) = (self.key.clone(), self.after.clone());
+            self.pending = Some(Box::pin(async move {
+                let read = read_after(&mut conn, &key, &after, Some(block)).await;
+                (conn, read)
+            }));
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            unreachable!("a read was just set up");
         };
-        let read = tokio::select! {
+        tokio::select! {
             biased;
-            read = read => Some(read),
-            _ = changed => None,
-        };
-        match read {
-            Some(Ok(events)) if !events.is_empty() => {
-                self.delivered(&events);
-                return Ok(Step::Events(events));
+            (conn, read) = pending => {
+                self.pending = None;
+                let events = read?;
+                self.blocking = Some(conn);
+                if !events.is_empty() {
+                    self.delivered(&events);
+                    return Ok(Step::Events(events));
+                }
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                self.blocking = None;
-                return Err(e);
-            }
-            // A read abandoned while blocked leaves its connection waiting for the
-            // reply: a fresh one is opened for the next block.
-            None => self.blocking = None,
+            // The read stays in flight; the status says whether to wait on.
+            _ = changed => {}
         }
         self.check_status().await?;
         match self.ending {
-            Some(status) => self.rest(status).await,
+            Some(status) => {
+                // A read still blocked is dropped with its connection.
+                self.pending = None;
+                self.rest(status).await
+            }
             None => Ok(Step::Idle),
         }
     }
