@@ -216,8 +216,15 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let mut executor = Executor::new(pool.clone(), research_queue.clone());
     if settings.events.enabled {
         // A connection of their own: a burst of output never queues behind the
-        // queue's calls, nor they behind it.
-        let conn = fleet_shared::queue::connect(&settings.redis).await?;
+        // queue's calls, nor they behind it. Should Redis fail just now, the queue's
+        // connection serves (it reconnects by itself); a worker never stops for this.
+        let conn = match fleet_shared::queue::connect(&settings.redis).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: no connection of their own; sharing the queue's");
+                research_queue.connection()
+            }
+        };
         executor = executor.with_events(fleet_shared::events::writer::EventSink::new(
             conn,
             settings.events.clone(),
