@@ -675,3 +675,35 @@ async fn the_e2b_provider_streams_events_while_the_job_runs() {
     assert_eq!(stdout_lines(&events), ["before", "after"]);
     assert_eq!(events.last().unwrap().data["status"], "succeeded");
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_event_streams_and_the_server_exits_promptly() {
+    let mut fleet = Fleet::start(&gate("never"), "").await;
+    fleet.start_worker("w1");
+    let config = fleet.config.display().to_string();
+    let mut server = ServeProcess::start(&["--config", &config], &[], fleet.dir.path());
+    let id = fleet.submit(JobSpec::research("q", "test")).await;
+    let r = reqwest::get(server.url(&format!("/v1/jobs/{id}/events")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = SseReader::new(r);
+    let started = stream.next_event().await.expect("the attempt's start");
+    assert_eq!(started.event.as_deref(), Some("attempt_started"));
+    server.sigterm();
+    assert!(
+        stream.next_event().await.is_none(),
+        "the response ends at SIGTERM, without an end event (the job has not ended)"
+    );
+    assert_eq!(
+        server.wait_timeout(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        server.logs()
+    );
+    // Let the agent finish, so no sandbox process outlives the test.
+    open_gate(&fleet, "never");
+    fleet
+        .wait_status(&id.to_string(), JobStatus::Succeeded, LONG)
+        .await;
+}
