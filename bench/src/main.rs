@@ -11,6 +11,7 @@
 
 mod baseline;
 mod child;
+mod events;
 mod fleet;
 mod pool;
 mod report;
@@ -50,11 +51,12 @@ impl System {
     about = "Benchmarks: this project's Redis queue vs apalis-redis 1.0"
 )]
 pub struct Cli {
-    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool.
+    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool,
+    /// events.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "enqueue,drain,latency,recovery,memory,pool"
+        default_value = "enqueue,drain,latency,recovery,memory,pool,events"
     )]
     pub only: Vec<String>,
     /// Jobs for bulk enqueue, drain, memory and RSS.
@@ -96,6 +98,9 @@ pub struct Cli {
     /// (not part of apalis; to confirm why its idle workers stall). Off for the report.
     #[arg(long)]
     pub apalis_rearming_poll: bool,
+    /// Lines in the live-events latency scenario (one every 20 ms).
+    #[arg(long, default_value_t = 500)]
+    pub event_samples: usize,
     /// Jobs in the pool makespan scenario (each runs a 200 ms agent command).
     #[arg(long, default_value_t = 1000)]
     pub makespan_jobs: usize,

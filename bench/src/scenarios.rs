@@ -7,6 +7,7 @@
 //! 4. `recovery`: a worker is `kill -9`'d holding a job; time until another runs it.
 //! 5. `memory`: Redis `used_memory` per queued job; worker RSS with N queued, 100 in flight.
 //! 6. `pool`: warm agent lease latency; makespan of 1,000 × 200 ms jobs over 10 agents.
+//! 7. `events`: live events, agent prints a line → an SSE client sees it (this project only).
 //!
 //! Each scenario returns report rows; the drain also records the profile of the path.
 
@@ -21,7 +22,7 @@ use redis::aio::ConnectionManager;
 use crate::child::{self, WorkerProc, WorkerSpec};
 use crate::report::{Better, Report, Row, Value};
 use crate::util::{self, CommandStats, now_us};
-use crate::{Cli, System, baseline, fleet, pool, work};
+use crate::{Cli, System, baseline, events, fleet, pool, work};
 
 /// Pickup-latency jobs not recorded (connections and script cache warm up).
 const WARM_UP: usize = 1;
@@ -90,6 +91,9 @@ pub async fn run_all(cli: &Cli) -> Result<Report> {
     }
     if want("pool") {
         b.pool().await.context("scenario pool")?;
+    }
+    if want("events") {
+        b.events().await.context("scenario events")?;
     }
     b.flush().await?;
     let mut command = String::from("cargo run --release -p fleet-bench");
@@ -956,6 +960,43 @@ impl Bench<'_> {
         let got = util::proc_rss_kib(proc.pid).context("read worker RSS")?;
         proc.kill9().await;
         Ok(got)
+    }
+
+    // ------------------------------------------------------------------- 7. events
+
+    /// Live events: agent prints a timestamped line → the SSE client of `fleet serve`
+    /// sees it (`bench/src/events.rs`). apalis-redis has no live events.
+    async fn events(&mut self) -> Result<()> {
+        let n = self.cli.event_samples;
+        progress(format!("events: {n} lines, agent → SSE client latency"));
+        let mut lat = events::sse_latency(n).await?;
+        lat.sort_by(f64::total_cmp);
+        for (q, label) in [(0.5, "p50"), (0.95, "p95")] {
+            let mut row = Row::new(
+                format!(
+                    "Live events latency {label}, agent prints a line → SSE client sees it ({n} lines)"
+                ),
+                "ms",
+                Better::Lower,
+            );
+            row.fleet = Value::Num(util::quantile(&lat, q));
+            row.apalis = Value::Skipped("no live events".into());
+            self.rows.push(row);
+        }
+        let max = lat.last().copied().unwrap_or(f64::NAN);
+        progress(format!(
+            "events: p50 {:.2} ms, p95 {:.2} ms, max {max:.2} ms",
+            util::quantile(&lat, 0.5),
+            util::quantile(&lat, 0.95)
+        ));
+        self.notes.push(format!(
+            "**Live events** (this project only). A `fleet-worker` and `fleet serve` (the \
+             workspace's debug builds) on their own redis-server; the job's command agent \
+             prints `date +%s%N` every 20 ms; this process follows `GET /v1/jobs/{{id}}/events` \
+             and subtracts each line's timestamp from its clock when the event arrives. \
+             {n} lines; max {max:.2} ms."
+        ));
+        Ok(())
     }
 
     // --------------------------------------------------------------------- 6. pool

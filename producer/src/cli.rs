@@ -34,6 +34,7 @@ FLEET_<SECTION>__<KEY> environment variables (e.g. FLEET_REDIS__URL, read from .
 
 Examples:
   fleet submit \"What was ACME's revenue in 2023?\" --wait
+  fleet submit \"What was ACME's revenue in 2023?\" --follow
   echo 'Compare Globex and Initech margins' | fleet submit - --meta team=research
   fleet batch queries.txt --wait
   fleet status 01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f
@@ -84,6 +85,9 @@ pub enum Command {
     },
     /// Cancel a job: at once if it has not started, else its worker stops it
     Cancel(IdArg),
+    /// Follow a job's live events (its agent's output) until it ends; exit 0 if it succeeded
+    #[command(long_about = WATCH_LONG_ABOUT)]
+    Watch(WatchArgs),
     /// Launch, pause, resume and terminate agents (jobs on the lifecycle queue)
     Agents {
         #[command(subcommand)]
@@ -117,6 +121,10 @@ is {\"error\": \"<message>\"}.
                                  200 the answer; 202 not ended (after waiting up to
                                  api.result_wait_max_secs); 409 ended dead, cancelled or failed
   POST /v1/jobs/{id}/cancel      as `fleet --json cancel`
+  GET  /v1/jobs/{id}/events      the job's live events as Server-Sent Events (id: event ID, event: kind,
+                                 data: JSON as `fleet watch --json` prints) until it ends, then `event: end`;
+                                 Last-Event-ID resumes after that event; keep-alive comments every
+                                 events.keepalive_secs; each open stream counts toward api.max_waits
   GET  /v1/batches/{id}          the batch's counts per status
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
 
@@ -155,6 +163,29 @@ Quickstart, no API key needed:
   4. print each question with its answer;
   5. stop the worker with SIGTERM and wait for it, then the Redis it started.
 Ctrl-C stops it in the same order. Exits 0 only if every job succeeded.";
+
+const WATCH_LONG_ABOUT: &str = "\
+Follow a job's live events as they happen, until the job reaches a final status: what its \
+agent prints (stdout lines as they are, stderr lines marked [stderr]), its structured events \
+([agent]: Claude Code's stream-json, Dexter's progress) and each attempt's start and end. \
+Events written before the watch began are shown first. Exits 0 if the job succeeded, 1 if \
+it ended dead, cancelled or failed.
+
+With --json, one JSON object per line: {\"id\", \"attempt\", \"kind\", \"data\"} per event (kind: \
+attempt_started, stdout, stderr, agent, dropped, attempt_ended), then {\"kind\": \"end\", \
+\"status\"}. A job's events are kept events.max_len entries deep, for queue.result_ttl_secs \
+after its last attempt.";
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The job ID (a UUID, as printed by `submit`)
+    pub id: String,
+
+    /// Start after this event ID (the `id` of an event `--json` printed) instead of
+    /// from the first event
+    #[arg(long, value_name = "EVENT_ID")]
+    pub after: Option<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct IdArg {
@@ -214,6 +245,11 @@ pub struct SubmitArgs {
     /// Wait for the job to end and print its answer
     #[arg(long)]
     pub wait: bool,
+
+    /// Print the job ID, then follow its live events until it ends (as `fleet watch`);
+    /// exit 0 if it succeeded
+    #[arg(long, conflicts_with = "wait")]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,8 @@
 //! - [`queue`]: the project's own Redis backend for apalis: one Lua script per
 //!   state transition, leases with fencing tokens, delayed retries, dead letters.
 //! - [`results`]: the result store, keyed by job ID, and batch records.
+//! - [`events`]: live events: each attempt's output, as it happens, in a capped
+//!   Redis Stream per job, and the follower that reads it.
 //! - [`pool`]: the agent pool that leases sandboxes to jobs.
 //! - [`admission`]: a provider's plan limits (running sandboxes, creates per
 //!   second) shared by every worker through Redis.
@@ -21,6 +23,7 @@
 
 pub mod admission;
 pub mod error;
+pub mod events;
 pub mod job;
 pub mod pool;
 pub mod queue;

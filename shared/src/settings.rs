@@ -26,6 +26,8 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub sandbox: SandboxSettings,
     pub api: ApiSettings,
+    /// Live events of attempts (`crate::events`).
+    pub events: crate::events::EventsSettings,
     pub agents: BTreeMap<String, AgentProfile>,
 }
 
@@ -545,6 +547,9 @@ impl Settings {
                     "must be at least {MIN_TOKEN_LEN} characters (or empty for no authentication)"
                 ),
             );
+        }
+        if let Some((key, message)) = self.events.problem() {
+            return err(key, message);
         }
         if self.agents.is_empty() {
             return err("agents", "at least one agent profile is needed");

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use apalis::prelude::Data;
 use fleet_shared::error::{ErrorClass, JobError};
+use fleet_shared::events::EventKind;
+use fleet_shared::events::writer::{AttemptEvents, EventSink};
 use fleet_shared::job::{Job, JobPayload, LifecycleJob};
 use fleet_shared::pool::{AgentPool, JobRef};
 use fleet_shared::queue::RedisQueue;
@@ -23,6 +25,8 @@ pub struct Executor {
     pub attempts_started: AtomicU64,
     pub attempts_succeeded: AtomicU64,
     pub attempts_failed: AtomicU64,
+    /// Where attempts' live events go (`events.enabled`).
+    pub events: Option<EventSink>,
 }
 
 impl Executor {
@@ -33,7 +37,35 @@ impl Executor {
             attempts_started: AtomicU64::new(0),
             attempts_succeeded: AtomicU64::new(0),
             attempts_failed: AtomicU64::new(0),
+            events: None,
         }
+    }
+
+    /// Write attempts' live events to `sink`.
+    pub fn with_events(mut self, sink: EventSink) -> Executor {
+        self.events = Some(sink);
+        self
+    }
+
+    /// The live events of a research attempt, with its `attempt_started` written.
+    fn attempt_events(&self, job: &Job, attempt: &AttemptContext) -> Option<AttemptEvents> {
+        let sink = self.events.as_ref()?;
+        let JobPayload::Research(research) = &job.spec.payload else {
+            return None;
+        };
+        let runtime = self.pool.runtime(&research.agent);
+        let pipe = runtime.as_ref().and_then(|r| r.event_pipe());
+        let redact: fleet_shared::events::writer::Redactor = match runtime {
+            Some(runtime) => Arc::new(move |text: &str| runtime.redact_output(text)),
+            None => Arc::new(str::to_string),
+        };
+        let key = self.research_queue.keys().events(&job.id.to_string());
+        let events = sink.attempt(key, attempt.lease.attempt, pipe, redact);
+        events.push(
+            EventKind::AttemptStarted,
+            &json!({"worker": &*attempt.worker, "agent": research.agent}),
+        );
+        Some(events)
     }
 
     fn count<T>(&self, result: &Result<T, JobError>) {
@@ -53,15 +85,35 @@ pub async fn run_research(
     exec: Data<Arc<Executor>>,
 ) -> Result<JobOutput, JobError> {
     exec.attempts_started.fetch_add(1, Ordering::Relaxed);
-    let result = research(&job, &attempt, &exec).await;
+    let events = exec.attempt_events(&job, &attempt);
+    let output = events.as_ref().map(AttemptEvents::output);
+    let result = research(&job, &attempt, &exec, output).await;
     exec.count(&result);
+    if let Some(events) = events {
+        // Written before the attempt is settled: whoever sees the job end has seen them.
+        events
+            .finish(attempt_ended(&result), EVENTS_FLUSH_WITHIN)
+            .await;
+    }
     result
+}
+
+/// How long the end of an attempt waits for its live events to reach Redis.
+const EVENTS_FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The `attempt_ended` event of an attempt that ended so.
+fn attempt_ended(result: &Result<JobOutput, JobError>) -> serde_json::Value {
+    match result {
+        Ok(_) => json!({"status": "succeeded"}),
+        Err(e) => json!({"status": "failed", "class": e.class, "error": e.message}),
+    }
 }
 
 async fn research(
     job: &Job,
     attempt: &AttemptContext,
     exec: &Executor,
+    output: Option<tokio::sync::mpsc::UnboundedSender<fleet_shared::sandbox::OutputChunk>>,
 ) -> Result<JobOutput, JobError> {
     let JobPayload::Research(research) = &job.spec.payload else {
         return Err(JobError::permanent(
@@ -107,7 +159,7 @@ async fn research(
             RunOptions {
                 timeout: Some(remaining),
                 cancel: cancel.clone(),
-                output: None,
+                output,
                 keep_session: research.agent_id.is_some(),
                 max_turns: job.spec.options.max_turns,
                 max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),

@@ -224,7 +224,25 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;
-    let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
+    let mut executor = Executor::new(pool.clone(), research_queue.clone());
+    if settings.events.enabled {
+        // A connection of their own: a burst of output never queues behind the
+        // queue's calls, nor they behind it. Should Redis fail just now, the queue's
+        // connection serves (it reconnects by itself); a worker never stops for this.
+        let conn = match fleet_shared::queue::connect(&settings.redis).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: no connection of their own; sharing the queue's");
+                research_queue.connection()
+            }
+        };
+        executor = executor.with_events(fleet_shared::events::writer::EventSink::new(
+            conn,
+            settings.events.clone(),
+            research_queue.config().result_ttl,
+        ));
+    }
+    let executor = Arc::new(executor);
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
         _ = reconcile(&pool, &research_queue) => {}

@@ -9,6 +9,7 @@
 //! | `GET /v1/jobs/{id}` | the record, as `fleet status --json` prints it |
 //! | `GET /v1/jobs/{id}/result[?wait=S]` | 200 answer; 202 not ended; 409 ended without one |
 //! | `POST /v1/jobs/{id}/cancel` | what `fleet cancel --json` prints |
+//! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
 //!
@@ -27,8 +28,10 @@
 //! | `routes.rs` | the handlers |
 //! | `guard.rs` | request ID and access log, token and throttle, browser guards, body timeout |
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
+//! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod events;
 mod guard;
 mod limits;
 mod routes;
@@ -223,6 +226,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/jobs/{id}", get(routes::status))
         .route("/v1/jobs/{id}/result", get(routes::result))
         .route("/v1/jobs/{id}/cancel", post(routes::cancel))
+        .route("/v1/jobs/{id}/events", get(events::events))
         .route("/v1/batches", post(routes::submit_batch))
         .route("/v1/batches/{id}", get(routes::batch_status))
         .route("/healthz", get(routes::healthz))

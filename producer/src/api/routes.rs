@@ -29,7 +29,7 @@ use crate::output::{BatchItem, batch_json, error_text, record_json};
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A job ID from the path: 400 when malformed.
-fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     parse_id(&raw).map_err(|e| ApiError::bad_request(e.message))
 }

@@ -11,6 +11,7 @@ pub mod dead;
 pub mod inspect;
 pub mod jobs;
 pub mod submit;
+pub mod watch;
 
 use crate::cli::{Cli, Command};
 use crate::context::{Ctx, load_settings};
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Jobs => jobs::jobs(&ctx).await,
         Command::Dead { command } => dead::dead(&ctx, command).await,
         Command::Cancel(args) => cancel::cancel(&ctx, &args.id).await,
+        Command::Watch(args) => watch::watch(&ctx, args).await,
         Command::Agents { command } => agents::agents(&ctx, command).await,
         Command::Pool { command } => agents::pool(&ctx, command).await,
         Command::Demo(args) => crate::demo::demo(&mut ctx, args, cli.config).await,

@@ -58,6 +58,15 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<u8> {
     if existing {
         eprintln!("note: the idempotency key was used before; this is that job");
     }
+    if args.follow {
+        if ctx.json {
+            let announce = json!({"id": id, "existing": existing, "queue": "research"});
+            crate::output::emit_text(&announce.to_string())?;
+        } else {
+            crate::output::emit_text(&id.to_string())?;
+        }
+        return crate::commands::watch::follow(ctx, id, None).await;
+    }
     let fields = json!({"existing": existing, "queue": "research"});
     announce_or_wait(ctx, queue, QueueKind::Research, id, args.wait, fields).await
 }

@@ -13,6 +13,7 @@
 //! | `…:reclaim_clock`          | HASH   | when reclaim last ran and until when it waits after a stall (Redis' clock) |
 //! | `…:job:<id>`               | HASH   | the job: spec, status, attempts, lease, result     |
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
+//! | `…:events:<id>`            | STREAM | live events of the job's attempts (`crate::events`; capped, expires with the result) |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
@@ -64,6 +65,11 @@ impl Keys {
         format!("{}attempts:{id}", self.prefix)
     }
 
+    /// The job's live events (a capped stream; see `crate::events`).
+    pub fn events(&self, id: &str) -> String {
+        format!("{}events:{id}", self.prefix)
+    }
+
     pub fn worker(&self, name: &str) -> String {
         format!("{}worker:{name}", self.prefix)
     }
@@ -86,6 +92,7 @@ mod tests {
         let k = Keys::new("fleet", QueueKind::Research);
         assert_eq!(k.wait, "fleet:{research}:wait");
         assert_eq!(k.job("abc"), "fleet:{research}:job:abc");
+        assert_eq!(k.events("abc"), "fleet:{research}:events:abc");
         for key in [&k.wait, &k.active, &k.delayed, &k.dead, &k.marker, &k.token] {
             assert!(key.contains("{research}"));
         }

@@ -191,6 +191,15 @@ impl AgentRuntime for ClaudeCodeRuntime {
         "claude_code"
     }
 
+    /// `--output-format stream-json`: one event per line on stdout.
+    fn event_pipe(&self) -> Option<super::OutputPipe> {
+        Some(super::OutputPipe::Stdout)
+    }
+
+    fn redact_output(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,

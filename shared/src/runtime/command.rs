@@ -193,6 +193,10 @@ impl AgentRuntime for CommandRuntime {
         "command"
     }
 
+    fn redact_output(&self, text: &str) -> String {
+        self.redact(text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,

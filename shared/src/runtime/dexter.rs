@@ -93,6 +93,15 @@ impl AgentRuntime for DexterRuntime {
         "dexter"
     }
 
+    /// The wrapper writes Dexter's progress events as JSON lines on stderr.
+    fn event_pipe(&self) -> Option<super::OutputPipe> {
+        Some(super::OutputPipe::Stderr)
+    }
+
+    fn redact_output(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,

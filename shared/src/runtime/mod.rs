@@ -72,10 +72,27 @@ pub(crate) fn tighter_cap<T: PartialOrd + Default + Copy>(profile: T, job: Optio
     }
 }
 
+/// One of a process's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputPipe {
+    Stdout,
+    Stderr,
+}
+
 #[async_trait]
 pub trait AgentRuntime: Send + Sync + 'static {
     /// `command`, `dexter` or `claude_code`.
     fn name(&self) -> &'static str;
+
+    /// The output stream on which the agent writes structured events, one JSON object
+    /// per line (live events show them as `agent` events); `None`: plain text only.
+    fn event_pipe(&self) -> Option<OutputPipe> {
+        None
+    }
+
+    /// `text` (a line of the agent's output, on its way to live events) with the
+    /// values of the profile's secrets replaced.
+    fn redact_output(&self, text: &str) -> String;
 
     /// Prepare a freshly created sandbox: put the agent's files in place and run
     /// its setup commands.
