@@ -6,6 +6,9 @@
 //! (`…:attempts:<id>`). Both expire `queue.result_ttl_secs` after the job ends; a
 //! dead-lettered job is kept until it is retried or purged.
 
+pub mod cache;
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

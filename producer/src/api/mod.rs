@@ -29,6 +29,7 @@
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod answer_stream;
 mod guard;
 mod limits;
 mod routes;
