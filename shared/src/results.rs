@@ -153,6 +153,14 @@ impl RedisQueue {
             return Ok(None);
         };
         let json = |k: &str| fields.get(k).and_then(|v| serde_json::from_str(v).ok());
+        let mut result: Option<serde_json::Value> = json("result");
+        // Long agent metadata is kept with the stored answer (results/store.rs).
+        if let Some(output) = result.as_mut().and_then(|r| r.get_mut("output"))
+            && output.get("metadata_stored").is_some()
+            && let Some(metadata) = self.stored_metadata(id).await?
+        {
+            output["metadata"] = metadata;
+        }
         Ok(Some(JobRecord {
             id: id.to_string(),
             status,
@@ -173,7 +181,7 @@ impl RedisQueue {
             error: (status != JobStatus::Succeeded)
                 .then(|| json("error"))
                 .flatten(),
-            result: json("result"),
+            result,
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
             // Earlier attempts are in the list; a succeeded job's final attempt is
             // described by its result.

@@ -276,8 +276,12 @@ async fn output_past_the_cap_is_cut_while_read_with_a_marker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_answer_expires_with_its_job_and_small_ones_stay_inline() {
     let mut fleet = Fleet::start(
-        r#"q=$(cat); if [ "$q" = big ]; then yes x | head -c 20000; else printf small; fi"#,
-        "[queue]\nresult_ttl_secs = 2\n",
+        r#"q=$(cat); case "$q" in
+  big) yes x | head -c 20000 ;;
+  meta) printf '{"answer": "short", "notes": "%s"}' "$(yes n | head -c 8000 | tr -d '\n')" ;;
+  *) printf small ;;
+esac"#,
+        "[queue]\nresult_ttl_secs = 4\n",
     )
     .await;
     fleet.start_worker("w1");
@@ -289,12 +293,30 @@ async fn a_stored_answer_expires_with_its_job_and_small_ones_stay_inline() {
         .submit(JobSpec::research("small", "test"))
         .await
         .to_string();
+    let meta = fleet
+        .submit(JobSpec::research("meta", "test"))
+        .await
+        .to_string();
     let r = fleet.wait_status(&big, JobStatus::Succeeded, WITHIN).await;
     assert_eq!(r.result.unwrap()["output"]["answer_stored"]["chunks"], 1);
     let r = fleet
         .wait_status(&small, JobStatus::Succeeded, WITHIN)
         .await;
     assert_eq!(r.result.unwrap()["output"]["answer"], "small");
+    // Long metadata the agent printed stays out of the hash too, and reads back whole.
+    let r = fleet.wait_status(&meta, JobStatus::Succeeded, WITHIN).await;
+    let (fields, usage) = hash_size(&fleet, &meta).await;
+    assert!(
+        fields < 4096 && usage < 4096,
+        "job hash: {fields} bytes of fields, {usage} in memory"
+    );
+    let output = &r.result.unwrap()["output"];
+    assert_eq!(output["answer"], "short");
+    assert_eq!(
+        output["metadata"]["notes"].as_str().unwrap().len(),
+        4000,
+        "{output}"
+    );
     let mut conn = fleet.queue.connection();
     assert!(
         !conn

@@ -25,6 +25,10 @@ use serde_json::Value;
 use crate::queue::apalis_backend::JobOutput;
 use crate::queue::{QueueError, RedisQueue};
 
+/// An agent's JSON metadata longer than this (serialized) is stored with the answer's
+/// chunks (field `metadata`) instead of in the job's hash.
+pub const METADATA_INLINE_BYTES: usize = 1024;
+
 /// How long a staged answer waits for its complete. The complete follows at once; this
 /// only bounds what a worker that died between the two leaves behind.
 const STAGED_TTL: Duration = Duration::from_secs(3600);
@@ -69,6 +73,10 @@ impl RedisQueue {
     /// Move a long `answer` out of a handler's output into the attempt's staged key (see
     /// the module doc); returns whether it did. The answer is written chunk by chunk from
     /// the string itself and then dropped: it is never copied whole.
+    ///
+    /// Long JSON metadata printed by the agent goes with it (field `metadata`, and
+    /// `output.metadata_stored = {bytes}` in the result; [`RedisQueue::job_record`] puts
+    /// it back), so the job's hash stays small whatever the agent printed.
     pub async fn stage_answer(
         &self,
         id: &str,
@@ -76,15 +84,39 @@ impl RedisQueue {
         output: &mut JobOutput,
     ) -> Result<bool, QueueError> {
         let results = &self.config().results;
-        let long = matches!(output.get("answer"), Some(Value::String(a)) if a.len() > results.inline_bytes);
-        if !long {
-            return Ok(false);
-        }
-        let Some(Value::String(answer)) = output.as_object_mut().and_then(|o| o.remove("answer"))
-        else {
-            return Ok(false);
-        };
         let key = self.keys().staged_answer(id, token);
+        let metadata = output
+            .get("metadata")
+            .filter(|m| !m.is_null())
+            .map(Value::to_string)
+            .filter(|m| m.len() > METADATA_INLINE_BYTES);
+        if let Some(metadata) = &metadata {
+            self.retrying("stage_metadata", || {
+                let mut conn = self.connection();
+                let mut pipe = redis::pipe();
+                pipe.hset(&key, "metadata", metadata)
+                    .ignore()
+                    .pexpire(&key, STAGED_TTL.as_millis() as i64)
+                    .ignore();
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await?;
+            if let Some(o) = output.as_object_mut() {
+                o.remove("metadata");
+                o.insert(
+                    "metadata_stored".into(),
+                    serde_json::json!({"bytes": metadata.len()}),
+                );
+            }
+        }
+        let long = matches!(output.get("answer"), Some(Value::String(a)) if a.len() > results.inline_bytes);
+        let answer = match output.as_object_mut() {
+            Some(o) if long => o.remove("answer"),
+            _ => None,
+        };
+        let Some(Value::String(answer)) = answer else {
+            return Ok(metadata.is_some());
+        };
         let ranges = chunk_ranges(&answer, results.chunk_bytes);
         for (index, (start, end)) in ranges.iter().enumerate() {
             let piece = &answer.as_bytes()[*start..*end];
@@ -104,6 +136,25 @@ impl RedisQueue {
             "chunks": ranges.len(),
         });
         Ok(true)
+    }
+
+    /// A job's metadata stored with its answer (`output.metadata_stored`), if there.
+    pub async fn stored_metadata(&self, id: &str) -> Result<Option<Value>, QueueError> {
+        let key = self.keys().answer(id);
+        let text: Option<String> = self
+            .retrying("stored_metadata", || {
+                let mut conn = self.connection();
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg("metadata")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// One chunk of a job's stored answer; `None` when it is not there (expired).
