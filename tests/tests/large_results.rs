@@ -348,3 +348,66 @@ esac"#,
         .unwrap();
     assert!(staged.is_empty(), "{staged:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_answer_becomes_the_jobs_only_with_the_holders_token_at_success() {
+    use fleet_shared::job::QueueKind;
+    use fleet_shared::queue::{Completion, Fenced};
+    let redis = fleet_tests::redis_server::RedisServer::start();
+    let settings = fleet_tests::harness::settings(&redis.url(), &[]);
+    let q = fleet_tests::harness::queue(&settings, QueueKind::Research).await;
+    q.enqueue(JobSpec::research("q", "test")).await.unwrap();
+    let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
+    let id = lease.id.clone();
+    let status = |q: &fleet_shared::queue::RedisQueue| {
+        let (q, id) = (q.clone(), id.clone());
+        async move { q.job_record(&id).await.unwrap().unwrap().status }
+    };
+    let stored = r#"{"output":{"answer_stored":{"bytes":5000,"chunks":1}}}"#;
+    let completion = |token: &str| Completion {
+        id: id.clone(),
+        token: token.to_string(),
+        result_json: stored.into(),
+        staged: true,
+    };
+
+    // Claiming a staged answer that is not there: refused, the job is not succeeded.
+    let out = q.complete_many(&[completion(&lease.token)]).await.unwrap();
+    assert_eq!(out, vec![Fenced::Stale]);
+    assert_eq!(status(&q).await, JobStatus::Running);
+
+    // Another attempt's staged answer (an older token) never becomes the job's.
+    let stale = format!("{}0", lease.token);
+    let mut output = serde_json::json!({"answer": "s".repeat(5000)});
+    assert!(q.stage_answer(&id, &stale, &mut output).await.unwrap());
+    let out = q.complete_many(&[completion(&stale)]).await.unwrap();
+    assert_eq!(out, vec![Fenced::Stale]);
+    assert_eq!(status(&q).await, JobStatus::Running);
+
+    // The holder's: the answer and `succeeded` land in one step.
+    let mut output = serde_json::json!({"answer": "a".repeat(5000), "agent": "test"});
+    assert!(
+        q.stage_answer(&id, &lease.token, &mut output)
+            .await
+            .unwrap()
+    );
+    assert!(output.get("answer").is_none());
+    assert_eq!(output["answer_stored"]["bytes"], 5000);
+    let out = q.complete_many(&[completion(&lease.token)]).await.unwrap();
+    assert_eq!(out, vec![Fenced::Accepted]);
+    let record = q.job_record(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Succeeded);
+    let chunk = q.answer_chunk(&id, 0).await.unwrap().unwrap();
+    assert_eq!(&chunk[..], "a".repeat(5000).as_bytes());
+    let mut conn = q.connection();
+    let own: bool = conn
+        .exists(q.keys().staged_answer(&id, &lease.token))
+        .await
+        .unwrap();
+    assert!(!own, "the holder's staged key became the answer");
+    let stale_ttl: i64 = conn
+        .pttl(q.keys().staged_answer(&id, &stale))
+        .await
+        .unwrap();
+    assert!(stale_ttl > 0, "a stale staged answer expires on its own");
+}
