@@ -5,6 +5,12 @@
 //! attempts, worker, agent and sandbox IDs). Its attempt history is a list beside it
 //! (`…:attempts:<id>`). Both expire `queue.result_ttl_secs` after the job ends; a
 //! dead-lettered job is kept until it is retried or purged.
+//!
+//! - [`store`]: an answer longer than `results.inline_bytes` is kept apart from the
+//!   hash, in chunks (`…:answer:<id>`), and read back as a stream, so the hash stays
+//!   small whatever the agent printed.
+//! - [`cache`]: the result cache, which answers an identical query from an earlier
+//!   job's result without running an agent.
 
 pub mod cache;
 pub mod store;
