@@ -14,11 +14,13 @@ use fleet_tests::fixture::Fleet;
 use redis::AsyncCommands;
 
 /// Counts its runs in {dir}/runs; fails (permanent, 65) for a query holding "fail",
-/// and for "flaky" fails only its first run; else answers with the query it got.
+/// and for "flaky" fails only its first run; prints 50,000 bytes for "long"; else
+/// answers with the query it got.
 const AGENT: &str = r#"q=$(cat); echo run >> {dir}/runs
 case "$q" in
   *fail*) echo "refused: $q" >&2; exit 65 ;;
   *flaky*) if [ ! -e {dir}/flaked ]; then touch {dir}/flaked; echo "first run fails" >&2; exit 65; fi ;;
+  *long*) yes 'a long line' | head -c 50000; exit 0 ;;
 esac
 printf 'answer to [%s]' "$q""#;
 
@@ -290,5 +292,33 @@ async fn a_cancelled_waiting_job_stops_waiting_and_a_cancelled_leader_hands_over
             JobStatus::Cancelled
         );
     }
+    assert_eq!(runs(&fleet), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hit_on_a_large_answer_gets_its_own_copy_of_the_chunks() {
+    let mut fleet = Fleet::start(AGENT, &config("")).await;
+    fleet.start_worker("w1");
+    let (first, result) = succeeded(&fleet, "a long answer", "test").await;
+    assert!(result["output"].get("answer_stored").is_some(), "{result}");
+    let id = fleet
+        .submit(JobSpec::research("a long answer", "test"))
+        .await
+        .to_string();
+    let r = fleet.record(&id).await;
+    assert_eq!(r.status, JobStatus::Succeeded);
+    let cached = r.result.unwrap();
+    assert_eq!(cached["cached_from"], first.as_str());
+    assert_eq!(
+        cached["output"]["answer_stored"],
+        result["output"]["answer_stored"]
+    );
+    let mine = fleet.queue.answer_chunk(&id, 0).await.unwrap().unwrap();
+    let theirs = fleet.queue.answer_chunk(&first, 0).await.unwrap().unwrap();
+    assert_eq!(mine, theirs);
+    assert!(mine.starts_with(b"a long line\na long line"));
+    let mut conn = fleet.queue.connection();
+    let ttl: i64 = conn.pttl(fleet.queue.keys().answer(&id)).await.unwrap();
+    assert!(ttl > 0, "the copy expires with the job that got it: {ttl}");
     assert_eq!(runs(&fleet), 1);
 }
