@@ -242,6 +242,12 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "USD")]
     pub max_budget_usd: Option<f64>,
 
+    /// Use the result cache (true) or not (false) for this job: an identical query to the
+    /// same profile answered within results.cache_ttl_secs is served without a run
+    /// (default: the profile's `cache` setting)
+    #[arg(long, value_name = "BOOL")]
+    pub cache: Option<bool>,
+
     /// Wait for the job to end and print its answer
     #[arg(long)]
     pub wait: bool,

@@ -29,6 +29,22 @@ pub struct Settings {
     /// Live events of attempts (`crate::events`).
     pub events: crate::events::EventsSettings,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// Large results and the result cache (`[results]`).
+    pub results: ResultsSettings,
+}
+
+/// `[results]`: where large answers go, and the result cache (`results/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSettings {
+    /// Most bytes of an agent's output kept per job; the rest is cut while it is read.
+    pub max_bytes: usize,
+    /// Answers longer than this are stored outside the job's hash, in chunks.
+    pub inline_bytes: usize,
+    /// Size of one stored chunk.
+    pub chunk_bytes: usize,
+    /// How long a cached result is served to identical queries (seconds).
+    pub cache_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +67,26 @@ pub struct QueueSettings {
     pub idempotency_ttl_secs: u64,
     pub research: RetryPolicy,
     pub lifecycle: RetryPolicy,
+}
+
+impl ResultsSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
+        if self.max_bytes == 0 {
+            return err("results.max_bytes", "must be at least 1");
+        }
+        if self.chunk_bytes < 1024 {
+            return err("results.chunk_bytes", "must be at least 1024");
+        }
+        if self.inline_bytes > 3072 {
+            // The job's hash must stay under 4 KiB whatever the agent printed.
+            return err("results.inline_bytes", "must be at most 3072");
+        }
+        if self.cache_ttl_secs == 0 {
+            return err("results.cache_ttl_secs", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl QueueSettings {
@@ -312,6 +348,10 @@ pub struct AgentProfile {
     /// `dexter`: keep `.dexter/cache` between jobs (default: cleared before each job).
     #[serde(default)]
     pub share_cache: bool,
+    /// Identical queries to this profile within `results.cache_ttl_secs` get the
+    /// cached result instead of a run (a job's own `cache` option overrides it).
+    #[serde(default)]
+    pub cache: bool,
 }
 
 fn default_query_via() -> QueryVia {
@@ -483,6 +523,7 @@ impl Settings {
         if self.sandbox.local.max_output_bytes == 0 {
             return err("sandbox.local.max_output_bytes", "must be at least 1");
         }
+        self.results.validate()?;
         let e2b = &self.sandbox.e2b;
         if e2b.max_concurrent_sandboxes == 0 {
             return err("sandbox.e2b.max_concurrent_sandboxes", "must be at least 1");

@@ -163,21 +163,26 @@ async fn research(
                 keep_session: research.agent_id.is_some(),
                 max_turns: job.spec.options.max_turns,
                 max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),
+                // The cap applies while the output is read (results/store.rs).
+                max_output_bytes: exec.research_queue.config().results.max_bytes,
             },
         )
         .await;
     let sandbox_healthy = !matches!(&output, Err(e) if e.class == ErrorClass::SandboxLost);
     exec.pool.give_back(lease, sandbox_healthy).await;
     let output = output?;
-    Ok(json!({
-        "answer": output.answer,
+    let mut result = json!({
         "agent": research.agent,
         "agent_id": agent_id,
         "sandbox_id": sandbox_id,
         "exit_code": output.exit_code,
         "metadata": output.metadata,
         "truncated": output.truncated,
-    }))
+    });
+    // Moved in, not through `json!`, which would copy it: an answer may be as large as
+    // results.max_bytes, and the worker holds it once (results/store.rs).
+    result["answer"] = serde_json::Value::String(output.answer);
+    Ok(result)
 }
 
 /// Run one lifecycle operation on this worker's pool. It stops when its attempt is told

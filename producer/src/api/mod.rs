@@ -31,6 +31,7 @@
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod answer_stream;
 mod events;
 mod guard;
 mod limits;

@@ -285,6 +285,11 @@ pub async fn result(
             }
         }
     }
+    // A large answer stored in chunks is streamed (answer_stream.rs).
+    if let Some(streamed) = super::answer_stream::stored_answer_response(queues.get(kind), &record)
+    {
+        return Ok(streamed);
+    }
     Ok(result_response(&record))
 }
 

@@ -49,6 +49,9 @@ pub struct JobRequest {
     pub max_turns: Option<u32>,
     #[serde(default)]
     pub max_budget_usd: Option<Usd>,
+    /// Use the result cache for this job (overrides the profile's `cache`).
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 impl JobRequest {
@@ -73,6 +76,7 @@ impl JobRequest {
                 metadata: self.metadata,
                 max_turns: self.max_turns,
                 max_budget_usd: self.max_budget_usd,
+                cache: self.cache,
             },
         }
     }

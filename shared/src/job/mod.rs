@@ -185,6 +185,10 @@ pub struct JobOptions {
     /// `--max-budget-usd`); it may lower the profile's, never raise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget_usd: Option<Usd>,
+    /// Serve this job from the result cache (an identical query's recent answer) or
+    /// not; unset: its profile's `cache` setting (see `results::cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// An amount in US dollars. Compared by its bits, so options stay `Eq`; validation

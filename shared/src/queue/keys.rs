@@ -16,6 +16,9 @@
 //! | `…:events:<id>`            | STREAM | live events of the job's attempts (`crate::events`; capped, expires with the result) |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
+//! | `…:answer:<id>`            | HASH   | a large answer in chunks: field `0`, `1`, … (results/store.rs) |
+//! | `…:staged:<id>:<token>`    | HASH   | an attempt's answer chunks until its complete renames them |
+//! | `…:cache:<sha256>`         | HASH   | result cache entry: `job`, `state` (running/done), `f:<id>` followers |
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
 //! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
@@ -80,6 +83,21 @@ impl Keys {
 
     pub fn batch(&self, id: &str) -> String {
         format!("{}batch:{id}", self.prefix)
+    }
+
+    /// A large answer's chunks (results/store.rs).
+    pub fn answer(&self, id: &str) -> String {
+        format!("{}answer:{id}", self.prefix)
+    }
+
+    /// An attempt's answer chunks before its complete (results/store.rs).
+    pub fn staged_answer(&self, id: &str, token: &str) -> String {
+        format!("{}staged:{id}:{token}", self.prefix)
+    }
+
+    /// A result cache entry, by the digest of its identity (results/cache.rs).
+    pub fn cache(&self, digest: &str) -> String {
+        format!("{}cache:{digest}", self.prefix)
     }
 }
 

@@ -103,6 +103,19 @@ impl CommandRuntime {
         text
     }
 
+    /// [`Self::redact`] without a copy when the text holds no secret (a large answer).
+    fn redact_owned(&self, text: String) -> String {
+        let holds_secret = self
+            .secrets
+            .values()
+            .any(|s| s.expose().len() >= MIN_REDACTED_SECRET_LEN && text.contains(s.expose()));
+        if holds_secret {
+            self.redact(&text)
+        } else {
+            text
+        }
+    }
+
     /// [`Self::redact`] through a JSON value: every string (keys included), and a
     /// number whose digits hold a secret becomes the string `[redacted]`.
     fn redact_json(&self, value: serde_json::Value) -> serde_json::Value {
@@ -291,7 +304,7 @@ impl AgentRuntime for CommandRuntime {
             cwd: Some(AGENT_DIR.into()),
             stdin,
             timeout: options.timeout,
-            max_output_bytes: 0,
+            max_output_bytes: options.max_output_bytes,
         };
         let control = ExecControl {
             cancel: options.cancel,
@@ -309,15 +322,17 @@ impl AgentRuntime for CommandRuntime {
                  running it again",
             ));
         }
-        if output.stdout_truncated {
-            return Err(JobError::permanent(
-                "the agent's output exceeded the sandbox output limit \
-                 (sandbox.local.max_output_bytes, 1 MiB on E2B); the answer would be cut",
-            ));
+        // The output is held once: the text is the bytes read (no copy when they are
+        // UTF-8), trimmed and redacted in place where nothing needs replacing.
+        let cut = output.stdout_truncated;
+        let (mut answer, metadata) = parse_answer(utf8_in_place(output.stdout));
+        answer = self.redact_owned(answer);
+        if cut {
+            // Cut while it was read, at `results.max_bytes` (provider default when 0).
+            answer.push_str(&truncation_marker(options.max_output_bytes));
         }
-        let (answer, metadata) = parse_answer(&String::from_utf8_lossy(&output.stdout));
         Ok(AgentOutput {
-            answer: self.redact(&answer),
+            answer,
             exit_code: output.exit_code,
             stderr_tail: self.redact(&tail_utf8(&output.stderr, STDERR_TAIL_BYTES)),
             // Everything returned reaches Redis, the API and the CLI: the metadata
@@ -339,11 +354,44 @@ fn classify_exit(exit_code: i32, message: String) -> JobError {
     }
 }
 
+/// Output larger than this is taken as text without trying it as JSON: parsing
+/// would hold it twice.
+const MAX_JSON_ANSWER_BYTES: usize = 4 << 20;
+
+/// The line appended to an answer cut at the output cap (`limit` 0: the provider's
+/// default cap).
+pub fn truncation_marker(limit: usize) -> String {
+    let at = if limit == 0 {
+        "the sandbox's output limit".to_string()
+    } else {
+        format!("{limit} bytes (results.max_bytes)")
+    };
+    format!("\n[dexter-fleet: output truncated at {at}; the agent printed more]\n")
+}
+
+/// Bytes as text without copying them: valid UTF-8 is taken as it is, a character cut
+/// at the end by the output cap is dropped, and only text with invalid bytes inside is
+/// copied (with U+FFFD for them).
+fn utf8_in_place(mut bytes: Vec<u8>) -> String {
+    if let Err(e) = std::str::from_utf8(&bytes)
+        && e.error_len().is_none()
+    {
+        bytes.truncate(e.valid_up_to());
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 /// An agent that prints a JSON object with a string `answer` gives its answer
-/// there and everything else as metadata; any other stdout is the answer as text.
-fn parse_answer(stdout: &str) -> (String, serde_json::Value) {
-    let text = stdout.trim();
-    if let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(text)
+/// there and everything else as metadata; any other stdout is the answer as text,
+/// trimmed in place.
+fn parse_answer(mut stdout: String) -> (String, serde_json::Value) {
+    let trimmed = stdout.trim();
+    if trimmed.len() <= MAX_JSON_ANSWER_BYTES
+        && trimmed.starts_with('{')
+        && let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(trimmed)
         && let Some(serde_json::Value::String(answer)) = object.remove("answer")
     {
         let metadata = if object.is_empty() {
@@ -353,7 +401,11 @@ fn parse_answer(stdout: &str) -> (String, serde_json::Value) {
         };
         return (answer, metadata);
     }
-    (text.to_string(), serde_json::Value::Null)
+    let end = stdout.trim_end().len();
+    stdout.truncate(end);
+    let start = stdout.len() - stdout.trim_start().len();
+    stdout.drain(..start);
+    (stdout, serde_json::Value::Null)
 }
 
 /// The last `max` bytes of `bytes` as text, starting on a character boundary.
@@ -563,21 +615,62 @@ mod tests {
     #[test]
     fn answers_parse_as_json_only_when_they_hold_a_string_answer() {
         assert_eq!(
-            parse_answer("  plain text\n"),
+            parse_answer("  plain text\n".into()),
             ("plain text".into(), serde_json::Value::Null)
         );
         assert_eq!(
-            parse_answer(r#"{"answer": "only"}"#),
+            parse_answer(r#"{"answer": "only"}"#.into()),
             ("only".into(), serde_json::Value::Null)
         );
         let numeric = r#"{"answer": 42, "x": 1}"#;
         assert_eq!(
-            parse_answer(numeric),
+            parse_answer(numeric.into()),
             (numeric.into(), serde_json::Value::Null)
         );
         assert_eq!(
-            parse_answer("[1, 2]"),
+            parse_answer("[1, 2]".into()),
             ("[1, 2]".into(), serde_json::Value::Null)
+        );
+    }
+
+    #[test]
+    fn output_becomes_text_in_place() {
+        let text = "plain é text".to_string();
+        let ptr = text.as_ptr();
+        let back = utf8_in_place(text.into_bytes());
+        assert_eq!(back, "plain é text");
+        assert_eq!(back.as_ptr(), ptr, "valid UTF-8 is not copied");
+        // A character cut by the output cap is dropped, not replaced.
+        let mut cut = "ab€".as_bytes().to_vec();
+        cut.pop();
+        assert_eq!(utf8_in_place(cut), "ab");
+        assert_eq!(utf8_in_place(vec![b'a', 0xff, b'b']), "a\u{fffd}b");
+        let (answer, _) = parse_answer("\n\n  spaced out  \n".into());
+        assert_eq!(answer, "spaced out");
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_cut_with_a_marker() {
+        let rt = runtime(profile(
+            &["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"],
+            QueryVia::Stdin,
+        ));
+        let f = fixture().await;
+        rt.setup(&f.provider, &f.sandbox).await.unwrap();
+        let options = RunOptions {
+            max_output_bytes: 1000,
+            ..Default::default()
+        };
+        let out = rt.run(&f.provider, &f.sandbox, "q", options).await.unwrap();
+        assert!(out.truncated);
+        assert!(out.answer.starts_with(&"x".repeat(1000)), "{}", out.answer);
+        assert_eq!(
+            out.answer,
+            format!("{}{}", "x".repeat(1000), truncation_marker(1000))
+        );
+        assert!(
+            out.answer
+                .contains("output truncated at 1000 bytes (results.max_bytes)")
         );
     }
 

@@ -61,6 +61,11 @@ pub struct RunOptions {
     pub max_turns: Option<u32>,
     /// The job's spending cap in US dollars: lowers the profile's, never raises it.
     pub max_budget_usd: Option<f64>,
+    /// Keep at most this many bytes of the agent's output (`results.max_bytes`); the
+    /// provider drops the rest as it reads. 0: the provider's default. The `command`
+    /// runtime cuts its answer there with a marker; the others parse structured output
+    /// and keep their own limits.
+    pub max_output_bytes: usize,
 }
 
 /// The tighter of a profile's cap and a job's (`0` or `None`: no cap).
