@@ -213,7 +213,28 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;
-    let executor = Arc::new(Executor::new(pool.clone(), research_queue.clone()));
+    // GitHub (issue 13): `publish` jobs, and comments on the issues research jobs
+    // came from. Without credentials both are off (publish jobs fail with why).
+    let github_client = fleet_shared::github::client_from_settings(&settings.github)
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let notifier = github_client.clone().map(|client| {
+        crate::github::spawn_notifier(
+            client,
+            research_queue.clone(),
+            Duration::from_secs(settings.queue.result_ttl_secs),
+            // Not the shutdown signal: jobs ending while the worker drains are
+            // commented too; the task is aborted once the job loops stopped.
+            CancellationToken::new(),
+        )
+    });
+    let executor = Arc::new(
+        Executor::new(pool.clone(), research_queue.clone()).with_github(
+            crate::github::GithubWork {
+                client: github_client,
+                settings: settings.github.clone(),
+            },
+        ),
+    );
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
         _ = reconcile(&pool, &research_queue) => {}
@@ -348,6 +369,9 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         }
     };
     maintenance.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     tracing::info!("workers stopped; shutting the pool down");
     let left = pool
         .shutdown_within(Duration::from_secs(settings.worker.drain_timeout_secs))

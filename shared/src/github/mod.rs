@@ -117,7 +117,7 @@ pub fn client_from_settings(
 }
 
 /// Percent-encode one path segment of a REST URL.
-pub(crate) fn segment(s: &str) -> String {
+pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
         .to_string()
         .replace("%2D", "-")
@@ -126,7 +126,7 @@ pub(crate) fn segment(s: &str) -> String {
 }
 
 /// Percent-encode a path of several segments, keeping its slashes.
-pub(crate) fn path_segments(s: &str) -> String {
+pub fn path_segments(s: &str) -> String {
     s.split('/').map(segment).collect::<Vec<_>>().join("/")
 }
 
