@@ -7,6 +7,7 @@ pub mod fake_anthropic;
 pub mod fake_e2b;
 pub mod fake_openai;
 pub mod fixture;
+pub mod git_http;
 pub mod harness;
 pub mod processes;
 pub mod redis_server;

@@ -268,7 +268,13 @@ async fn refresh_agents(
                 continue;
             }
             let lease = match pool
-                .lease(profile, Some(&agent_id), false, attempt.attempt_timeout, cancel)
+                .lease(
+                    profile,
+                    Some(&agent_id),
+                    false,
+                    attempt.attempt_timeout,
+                    cancel,
+                )
                 .await
             {
                 Ok(lease) => lease,

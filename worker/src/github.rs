@@ -100,7 +100,9 @@ pub fn spawn_notifier(
         while !stop.is_cancelled() {
             let subscribed = async {
                 let url = research.redis_settings().url.clone();
-                let mut pubsub = redis::Client::open(url.as_str())?.get_async_pubsub().await?;
+                let mut pubsub = redis::Client::open(url.as_str())?
+                    .get_async_pubsub()
+                    .await?;
                 pubsub.subscribe(&research.keys().done_channel).await?;
                 anyhow::Ok(pubsub)
             }

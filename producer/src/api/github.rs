@@ -47,7 +47,9 @@ pub async fn webhook(
     if secret.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("GitHub webhooks are not configured: set {secret_env} (github.webhook_secret_env)"),
+            format!(
+                "GitHub webhooks are not configured: set {secret_env} (github.webhook_secret_env)"
+            ),
         ));
     }
     let body = s.body(body)?;
@@ -72,8 +74,13 @@ pub async fn webhook(
             "X-GitHub-Delivery is missing or malformed",
         ));
     };
-    let payload: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the payload is not JSON: {e}")))?;
+    // A ping is answered whatever its body holds.
+    let payload: Value = if event == "ping" {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the payload is not JSON: {e}")))?
+    };
     let queues = s.queues().await?;
     let claim = format!(
         "{}:{{github}}:delivery:{delivery}",

@@ -68,7 +68,9 @@ pub async fn github(ctx: &Ctx, command: GithubCommand) -> anyhow::Result<u8> {
         .map_err(|e| Fail::new(FAILED, format!("creating the webhook on {repo}: {e}")))?;
     let id = hook["id"].as_u64().unwrap_or(0);
     if ctx.json {
-        emit_json(&json!({"repo": repo.to_string(), "hook_id": id, "url": url, "events": HOOK_EVENTS}))?;
+        emit_json(
+            &json!({"repo": repo.to_string(), "hook_id": id, "url": url, "events": HOOK_EVENTS}),
+        )?;
     } else {
         emit_text(&format!(
             "webhook {id} created on {repo}: {} → {url}",

@@ -281,6 +281,22 @@ impl RepoCheckout {
                     ],
                 )
                 .await?;
+                let object = format!("{target}^{{commit}}");
+                if self
+                    .git(
+                        provider,
+                        sandbox_id,
+                        Some(dir),
+                        &["cat-file", "-e", &object],
+                    )
+                    .await
+                    .is_err()
+                {
+                    return Err(JobError::permanent(format!(
+                        "commit {target} is not in {}",
+                        self.url
+                    )));
+                }
                 target.to_string()
             }
             Err(e) => return Err(e),
@@ -350,7 +366,18 @@ impl RepoCheckout {
         }
         let stderr = super::tail_utf8(&output.stderr, ERROR_TAIL_BYTES);
         let stderr = self.redact(stderr.trim());
-        let what = args.iter().find(|a| !a.starts_with('-')).unwrap_or(&"git");
+        // The subcommand, for the message: the first word not an option (nor the
+        // value of a `-c`).
+        let mut words = args.iter();
+        let mut what = "git";
+        while let Some(word) = words.next() {
+            if *word == "-c" {
+                words.next();
+            } else if !word.starts_with('-') {
+                what = word;
+                break;
+            }
+        }
         let message = format!(
             "git {what} of {} failed (exit {}): {stderr}",
             self.url, output.exit_code
