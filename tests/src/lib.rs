@@ -5,6 +5,7 @@
 pub mod agent_clis;
 pub mod fake_anthropic;
 pub mod fake_e2b;
+pub mod fake_github;
 pub mod fake_openai;
 pub mod fixture;
 pub mod git_http;
