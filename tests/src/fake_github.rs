@@ -524,7 +524,7 @@ fn route(
             let Some(pr) = repo
                 .pulls
                 .iter_mut()
-                .find(|p| p["number"].to_string() == *number)
+                .find(|p| number.parse::<u64>().ok() == p["number"].as_u64())
             else {
                 return answer(404, json!({"message": "Not Found"}));
             };

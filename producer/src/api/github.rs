@@ -136,7 +136,7 @@ pub async fn webhook(
             }
             Plan::Research(spec) => {
                 let (id, existing) = s
-                    .redis(async { Ok(queues.research.enqueue(spec).await?) })
+                    .redis(async { Ok(queues.research.enqueue(*spec).await?) })
                     .await?;
                 json!({"delivery": delivery, "event": event, "jobs": [id], "existing": existing, "queue": "research"})
             }

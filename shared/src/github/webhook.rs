@@ -91,7 +91,7 @@ pub enum Plan {
     /// Lifecycle jobs (refresh).
     Lifecycle(Vec<JobSpec>),
     /// One research job from an issue or a comment.
-    Research(JobSpec),
+    Research(Box<JobSpec>),
 }
 
 /// What [`plan`] needs from the settings.
@@ -259,7 +259,7 @@ fn research_spec(
     meta.insert(META_NOTIFY.into(), NOTIFY_GITHUB.into());
     meta.insert(META_REPO.into(), repo.to_string());
     meta.insert(META_ISSUE.into(), number.to_string());
-    Plan::Research(spec)
+    Plan::Research(Box::new(spec))
 }
 
 fn plan_issue(payload: &Value, ctx: &PlanContext) -> Plan {
