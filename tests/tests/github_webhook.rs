@@ -43,6 +43,9 @@ async fn setup(start_worker: bool) -> Setup {
     git.create_repo("octo/agent", &[("VERSION", "v1\n")]);
     let extra = format!(
         r#"
+[api]
+# GitHub cannot send the API's bearer token: the webhook is signed instead.
+token = "fleet-api-token-0123456789"
 [github]
 api_url = "{api}"
 repos = ["octo/agent"]
@@ -198,6 +201,16 @@ async fn signatures_are_checked_first_and_replayed_deliveries_are_ignored() {
             "{what}: {answer}"
         );
     }
+
+    // The /v1 routes do want the bearer token that the webhook does without.
+    let v1 = s
+        .http
+        .post(s.serve.url("/v1/jobs"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v1.status().as_u16(), 401);
 
     // The same delivery again: acknowledged, nothing done.
     let (status, answer) = s
