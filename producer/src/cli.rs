@@ -124,6 +124,10 @@ is {\"error\": \"<message>\"}.
   POST /v1/jobs/{id}/cancel      as `fleet --json cancel`
   GET  /v1/batches/{id}          the batch's counts per status
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
+  POST /webhooks/github          GitHub deliveries: X-Hub-Signature-256 checked against the secret in
+                                 github.webhook_secret_env (401 before parsing; no bearer token);
+                                 replayed delivery IDs ignored; push -> refresh jobs, labelled issues
+                                 and /research comments -> research jobs (README: GitHub integration)
 
 Bad input: 400 and nothing written; unknown job, batch or route: 404; wrong method: 405; \
 body slower than api.body_timeout_secs: 408; body over api.max_body_bytes or batch over \
