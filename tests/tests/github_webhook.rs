@@ -54,7 +54,8 @@ research_label = "research"
 runtime = "command"
 repo = "{repo}"
 git_token_env = "FLEET_TEST_GIT_TOKEN"
-command = ["cat", "VERSION"]
+# A query starting with "slow" holds the agent for a while (and says it started).
+command = ["sh", "-c", "read q; case \"$q\" in slow*) touch {{dir}}/slow-started; sleep 3;; esac; cat VERSION"]
 [agents.failing]
 runtime = "command"
 repo = ""
@@ -264,6 +265,20 @@ async fn a_push_refreshes_the_agents_to_the_new_commit_and_a_bad_one_keeps_the_o
     let (answer, agent) = ask_gitagent(&s).await;
     assert_eq!(answer, "v1");
 
+    // A job holds the agent when the push arrives: the agent is refreshed after it.
+    let slow = s
+        .fleet
+        .submit(JobSpec::research("slow question", "gitagent"))
+        .await
+        .to_string();
+    s.fleet
+        .eventually(
+            "the slow job to hold the agent",
+            Duration::from_secs(60),
+            || async { s.fleet.path("slow-started").exists().then_some(()) },
+        )
+        .await;
+
     let v2 = s.git.commit("octo/agent", &[("VERSION", "v2\n")], "v2");
     let answer = s.deliver("push", "push-1", &push(&v2)).await;
     let jobs = answer["jobs"].as_array().expect("refresh jobs").clone();
@@ -274,6 +289,19 @@ async fn a_push_refreshes_the_agents_to_the_new_commit_and_a_bad_one_keeps_the_o
     );
     let refresh = jobs[0].as_str().unwrap();
     let record = s.wait_lifecycle(refresh, JobStatus::Succeeded).await;
+    let slow = s
+        .fleet
+        .wait_status(&slow, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        slow.result.as_ref().unwrap()["output"]["answer"],
+        "v1",
+        "the running job kept its commit"
+    );
+    assert!(
+        record.finished_at.unwrap() >= slow.finished_at.unwrap(),
+        "the busy agent was refreshed after its job"
+    );
     let output = &record.result.unwrap()["output"];
     assert_eq!(output["commit"], v2.as_str(), "{output}");
     assert_eq!(output["refreshed"][0]["agent_id"], agent.as_str());
