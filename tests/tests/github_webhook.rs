@@ -446,4 +446,8 @@ async fn a_labelled_issue_gets_one_job_and_one_comment_whatever_is_redelivered()
         2,
         "one comment per job: {research_jobs:?}"
     );
+    // Neither the GitHub token nor the webhook secret reaches a log.
+    for log in [s.fleet.logs(), s.serve.logs()] {
+        assert!(!log.contains(GITHUB_TOKEN) && !log.contains(SECRET));
+    }
 }
