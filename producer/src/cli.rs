@@ -98,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
+    /// GitHub integration: register the webhook that `fleet serve` answers
+    Github {
+        #[command(subcommand)]
+        command: GithubCommand,
+    },
     /// Quickstart: Redis, a worker and the demo agent answering sample questions
     #[command(long_about = DEMO_LONG_ABOUT)]
     Demo(DemoArgs),
@@ -127,6 +132,10 @@ is {\"error\": \"<message>\"}.
                                  events.keepalive_secs; each open stream counts toward api.max_waits
   GET  /v1/batches/{id}          the batch's counts per status
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
+  POST /webhooks/github          GitHub deliveries: X-Hub-Signature-256 checked against the secret in
+                                 github.webhook_secret_env (401 before parsing; no bearer token);
+                                 replayed delivery IDs ignored; push -> refresh jobs, labelled issues
+                                 and /research comments -> research jobs (README: GitHub integration)
 
 Bad input: 400 and nothing written; unknown job, batch or route: 404; wrong method: 405; \
 body slower than api.body_timeout_secs: 408; body over api.max_body_bytes or batch over \
@@ -285,6 +294,13 @@ the whole batch (the error names the line); nothing is enqueued then.")]
     /// With --wait: no progress bar
     #[arg(long)]
     pub no_progress: bool,
+
+    /// When every job ended, publish the results to this GitHub repository
+    /// (owner/name) as a Markdown + JSON report on the branch fleet/batch-<id> with a
+    /// pull request (a `publish` lifecycle job; implies --wait). Needs GitHub
+    /// credentials on the worker ([github] in the settings)
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub publish_pr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +386,31 @@ pub struct WaitFlag {
     /// Wait for the lifecycle job to end and print its outcome
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GithubCommand {
+    /// Register the webhook (events push, issues, issue_comment) on a repository,
+    /// pointing at github.webhook_url (or --url) and signed with the secret in
+    /// github.webhook_secret_env; needs a token with admin rights on the repository
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Create the webhook on REPO (owner/name); prints its ID
+    Create {
+        /// The repository, owner/name
+        #[arg(value_name = "OWNER/NAME")]
+        repo: String,
+
+        /// Public URL of `POST /webhooks/github` (default: github.webhook_url)
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

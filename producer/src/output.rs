@@ -111,7 +111,22 @@ pub fn describe_lifecycle(job: &LifecycleJob) -> String {
         LifecycleJob::Pause { agent_id } => format!("pause {agent_id}"),
         LifecycleJob::Resume { agent_id } => format!("resume {agent_id}"),
         LifecycleJob::Terminate { agent_id } => format!("terminate {agent_id}"),
-        LifecycleJob::Refresh { agent } => format!("refresh {agent}"),
+        LifecycleJob::Refresh {
+            agent,
+            commit: None,
+        } => format!("refresh {agent}"),
+        LifecycleJob::Refresh {
+            agent,
+            commit: Some(commit),
+        } => format!("refresh {agent} to {commit}"),
+        LifecycleJob::Publish {
+            repo,
+            batch_id,
+            job_ids,
+        } => format!(
+            "publish batch {batch_id} ({} jobs) to {repo}",
+            job_ids.len()
+        ),
         LifecycleJob::Scale { agent, size } => format!("scale {agent} to {size}"),
         LifecycleJob::HealthCheck => "health check".to_string(),
     }

@@ -17,6 +17,8 @@
 //! - [`sandbox`]: the sandbox provider trait and its `local` and `e2b` providers.
 //! - [`runtime`]: agent runtimes (`command`, `dexter`, `claude_code`) that run a
 //!   query inside a sandbox.
+//! - [`github`]: the GitHub REST client (rate limits, App tokens), webhook
+//!   verification and planning, issue comments and published reports.
 //! - [`settings`]: configuration from `config/default.toml`, an optional file,
 //!   environment variables and `.env`, validated with errors that name the key.
 //! - [`secret`]: a wrapper that keeps API keys out of logs and debug output.
@@ -24,6 +26,7 @@
 pub mod admission;
 pub mod error;
 pub mod events;
+pub mod github;
 pub mod job;
 pub mod pool;
 pub mod queue;

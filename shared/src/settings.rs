@@ -31,6 +31,8 @@ pub struct Settings {
     pub agents: BTreeMap<String, AgentProfile>,
     /// Large results and the result cache (`[results]`).
     pub results: ResultsSettings,
+    /// GitHub: client, webhooks, research from issues, published reports (`[github]`).
+    pub github: GithubSettings,
 }
 
 /// `[results]`: where large answers go, and the result cache (`results/`).
@@ -45,6 +47,53 @@ pub struct ResultsSettings {
     pub chunk_bytes: usize,
     /// How long a cached result is served to identical queries (seconds).
     pub cache_ttl_secs: u64,
+}
+
+/// `[github]`: the GitHub client, webhooks, research from issues, published reports.
+/// Secrets (token, webhook secret) come from the environment variables named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSettings {
+    /// REST API root (`https://api.github.com`; GHES: `https://HOST/api/v3`).
+    pub api_url: String,
+    /// `User-Agent` of every request (GitHub refuses requests without one).
+    pub user_agent: String,
+    /// Environment variable holding a personal access token ("" = none).
+    pub token_env: String,
+    /// GitHub App authentication (instead of a token) when `app_id` is not 0.
+    pub app_id: u64,
+    pub app_installation_id: u64,
+    /// PEM file of the App's private key.
+    pub app_private_key_file: String,
+    /// Environment variable holding the webhook secret.
+    pub webhook_secret_env: String,
+    /// Public URL of `POST /webhooks/github`, for `fleet github hook create`.
+    pub webhook_url: String,
+    /// Tracked repositories (`owner/name`); empty = every repo an agent profile's
+    /// `repo` URL names.
+    pub repos: Vec<String>,
+    /// Branches whose pushes refresh agents; empty = each repo's default branch.
+    pub branches: Vec<String>,
+    /// Issues with this label become research jobs ("" = off).
+    pub research_label: String,
+    /// A label `<prefix><profile>` on an issue picks the agent profile.
+    pub agent_label_prefix: String,
+    /// Agent profile for research from issues ("" = the top-level `default_agent`).
+    pub default_agent: String,
+    /// How long a delivery ID is remembered, to ignore replays (seconds).
+    pub delivery_ttl_secs: u64,
+    /// Directory of published reports in the target repository.
+    pub report_dir: String,
+}
+
+impl GithubSettings {
+    /// The tracked repositories, parsed (validated at load).
+    pub fn tracked_repos(&self) -> Vec<crate::github::RepoName> {
+        self.repos
+            .iter()
+            .filter_map(|r| crate::github::RepoName::parse(r).ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +367,14 @@ pub struct AgentProfile {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub secret_env: Vec<String>,
+    /// A git `repo`: the branch, tag or commit checked out ("" = the remote's default
+    /// branch). A push webhook refreshes agents of a branch profile to the new commit.
+    #[serde(default)]
+    pub git_ref: String,
+    /// A git `repo`: the worker environment variable holding the token for it ("" =
+    /// none). Given to git only through its environment (`runtime/checkout.rs`).
+    #[serde(default)]
+    pub git_token_env: String,
     #[serde(default)]
     pub template: String,
     /// `claude_code`, `dexter`: the model ("" = the agent's default).
@@ -445,6 +502,59 @@ impl Settings {
         Ok(settings)
     }
 
+    /// `[github]` and the agents' git settings.
+    fn validate_github(&self) -> Result<(), SettingsError> {
+        let g = &self.github;
+        for (i, repo) in g.repos.iter().enumerate() {
+            crate::github::RepoName::parse(repo)
+                .map_err(|m| SettingsError::new(format!("github.repos[{i}]"), m))?;
+        }
+        if g.user_agent.trim().is_empty() {
+            return Err(SettingsError::new(
+                "github.user_agent",
+                "must not be empty (GitHub refuses requests without a User-Agent)",
+            ));
+        }
+        if !g.api_url.starts_with("https://") && !g.api_url.starts_with("http://") {
+            return Err(SettingsError::new(
+                "github.api_url",
+                "must start with https:// (or http:// for a local server)",
+            ));
+        }
+        if g.delivery_ttl_secs == 0 {
+            return Err(SettingsError::new(
+                "github.delivery_ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        if g.app_id != 0 && (g.app_installation_id == 0 || g.app_private_key_file.is_empty()) {
+            return Err(SettingsError::new(
+                "github.app_id",
+                "a GitHub App also needs github.app_installation_id and github.app_private_key_file",
+            ));
+        }
+        if !g.default_agent.is_empty() && !self.agents.contains_key(&g.default_agent) {
+            return Err(SettingsError::new(
+                "github.default_agent",
+                format!("no agent profile named {:?}", g.default_agent),
+            ));
+        }
+        for (name, profile) in &self.agents {
+            let repo = profile.repo.trim();
+            if crate::runtime::checkout::is_git_url(repo)
+                && let Err(m) = crate::runtime::checkout::RepoCheckout::new(
+                    repo,
+                    &profile.git_ref,
+                    // A placeholder: whether a token would be sent is what is checked.
+                    (!profile.git_token_env.is_empty()).then(|| Secret::new("x")),
+                )
+            {
+                return Err(SettingsError::new(format!("agents.{name}.repo"), m));
+            }
+        }
+        Ok(())
+    }
+
     /// Check values against each other and their ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
@@ -534,6 +644,7 @@ impl Settings {
         if e2b.request_attempts == 0 {
             return err("sandbox.e2b.request_attempts", "must be at least 1");
         }
+        self.validate_github()?;
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("api.listen", "must be host:port (an IP address)");
         }

@@ -15,13 +15,17 @@ use fleet_shared::pool::{AgentPool, JobRef};
 use fleet_shared::queue::RedisQueue;
 use fleet_shared::queue::apalis_backend::JobOutput;
 use fleet_shared::queue::attempt::{AbortReason, AttemptContext};
-use fleet_shared::runtime::RunOptions;
+use fleet_shared::runtime::{RunOptions, checkout};
 use serde_json::json;
+
+use crate::github::GithubWork;
 
 /// What the handlers share.
 pub struct Executor {
     pub pool: Arc<AgentPool>,
     pub research_queue: RedisQueue,
+    /// GitHub client and settings, for `publish` jobs (`github.rs`).
+    pub github: Option<Arc<GithubWork>>,
     pub attempts_started: AtomicU64,
     pub attempts_succeeded: AtomicU64,
     pub attempts_failed: AtomicU64,
@@ -34,6 +38,7 @@ impl Executor {
         Executor {
             pool,
             research_queue,
+            github: None,
             attempts_started: AtomicU64::new(0),
             attempts_succeeded: AtomicU64::new(0),
             attempts_failed: AtomicU64::new(0),
@@ -66,6 +71,11 @@ impl Executor {
             &json!({"worker": &*attempt.worker, "agent": research.agent}),
         );
         Some(events)
+    }
+
+    pub fn with_github(mut self, github: GithubWork) -> Executor {
+        self.github = Some(Arc::new(github));
+        self
     }
 
     fn count<T>(&self, result: &Result<T, JobError>) {
@@ -208,7 +218,7 @@ pub async fn run_lifecycle(
                 _ => "cancelled while it ran",
             },
         )),
-        result = lifecycle(op, &exec) => {
+        result = lifecycle(op, &attempt, &exec) => {
             if let (LifecycleJob::Launch { .. }, Ok(out)) = (op, &result)
                 && let Some(agent_id) = out["agent"]["agent_id"].as_str()
             {
@@ -229,12 +239,20 @@ pub async fn run_lifecycle(
     }
 }
 
-async fn lifecycle(op: &LifecycleJob, exec: &Executor) -> Result<JobOutput, JobError> {
+async fn lifecycle(
+    op: &LifecycleJob,
+    attempt: &AttemptContext,
+    exec: &Executor,
+) -> Result<JobOutput, JobError> {
     let pool = &exec.pool;
     let result = match op {
         LifecycleJob::Launch { agent, persistent } => {
             let info = pool.launch(agent, *persistent).await?;
-            json!({"agent": info})
+            // The commit a git agent was checked out at (`runtime/checkout.rs`).
+            let commit = checkout::read_record(pool.provider().as_ref(), &info.sandbox_id)
+                .await
+                .map(|r| r.commit);
+            json!({"agent": info, "commit": commit})
         }
         LifecycleJob::Pause { agent_id } => json!({"agent": pool.pause(agent_id).await?}),
         LifecycleJob::Resume { agent_id } => json!({"agent": pool.resume(agent_id).await?}),
@@ -245,14 +263,107 @@ async fn lifecycle(op: &LifecycleJob, exec: &Executor) -> Result<JobOutput, JobE
         LifecycleJob::Scale { agent, size } => {
             json!({"agent": agent, "size": pool.scale(agent, *size as usize).await?})
         }
-        LifecycleJob::Refresh { agent } => {
-            // Fresh agents get the new code: idle and paused ones are replaced now,
-            // busy ones when their jobs end.
-            json!({"agent": agent, "replaced": pool.refresh(agent).await?})
+        LifecycleJob::Refresh { agent, commit } => {
+            refresh_agents(pool, agent, commit.as_deref(), attempt).await?
+        }
+        LifecycleJob::Publish {
+            repo,
+            batch_id,
+            job_ids,
+        } => {
+            let github = exec.github.as_ref().ok_or_else(|| {
+                JobError::permanent("this worker was started without GitHub settings")
+            })?;
+            crate::github::publish(github, &exec.research_queue, repo, batch_id, job_ids).await?
         }
         LifecycleJob::HealthCheck => {
             json!({"agents": pool.agents().await?, "stats": pool.stats()})
         }
     };
     Ok(result)
+}
+
+// ---------------------------------------------------------------------------------
+// Refresh (issue 13). The only pool-facing code of the GitHub work, kept in this one
+// function for the pool rewrite: it uses the pool's public `agents`, `lease` (by
+// agent ID) and `give_back`, and the runtime's `refresh`/`repo_checkout`.
+// ---------------------------------------------------------------------------------
+
+/// Move every agent of `profile` to `commit` (a git profile): each agent is leased by
+/// its ID, so a busy one is refreshed after its job, and its checkout is moved in
+/// place (`AgentRuntime::refresh`). Only when all succeeded are new agents pinned to
+/// the commit; a refresh that fails leaves the old commit serving (the fetch changes
+/// nothing until the checkout) and the job is retried. Agents launched while the
+/// refresh ran are refreshed in a second pass. A profile whose repo is not git has
+/// its idle agents replaced (busy ones as they come back), as before.
+async fn refresh_agents(
+    pool: &AgentPool,
+    profile: &str,
+    commit: Option<&str>,
+    attempt: &AttemptContext,
+) -> Result<JobOutput, JobError> {
+    let runtime = pool
+        .runtime(profile)
+        .ok_or_else(|| JobError::permanent(format!("unknown agent profile {profile:?}")))?;
+    let of_profile = || async {
+        pool.agents().await.map(|agents| {
+            agents
+                .into_iter()
+                .filter(|a| a.profile == profile)
+                .map(|a| a.agent_id)
+                .collect::<Vec<String>>()
+        })
+    };
+    let Some(checkout) = runtime.repo_checkout() else {
+        // Fresh agents get the new code: idle and paused ones are replaced now, busy
+        // ones when their jobs end.
+        return Ok(json!({"agent": profile, "replaced": pool.refresh(profile).await?}));
+    };
+    // The refresh takes each agent like a job addressed to it, ahead of every job
+    // waiting for it (order 0), so a busy agent is refreshed right after its job.
+    let me = JobRef {
+        id: format!("refresh-{}", fleet_shared::job::JobId::new()),
+        order: 0,
+    };
+    let cancel = attempt.abort.token();
+    let mut refreshed: Vec<serde_json::Value> = Vec::new();
+    let mut done: std::collections::BTreeSet<String> = Default::default();
+    for pass in 0..2 {
+        if pass == 1
+            && let Some(commit) = commit
+        {
+            checkout.pin(commit);
+        }
+        for agent_id in of_profile().await? {
+            if done.contains(&agent_id) {
+                continue;
+            }
+            let lease = match pool
+                .lease(
+                    profile,
+                    Some(&agent_id),
+                    false,
+                    attempt.attempt_timeout,
+                    cancel,
+                    &me,
+                )
+                .await
+            {
+                Ok(lease) => lease,
+                // Gone meanwhile (terminated, recycled): nothing to refresh.
+                Err(_) if !of_profile().await?.contains(&agent_id) => continue,
+                Err(e) => return Err(e),
+            };
+            let result = runtime
+                .refresh(pool.provider().as_ref(), &lease.sandbox_id, commit)
+                .await;
+            let healthy = !matches!(&result, Err(e) if e.class == ErrorClass::SandboxLost);
+            pool.give_back(lease, healthy).await;
+            let record = result?;
+            tracing::info!(%agent_id, profile, commit = %record.commit, "agent refreshed");
+            refreshed.push(json!({"agent_id": agent_id, "commit": record.commit}));
+            done.insert(agent_id);
+        }
+    }
+    Ok(json!({"agent": profile, "commit": commit, "refreshed": refreshed}))
 }

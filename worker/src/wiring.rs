@@ -242,7 +242,24 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             research_queue.config().result_ttl,
         ));
     }
-    let executor = Arc::new(executor);
+    // GitHub (issue 13): `publish` jobs, and comments on the issues research jobs
+    // came from. Without credentials both are off (publish jobs fail with why).
+    let github_client = fleet_shared::github::client_from_settings(&settings.github)
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let notifier = github_client.clone().map(|client| {
+        crate::github::spawn_notifier(
+            client,
+            research_queue.clone(),
+            Duration::from_secs(settings.queue.result_ttl_secs),
+            // Not the shutdown signal: jobs ending while the worker drains are
+            // commented too; the task is aborted once the job loops stopped.
+            CancellationToken::new(),
+        )
+    });
+    let executor = Arc::new(executor.with_github(crate::github::GithubWork {
+        client: github_client,
+        settings: settings.github.clone(),
+    }));
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
         _ = reconcile(&pool, &research_queue) => {}
@@ -379,6 +396,9 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         }
     };
     maintenance.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     tracing::info!("workers stopped; shutting the pool down");
     // The last worker out ends every free agent; the others only those they launched.
     // Withdrawn first (and no longer re-announced), so that of several workers

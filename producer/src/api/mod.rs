@@ -12,6 +12,7 @@
 //! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
+//! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
 //! wrong bearer token (when `api.token` is set), 403 a browser's request without a
@@ -26,6 +27,7 @@
 //! | file | does |
 //! |---|---|
 //! | `routes.rs` | the handlers |
+//! | `github.rs` | the GitHub webhook: signature, replay guard, jobs from deliveries |
 //! | `guard.rs` | request ID and access log, token and throttle, browser guards, body timeout |
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
@@ -33,6 +35,7 @@
 
 mod answer_stream;
 mod events;
+mod github;
 mod guard;
 mod limits;
 mod routes;
@@ -238,6 +241,20 @@ pub fn router(state: Shared) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn_with_state(state.clone(), guard::browser))
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
+        .layer(from_fn(guard::observe))
+        .with_state(state.clone())
+        .merge(webhook_router(state))
+}
+
+/// `POST /webhooks/github`: outside the bearer-token and browser guards (GitHub signs
+/// its deliveries instead, checked first thing in the handler), with the access log
+/// and the same body limit and body timeout.
+fn webhook_router(state: Shared) -> Router {
+    let max_body = state.ctx.settings.api.max_body_bytes;
+    Router::new()
+        .route("/webhooks/github", post(github::webhook))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn(guard::observe))
         .with_state(state)
 }

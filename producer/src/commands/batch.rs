@@ -33,6 +33,10 @@ pub struct Submitted {
 }
 
 pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
+    if let Some(repo) = &args.publish_pr {
+        fleet_shared::github::RepoName::parse(repo)
+            .map_err(|m| Fail::usage(format!("--publish-pr: {m}")))?;
+    }
     let bytes = read_input(&args.file)?;
     let agent = ctx.agent(args.agent.as_deref());
     let specs = parse_batch(&bytes, &agent, &ctx.settings.limits()).map_err(|e| {
@@ -47,7 +51,8 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
     })?;
     let queue = &ctx.queues().await?.research;
     let submitted = submit_batch(queue, &ctx.settings.redis, specs).await?;
-    if !args.wait || !ctx.json {
+    let wait = args.wait || args.publish_pr.is_some();
+    if !wait || !ctx.json {
         if ctx.json {
             // The shape of the HTTP API's `POST /v1/batches` answer.
             emit_json(&json!({
@@ -63,11 +68,14 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
             ))?;
         }
     }
-    if !args.wait {
+    if !wait {
         return Ok(SUCCESS);
     }
     wait_batch(queue, &submitted, !args.no_progress, || Ok(())).await?;
-    report_batch(ctx, queue, &submitted).await
+    match &args.publish_pr {
+        None => report_batch(ctx, queue, &submitted).await,
+        Some(repo) => crate::commands::github::publish_batch(ctx, repo, &submitted).await,
+    }
 }
 
 pub async fn submit_batch(

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod batch;
 pub mod cancel;
 pub mod dead;
+pub mod github;
 pub mod inspect;
 pub mod jobs;
 pub mod submit;
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Watch(args) => watch::watch(&ctx, args).await,
         Command::Agents { command } => agents::agents(&ctx, command).await,
         Command::Pool { command } => agents::pool(&ctx, command).await,
+        Command::Github { command } => github::github(&ctx, command).await,
         Command::Demo(args) => crate::demo::demo(&mut ctx, args, cli.config).await,
         Command::Serve(args) => crate::api::serve(ctx, args, cli.json).await,
     }

@@ -122,8 +122,21 @@ pub enum LifecycleJob {
         agent_id: String,
     },
     /// Re-set-up every agent of a profile (e.g. after a push to its repository).
+    /// With `commit` (a git profile), each agent's checkout is moved to that commit
+    /// in place (a busy agent after its job) and new agents start from it; without,
+    /// agents are replaced.
     Refresh {
         agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    /// Publish the results of `job_ids` (a batch) to the GitHub repo `repo`
+    /// ("owner/name") as a Markdown + JSON report on a branch, with a pull request.
+    /// Publishing the same batch again updates that branch and pull request.
+    Publish {
+        repo: String,
+        batch_id: String,
+        job_ids: Vec<JobId>,
     },
     /// Grow or shrink the pool of a profile to `size` agents.
     Scale {
@@ -261,7 +274,7 @@ impl JobSpec {
         }
         if let JobPayload::Lifecycle(
             LifecycleJob::Launch { agent, .. }
-            | LifecycleJob::Refresh { agent }
+            | LifecycleJob::Refresh { agent, .. }
             | LifecycleJob::Scale { agent, .. },
         ) = &self.payload
         {
@@ -274,6 +287,39 @@ impl JobSpec {
         ) = &self.payload
         {
             bounds::check_agent_id(agent_id)?;
+        }
+        if let JobPayload::Lifecycle(LifecycleJob::Refresh {
+            commit: Some(commit),
+            ..
+        }) = &self.payload
+            && !crate::runtime::checkout::is_commit_id(commit)
+        {
+            return Err(ValidationError::new(format!(
+                "refresh commit {commit:?} is not a commit ID (40 or 64 hex digits)"
+            )));
+        }
+        if let JobPayload::Lifecycle(LifecycleJob::Publish {
+            repo,
+            batch_id,
+            job_ids,
+        }) = &self.payload
+        {
+            crate::github::RepoName::parse(repo).map_err(ValidationError::new)?;
+            if batch_id.is_empty()
+                || batch_id.len() > 128
+                || !batch_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ValidationError::new(
+                    "publish batch_id must be 1 to 128 letters, digits, '-' or '_'",
+                ));
+            }
+            bounds::at_most(
+                "the jobs of one publish",
+                Some(job_ids.len() as u64),
+                crate::github::publish::MAX_PUBLISHED_JOBS,
+            )?;
         }
         if let JobPayload::Lifecycle(LifecycleJob::Scale { size, .. }) = &self.payload {
             bounds::at_most("the pool size", Some(*size), bounds::MAX_POOL_SIZE)?;

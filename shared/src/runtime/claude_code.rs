@@ -286,6 +286,21 @@ impl AgentRuntime for ClaudeCodeRuntime {
             }
         }
     }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<super::checkout::CheckoutRecord, JobError> {
+        self.files
+            .refresh_checkout(provider, sandbox_id, commit)
+            .await
+    }
+
+    fn repo_checkout(&self) -> Option<&super::checkout::RepoCheckout> {
+        self.files.repo_checkout()
+    }
 }
 
 /// The CLI's own retry and timeout settings: no retries (the queue retries, honouring

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::checkout::{CheckoutRecord, RepoCheckout, is_git_url};
 use super::{AgentOutput, AgentRuntime, RunOptions};
 use crate::error::JobError;
 use crate::sandbox::{ExecControl, ExecOutput, ExecRequest, SandboxProvider};
@@ -57,6 +58,8 @@ pub struct CommandRuntime {
     secrets: BTreeMap<String, Secret>,
     /// Where a relative local `repo` path is resolved from.
     base_dir: PathBuf,
+    /// A git `repo`: how it is checked out (or why it cannot be).
+    checkout: Option<Result<RepoCheckout, String>>,
 }
 
 impl CommandRuntime {
@@ -65,11 +68,72 @@ impl CommandRuntime {
         secrets: BTreeMap<String, Secret>,
         base_dir: PathBuf,
     ) -> Self {
+        // The token for a private repo: read from the worker's environment here and
+        // handed to git only through its processes' environment (`checkout.rs`).
+        let token = (!profile.git_token_env.is_empty())
+            .then(|| std::env::var(&profile.git_token_env).ok())
+            .flatten()
+            .map(Secret::new);
+        Self::with_git_token(profile, secrets, base_dir, token)
+    }
+
+    /// As [`Self::new`], with the git token given rather than read from the
+    /// environment variable the profile names.
+    pub fn with_git_token(
+        profile: AgentProfile,
+        secrets: BTreeMap<String, Secret>,
+        base_dir: PathBuf,
+        token: Option<Secret>,
+    ) -> Self {
+        let repo = profile.repo.trim();
+        let checkout = is_git_url(repo).then(|| RepoCheckout::new(repo, &profile.git_ref, token));
         Self {
             profile,
             secrets,
             base_dir,
+            checkout,
         }
+    }
+
+    /// The git checkout of this profile's repo, if its repo is a git URL.
+    pub fn repo_checkout(&self) -> Option<&RepoCheckout> {
+        self.checkout.as_ref().and_then(|c| c.as_ref().ok())
+    }
+
+    fn git_checkout(&self) -> Result<&RepoCheckout, JobError> {
+        match &self.checkout {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(why)) => Err(JobError::permanent(format!("agent repo: {why}"))),
+            None => Err(JobError::permanent(
+                "the agent's repo is not a git URL: it cannot be refreshed to a commit",
+            )),
+        }
+    }
+
+    /// Move this sandbox's checkout to `commit` (or the profile's ref) and run the
+    /// setup commands again. A failed fetch changes nothing; a failed setup puts the
+    /// previous commit back. Either way the old commit keeps serving.
+    pub async fn refresh_checkout(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<CheckoutRecord, JobError> {
+        let checkout = self.git_checkout()?;
+        let previous = checkout.head(provider, sandbox_id, AGENT_DIR).await?;
+        let record = checkout
+            .refresh(provider, sandbox_id, AGENT_DIR, commit)
+            .await?;
+        if record.commit != previous
+            && let Err(e) = self.run_setup_commands(provider, sandbox_id).await
+        {
+            tracing::warn!(%sandbox_id, error = %e.message, commit = %record.commit, "setup failed after a refresh; putting the previous commit back");
+            checkout
+                .refresh(provider, sandbox_id, AGENT_DIR, Some(&previous))
+                .await?;
+            return Err(e);
+        }
+        Ok(record)
     }
 
     fn repo_source(&self) -> RepoSource {
@@ -231,24 +295,46 @@ impl AgentRuntime for CommandRuntime {
                 }
                 self.copy_local_repo(provider, sandbox_id, &dir).await?;
             }
-            RepoSource::Git(url) => {
-                let mut env = BTreeMap::new();
-                // Without a terminal a credential prompt would hang until the timeout.
-                env.insert("GIT_TERMINAL_PROMPT".to_string(), "0".to_string());
-                let request = ExecRequest {
-                    program: "git".into(),
-                    args: ["clone", "--depth", "1", "--", &url, AGENT_DIR]
-                        .map(String::from)
-                        .to_vec(),
-                    env,
-                    timeout: Some(SETUP_COMMAND_TIMEOUT),
-                    ..Default::default()
-                };
-                let what = format!("git clone of {}", without_credentials(&url));
-                self.run_setup_command(provider, sandbox_id, &what, request)
+            RepoSource::Git(_) => {
+                self.git_checkout()?
+                    .clone_into(provider, sandbox_id, AGENT_DIR)
                     .await?;
             }
         }
+        self.run_setup_commands(provider, sandbox_id).await
+    }
+
+    async fn run(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        query: &str,
+        options: RunOptions,
+    ) -> Result<AgentOutput, JobError> {
+        self.run_query(provider, sandbox_id, query, options).await
+    }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<CheckoutRecord, JobError> {
+        self.refresh_checkout(provider, sandbox_id, commit).await
+    }
+
+    fn repo_checkout(&self) -> Option<&RepoCheckout> {
+        CommandRuntime::repo_checkout(self)
+    }
+}
+
+impl CommandRuntime {
+    /// The profile's setup commands, in `agent/`.
+    async fn run_setup_commands(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+    ) -> Result<(), JobError> {
         for command in &self.profile.setup {
             let Some((program, args)) = command.split_first() else {
                 return Err(JobError::permanent("an agent setup command is empty"));
@@ -268,7 +354,7 @@ impl AgentRuntime for CommandRuntime {
         Ok(())
     }
 
-    async fn run(
+    async fn run_query(
         &self,
         provider: &dyn SandboxProvider,
         sandbox_id: &str,
@@ -416,24 +502,6 @@ fn tail_utf8(bytes: &[u8], max: usize) -> String {
         start += 1;
     }
     String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-fn is_git_url(repo: &str) -> bool {
-    ["https://", "http://", "ssh://", "git@", "file://"]
-        .iter()
-        .any(|prefix| repo.starts_with(prefix))
-        || repo.ends_with(".git")
-}
-
-/// A URL fit for an error message: `https://user:token@host/x` → `https://host/x`.
-fn without_credentials(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host_and_path)) = rest.split_once('@')
-        && !userinfo.contains('/')
-    {
-        return format!("{scheme}://{host_and_path}");
-    }
-    url.to_string()
 }
 
 /// Files of a local repo, as `/`-separated paths relative to `root`, skipping
@@ -923,10 +991,11 @@ mod tests {
         let err = setup_and_run(&runtime(p), "q").await.unwrap_err();
         assert!(
             err.message
-                .starts_with("git clone of file:///nonexistent/repo.git exited with code 128"),
+                .starts_with("git fetch of file:///nonexistent/repo.git failed (exit 128)"),
             "{}",
             err.message
         );
+        assert_eq!(err.class, ErrorClass::Permanent, "no such repo: no retry");
     }
 
     #[test]
@@ -951,10 +1020,6 @@ mod tests {
         );
         assert_eq!(rt("/abs/agent"), RepoSource::Local("/abs/agent".into()));
         assert_eq!(rt(""), RepoSource::None);
-        assert_eq!(
-            without_credentials("https://me:ghp_token@github.com/x/y"),
-            "https://github.com/x/y"
-        );
     }
 
     #[test]

@@ -177,6 +177,21 @@ impl AgentRuntime for DexterRuntime {
             }
         }
     }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<super::checkout::CheckoutRecord, JobError> {
+        self.files
+            .refresh_checkout(provider, sandbox_id, commit)
+            .await
+    }
+
+    fn repo_checkout(&self) -> Option<&super::checkout::RepoCheckout> {
+        self.files.repo_checkout()
+    }
 }
 
 /// The wrapper's controls: its own timeout below the attempt's, the model, the

@@ -10,9 +10,12 @@
 //! Working profiles for each are in `config/examples/`.
 //!
 //! A runtime prepares a new sandbox once (`setup`: the agent's files, installs)
-//! and then runs queries in it (`run`). Its errors are [`JobError`]s, already
+//! and then runs queries in it (`run`). An agent whose repo is a git URL is
+//! checked out by [`checkout`] (token only in git's environment, commit recorded)
+//! and can be moved to another commit in place (`refresh`). Its errors are [`JobError`]s, already
 //! classified, so the queue knows whether to retry.
 
+pub mod checkout;
 pub mod claude_code;
 pub mod command;
 pub mod dexter;
@@ -112,6 +115,24 @@ pub trait AgentRuntime: Send + Sync + 'static {
         query: &str,
         options: RunOptions,
     ) -> Result<AgentOutput, JobError>;
+
+    /// Move a set-up sandbox's checkout to `commit` (`None`: the profile's ref) and
+    /// run the setup commands again. On failure the old commit keeps serving.
+    async fn refresh(
+        &self,
+        _provider: &dyn SandboxProvider,
+        _sandbox_id: &str,
+        _commit: Option<&str>,
+    ) -> Result<checkout::CheckoutRecord, JobError> {
+        Err(JobError::permanent(
+            "this agent's repo is not a git URL: it cannot be refreshed to a commit",
+        ))
+    }
+
+    /// The profile's git checkout, when its repo is a git URL.
+    fn repo_checkout(&self) -> Option<&checkout::RepoCheckout> {
+        None
+    }
 }
 
 /// Secrets shorter than this are not redacted: replacing every occurrence of a one-
