@@ -160,6 +160,7 @@ async fn research(
         ));
     }
     let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
+    let held_since = Instant::now();
     tracing::info!(job_id = %job.id, attempt = attempt.lease.attempt, %agent_id, %sandbox_id, "running query");
     let output = runtime
         .run(
@@ -179,12 +180,15 @@ async fn research(
         )
         .await;
     let sandbox_healthy = !matches!(&output, Err(e) if e.class == ErrorClass::SandboxLost);
+    // What this job cost in sandbox time: from the lease to the agent's return.
+    let sandbox_seconds = held_since.elapsed().as_secs_f64();
     exec.pool.give_back(lease, sandbox_healthy).await;
     let output = output?;
     let mut result = json!({
         "agent": research.agent,
         "agent_id": agent_id,
         "sandbox_id": sandbox_id,
+        "sandbox_seconds": (sandbox_seconds * 1000.0).round() / 1000.0,
         "exit_code": output.exit_code,
         "metadata": output.metadata,
         "truncated": output.truncated,
