@@ -27,6 +27,9 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     pub api: ApiSettings,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// The model gateway (`[gateway]`, see `gateway::config`).
+    #[serde(default)]
+    pub gateway: crate::gateway::config::GatewaySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,7 +315,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -533,6 +536,7 @@ impl Settings {
                 ),
             );
         }
+        self.gateway.validate()?;
         if self.agents.is_empty() {
             return err("agents", "at least one agent profile is needed");
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use apalis::prelude::Data;
 use fleet_shared::error::{ErrorClass, JobError};
+use fleet_shared::gateway::Gateway;
 use fleet_shared::job::{Job, JobPayload, LifecycleJob};
 use fleet_shared::pool::AgentPool;
 use fleet_shared::queue::RedisQueue;
@@ -23,6 +24,8 @@ pub struct Executor {
     pub attempts_started: AtomicU64,
     pub attempts_succeeded: AtomicU64,
     pub attempts_failed: AtomicU64,
+    /// The model gateway, when `[gateway] enabled`: research runs go through it.
+    pub gateway: Option<Arc<Gateway>>,
 }
 
 impl Executor {
@@ -33,7 +36,14 @@ impl Executor {
             attempts_started: AtomicU64::new(0),
             attempts_succeeded: AtomicU64::new(0),
             attempts_failed: AtomicU64::new(0),
+            gateway: None,
         }
+    }
+
+    /// Run research jobs through the model gateway.
+    pub fn with_gateway(mut self, gateway: Arc<Gateway>) -> Executor {
+        self.gateway = Some(gateway);
+        self
     }
 
     fn count<T>(&self, result: &Result<T, JobError>) {
@@ -94,6 +104,26 @@ async fn research(
         ));
     }
     let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
+    // Through the gateway: a token for this attempt in place of the provider keys.
+    let pass = match &exec.gateway {
+        Some(gateway) => {
+            let binding = gateway.binding(job, &attempt.lease, &research.agent);
+            match gateway.begin_attempt(binding, cancel).await {
+                Ok(pass) => Some(pass),
+                Err(e) => {
+                    exec.pool.give_back(lease, true).await;
+                    return Err(JobError::transient(format!(
+                        "the model gateway could not issue a token: {e}"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+    let (run_cancel, gateway_env) = match &pass {
+        Some(p) => (p.cancel.clone(), p.env.clone()),
+        None => (cancel.clone(), Default::default()),
+    };
     tracing::info!(job_id = %job.id, attempt = attempt.lease.attempt, %agent_id, %sandbox_id, "running query");
     let output = runtime
         .run(
@@ -102,18 +132,28 @@ async fn research(
             &research.query,
             RunOptions {
                 timeout: Some(remaining),
-                cancel: cancel.clone(),
+                cancel: run_cancel,
                 output: None,
                 keep_session: research.agent_id.is_some(),
                 max_turns: job.spec.options.max_turns,
                 max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),
+                gateway_env,
             },
         )
         .await;
     let sandbox_healthy = !matches!(&output, Err(e) if e.class == ErrorClass::SandboxLost);
     exec.pool.give_back(lease, sandbox_healthy).await;
+    let spend = match (&exec.gateway, pass) {
+        (Some(gateway), Some(pass)) => Some(gateway.end_attempt(pass).await),
+        _ => None,
+    };
+    if let Some(spend) = &spend
+        && let Some(err) = spend.error(output.as_ref().err().cloned())
+    {
+        return Err(err);
+    }
     let output = output?;
-    Ok(json!({
+    let mut result = json!({
         "answer": output.answer,
         "agent": research.agent,
         "agent_id": agent_id,
@@ -121,7 +161,11 @@ async fn research(
         "exit_code": output.exit_code,
         "metadata": output.metadata,
         "truncated": output.truncated,
-    }))
+    });
+    if let Some(spend) = &spend {
+        spend.add_to(&mut result, &output.metadata);
+    }
+    Ok(result)
 }
 
 /// Run one lifecycle operation on this worker's pool. It stops when its attempt is told

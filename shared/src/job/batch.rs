@@ -49,6 +49,8 @@ pub struct JobRequest {
     pub max_turns: Option<u32>,
     #[serde(default)]
     pub max_budget_usd: Option<Usd>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 impl JobRequest {
@@ -73,6 +75,7 @@ impl JobRequest {
                 metadata: self.metadata,
                 max_turns: self.max_turns,
                 max_budget_usd: self.max_budget_usd,
+                max_tokens: self.max_tokens,
             },
         }
     }
