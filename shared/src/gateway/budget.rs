@@ -66,6 +66,9 @@ pub struct Binding {
     pub tenant_cap_usd: f64,
 }
 
+/// What a request needs to find its budgets: job ID, batch, tenant day.
+pub type BindingKeys = (String, Option<String>, Option<String>);
+
 /// The outcome of a reserve.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admission {
@@ -283,10 +286,7 @@ impl BudgetStore {
     }
 
     /// The attempt record's binding fields needed to settle (job, batch, tenant day).
-    pub async fn binding(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<(String, Option<String>, Option<String>)>, QueueError> {
+    pub async fn binding(&self, token_hash: &str) -> Result<Option<BindingKeys>, QueueError> {
         let mut conn = self.conn.clone();
         let v: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys.attempt(token_hash))

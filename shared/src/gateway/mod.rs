@@ -77,7 +77,7 @@ pub struct Gateway {
     pub(crate) waiting: AtomicUsize,
     pub(crate) next_key: AtomicUsize,
     /// Bindings by token hash (they never change), to save a Redis read per request.
-    pub(crate) bindings: Mutex<HashMap<String, (String, Option<String>, Option<String>)>>,
+    pub(crate) bindings: Mutex<HashMap<String, budget::BindingKeys>>,
     /// Attempts this process issued: stopped a little after a budget refusal.
     cancels: Mutex<HashMap<String, CancellationToken>>,
     bound: OnceLock<std::net::SocketAddr>,
@@ -314,36 +314,47 @@ impl Gateway {
     }
 }
 
-/// Settles finished requests in Redis, in the background so no response waits on it.
-/// A settle that fails is tried again a few times (Redis weather); spend is never
-/// dropped silently.
+/// Settles, in the background, requests that ended without their body being read to
+/// the end (refused, failed, or the client went away); a body read to the end is settled
+/// before its end is sent (see `proxy::MeteredBody`).
 async fn settle_loop(
     mut rx: mpsc::UnboundedReceiver<SettleJob>,
     store: BudgetStore,
     limiter: RateLimiter,
 ) {
     while let Some(job) = rx.recv().await {
-        let mut pause = Duration::from_millis(50);
-        for tried in 1.. {
-            match store.settle(&job.settlement).await {
-                Ok(()) => break,
-                Err(e) if tried < 8 => {
-                    tracing::warn!(error = %e, "gateway: could not record a request's spend; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(job_id = %job.settlement.job_id, error = %e, "gateway: a request's spend could not be recorded");
-                    break;
-                }
+        settle(&store, &limiter, job).await;
+    }
+}
+
+/// Record one finished request's spend (retrying Redis weather a few times) and charge
+/// its tokens beyond the estimate to its limiter.
+pub(crate) async fn settle(store: &BudgetStore, limiter: &RateLimiter, job: SettleJob) {
+    let mut pause = Duration::from_millis(50);
+    for tried in 1.. {
+        match store.settle(&job.settlement).await {
+            Ok(()) => break,
+            // Only a connection fault is tried again: a settle is not idempotent, and
+            // one that Redis ran and refused would fail the same way again.
+            Err(QueueError::Redis(e))
+                if tried < 8
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) =>
+            {
+                tracing::warn!(error = %e, "gateway: could not record a request's spend; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job.settlement.job_id, error = %e, "gateway: a request's spend could not be recorded");
+                break;
             }
         }
-        if let Some((key, limits, extra)) = job.limiter
-            && extra != 0
-            && let Err(e) = limiter.observe(&key, limits, extra, None).await
-        {
-            tracing::debug!(error = %e, "gateway: could not charge tokens to the rate limiter");
-        }
+    }
+    if let Some((key, limits, extra)) = job.limiter
+        && extra != 0
+        && let Err(e) = limiter.observe(&key, limits, extra, None).await
+    {
+        tracing::debug!(error = %e, "gateway: could not charge tokens to the rate limiter");
     }
 }
 

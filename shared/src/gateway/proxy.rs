@@ -291,10 +291,21 @@ struct Pending {
 }
 
 impl Pending {
+    /// Settle in the background (the request is over without a body read to its end).
     fn finish(&mut self, model: Option<String>, usage: Option<super::metering::Usage>, sent: bool) {
-        let Some(mut s) = self.settlement.take() else {
-            return;
-        };
+        if let Some(job) = self.take(model, usage, sent) {
+            let _ = self.gw.settle_tx.send(job);
+        }
+    }
+
+    /// What to settle, once.
+    fn take(
+        &mut self,
+        model: Option<String>,
+        usage: Option<super::metering::Usage>,
+        sent: bool,
+    ) -> Option<SettleJob> {
+        let mut s = self.settlement.take()?;
         s.sent = sent;
         if let Some(model) = model {
             s.model = model;
@@ -320,10 +331,10 @@ impl Pending {
             let extra = s.usage.total() as i64 - estimate;
             (k, l, if usage.is_some() { extra } else { 0 })
         });
-        let _ = self.gw.settle_tx.send(SettleJob {
+        Some(SettleJob {
             settlement: s,
             limiter,
-        });
+        })
     }
 }
 
@@ -598,7 +609,9 @@ async fn forward(
     let status = response.status();
     let mut builder = Response::builder().status(status.as_u16());
     for (name, value) in response.headers() {
-        if passes_back(name) {
+        // The length goes too: the body is sent chunked, its end held until the spend
+        // is recorded (see MeteredBody).
+        if passes_back(name) && name != "content-length" {
             builder = builder.header(name, value);
         }
     }
@@ -608,12 +621,13 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     pending.limiter =
-        (limits.tokens_per_minute > 0).then(|| (limiter_key, limits, estimate as i64));
+        (limits.tokens_per_minute > 0).then_some((limiter_key, limits, estimate as i64));
     let meter = Meter::new(if status.is_success() { api } else { Api::Other }, streamed);
     let body = MeteredBody {
         inner: Box::pin(response.bytes_stream()),
         meter: Some(meter),
         pending,
+        settling: None,
     };
     builder
         .body(Body::from_stream(body))
@@ -699,23 +713,26 @@ async fn send(
         .await
 }
 
-/// The upstream body on its way back, read by the meter as it passes; when it ends or
-/// is dropped (the client left), the request's spend is settled.
+/// The upstream body on its way back, read by the meter as it passes. When it ends, the
+/// request's spend is settled in Redis *before* the end is passed on, so an agent's next
+/// request already sees it against the budgets (the answer is sent chunked for that: its
+/// length header is dropped). A body dropped early (the client left) is settled in the
+/// background.
 struct MeteredBody {
     inner: Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>,
     meter: Option<Meter>,
     pending: Pending,
+    settling: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl MeteredBody {
-    fn settle(&mut self) {
-        if let Some(meter) = self.meter.take() {
-            let (model, usage) = match meter.finish() {
-                Some((m, u)) => (m, Some(u)),
-                None => (None, None),
-            };
-            self.pending.finish(model, usage, true);
-        }
+    fn measured(&mut self) -> Option<SettleJob> {
+        let meter = self.meter.take()?;
+        let (model, usage) = match meter.finish() {
+            Some((m, u)) => (m, Some(u)),
+            None => (None, None),
+        };
+        self.pending.take(model, usage, true)
     }
 }
 
@@ -723,6 +740,15 @@ impl Stream for MeteredBody {
     type Item = Result<Bytes, reqwest::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(settling) = self.settling.as_mut() {
+            return match std::future::Future::poll(settling.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    self.settling = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let polled = self.inner.as_mut().poll_next(cx);
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
@@ -730,7 +756,22 @@ impl Stream for MeteredBody {
                     m.feed(chunk);
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.settle(),
+            Poll::Ready(None) => {
+                if let Some(job) = self.measured() {
+                    let gw = self.pending.gw.clone();
+                    let mut settling: futures::future::BoxFuture<'static, ()> =
+                        Box::pin(async move { super::settle(&gw.store, &gw.limiter, job).await });
+                    if std::future::Future::poll(settling.as_mut(), cx).is_pending() {
+                        self.settling = Some(settling);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(job) = self.measured() {
+                    let _ = self.pending.gw.settle_tx.send(job);
+                }
+            }
             Poll::Pending => {}
         }
         polled
@@ -739,6 +780,8 @@ impl Stream for MeteredBody {
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        self.settle();
+        if let Some(job) = self.measured() {
+            let _ = self.pending.gw.settle_tx.send(job);
+        }
     }
 }

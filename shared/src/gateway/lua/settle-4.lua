@@ -41,8 +41,9 @@ local function add(key)
 end
 add(KEYS[1])
 add(KEYS[2])
-redis.call('HINCRBYFLOAT', KEYS[2], 'reserved_cost', -reserved_cost)
-redis.call('HINCRBY', KEYS[2], 'reserved_tokens', -reserved_tokens)
+-- (0 - x, not -x: Lua's -0 reaches Redis as "-0", which HINCRBY refuses.)
+redis.call('HINCRBYFLOAT', KEYS[2], 'reserved_cost', 0 - reserved_cost)
+redis.call('HINCRBY', KEYS[2], 'reserved_tokens', 0 - reserved_tokens)
 if ARGV[8] ~= '' then
   local m = ARGV[8] .. '|'
   redis.call('HINCRBY', KEYS[2], m .. 'input', input)
@@ -56,10 +57,10 @@ if ARGV[8] ~= '' then
 end
 if a[1] and a[1] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'cost', cost)
-  redis.call('HINCRBYFLOAT', KEYS[3], 'reserved_cost', -reserved_cost)
+  redis.call('HINCRBYFLOAT', KEYS[3], 'reserved_cost', 0 - reserved_cost)
 end
 if a[2] and a[2] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[4], 'cost', cost)
-  redis.call('HINCRBYFLOAT', KEYS[4], 'reserved_cost', -reserved_cost)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'reserved_cost', 0 - reserved_cost)
 end
 return 1
