@@ -12,6 +12,7 @@
 mod baseline;
 mod child;
 mod fleet;
+mod gateway;
 mod pool;
 mod report;
 mod scenarios;
@@ -50,7 +51,8 @@ impl System {
     about = "Benchmarks: this project's Redis queue vs apalis-redis 1.0"
 )]
 pub struct Cli {
-    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool.
+    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool;
+    /// also (not by default) gateway, ratelimit.
     #[arg(
         long,
         value_delimiter = ',',
@@ -96,6 +98,11 @@ pub struct Cli {
     /// (not part of apalis; to confirm why its idle workers stall). Off for the report.
     #[arg(long)]
     pub apalis_rearming_poll: bool,
+    /// ratelimit: the shared limit (requests per minute) and the batch's requests.
+    #[arg(long, default_value_t = 600)]
+    pub gateway_rpm: u32,
+    #[arg(long, default_value_t = 600)]
+    pub gateway_batch: usize,
     /// Jobs in the pool makespan scenario (each runs a 200 ms agent command).
     #[arg(long, default_value_t = 1000)]
     pub makespan_jobs: usize,
