@@ -257,3 +257,64 @@ fn check_url(key: &str, url: &str) -> Result<(), SettingsError> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::Settings;
+
+    fn load(extra: &str) -> Result<Settings, crate::settings::SettingsError> {
+        Settings::from_layers(Some(extra), &[])
+    }
+
+    #[test]
+    fn the_defaults_are_off_and_valid() {
+        let s = load("").unwrap();
+        assert!(!s.gateway.enabled);
+        assert_eq!(s.gateway.public_url(), "http://127.0.0.1:9480");
+        assert_eq!(s.gateway.budgets.tenant_key, "tenant");
+        assert!(s.gateway.prices.contains_key("claude-sonnet-4-5"));
+    }
+
+    #[test]
+    fn bad_gateway_settings_name_their_key() {
+        for (text, key) in [
+            ("[gateway]\nlisten = \"nowhere\"", "gateway.listen"),
+            (
+                "[gateway]\npublic_url = \"gateway:80\"",
+                "gateway.public_url",
+            ),
+            ("[gateway]\nmax_wait_secs = 0", "gateway.max_wait_secs"),
+            (
+                "[gateway.anthropic]\nbase_url = \"api.anthropic.com\"",
+                "gateway.anthropic.base_url",
+            ),
+            (
+                "[gateway]\nenabled = true\n[gateway.openai]\nkey_env = []",
+                "gateway.openai.key_env",
+            ),
+            (
+                "[gateway.prices.\"m\"]\ninput = -1.0\noutput = 1.0",
+                "gateway.prices.\"m\".input",
+            ),
+            (
+                "[gateway.budgets]\nbatch_usd = -2.0",
+                "gateway.budgets.batch_usd",
+            ),
+            (
+                "[gateway.upstreams.fd]\nbase_url = \"https://x\"\nauth_header = \"bad header\"\nkey_env = \"K\"",
+                "gateway.upstreams.fd.auth_header",
+            ),
+        ] {
+            let err = load(text).expect_err(text);
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn per_tenant_caps_override_the_default() {
+        let s =
+            load("[gateway.budgets]\ntenant_daily_usd = 5.0\ntenants = { acme = 25.0 }").unwrap();
+        assert_eq!(s.gateway.budgets.tenant_cap("acme"), 25.0);
+        assert_eq!(s.gateway.budgets.tenant_cap("globex"), 5.0);
+    }
+}

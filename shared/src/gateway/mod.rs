@@ -157,6 +157,20 @@ impl Gateway {
             spend_ttl_secs: settings.queue.result_ttl_secs.max(attempt_ttl_secs),
         });
         tokio::spawn(settle_loop(settle_rx, store, limiter));
+        for (name, pool) in [
+            ("anthropic", &gateway.anthropic),
+            ("openai", &gateway.openai),
+        ]
+        .into_iter()
+        .chain(gateway.upstreams.iter().map(|(n, u)| (n.as_str(), &u.keys)))
+        {
+            if pool.keys().is_empty() {
+                tracing::warn!(
+                    provider = name,
+                    "gateway: no key for this provider (none of its key_env variables is set, no key file readable); its requests will be refused"
+                );
+            }
+        }
         Ok(gateway)
     }
 
