@@ -64,6 +64,8 @@ pub struct Binding {
     pub max_tokens: u64,
     pub batch_cap_usd: f64,
     pub tenant_cap_usd: f64,
+    /// The job's own attempt timeout, if it sets one (the token outlives it).
+    pub attempt_timeout_secs: Option<u64>,
 }
 
 /// What a request needs to find its budgets: job ID, batch, tenant day.

@@ -227,6 +227,7 @@ impl Gateway {
             tenant,
             max_cost_usd: o.max_budget_usd.map_or(0.0, |u| u.0),
             max_tokens: o.max_tokens.unwrap_or(0),
+            attempt_timeout_secs: o.attempt_timeout_secs,
         }
     }
 
@@ -239,13 +240,13 @@ impl Gateway {
     ) -> Result<AttemptPass, QueueError> {
         let token = tokens::new_token();
         let token_hash = tokens::token_hash(token.expose());
+        // The record outlives the attempt by an hour, so its spend can still be read.
+        let ttl = binding
+            .attempt_timeout_secs
+            .map_or(self.attempt_ttl_secs, |t| t.saturating_add(3600))
+            .max(self.attempt_ttl_secs);
         self.store
-            .issue(
-                &token_hash,
-                &binding,
-                self.attempt_ttl_secs,
-                self.spend_ttl_secs,
-            )
+            .issue(&token_hash, &binding, ttl, self.spend_ttl_secs.max(ttl))
             .await?;
         let cancel = stop.child_token();
         self.cancels
