@@ -211,6 +211,11 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "USD")]
     pub max_budget_usd: Option<f64>,
 
+    /// The most tokens this job may use through the model gateway, all attempts together
+    /// (a request that would pass it is refused and the job ends `budget_exceeded`)
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+
     /// Wait for the job to end and print its answer
     #[arg(long)]
     pub wait: bool,
@@ -227,7 +232,7 @@ One query per line, or JSON Lines with per-job options (`-` reads stdin):
 
 JSON fields: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs,
 deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata, max_turns,
-max_budget_usd. Blank lines are skipped. One bad line refuses
+max_budget_usd, max_tokens. Blank lines are skipped. One bad line refuses
 the whole batch (the error names the line); nothing is enqueued then.")]
     pub file: String,
 
