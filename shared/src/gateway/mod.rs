@@ -183,6 +183,12 @@ impl Gateway {
         let _ = self.bound.set(listener.local_addr()?);
         let app = proxy::router(self.clone());
         tracing::info!(listen = %listener.local_addr()?, public_url = %self.public_url(), "model gateway listening");
+        // No Nagle: the end of an answer (its last chunk, written after the spend is
+        // settled) must not wait for the client's delayed ACK (~40 ms).
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         Ok(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
