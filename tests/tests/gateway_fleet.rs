@@ -7,7 +7,9 @@
 //! counted) and `/metrics` exports them by profile and model; the real key reaches the
 //! provider and nothing else (not the sandbox's environment, not the result, Redis or the
 //! worker's log); the attempt's token is refused once the job ended; a job over its
-//! budget is dead-lettered on its first attempt as `budget_exceeded`, its spend kept.
+//! budget is dead-lettered on its first attempt as `budget_exceeded`, its spend kept; two
+//! workers' gateways share one limiter, so a 429 makes both wait out its retry-after; the
+//! real Claude Code CLI runs through the gateway with exactly the fake's token counts.
 
 use std::time::Duration;
 
@@ -409,4 +411,114 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Two worker processes, each with its own gateway, share one limiter through Redis: after
+/// the provider answers one agent 429 with `retry-after: 5`, the other worker's agent waits
+/// too — no request reaches the provider inside the window — and neither agent sees a 429.
+#[tokio::test]
+async fn a_429_seen_by_one_workers_gateway_makes_the_other_worker_wait_too() {
+    use fleet_tests::fake_anthropic::{FakeAnthropic, Mode};
+    let fake = FakeAnthropic::start(Mode::RateLimited {
+        retry_after_secs: 5,
+        times: 1,
+        then: "ok".into(),
+    })
+    .await;
+    let script = r#"read name
+env > "{dir}/env-$name.txt"
+curl -sSf -o /dev/null -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' \
+  -H 'content-type: application/json' \
+  -d '{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}' \
+  "$ANTHROPIC_BASE_URL/v1/messages" || exit 3
+echo done
+"#;
+    let extra = format!(
+        "[gateway]\nenabled = true\n[gateway.anthropic]\nbase_url = \"{}\"\n",
+        fake.url
+    );
+    let mut fleet = Fleet::start(script, &extra).await;
+    for name in ["w1", "w2"] {
+        fleet.start_worker_with_env(
+            name,
+            &[
+                ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.to_string()),
+                ("FLEET_WORKER__CONCURRENCY", "1".into()),
+                (
+                    "FLEET_GATEWAY__LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+            ],
+        );
+    }
+    fleet.wait_started(0).await;
+    fleet.wait_started(1).await;
+    let a = fleet
+        .submit(JobSpec::research("a", "test"))
+        .await
+        .to_string();
+    let limited_at = fleet
+        .eventually("the provider to answer 429", WAIT, || async {
+            fake.requests()
+                .iter()
+                .find(|r| r.status == 429)
+                .map(|r| r.at)
+        })
+        .await;
+    // The pause is in Redis for every gateway (the limiter's `blocked_until`).
+    let client = redis::Client::open(fleet.redis.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    fleet
+        .eventually("the pause to be recorded", WAIT, || {
+            let mut conn = conn.clone();
+            async move {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("*{gateway}:rl:*")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let key = keys.first()?;
+                let until: Option<f64> = redis::cmd("HGET")
+                    .arg(key)
+                    .arg("blocked_until")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                until.map(|_| ())
+            }
+        })
+        .await;
+    // The first worker is busy with `a` (its agent waits in its gateway): `b` goes to
+    // the other worker, whose gateway must wait too.
+    let b = fleet
+        .submit(JobSpec::research("b", "test"))
+        .await
+        .to_string();
+    let ra = fleet.wait_status(&a, JobStatus::Succeeded, WAIT).await;
+    let rb = fleet.wait_status(&b, JobStatus::Succeeded, WAIT).await;
+    assert_ne!(
+        ra.worker, rb.worker,
+        "the two jobs ran on different workers"
+    );
+    let url = |name: &str| {
+        std::fs::read_to_string(fleet.path(&format!("env-{name}.txt")))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("ANTHROPIC_BASE_URL=").map(str::to_string))
+            .unwrap()
+    };
+    assert_ne!(
+        url("a"),
+        url("b"),
+        "each worker's agent used its own gateway"
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3, "one 429, then each agent's request once");
+    for r in requests.iter().filter(|r| r.status != 429) {
+        let after = r.at.duration_since(limited_at);
+        assert!(
+            after >= Duration::from_millis(4900),
+            "a request reached the provider {after:?} after the 429, inside its 5 s retry-after"
+        );
+    }
 }
