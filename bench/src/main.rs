@@ -11,6 +11,7 @@
 
 mod baseline;
 mod child;
+mod events;
 mod fleet;
 mod gateway;
 mod pool;
@@ -51,12 +52,12 @@ impl System {
     about = "Benchmarks: this project's Redis queue vs apalis-redis 1.0"
 )]
 pub struct Cli {
-    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool;
-    /// also (not by default) gateway, ratelimit.
+    /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool,
+    /// events; also (not by default) gateway, ratelimit.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "enqueue,drain,latency,recovery,memory,pool"
+        default_value = "enqueue,drain,latency,recovery,memory,pool,events"
     )]
     pub only: Vec<String>,
     /// Jobs for bulk enqueue, drain, memory and RSS.
@@ -103,6 +104,9 @@ pub struct Cli {
     pub gateway_rpm: u32,
     #[arg(long, default_value_t = 600)]
     pub gateway_batch: usize,
+    /// Lines in the live-events latency scenario (one every 20 ms).
+    #[arg(long, default_value_t = 500)]
+    pub event_samples: usize,
     /// Jobs in the pool makespan scenario (each runs a 200 ms agent command).
     #[arg(long, default_value_t = 1000)]
     pub makespan_jobs: usize,

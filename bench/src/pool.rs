@@ -19,7 +19,7 @@ use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{Data, WorkerBuilder};
 use fleet_shared::error::{ErrorClass, JobError};
 use fleet_shared::job::Job;
-use fleet_shared::pool::{AgentPool, PoolProfile};
+use fleet_shared::pool::{AgentPool, JobRef, PoolProfile, Registry};
 use fleet_shared::queue::RedisQueue;
 use fleet_shared::queue::apalis_backend::{JobOutput, RedisBackend};
 use fleet_shared::queue::attempt::AttemptContext;
@@ -38,6 +38,11 @@ use crate::fleet;
 
 /// The benchmark's agent profile.
 pub const PROFILE: &str = "bench";
+/// Worker processes and handlers per process of the makespan scenario; they share
+/// `AGENTS` agents through the registry.
+pub const WORKERS: usize = 3;
+pub const CONCURRENCY: usize = 4;
+pub const AGENTS: usize = 10;
 /// Seconds one makespan job's agent command runs.
 pub const JOB_SECS: f64 = 0.2;
 /// Sum of the time handlers waited for an agent / ran the agent (µs), for the report.
@@ -45,7 +50,13 @@ pub const LEASE_US_KEY: &str = "bench:pool:lease_us";
 pub const RUN_US_KEY: &str = "bench:pool:run_us";
 
 /// A pool of `agents` local-sandbox agents whose command is `command`, in `root`.
-pub fn build(root: &Path, agents: usize, command: &[&str], worker: &str) -> AgentPool {
+pub fn build(
+    root: &Path,
+    agents: usize,
+    command: &[&str],
+    worker: &str,
+    registry: Registry,
+) -> AgentPool {
     let settings = Settings::from_layers(None, &[]).expect("the default settings load");
     let mut local = LocalConfig::from_settings(&settings.sandbox.local);
     local.root = root.to_path_buf();
@@ -74,32 +85,52 @@ pub fn build(root: &Path, agents: usize, command: &[&str], worker: &str) -> Agen
             template: settings.sandbox.e2b.template.clone(),
             env: BTreeMap::new(),
             max_agents: agents,
+            min_idle: 0,
+            repo: String::new(),
         },
     );
-    AgentPool::new(provider, profiles, settings.pool.clone(), worker)
+    AgentPool::new(
+        provider,
+        registry,
+        profiles,
+        settings.pool.clone(),
+        worker,
+        settings.lease_ttl(),
+    )
 }
 
-/// Launch `n` agents now, so the measurement starts with a warm pool.
+/// Grow the fleet's pool to `n` agents now, so the measurement starts warm (several
+/// processes may do it at once: the registry caps the profile at `n`).
 pub async fn warm_up(pool: &AgentPool, n: usize) -> Result<()> {
-    for _ in 0..n {
-        pool.launch(PROFILE, false)
-            .await
-            .map_err(|e| anyhow::anyhow!("launch agent: {e}"))?;
-    }
+    pool.scale(PROFILE, n)
+        .await
+        .map_err(|e| anyhow::anyhow!("warm up the pool: {e}"))?;
     Ok(())
 }
 
 /// `samples` sequential lease + give-back cycles on a warm pool of 10; returns the
 /// lease times (ms).
-pub async fn warm_lease_latency(root: &Path, samples: usize) -> Result<Vec<f64>> {
-    let pool = build(root, 10, &["true"], "bench-lease");
+pub async fn warm_lease_latency(root: &Path, samples: usize, redis_url: &str) -> Result<Vec<f64>> {
+    let registry = Registry::open(&fleet::redis_settings(redis_url)).await?;
+    let pool = build(root, 10, &["true"], "bench-lease", registry);
     warm_up(&pool, 10).await?;
     let cancel = CancellationToken::new();
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples + 1 {
         let t = Instant::now();
+        let job = JobRef {
+            id: format!("bench-{i}"),
+            order: i as u64,
+        };
         let lease = pool
-            .lease(PROFILE, None, false, Duration::from_secs(600), &cancel)
+            .lease(
+                PROFILE,
+                None,
+                false,
+                Duration::from_secs(600),
+                &cancel,
+                &job,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("lease: {e}"))?;
         let el = t.elapsed();
@@ -132,7 +163,17 @@ async fn handle(
         .ok_or_else(|| JobError::permanent("no bench profile"))?;
     let t0 = Instant::now();
     let lease = pool
-        .lease(PROFILE, None, false, attempt.attempt_timeout, cancel)
+        .lease(
+            PROFILE,
+            None,
+            false,
+            attempt.attempt_timeout,
+            cancel,
+            &JobRef {
+                id: job.id.to_string(),
+                order: job.id.submitted_ms(),
+            },
+        )
         .await?;
     let t1 = Instant::now();
     let query = match &job.spec.payload {
@@ -187,13 +228,19 @@ pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
         .clone()
         .context("the pool worker needs --pool-root")?;
     let secs = format!("{JOB_SECS}");
+    let registry = Registry::open(&fleet::redis_settings(&spec.redis_url)).await?;
     let pool = Arc::new(build(
         &root,
-        spec.concurrency,
+        AGENTS,
         &["sleep", &secs],
         &spec.name,
+        registry,
     ));
-    warm_up(&pool, spec.concurrency).await?;
+    pool.clone().start_background(
+        fleet::redis_settings(&spec.redis_url),
+        CancellationToken::new(),
+    );
+    warm_up(&pool, AGENTS).await?;
     let stats = redis::Client::open(spec.redis_url.as_str())?
         .get_connection_manager()
         .await?;

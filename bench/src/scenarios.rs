@@ -7,6 +7,7 @@
 //! 4. `recovery`: a worker is `kill -9`'d holding a job; time until another runs it.
 //! 5. `memory`: Redis `used_memory` per queued job; worker RSS with N queued, 100 in flight.
 //! 6. `pool`: warm agent lease latency; makespan of 1,000 × 200 ms jobs over 10 agents.
+//! 7. `events`: live events, agent prints a line → an SSE client sees it (this project only).
 //!
 //! Each scenario returns report rows; the drain also records the profile of the path.
 
@@ -21,7 +22,7 @@ use redis::aio::ConnectionManager;
 use crate::child::{self, WorkerProc, WorkerSpec};
 use crate::report::{Better, Report, Row, Value};
 use crate::util::{self, CommandStats, now_us};
-use crate::{Cli, System, baseline, fleet, pool, work};
+use crate::{Cli, System, baseline, events, fleet, pool, work};
 
 /// Pickup-latency jobs not recorded (connections and script cache warm up).
 const WARM_UP: usize = 1;
@@ -107,6 +108,9 @@ pub async fn run_all(cli: &Cli) -> Result<Report> {
                 .context("scenario ratelimit")?;
         b.rows.extend(rows);
         b.notes.extend(notes);
+    }
+    if want("events") {
+        b.events().await.context("scenario events")?;
     }
     b.flush().await?;
     let mut command = String::from("cargo run --release -p fleet-bench");
@@ -975,6 +979,43 @@ impl Bench<'_> {
         Ok(got)
     }
 
+    // ------------------------------------------------------------------- 7. events
+
+    /// Live events: agent prints a timestamped line → the SSE client of `fleet serve`
+    /// sees it (`bench/src/events.rs`). apalis-redis has no live events.
+    async fn events(&mut self) -> Result<()> {
+        let n = self.cli.event_samples;
+        progress(format!("events: {n} lines, agent → SSE client latency"));
+        let mut lat = events::sse_latency(n).await?;
+        lat.sort_by(f64::total_cmp);
+        for (q, label) in [(0.5, "p50"), (0.95, "p95")] {
+            let mut row = Row::new(
+                format!(
+                    "Live events latency {label}, agent prints a line → SSE client sees it ({n} lines)"
+                ),
+                "ms",
+                Better::Lower,
+            );
+            row.fleet = Value::Num(util::quantile(&lat, q));
+            row.apalis = Value::Skipped("no live events".into());
+            self.rows.push(row);
+        }
+        let max = lat.last().copied().unwrap_or(f64::NAN);
+        progress(format!(
+            "events: p50 {:.2} ms, p95 {:.2} ms, max {max:.2} ms",
+            util::quantile(&lat, 0.5),
+            util::quantile(&lat, 0.95)
+        ));
+        self.notes.push(format!(
+            "**Live events** (this project only). A `fleet-worker` and `fleet serve` (the \
+             workspace's debug builds) on their own redis-server; the job's command agent \
+             prints `date +%s%N` every 20 ms; this process follows `GET /v1/jobs/{{id}}/events` \
+             and subtracts each line's timestamp from its clock when the event arrives. \
+             {n} lines; max {max:.2} ms."
+        ));
+        Ok(())
+    }
+
     // --------------------------------------------------------------------- 6. pool
 
     /// Agent-pool scenarios: warm agent lease latency, and the makespan of 1,000 jobs
@@ -986,7 +1027,7 @@ impl Bench<'_> {
         let root = tempfile::Builder::new()
             .prefix("fleet-bench-pool-")
             .tempdir()?;
-        let mut lat = pool::warm_lease_latency(root.path(), samples).await?;
+        let mut lat = pool::warm_lease_latency(root.path(), samples, &self.url).await?;
         lat.sort_by(f64::total_cmp);
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
             let mut row = Row::new(
@@ -1000,7 +1041,7 @@ impl Bench<'_> {
         }
 
         let n = self.cli.makespan_jobs;
-        let agents = 10;
+        let agents = pool::AGENTS;
         let ideal = n as f64 * pool::JOB_SECS / agents as f64;
         progress(format!(
             "pool: makespan of {n} jobs × {} ms over {agents} agents (ideal {ideal:.1} s)",
@@ -1012,10 +1053,21 @@ impl Bench<'_> {
         let root = tempfile::Builder::new()
             .prefix("fleet-bench-pool-")
             .tempdir()?;
-        let mut spec = self.spec(System::FleetPool, "fleet-pool", agents);
-        spec.pool_root = Some(root.path().to_path_buf());
-        let mut proc = WorkerProc::spawn(&spec).await?;
-        proc.go().await?;
+        // Three worker processes share one fleet-wide pool of `agents` agents (the
+        // registry in Redis); together they run more handlers than there are agents.
+        let mut procs = Vec::new();
+        for i in 0..pool::WORKERS {
+            let mut spec = self.spec(
+                System::FleetPool,
+                &format!("fleet-pool-{i}"),
+                pool::CONCURRENCY,
+            );
+            spec.pool_root = Some(root.path().to_path_buf());
+            procs.push(WorkerProc::spawn(&spec).await?);
+        }
+        for proc in &mut procs {
+            proc.go().await?;
+        }
         let t = Instant::now();
         let limit = Duration::from_secs_f64(ideal * 3.0 + 30.0);
         let drained: Result<()> = async {
@@ -1027,8 +1079,8 @@ impl Bench<'_> {
                 if c.ready == 0 && c.running == 0 && c.delayed == 0 {
                     return Ok(());
                 }
-                if proc.exited().is_some() {
-                    bail!("the pool worker exited");
+                if procs.iter_mut().any(|p| p.exited().is_some()) {
+                    bail!("a pool worker exited");
                 }
                 if t.elapsed() > limit {
                     bail!("pool jobs not done within {limit:?}: {c:?}");
@@ -1038,7 +1090,9 @@ impl Bench<'_> {
         }
         .await;
         let makespan = t.elapsed().as_secs_f64();
-        proc.kill9().await;
+        for mut proc in procs {
+            proc.kill9().await;
+        }
         drained?;
         let (lease_us, run_us) = pool::take_sums(&mut self.admin).await?;
         let mut row = Row::new(
@@ -1050,6 +1104,17 @@ impl Bench<'_> {
             Better::Lower,
         );
         row.fleet = Value::Num(makespan / ideal);
+        row.apalis = no_pool();
+        self.rows.push(row);
+        // Every agent's sandbox ran (billed) for the whole batch; the agents ran jobs
+        // for the sum of the handlers' run times.
+        let billed = agents as f64 * makespan;
+        let mut row = Row::new(
+            "Billed sandbox-seconds ÷ agent run seconds, that batch".to_string(),
+            "ratio",
+            Better::Lower,
+        );
+        row.fleet = Value::Num(billed / (run_us as f64 / 1e6));
         row.apalis = no_pool();
         self.rows.push(row);
         let run_ms = run_us as f64 / n as f64 / 1000.0;
@@ -1064,8 +1129,9 @@ impl Bench<'_> {
              as `worker/src/wiring.rs` wires them. *Warm lease*: {samples} sequential \
              `lease` + `give_back` cycles on a pool of 10 agents launched beforehand (a warm \
              lease extends the sandbox's timeout: one `meta.json` rewrite); max {:.2} ms. \
-             *Makespan*: {n} jobs queued, then one worker process (`RedisBackend`, \
-             concurrency {agents}, 10 agents launched before the clock starts) whose handler \
+             *Makespan*: {n} jobs queued, then three worker processes (`RedisBackend`, \
+             concurrency 4 each) sharing one fleet-wide pool of {agents} agents in the Redis \
+             registry (launched before the clock starts), whose handler \
              mirrors `worker/src/execute.rs`: lease an agent, run the query with the agent's \
              runtime, give it back. The agent command is `sleep {}`, so the ideal makespan \
              is {n} × {} s / {agents} = {ideal:.1} s. Measured {makespan:.2} s; per job the \

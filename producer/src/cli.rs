@@ -34,6 +34,7 @@ FLEET_<SECTION>__<KEY> environment variables (e.g. FLEET_REDIS__URL, read from .
 
 Examples:
   fleet submit \"What was ACME's revenue in 2023?\" --wait
+  fleet submit \"What was ACME's revenue in 2023?\" --follow
   echo 'Compare Globex and Initech margins' | fleet submit - --meta team=research
   fleet batch queries.txt --wait
   fleet status 01932c7e-8d1c-7b3a-9f1e-2a4b5c6d7e8f
@@ -84,6 +85,9 @@ pub enum Command {
     },
     /// Cancel a job: at once if it has not started, else its worker stops it
     Cancel(IdArg),
+    /// Follow a job's live events (its agent's output) until it ends; exit 0 if it succeeded
+    #[command(long_about = WATCH_LONG_ABOUT)]
+    Watch(WatchArgs),
     /// Launch, pause, resume and terminate agents (jobs on the lifecycle queue)
     Agents {
         #[command(subcommand)]
@@ -93,6 +97,11 @@ pub enum Command {
     Pool {
         #[command(subcommand)]
         command: PoolCommand,
+    },
+    /// GitHub integration: register the webhook that `fleet serve` answers
+    Github {
+        #[command(subcommand)]
+        command: GithubCommand,
     },
     /// Quickstart: Redis, a worker and the demo agent answering sample questions
     #[command(long_about = DEMO_LONG_ABOUT)]
@@ -117,8 +126,16 @@ is {\"error\": \"<message>\"}.
                                  200 the answer; 202 not ended (after waiting up to
                                  api.result_wait_max_secs); 409 ended dead, cancelled or failed
   POST /v1/jobs/{id}/cancel      as `fleet --json cancel`
+  GET  /v1/jobs/{id}/events      the job's live events as Server-Sent Events (id: event ID, event: kind,
+                                 data: JSON as `fleet watch --json` prints) until it ends, then `event: end`;
+                                 Last-Event-ID resumes after that event; keep-alive comments every
+                                 events.keepalive_secs; each open stream counts toward api.max_waits
   GET  /v1/batches/{id}          the batch's counts per status
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
+  POST /webhooks/github          GitHub deliveries: X-Hub-Signature-256 checked against the secret in
+                                 github.webhook_secret_env (401 before parsing; no bearer token);
+                                 replayed delivery IDs ignored; push -> refresh jobs, labelled issues
+                                 and /research comments -> research jobs (README: GitHub integration)
 
 Bad input: 400 and nothing written; unknown job, batch or route: 404; wrong method: 405; \
 body slower than api.body_timeout_secs: 408; body over api.max_body_bytes or batch over \
@@ -155,6 +172,29 @@ Quickstart, no API key needed:
   4. print each question with its answer;
   5. stop the worker with SIGTERM and wait for it, then the Redis it started.
 Ctrl-C stops it in the same order. Exits 0 only if every job succeeded.";
+
+const WATCH_LONG_ABOUT: &str = "\
+Follow a job's live events as they happen, until the job reaches a final status: what its \
+agent prints (stdout lines as they are, stderr lines marked [stderr]), its structured events \
+([agent]: Claude Code's stream-json, Dexter's progress) and each attempt's start and end. \
+Events written before the watch began are shown first. Exits 0 if the job succeeded, 1 if \
+it ended dead, cancelled or failed.
+
+With --json, one JSON object per line: {\"id\", \"attempt\", \"kind\", \"data\"} per event (kind: \
+attempt_started, stdout, stderr, agent, dropped, attempt_ended), then {\"kind\": \"end\", \
+\"status\"}. A job's events are kept events.max_len entries deep, for queue.result_ttl_secs \
+after its last attempt.";
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The job ID (a UUID, as printed by `submit`)
+    pub id: String,
+
+    /// Start after this event ID (the `id` of an event `--json` printed) instead of
+    /// from the first event
+    #[arg(long, value_name = "EVENT_ID")]
+    pub after: Option<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct IdArg {
@@ -215,10 +255,20 @@ pub struct SubmitArgs {
     /// (a request that would pass it is refused and the job ends `budget_exceeded`)
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
+    /// Use the result cache (true) or not (false) for this job: an identical query to the
+    /// same profile answered within results.cache_ttl_secs is served without a run
+    /// (default: the profile's `cache` setting)
+    #[arg(long, value_name = "BOOL")]
+    pub cache: Option<bool>,
 
     /// Wait for the job to end and print its answer
     #[arg(long)]
     pub wait: bool,
+
+    /// Print the job ID, then follow its live events until it ends (as `fleet watch`);
+    /// exit 0 if it succeeded
+    #[arg(long, conflicts_with = "wait")]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +298,13 @@ the whole batch (the error names the line); nothing is enqueued then.")]
     /// With --wait: no progress bar
     #[arg(long)]
     pub no_progress: bool,
+
+    /// When every job ended, publish the results to this GitHub repository
+    /// (owner/name) as a Markdown + JSON report on the branch fleet/batch-<id> with a
+    /// pull request (a `publish` lifecycle job; implies --wait). Needs GitHub
+    /// credentials on the worker ([github] in the settings)
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub publish_pr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +390,31 @@ pub struct WaitFlag {
     /// Wait for the lifecycle job to end and print its outcome
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GithubCommand {
+    /// Register the webhook (events push, issues, issue_comment) on a repository,
+    /// pointing at github.webhook_url (or --url) and signed with the secret in
+    /// github.webhook_secret_env; needs a token with admin rights on the repository
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Create the webhook on REPO (owner/name); prints its ID
+    Create {
+        /// The repository, owner/name
+        #[arg(value_name = "OWNER/NAME")]
+        repo: String,
+
+        /// Public URL of `POST /webhooks/github` (default: github.webhook_url)
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,7 +100,7 @@ async fn run(
 
     let asked = async {
         let queue = &ctx.queues().await?.research;
-        let batch = submit_batch(queue, specs).await?;
+        let batch = submit_batch(queue, &ctx.settings.redis, specs).await?;
         eprintln!(
             "asked the {DEMO_AGENT} agent {} questions (batch {})",
             batch.ids.len(),

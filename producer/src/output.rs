@@ -111,7 +111,22 @@ pub fn describe_lifecycle(job: &LifecycleJob) -> String {
         LifecycleJob::Pause { agent_id } => format!("pause {agent_id}"),
         LifecycleJob::Resume { agent_id } => format!("resume {agent_id}"),
         LifecycleJob::Terminate { agent_id } => format!("terminate {agent_id}"),
-        LifecycleJob::Refresh { agent } => format!("refresh {agent}"),
+        LifecycleJob::Refresh {
+            agent,
+            commit: None,
+        } => format!("refresh {agent}"),
+        LifecycleJob::Refresh {
+            agent,
+            commit: Some(commit),
+        } => format!("refresh {agent} to {commit}"),
+        LifecycleJob::Publish {
+            repo,
+            batch_id,
+            job_ids,
+        } => format!(
+            "publish batch {batch_id} ({} jobs) to {repo}",
+            job_ids.len()
+        ),
         LifecycleJob::Scale { agent, size } => format!("scale {agent} to {size}"),
         LifecycleJob::HealthCheck => "health check".to_string(),
     }
@@ -121,6 +136,13 @@ pub fn describe_lifecycle(job: &LifecycleJob) -> String {
 /// is, other JSON as JSON), else the output JSON.
 pub fn answer_text(result: &Value) -> String {
     let output = result.get("output").unwrap_or(result);
+    if let Some(stored) = fleet_shared::results::store::StoredAnswer::of(result) {
+        // Stored in chunks (results/store.rs): `fleet result ID` streams it.
+        return format!(
+            "[a large answer of {} bytes, stored apart: `fleet result <job ID>` prints it]",
+            stored.bytes
+        );
+    }
     match output.get("answer") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
@@ -530,6 +552,8 @@ pub struct BatchItem {
     pub output: Option<Value>,
     pub error: Option<Value>,
     pub error_text: Option<String>,
+    /// Served from the result cache: the job whose run produced the answer.
+    pub cached_from: Option<String>,
 }
 
 impl BatchItem {
@@ -553,6 +577,11 @@ impl BatchItem {
                 Some(r) if r.status.is_final() => Some(error_text(r)),
                 Some(r) => Some(format!("not ended: {}", r.status)),
             },
+            cached_from: record
+                .and_then(|r| r.result.as_ref())
+                .and_then(|r| r.get("cached_from"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }
     }
 
@@ -561,14 +590,19 @@ impl BatchItem {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut doc = json!({
             "id": self.id,
             "query": self.query,
             "status": self.status,
             "answer": self.answer,
             "output": self.output,
             "error": self.error,
-        })
+        });
+        if let (Some(from), Some(map)) = (&self.cached_from, doc.as_object_mut()) {
+            map.insert("cached".into(), json!(true));
+            map.insert("cached_from".into(), json!(from));
+        }
+        doc
     }
 }
 

@@ -5,6 +5,15 @@
 //! attempts, worker, agent and sandbox IDs). Its attempt history is a list beside it
 //! (`…:attempts:<id>`). Both expire `queue.result_ttl_secs` after the job ends; a
 //! dead-lettered job is kept until it is retried or purged.
+//!
+//! - [`store`]: an answer longer than `results.inline_bytes` is kept apart from the
+//!   hash, in chunks (`…:answer:<id>`), and read back as a stream, so the hash stays
+//!   small whatever the agent printed.
+//! - [`cache`]: the result cache, which answers an identical query from an earlier
+//!   job's result without running an agent.
+
+pub mod cache;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -150,6 +159,14 @@ impl RedisQueue {
             return Ok(None);
         };
         let json = |k: &str| fields.get(k).and_then(|v| serde_json::from_str(v).ok());
+        let mut result: Option<serde_json::Value> = json("result");
+        // Long agent metadata is kept with the stored answer (results/store.rs).
+        if let Some(output) = result.as_mut().and_then(|r| r.get_mut("output"))
+            && output.get("metadata_stored").is_some()
+            && let Some(metadata) = self.stored_metadata(id).await?
+        {
+            output["metadata"] = metadata;
+        }
         Ok(Some(JobRecord {
             id: id.to_string(),
             status,
@@ -170,7 +187,7 @@ impl RedisQueue {
             error: (status != JobStatus::Succeeded)
                 .then(|| json("error"))
                 .flatten(),
-            result: json("result"),
+            result,
             batch: fields.get("batch").filter(|b| !b.is_empty()).cloned(),
             // Earlier attempts are in the list; a succeeded job's final attempt is
             // described by its result.

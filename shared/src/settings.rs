@@ -26,10 +26,77 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub sandbox: SandboxSettings,
     pub api: ApiSettings,
+    /// Live events of attempts (`crate::events`).
+    pub events: crate::events::EventsSettings,
     pub agents: BTreeMap<String, AgentProfile>,
     /// The model gateway (`[gateway]`, see `gateway::config`).
     #[serde(default)]
     pub gateway: crate::gateway::config::GatewaySettings,
+    /// Large results and the result cache (`[results]`).
+    pub results: ResultsSettings,
+    /// GitHub: client, webhooks, research from issues, published reports (`[github]`).
+    pub github: GithubSettings,
+}
+
+/// `[results]`: where large answers go, and the result cache (`results/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSettings {
+    /// Most bytes of an agent's output kept per job; the rest is cut while it is read.
+    pub max_bytes: usize,
+    /// Answers longer than this are stored outside the job's hash, in chunks.
+    pub inline_bytes: usize,
+    /// Size of one stored chunk.
+    pub chunk_bytes: usize,
+    /// How long a cached result is served to identical queries (seconds).
+    pub cache_ttl_secs: u64,
+}
+
+/// `[github]`: the GitHub client, webhooks, research from issues, published reports.
+/// Secrets (token, webhook secret) come from the environment variables named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSettings {
+    /// REST API root (`https://api.github.com`; GHES: `https://HOST/api/v3`).
+    pub api_url: String,
+    /// `User-Agent` of every request (GitHub refuses requests without one).
+    pub user_agent: String,
+    /// Environment variable holding a personal access token ("" = none).
+    pub token_env: String,
+    /// GitHub App authentication (instead of a token) when `app_id` is not 0.
+    pub app_id: u64,
+    pub app_installation_id: u64,
+    /// PEM file of the App's private key.
+    pub app_private_key_file: String,
+    /// Environment variable holding the webhook secret.
+    pub webhook_secret_env: String,
+    /// Public URL of `POST /webhooks/github`, for `fleet github hook create`.
+    pub webhook_url: String,
+    /// Tracked repositories (`owner/name`); empty = every repo an agent profile's
+    /// `repo` URL names.
+    pub repos: Vec<String>,
+    /// Branches whose pushes refresh agents; empty = each repo's default branch.
+    pub branches: Vec<String>,
+    /// Issues with this label become research jobs ("" = off).
+    pub research_label: String,
+    /// A label `<prefix><profile>` on an issue picks the agent profile.
+    pub agent_label_prefix: String,
+    /// Agent profile for research from issues ("" = the top-level `default_agent`).
+    pub default_agent: String,
+    /// How long a delivery ID is remembered, to ignore replays (seconds).
+    pub delivery_ttl_secs: u64,
+    /// Directory of published reports in the target repository.
+    pub report_dir: String,
+}
+
+impl GithubSettings {
+    /// The tracked repositories, parsed (validated at load).
+    pub fn tracked_repos(&self) -> Vec<crate::github::RepoName> {
+        self.repos
+            .iter()
+            .filter_map(|r| crate::github::RepoName::parse(r).ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +119,26 @@ pub struct QueueSettings {
     pub idempotency_ttl_secs: u64,
     pub research: RetryPolicy,
     pub lifecycle: RetryPolicy,
+}
+
+impl ResultsSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
+        if self.max_bytes == 0 {
+            return err("results.max_bytes", "must be at least 1");
+        }
+        if self.chunk_bytes < 1024 {
+            return err("results.chunk_bytes", "must be at least 1024");
+        }
+        if self.inline_bytes > 3072 {
+            // The job's hash must stay under 4 KiB whatever the agent printed.
+            return err("results.inline_bytes", "must be at most 3072");
+        }
+        if self.cache_ttl_secs == 0 {
+            return err("results.cache_ttl_secs", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl QueueSettings {
@@ -167,6 +254,19 @@ pub struct PoolSettings {
     pub idle_pause_after_secs: u64,
     pub sandbox_timeout_secs: u64,
     pub recycle_after_jobs: u64,
+    /// Most agents of one profile at once, fleet-wide (0 = no cap beyond the jobs
+    /// running: each holds one agent).
+    pub max_agents: usize,
+    /// Idle agents of each profile kept warm, fleet-wide.
+    pub min_idle: usize,
+    /// Pooled agents paused this long are terminated (0 = never).
+    pub kill_paused_after_secs: u64,
+    /// The provider's sandbox lifetime limit (0 = none; E2B: 3600 Hobby, 86400 Pro).
+    pub max_lifetime_secs: u64,
+    /// Agents this close to `max_lifetime_secs` are recycled instead of leased.
+    pub lifetime_margin_secs: u64,
+    /// An agent idle longer than this is pinged before a job gets it (0 = never).
+    pub health_check_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -270,6 +370,14 @@ pub struct AgentProfile {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub secret_env: Vec<String>,
+    /// A git `repo`: the branch, tag or commit checked out ("" = the remote's default
+    /// branch). A push webhook refreshes agents of a branch profile to the new commit.
+    #[serde(default)]
+    pub git_ref: String,
+    /// A git `repo`: the worker environment variable holding the token for it ("" =
+    /// none). Given to git only through its environment (`runtime/checkout.rs`).
+    #[serde(default)]
+    pub git_token_env: String,
     #[serde(default)]
     pub template: String,
     /// `claude_code`, `dexter`: the model ("" = the agent's default).
@@ -300,6 +408,10 @@ pub struct AgentProfile {
     /// `dexter`: keep `.dexter/cache` between jobs (default: cleared before each job).
     #[serde(default)]
     pub share_cache: bool,
+    /// Identical queries to this profile within `results.cache_ttl_secs` get the
+    /// cached result instead of a run (a job's own `cache` option overrides it).
+    #[serde(default)]
+    pub cache: bool,
 }
 
 fn default_query_via() -> QueryVia {
@@ -393,6 +505,59 @@ impl Settings {
         Ok(settings)
     }
 
+    /// `[github]` and the agents' git settings.
+    fn validate_github(&self) -> Result<(), SettingsError> {
+        let g = &self.github;
+        for (i, repo) in g.repos.iter().enumerate() {
+            crate::github::RepoName::parse(repo)
+                .map_err(|m| SettingsError::new(format!("github.repos[{i}]"), m))?;
+        }
+        if g.user_agent.trim().is_empty() {
+            return Err(SettingsError::new(
+                "github.user_agent",
+                "must not be empty (GitHub refuses requests without a User-Agent)",
+            ));
+        }
+        if !g.api_url.starts_with("https://") && !g.api_url.starts_with("http://") {
+            return Err(SettingsError::new(
+                "github.api_url",
+                "must start with https:// (or http:// for a local server)",
+            ));
+        }
+        if g.delivery_ttl_secs == 0 {
+            return Err(SettingsError::new(
+                "github.delivery_ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        if g.app_id != 0 && (g.app_installation_id == 0 || g.app_private_key_file.is_empty()) {
+            return Err(SettingsError::new(
+                "github.app_id",
+                "a GitHub App also needs github.app_installation_id and github.app_private_key_file",
+            ));
+        }
+        if !g.default_agent.is_empty() && !self.agents.contains_key(&g.default_agent) {
+            return Err(SettingsError::new(
+                "github.default_agent",
+                format!("no agent profile named {:?}", g.default_agent),
+            ));
+        }
+        for (name, profile) in &self.agents {
+            let repo = profile.repo.trim();
+            if crate::runtime::checkout::is_git_url(repo)
+                && let Err(m) = crate::runtime::checkout::RepoCheckout::new(
+                    repo,
+                    &profile.git_ref,
+                    // A placeholder: whether a token would be sent is what is checked.
+                    (!profile.git_token_env.is_empty()).then(|| Secret::new("x")),
+                )
+            {
+                return Err(SettingsError::new(format!("agents.{name}.repo"), m));
+            }
+        }
+        Ok(())
+    }
+
     /// Check values against each other and their ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
@@ -471,6 +636,7 @@ impl Settings {
         if self.sandbox.local.max_output_bytes == 0 {
             return err("sandbox.local.max_output_bytes", "must be at least 1");
         }
+        self.results.validate()?;
         let e2b = &self.sandbox.e2b;
         if e2b.max_concurrent_sandboxes == 0 {
             return err("sandbox.e2b.max_concurrent_sandboxes", "must be at least 1");
@@ -481,6 +647,7 @@ impl Settings {
         if e2b.request_attempts == 0 {
             return err("sandbox.e2b.request_attempts", "must be at least 1");
         }
+        self.validate_github()?;
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("api.listen", "must be host:port (an IP address)");
         }
@@ -537,6 +704,9 @@ impl Settings {
             );
         }
         self.gateway.validate()?;
+        if let Some((key, message)) = self.events.problem() {
+            return err(key, message);
+        }
         if self.agents.is_empty() {
             return err("agents", "at least one agent profile is needed");
         }

@@ -5,8 +5,10 @@
 pub mod agent_clis;
 pub mod fake_anthropic;
 pub mod fake_e2b;
+pub mod fake_github;
 pub mod fake_openai;
 pub mod fixture;
+pub mod git_http;
 pub mod harness;
 pub mod processes;
 pub mod redis_server;

@@ -2,13 +2,14 @@
 //! an attempt dropped mid-run (the outer timeout, a caught panic) must still give
 //! its agent back and leave no process running in the sandbox — with the local
 //! provider, and with the E2B client against the fake E2B server over real HTTP.
+//! The registry lives in a Redis of the test's own.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_shared::pool::{AgentPool, AgentState, PoolProfile};
+use fleet_shared::pool::{AgentPool, AgentState, JobRef, PoolProfile, Registry};
 use fleet_shared::runtime::RunOptions;
 use fleet_shared::runtime::command::CommandRuntime;
 use fleet_shared::sandbox::SandboxProvider;
@@ -17,13 +18,19 @@ use fleet_shared::settings::{AgentProfile, QueryVia, RuntimeKind, Settings};
 use fleet_tests::fake_e2b::{self, FakeE2b};
 use fleet_tests::harness::eventually;
 use fleet_tests::processes::process_ended;
+use fleet_tests::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 
 const PROFILE: &str = "test";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A pool of one profile whose agent runs `sh -c script` (query on stdin).
-fn pool(provider: Arc<dyn SandboxProvider>, script: &str) -> Arc<AgentPool> {
+/// A pool of one profile whose agent runs `sh -c script` (query on stdin), with its
+/// registry in `redis`.
+async fn pool(
+    provider: Arc<dyn SandboxProvider>,
+    script: &str,
+    redis: &RedisServer,
+) -> Arc<AgentPool> {
     let profile = AgentProfile {
         runtime: RuntimeKind::Command,
         command: vec!["sh".into(), "-c".into(), script.into()],
@@ -35,7 +42,9 @@ fn pool(provider: Arc<dyn SandboxProvider>, script: &str) -> Arc<AgentPool> {
         BTreeMap::new(),
         std::env::temp_dir(),
     ));
-    let settings = Settings::from_layers(None, &[]).unwrap();
+    let mut settings = Settings::from_layers(None, &[]).unwrap();
+    settings.redis.url = redis.url();
+    let registry = Registry::open(&settings.redis).await.unwrap();
     let profiles = BTreeMap::from([(
         PROFILE.to_string(),
         PoolProfile {
@@ -43,13 +52,17 @@ fn pool(provider: Arc<dyn SandboxProvider>, script: &str) -> Arc<AgentPool> {
             template: "base".into(),
             env: BTreeMap::new(),
             max_agents: 2,
+            min_idle: 0,
+            repo: String::new(),
         },
     )]);
     Arc::new(AgentPool::new(
         provider,
+        registry,
         profiles,
         settings.pool.clone(),
         "pool-test",
+        settings.lease_ttl(),
     ))
 }
 
@@ -66,6 +79,7 @@ fn run_on(pool: &Arc<AgentPool>, agent_id: &str) -> tokio::task::JoinHandle<()> 
                 false,
                 Duration::from_secs(60),
                 &cancel,
+                &job("j1"),
             )
             .await
             .unwrap();
@@ -82,10 +96,18 @@ fn run_on(pool: &Arc<AgentPool>, agent_id: &str) -> tokio::task::JoinHandle<()> 
     })
 }
 
-fn state(pool: &AgentPool, agent_id: &str) -> Option<AgentState> {
-    pool.agents()
-        .into_iter()
-        .find(|a| a.agent_id == agent_id)
+fn job(id: &str) -> JobRef {
+    JobRef {
+        id: id.to_string(),
+        order: 0,
+    }
+}
+
+async fn state(pool: &AgentPool, agent_id: &str) -> Option<AgentState> {
+    pool.registry()
+        .get(agent_id)
+        .await
+        .unwrap()
         .map(|a| a.state)
 }
 
@@ -102,19 +124,20 @@ async fn a_dropped_attempt_gives_its_persistent_agent_back_and_kills_its_process
     let (provider, _root) = fake_e2b::local_provider().unwrap();
     let pid_file = dir.path().join("agent.pid");
     let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
-    let pool = pool(provider, &script);
+    let redis = RedisServer::start();
+    let pool = pool(provider, &script, &redis).await;
     let agent = pool.launch(PROFILE, true).await.unwrap();
 
     let attempt = run_on(&pool, &agent.agent_id);
     let pid = read_pid(&pid_file).await;
-    assert_eq!(state(&pool, &agent.agent_id), Some(AgentState::Busy));
+    assert_eq!(state(&pool, &agent.agent_id).await, Some(AgentState::Busy));
     attempt.abort();
     let _ = attempt.await;
 
     eventually(
         "the dropped attempt's agent to be idle again",
         WAIT,
-        || async { (state(&pool, &agent.agent_id) == Some(AgentState::Idle)).then_some(()) },
+        || async { (state(&pool, &agent.agent_id).await == Some(AgentState::Idle)).then_some(()) },
     )
     .await;
     eventually(
@@ -133,6 +156,7 @@ async fn a_dropped_attempt_gives_its_persistent_agent_back_and_kills_its_process
             false,
             Duration::from_secs(60),
             &cancel,
+            &job("j2"),
         ),
     )
     .await
@@ -154,7 +178,8 @@ async fn a_dropped_attempt_on_e2b_kills_its_process_in_the_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("agent.pid");
     let script = format!("echo $$ > {}; exec sleep 300", pid_file.display());
-    let pool = pool(provider, &script);
+    let redis = RedisServer::start();
+    let pool = pool(provider, &script, &redis).await;
     let agent = pool.launch(PROFILE, true).await.unwrap();
 
     let attempt = run_on(&pool, &agent.agent_id);
@@ -170,7 +195,7 @@ async fn a_dropped_attempt_on_e2b_kills_its_process_in_the_sandbox() {
     })
     .await;
     eventually("the agent to be idle again", WAIT, || async {
-        (state(&pool, &agent.agent_id) == Some(AgentState::Idle)).then_some(())
+        (state(&pool, &agent.agent_id).await == Some(AgentState::Idle)).then_some(())
     })
     .await;
     pool.shutdown().await;

@@ -511,6 +511,7 @@ async fn batched_completions_are_fenced_one_by_one() {
             id: l.id.clone(),
             token: token.to_string(),
             result_json: r#"{"output":"x"}"#.into(),
+            staged: false,
         };
     let out = q
         .complete_many(&[
@@ -811,6 +812,7 @@ async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
             id: l.id.clone(),
             token: l.token.clone(),
             result_json: json!({ "output": marker }).to_string(),
+            staged: false,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };
@@ -868,6 +870,7 @@ async fn one_complete_call_carries_at_most_four_mib_of_results() {
             id: l.id.clone(),
             token: l.token.clone(),
             result_json: json!({ "output": output }).to_string(),
+            staged: false,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };

@@ -87,6 +87,67 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+/// The fleet's agents from the registry, by profile and state, with the seconds
+/// their sandboxes ran and were paused (what the provider bills).
+fn pool_metrics(agents: &[fleet_shared::pool::AgentRecord]) -> String {
+    use std::collections::BTreeMap;
+    let mut by_state: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    let mut secs: BTreeMap<&str, (f64, f64, u64)> = BTreeMap::new();
+    for a in agents {
+        let state = serde_json::to_value(a.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *by_state.entry((a.profile.as_str(), state)).or_default() += 1;
+        let s = secs.entry(a.profile.as_str()).or_default();
+        s.0 += a.active_secs;
+        s.1 += a.paused_secs;
+        s.2 += a.jobs_served;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP fleet_agents Agents of the whole fleet (the registry), by profile and state.\n# TYPE fleet_agents gauge"
+    );
+    for ((profile, state), n) in &by_state {
+        let _ = writeln!(
+            out,
+            "fleet_agents{{profile=\"{profile}\",state=\"{state}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleet_agent_active_seconds Seconds the sandboxes of live agents ran (to their last state change), by profile.\n# TYPE fleet_agent_active_seconds gauge"
+    );
+    for (profile, (active, _, _)) in &secs {
+        let _ = writeln!(
+            out,
+            "fleet_agent_active_seconds{{profile=\"{profile}\"}} {active:.3}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleet_agent_paused_seconds Seconds the sandboxes of live agents were paused, by profile.\n# TYPE fleet_agent_paused_seconds gauge"
+    );
+    for (profile, (_, paused, _)) in &secs {
+        let _ = writeln!(
+            out,
+            "fleet_agent_paused_seconds{{profile=\"{profile}\"}} {paused:.3}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleet_agent_jobs_served Jobs served by live agents, by profile.\n# TYPE fleet_agent_jobs_served gauge"
+    );
+    for (profile, (_, _, jobs)) in &secs {
+        let _ = writeln!(
+            out,
+            "fleet_agent_jobs_served{{profile=\"{profile}\"}} {jobs}"
+        );
+    }
+    out
+}
+
 async fn metrics(State(state): State<AppState>) -> String {
     let e = &state.exec;
     let mut out = String::new();
@@ -127,12 +188,40 @@ async fn metrics(State(state): State<AppState>) -> String {
         "Sandboxes killed by this worker's pool.",
         s.killed,
     );
-    metric(
-        "fleet_pool_agents",
-        "gauge",
-        "Agents in this worker's pool.",
-        e.pool.agents().len() as u64,
-    );
+    for (name, help, value) in [
+        (
+            "fleet_pool_sandboxes_paused_total",
+            "Sandboxes paused by this worker.",
+            s.paused,
+        ),
+        (
+            "fleet_pool_sandboxes_resumed_total",
+            "Sandboxes resumed by this worker.",
+            s.resumed,
+        ),
+        (
+            "fleet_pool_leases_total",
+            "Agents leased to jobs by this worker.",
+            s.leases,
+        ),
+        (
+            "fleet_pool_sandbox_extensions_total",
+            "Sandbox lifetime extensions made at lease time by this worker.",
+            s.extended,
+        ),
+        (
+            "fleet_pool_agents_adopted_total",
+            "Agents adopted by this worker from workers that are gone.",
+            s.adopted,
+        ),
+        (
+            "fleet_pool_agents_unhealthy_total",
+            "Agents this worker replaced after a failed health check.",
+            s.unhealthy,
+        ),
+    ] {
+        metric(name, "counter", help, value);
+    }
     if let Ok(Ok(c)) =
         tokio::time::timeout(std::time::Duration::from_secs(2), e.research_queue.counts()).await
     {
@@ -163,6 +252,11 @@ async fn metrics(State(state): State<AppState>) -> String {
     }
     if let Some(gateway) = &e.gateway {
         out.push_str(&gateway.metrics_text());
+    }
+    let fleet_agents =
+        tokio::time::timeout(std::time::Duration::from_secs(2), e.pool.agents()).await;
+    if let Ok(Ok(agents)) = fleet_agents {
+        out.push_str(&pool_metrics(&agents));
     }
     out
 }

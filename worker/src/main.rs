@@ -7,6 +7,7 @@
 //! shutdown (see `shutdown.rs`).
 
 mod execute;
+mod github;
 mod http;
 mod shutdown;
 mod wiring;

@@ -13,7 +13,7 @@ use apalis_core::error::WorkerError;
 use apalis_core::worker::context::WorkerContext;
 use fleet_shared::admission::{FleetAdmission, Plan};
 use fleet_shared::job::QueueKind;
-use fleet_shared::pool::{AgentPool, PoolProfile};
+use fleet_shared::pool::{AgentPool, PoolProfile, Registry};
 use fleet_shared::queue::apalis_backend::RedisBackend;
 use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
 use fleet_shared::queue::{QueueConfig, RedisQueue};
@@ -126,6 +126,7 @@ pub async fn build_provider(settings: &Settings) -> anyhow::Result<Arc<dyn Sandb
 pub fn build_pool(
     settings: &Settings,
     provider: Arc<dyn SandboxProvider>,
+    registry: Registry,
     worker: &str,
 ) -> anyhow::Result<AgentPool> {
     let base_dir = std::env::current_dir().context("current directory")?;
@@ -164,15 +165,19 @@ pub fn build_pool(
                 runtime,
                 template,
                 env: BTreeMap::new(),
-                max_agents: settings.worker.concurrency,
+                max_agents: settings.pool.max_agents,
+                min_idle: settings.pool.min_idle,
+                repo: profile.repo.clone(),
             },
         );
     }
     Ok(AgentPool::new(
         provider,
+        registry,
         profiles,
         settings.pool.clone(),
         worker,
+        settings.lease_ttl(),
     ))
 }
 
@@ -209,7 +214,13 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
 
     // After Redis answered: the E2B provider shares its plan limits through it.
     let provider = build_provider(&settings).await?;
-    let pool = Arc::new(build_pool(&settings, provider, &worker)?);
+    let registry = Registry::open(&settings.redis)
+        .await
+        .context("connecting to Redis for the agent registry")?;
+    let pool = Arc::new(build_pool(&settings, provider, registry, &worker)?);
+    let pool_tasks = CancellationToken::new();
+    pool.clone()
+        .start_background(settings.redis.clone(), pool_tasks.clone());
     let research_queue = queues[&QueueKind::Research].clone();
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;
@@ -232,7 +243,41 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     } else {
         None
     };
-    let executor = Arc::new(executor);
+    if settings.events.enabled {
+        // A connection of their own: a burst of output never queues behind the
+        // queue's calls, nor they behind it. Should Redis fail just now, the queue's
+        // connection serves (it reconnects by itself); a worker never stops for this.
+        let conn = match fleet_shared::queue::connect(&settings.redis).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "live events: no connection of their own; sharing the queue's");
+                research_queue.connection()
+            }
+        };
+        executor = executor.with_events(fleet_shared::events::writer::EventSink::new(
+            conn,
+            settings.events.clone(),
+            research_queue.config().result_ttl,
+        ));
+    }
+    // GitHub (issue 13): `publish` jobs, and comments on the issues research jobs
+    // came from. Without credentials both are off (publish jobs fail with why).
+    let github_client = fleet_shared::github::client_from_settings(&settings.github)
+        .map_err(|m| anyhow::anyhow!(m))?;
+    let notifier = github_client.clone().map(|client| {
+        crate::github::spawn_notifier(
+            client,
+            research_queue.clone(),
+            Duration::from_secs(settings.queue.result_ttl_secs),
+            // Not the shutdown signal: jobs ending while the worker drains are
+            // commented too; the task is aborted once the job loops stopped.
+            CancellationToken::new(),
+        )
+    });
+    let executor = Arc::new(executor.with_github(crate::github::GithubWork {
+        client: github_client,
+        settings: settings.github.clone(),
+    }));
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
         _ = reconcile(&pool, &research_queue) => {}
@@ -253,7 +298,8 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         let queue = research_queue.clone();
         let mut deaths = DeathWatch::new(worker.clone(), lease_ttl);
         tokio::spawn(async move {
-            let mut idle = tokio::time::interval(Duration::from_secs(5));
+            let mut idle = tokio::time::interval(POOL_MAINTENANCE_EVERY);
+            idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut strays = tokio::time::interval(Duration::from_secs(60));
             let mut watch = tokio::time::interval(DEATH_WATCH_EVERY);
             watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -261,7 +307,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = idle.tick() => {
-                        pool.pause_idle().await;
+                        pool.maintain().await;
                         pool.retry_failed_kills().await;
                     }
                     _ = strays.tick() => {
@@ -270,7 +316,8 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                     _ = watch.tick() => {
                         let dead = deaths.check(&queue).await;
                         if !dead.is_empty() {
-                            tracing::warn!(workers = ?dead, "workers gone; killing their sandboxes");
+                            tracing::warn!(workers = ?dead, "workers gone; adopting their agents");
+                            pool.maintain().await;
                             // Forgotten only once dealt with: a failed listing is tried
                             // again at the next check.
                             if reconcile(&pool, &queue).await
@@ -367,10 +414,35 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         }
     };
     maintenance.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     tracing::info!("workers stopped; shutting the pool down");
+    // The last worker out ends every free agent; the others only those they launched.
+    // Withdrawn first (and no longer re-announced), so that of several workers
+    // stopping at once, at least the last to look sees none left.
+    keepers[&QueueKind::Research].stop_announcing();
+    let last = match research_queue.withdraw_worker(&worker).await {
+        Ok(()) => match research_queue.known_workers().await {
+            Ok(known) => {
+                let others: Vec<String> = known.into_iter().filter(|w| *w != worker).collect();
+                research_queue
+                    .live_workers(&others)
+                    .await
+                    .map(|live| !live.into_iter().any(|alive| alive))
+                    .unwrap_or(false)
+            }
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
     let left = pool
-        .shutdown_within(Duration::from_secs(settings.worker.drain_timeout_secs))
+        .shutdown_within(
+            Duration::from_secs(settings.worker.drain_timeout_secs),
+            last,
+        )
         .await;
+    pool_tasks.cancel();
     if !left.is_empty() {
         tracing::error!(sandboxes = ?left, "sandboxes left running: they could not be killed within the drain timeout");
     }
@@ -402,6 +474,9 @@ impl<Res> OnResponse<Res> for TaskDone {
         tracing::debug!(done_in_ms = done_in.as_millis() as u64, "task.done");
     }
 }
+
+/// How often each worker applies the pool's policy and adopts expired holds.
+const POOL_MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the other workers' announcements are checked.
 const DEATH_WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -474,11 +549,9 @@ impl DeathWatch {
     }
 }
 
-/// Kill sandboxes left by workers that are gone (adopting paused persistent agents).
-/// One listing serves both the liveness check and the reconcile (see `AgentPool::reconcile`).
-/// False when it could not be done (listing or liveness check failed).
-async fn reconcile(pool: &AgentPool, queue: &RedisQueue) -> bool {
-    use fleet_shared::pool::META_WORKER;
+/// Kill this system's sandboxes that no agent record claims (see
+/// `AgentPool::reconcile`). False when it could not be done (listing failed).
+async fn reconcile(pool: &AgentPool, _queue: &RedisQueue) -> bool {
     let found = match pool.owned_sandboxes().await {
         Ok(found) => found,
         Err(e) => {
@@ -486,30 +559,12 @@ async fn reconcile(pool: &AgentPool, queue: &RedisQueue) -> bool {
             return false;
         }
     };
-    let mut owners: Vec<String> = found
-        .iter()
-        .filter_map(|s| s.metadata.get(META_WORKER).cloned())
-        .collect();
-    owners.sort();
-    owners.dedup();
-    let live = match queue.live_workers(&owners).await {
-        Ok(live) => live,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not check which workers are alive");
-            return false;
-        }
-    };
-    let live: std::collections::HashSet<&str> = owners
-        .iter()
-        .zip(live)
-        .filter_map(|(w, alive)| alive.then_some(w.as_str()))
-        .collect();
-    match pool.reconcile(found, |w| live.contains(w)).await {
+    match pool.reconcile(found).await {
         Ok(0) => true,
         Ok(n) => {
             tracing::info!(
                 sandboxes = n,
-                "reconciled sandboxes left by workers that are gone"
+                "killed sandboxes that no agent record claims"
             );
             true
         }

@@ -9,8 +9,10 @@
 //! | `GET /v1/jobs/{id}` | the record, as `fleet status --json` prints it |
 //! | `GET /v1/jobs/{id}/result[?wait=S]` | 200 answer; 202 not ended; 409 ended without one |
 //! | `POST /v1/jobs/{id}/cancel` | what `fleet cancel --json` prints |
+//! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
+//! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
 //! wrong bearer token (when `api.token` is set), 403 a browser's request without a
@@ -25,10 +27,15 @@
 //! | file | does |
 //! |---|---|
 //! | `routes.rs` | the handlers |
+//! | `github.rs` | the GitHub webhook: signature, replay guard, jobs from deliveries |
 //! | `guard.rs` | request ID and access log, token and throttle, browser guards, body timeout |
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
+//! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod answer_stream;
+mod events;
+mod github;
 mod guard;
 mod limits;
 mod routes;
@@ -223,6 +230,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/jobs/{id}", get(routes::status))
         .route("/v1/jobs/{id}/result", get(routes::result))
         .route("/v1/jobs/{id}/cancel", post(routes::cancel))
+        .route("/v1/jobs/{id}/events", get(events::events))
         .route("/v1/batches", post(routes::submit_batch))
         .route("/v1/batches/{id}", get(routes::batch_status))
         .route("/healthz", get(routes::healthz))
@@ -233,6 +241,20 @@ pub fn router(state: Shared) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn_with_state(state.clone(), guard::browser))
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
+        .layer(from_fn(guard::observe))
+        .with_state(state.clone())
+        .merge(webhook_router(state))
+}
+
+/// `POST /webhooks/github`: outside the bearer-token and browser guards (GitHub signs
+/// its deliveries instead, checked first thing in the handler), with the access log
+/// and the same body limit and body timeout.
+fn webhook_router(state: Shared) -> Router {
+    let max_body = state.ctx.settings.api.max_body_bytes;
+    Router::new()
+        .route("/webhooks/github", post(github::webhook))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn(guard::observe))
         .with_state(state)
 }

@@ -29,7 +29,7 @@ use crate::output::{BatchItem, batch_json, error_text, record_json};
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A job ID from the path: 400 when malformed.
-fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     parse_id(&raw).map_err(|e| ApiError::bad_request(e.message))
 }
@@ -58,7 +58,16 @@ pub async fn submit(
     let queue = &s.queues().await?.research;
     // One script: on a timeout the job was written whole or not at all.
     let (id, existing) = s
-        .redis(async { queue.enqueue(spec).await.context("submitting the job") })
+        .redis(async {
+            let (id, existing) = queue
+                .enqueue(spec.clone())
+                .await
+                .context("submitting the job")?;
+            fleet_shared::pool::expect_submitted(&s.ctx.settings.redis, &[(id, &spec)])
+                .await
+                .context("queueing the job for its agent")?;
+            Ok((id, existing))
+        })
         .await?;
     let status = if existing {
         StatusCode::OK
@@ -169,10 +178,11 @@ pub async fn submit_batch(
     // that goes away (timeout, closed connection), or SIGTERM, does not cut the batch
     // in two (`serve` waits for these tasks before it exits).
     let count = specs.len();
+    let redis = s.ctx.settings.redis.clone();
     let submitted = s
         .batches
         .spawn(async move {
-            let submitted = enqueue_batch(&queue, specs).await;
+            let submitted = enqueue_batch(&queue, &redis, specs).await;
             match &submitted {
                 Ok(b) => tracing::info!(batch = %b.batch_id, count, "batch submitted"),
                 Err(e) => tracing::warn!(count, error = %crate::exit::render(e), "batch failed"),
@@ -274,6 +284,11 @@ pub async fn result(
                 break;
             }
         }
+    }
+    // A large answer stored in chunks is streamed (answer_stream.rs).
+    if let Some(streamed) = super::answer_stream::stored_answer_response(queues.get(kind), &record)
+    {
+        return Ok(streamed);
     }
     Ok(result_response(&record))
 }

@@ -2,11 +2,12 @@
 //! enqueues one `LifecycleJob` on the lifecycle queue, where `fleet-worker` runs it,
 //! and prints its job ID (`--wait`: waits and prints how it ended).
 //!
-//! `agents list` has nothing to read: agents live in each worker's pool, which keeps
-//! no registry in Redis. It says so rather than show made-up data.
+//! `agents list` reads the fleet's agent registry in Redis directly: every worker's
+//! agents, as they are now.
 
 use anyhow::Context as _;
 use fleet_shared::job::{JobSpec, LifecycleJob, QueueKind};
+use fleet_shared::pool::{AgentRecord, Registry};
 use serde_json::json;
 
 use crate::cli::{AgentIdArgs, AgentsCommand, PoolCommand};
@@ -38,15 +39,81 @@ pub fn lifecycle_job(command: &AgentsCommand, default_agent: &str) -> Option<Lif
     })
 }
 
-pub fn list_note(http_addr: &str) -> String {
-    let metrics = if http_addr.is_empty() {
-        "its /metrics (worker.http_addr is empty here, so set it to serve them)".to_string()
+/// `fleet agents list`: the registry's records, oldest first.
+async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
+    let registry = Registry::open(&ctx.settings.redis)
+        .await
+        .context("connecting to Redis for the agent registry")?;
+    let agents = registry
+        .list(None)
+        .await
+        .context("reading the agent registry")?;
+    if ctx.json {
+        emit_json(&json!({ "agents": agents }))?;
     } else {
-        format!("http://{http_addr}/metrics")
+        emit_text(&agents_table(&agents))?;
+    }
+    Ok(SUCCESS)
+}
+
+/// One line per agent, aligned; "no agents" when there are none.
+pub fn agents_table(agents: &[AgentRecord]) -> String {
+    if agents.is_empty() {
+        return "no agents".to_string();
+    }
+    let rows: Vec<[String; 7]> = agents
+        .iter()
+        .map(|a| {
+            let state = serde_json::to_value(a.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let kind = if a.persistent {
+                "persistent"
+            } else if a.ephemeral {
+                "ephemeral"
+            } else {
+                "pooled"
+            };
+            [
+                a.agent_id.clone(),
+                a.profile.clone(),
+                state,
+                kind.to_string(),
+                a.jobs_served.to_string(),
+                a.sandbox_id.clone(),
+                if a.holder.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{} ({})", a.holder, a.worker)
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "AGENT", "PROFILE", "STATE", "KIND", "JOBS", "SANDBOX", "HELD BY",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
     };
-    format!(
-        "listing agents is done by `fleet-worker`'s pool, which stores no agent list in Redis; see {metrics}"
-    )
+    let mut out = vec![line(header.to_vec())];
+    for r in &rows {
+        out.push(line(r.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
 }
 
 pub async fn agents(ctx: &Ctx, command: AgentsCommand) -> anyhow::Result<u8> {
@@ -59,15 +126,7 @@ pub async fn agents(ctx: &Ctx, command: AgentsCommand) -> anyhow::Result<u8> {
     };
     match lifecycle_job(&command, &ctx.settings.default_agent) {
         Some(job) => enqueue(ctx, job, wait).await,
-        None => {
-            let note = list_note(&ctx.settings.worker.http_addr);
-            if ctx.json {
-                emit_json(&json!({"agents": null, "note": note}))?;
-            } else {
-                emit_text(&note)?;
-            }
-            Ok(SUCCESS)
-        }
+        None => list(ctx).await,
     }
 }
 
@@ -134,12 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn list_is_honest() {
-        let note = list_note("127.0.0.1:9464");
-        assert!(
-            note.starts_with("listing agents is done by `fleet-worker`'s pool"),
-            "{note}"
-        );
-        assert!(note.ends_with("http://127.0.0.1:9464/metrics"), "{note}");
+    fn an_empty_fleet_says_so() {
+        assert_eq!(agents_table(&[]), "no agents");
     }
 }

@@ -33,6 +33,10 @@ pub struct Submitted {
 }
 
 pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
+    if let Some(repo) = &args.publish_pr {
+        fleet_shared::github::RepoName::parse(repo)
+            .map_err(|m| Fail::usage(format!("--publish-pr: {m}")))?;
+    }
     let bytes = read_input(&args.file)?;
     let agent = ctx.agent(args.agent.as_deref());
     let specs = parse_batch(&bytes, &agent, &ctx.settings.limits()).map_err(|e| {
@@ -46,8 +50,9 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
         ))
     })?;
     let queue = &ctx.queues().await?.research;
-    let submitted = submit_batch(queue, specs).await?;
-    if !args.wait || !ctx.json {
+    let submitted = submit_batch(queue, &ctx.settings.redis, specs).await?;
+    let wait = args.wait || args.publish_pr.is_some();
+    if !wait || !ctx.json {
         if ctx.json {
             // The shape of the HTTP API's `POST /v1/batches` answer.
             emit_json(&json!({
@@ -63,19 +68,41 @@ pub async fn batch(ctx: &Ctx, args: BatchArgs) -> anyhow::Result<u8> {
             ))?;
         }
     }
-    if !args.wait {
+    if !wait {
         return Ok(SUCCESS);
     }
     wait_batch(queue, &submitted, !args.no_progress, || Ok(())).await?;
-    report_batch(ctx, queue, &submitted).await
+    match &args.publish_pr {
+        None => report_batch(ctx, queue, &submitted).await,
+        Some(repo) => crate::commands::github::publish_batch(ctx, repo, &submitted).await,
+    }
 }
 
-pub async fn submit_batch(queue: &RedisQueue, specs: Vec<JobSpec>) -> anyhow::Result<Submitted> {
+pub async fn submit_batch(
+    queue: &RedisQueue,
+    redis: &fleet_shared::settings::RedisSettings,
+    specs: Vec<JobSpec>,
+) -> anyhow::Result<Submitted> {
     let batch_id = uuid::Uuid::now_v7().to_string();
+    let addressed: Vec<(usize, JobSpec)> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            matches!(&s.payload, fleet_shared::job::JobPayload::Research(r) if r.agent_id.is_some())
+        })
+        .map(|(i, s)| (i, s.clone()))
+        .collect();
     let ids = queue
         .enqueue_many(specs, Some(&batch_id))
         .await
         .context("submitting the batch")?;
+    let expected: Vec<_> = addressed
+        .iter()
+        .filter_map(|(i, spec)| ids.get(*i).map(|id| (*id, spec)))
+        .collect();
+    fleet_shared::pool::expect_submitted(redis, &expected)
+        .await
+        .context("queueing the batch's jobs for their agents")?;
     Ok(Submitted { batch_id, ids })
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_shared::job::QueueKind;
+use fleet_shared::results::store::{StoredAnswer, escape_json_chunk, json_with_answer};
 use fleet_shared::results::{JobRecord, JobStatus};
 use fleet_shared::time::now_ms;
 
@@ -40,7 +41,66 @@ pub async fn result(ctx: &Ctx, args: ResultArgs) -> anyhow::Result<u8> {
     } else {
         Some(record)
     };
+    if let Some(r) = &record
+        && r.status == JobStatus::Succeeded
+        && let Some(stored) = r.result.as_ref().and_then(StoredAnswer::of)
+    {
+        stream_answer(ctx, queues.get(kind), kind, r, stored).await?;
+        return Ok(SUCCESS);
+    }
     report_final(ctx, kind, &key, record)
+}
+
+/// Print a succeeded job's answer that is stored in chunks (results/store.rs) as it is
+/// read, one chunk in memory at a time; with `--json`, the record with the answer as
+/// its last field. A reader that closes the pipe early ends it quietly.
+async fn stream_answer(
+    ctx: &Ctx,
+    queue: &fleet_shared::queue::RedisQueue,
+    kind: QueueKind,
+    record: &JobRecord,
+    stored: StoredAnswer,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let write = |bytes: &[u8]| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()
+    };
+    let json = ctx
+        .json
+        .then(|| json_with_answer(&record_json(kind, record), "answer"));
+    let mut chunks = std::pin::pin!(queue.answer_chunks(&record.id, stored));
+    let mut last = b'\n';
+    let written: std::io::Result<()> = async {
+        if let Some((head, _)) = &json {
+            write(head.as_bytes())?;
+        }
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            if json.is_some() {
+                write(escape_json_chunk(&chunk).as_bytes())?;
+            } else {
+                write(&chunk)?;
+                last = chunk.last().copied().unwrap_or(last);
+            }
+        }
+        match &json {
+            Some((_, tail)) => write(format!("{tail}\n").as_bytes()),
+            None if last != b'\n' => write(b"\n"),
+            None => Ok(()),
+        }
+    }
+    .await;
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "reading the answer of job {}: {e}",
+            record.id
+        )),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Print how a job ended and return the exit code: its answer (0); its error (1); or

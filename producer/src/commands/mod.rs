@@ -8,9 +8,11 @@ pub mod agents;
 pub mod batch;
 pub mod cancel;
 pub mod dead;
+pub mod github;
 pub mod inspect;
 pub mod jobs;
 pub mod submit;
+pub mod watch;
 
 use crate::cli::{Cli, Command};
 use crate::context::{Ctx, load_settings};
@@ -26,8 +28,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Jobs => jobs::jobs(&ctx).await,
         Command::Dead { command } => dead::dead(&ctx, command).await,
         Command::Cancel(args) => cancel::cancel(&ctx, &args.id).await,
+        Command::Watch(args) => watch::watch(&ctx, args).await,
         Command::Agents { command } => agents::agents(&ctx, command).await,
         Command::Pool { command } => agents::pool(&ctx, command).await,
+        Command::Github { command } => github::github(&ctx, command).await,
         Command::Demo(args) => crate::demo::demo(&mut ctx, args, cli.config).await,
         Command::Serve(args) => crate::api::serve(ctx, args, cli.json).await,
     }

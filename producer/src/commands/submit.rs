@@ -25,6 +25,7 @@ pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpe
         max_turns: args.max_turns,
         max_budget_usd: args.max_budget_usd.map(Usd),
         max_tokens: args.max_tokens,
+        cache: args.cache,
     };
     spec
 }
@@ -49,9 +50,24 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> anyhow::Result<u8> {
     spec.validate(&ctx.settings.limits())
         .map_err(|e| Fail::usage(format!("invalid job: {e}")))?;
     let queue = &ctx.queues().await?.research;
-    let (id, existing) = queue.enqueue(spec).await.context("submitting the job")?;
+    let (id, existing) = queue
+        .enqueue(spec.clone())
+        .await
+        .context("submitting the job")?;
+    fleet_shared::pool::expect_submitted(&ctx.settings.redis, &[(id, &spec)])
+        .await
+        .context("queueing the job for its agent")?;
     if existing {
         eprintln!("note: the idempotency key was used before; this is that job");
+    }
+    if args.follow {
+        if ctx.json {
+            let announce = json!({"id": id, "existing": existing, "queue": "research"});
+            crate::output::emit_text(&announce.to_string())?;
+        } else {
+            crate::output::emit_text(&id.to_string())?;
+        }
+        return crate::commands::watch::follow(ctx, id, None).await;
     }
     let fields = json!({"existing": existing, "queue": "research"});
     announce_or_wait(ctx, queue, QueueKind::Research, id, args.wait, fields).await

@@ -51,6 +51,9 @@ pub struct JobRequest {
     pub max_budget_usd: Option<Usd>,
     #[serde(default)]
     pub max_tokens: Option<u64>,
+    /// Use the result cache for this job (overrides the profile's `cache`).
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 impl JobRequest {
@@ -76,6 +79,7 @@ impl JobRequest {
                 max_turns: self.max_turns,
                 max_budget_usd: self.max_budget_usd,
                 max_tokens: self.max_tokens,
+                cache: self.cache,
             },
         }
     }

@@ -28,6 +28,19 @@ impl JobId {
     pub fn new() -> Self {
         JobId(Uuid::now_v7())
     }
+
+    /// When the ID was made (ms, from its UUIDv7 timestamp; 0 for other UUIDs): the
+    /// submission order of jobs addressed to one agent. IDs made by one process sort
+    /// in the order they were made, ties included.
+    pub fn submitted_ms(&self) -> u64 {
+        self.0
+            .get_timestamp()
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                secs * 1000 + u64::from(nanos) / 1_000_000
+            })
+            .unwrap_or(0)
+    }
 }
 
 impl Default for JobId {
@@ -109,8 +122,21 @@ pub enum LifecycleJob {
         agent_id: String,
     },
     /// Re-set-up every agent of a profile (e.g. after a push to its repository).
+    /// With `commit` (a git profile), each agent's checkout is moved to that commit
+    /// in place (a busy agent after its job) and new agents start from it; without,
+    /// agents are replaced.
     Refresh {
         agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    /// Publish the results of `job_ids` (a batch) to the GitHub repo `repo`
+    /// ("owner/name") as a Markdown + JSON report on a branch, with a pull request.
+    /// Publishing the same batch again updates that branch and pull request.
+    Publish {
+        repo: String,
+        batch_id: String,
+        job_ids: Vec<JobId>,
     },
     /// Grow or shrink the pool of a profile to `size` agents.
     Scale {
@@ -176,6 +202,10 @@ pub struct JobOptions {
     /// the model gateway; a request that would pass it is refused (`budget_exceeded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// Serve this job from the result cache (an identical query's recent answer) or
+    /// not; unset: its profile's `cache` setting (see `results::cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// An amount in US dollars. Compared by its bits, so options stay `Eq`; validation
@@ -248,7 +278,7 @@ impl JobSpec {
         }
         if let JobPayload::Lifecycle(
             LifecycleJob::Launch { agent, .. }
-            | LifecycleJob::Refresh { agent }
+            | LifecycleJob::Refresh { agent, .. }
             | LifecycleJob::Scale { agent, .. },
         ) = &self.payload
         {
@@ -261,6 +291,39 @@ impl JobSpec {
         ) = &self.payload
         {
             bounds::check_agent_id(agent_id)?;
+        }
+        if let JobPayload::Lifecycle(LifecycleJob::Refresh {
+            commit: Some(commit),
+            ..
+        }) = &self.payload
+            && !crate::runtime::checkout::is_commit_id(commit)
+        {
+            return Err(ValidationError::new(format!(
+                "refresh commit {commit:?} is not a commit ID (40 or 64 hex digits)"
+            )));
+        }
+        if let JobPayload::Lifecycle(LifecycleJob::Publish {
+            repo,
+            batch_id,
+            job_ids,
+        }) = &self.payload
+        {
+            crate::github::RepoName::parse(repo).map_err(ValidationError::new)?;
+            if batch_id.is_empty()
+                || batch_id.len() > 128
+                || !batch_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ValidationError::new(
+                    "publish batch_id must be 1 to 128 letters, digits, '-' or '_'",
+                ));
+            }
+            bounds::at_most(
+                "the jobs of one publish",
+                Some(job_ids.len() as u64),
+                crate::github::publish::MAX_PUBLISHED_JOBS,
+            )?;
         }
         if let JobPayload::Lifecycle(LifecycleJob::Scale { size, .. }) = &self.payload {
             bounds::at_most("the pool size", Some(*size), bounds::MAX_POOL_SIZE)?;

@@ -566,7 +566,20 @@ async fn settle(
     }
     // What to write, decided once; written below until it lands.
     let write = match outcome {
-        Ok(output) => {
+        Ok(mut output) => {
+            // A long answer goes to its own key first (results/store.rs); the result
+            // written below says where, and its complete makes it the job's.
+            let staged = match queue
+                .stage_answer(&lease.id, &lease.token, &mut output)
+                .await
+            {
+                Ok(staged) => staged,
+                Err(e) => {
+                    tracing::error!(job_id = %lease.id, error = %e, "could not store the answer; the job runs again when its lease expires");
+                    undo_discarded(ctx).await;
+                    return;
+                }
+            };
             let result = ResultEnvelope {
                 output: &output,
                 attempts: lease.attempt,
@@ -582,6 +595,7 @@ async fn settle(
                 id: lease.id.clone(),
                 token: lease.token.clone(),
                 result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
+                staged,
             })
         }
         Err(err) => {

@@ -13,8 +13,12 @@
 //! | `…:reclaim_clock`          | HASH   | when reclaim last ran and until when it waits after a stall (Redis' clock) |
 //! | `…:job:<id>`               | HASH   | the job: spec, status, attempts, lease, result     |
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |
+//! | `…:events:<id>`            | STREAM | live events of the job's attempts (`crate::events`; capped, expires with the result) |
 //! | `…:batch:<id>`             | HASH   | a batch: total and a counter per status            |
 //! | `…:idem:<key>`             | STRING | idempotency key → job ID (with its TTL)            |
+//! | `…:answer:<id>`            | HASH   | a large answer in chunks: field `0`, `1`, … (results/store.rs) |
+//! | `…:staged:<id>:<token>`    | HASH   | an attempt's answer chunks until its complete renames them |
+//! | `…:cache:<sha256>`         | HASH   | result cache entry: `job`, `state` (running/done), `f:<id>` followers |
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
 //! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
@@ -64,6 +68,11 @@ impl Keys {
         format!("{}attempts:{id}", self.prefix)
     }
 
+    /// The job's live events (a capped stream; see `crate::events`).
+    pub fn events(&self, id: &str) -> String {
+        format!("{}events:{id}", self.prefix)
+    }
+
     pub fn worker(&self, name: &str) -> String {
         format!("{}worker:{name}", self.prefix)
     }
@@ -74,6 +83,21 @@ impl Keys {
 
     pub fn batch(&self, id: &str) -> String {
         format!("{}batch:{id}", self.prefix)
+    }
+
+    /// A large answer's chunks (results/store.rs).
+    pub fn answer(&self, id: &str) -> String {
+        format!("{}answer:{id}", self.prefix)
+    }
+
+    /// An attempt's answer chunks before its complete (results/store.rs).
+    pub fn staged_answer(&self, id: &str, token: &str) -> String {
+        format!("{}staged:{id}:{token}", self.prefix)
+    }
+
+    /// A result cache entry, by the digest of its identity (results/cache.rs).
+    pub fn cache(&self, digest: &str) -> String {
+        format!("{}cache:{digest}", self.prefix)
     }
 }
 
@@ -86,6 +110,7 @@ mod tests {
         let k = Keys::new("fleet", QueueKind::Research);
         assert_eq!(k.wait, "fleet:{research}:wait");
         assert_eq!(k.job("abc"), "fleet:{research}:job:abc");
+        assert_eq!(k.events("abc"), "fleet:{research}:events:abc");
         for key in [&k.wait, &k.active, &k.delayed, &k.dead, &k.marker, &k.token] {
             assert!(key.contains("{research}"));
         }

@@ -123,6 +123,11 @@ impl LeaseKeeper {
         *self.shared.announced.lock().unwrap() = Some(name.to_string());
     }
 
+    /// Stop announcing the worker (it is stopping: see `RedisQueue::withdraw_worker`).
+    pub fn stop_announcing(&self) {
+        *self.shared.announced.lock().unwrap() = None;
+    }
+
     /// Start renewing `lease`; returns the attempt's stop signal. An attempt of the
     /// same job under an older token (the worker fetched its own reclaimed job again)
     /// is replaced: it is told its lease is lost, and no longer renewed.

@@ -82,6 +82,10 @@ pub struct QueueConfig {
     pub policy: RetryPolicy,
     /// Redis operations retry passing faults for this long, then fail; `None`: forever.
     pub give_up_after: Option<Duration>,
+    /// Where large answers go (`[results]`, results/store.rs).
+    pub results: crate::settings::ResultsSettings,
+    /// The result cache (results/cache.rs).
+    pub cache: crate::results::cache::CacheConfig,
 }
 
 impl QueueConfig {
@@ -96,6 +100,8 @@ impl QueueConfig {
             idempotency_ttl: Duration::from_secs(q.idempotency_ttl_secs),
             policy: q.policy(kind).clone(),
             give_up_after: Some(Duration::from_secs(30)),
+            results: settings.results.clone(),
+            cache: crate::results::cache::CacheConfig::from_settings(settings),
         }
     }
 }
@@ -183,6 +189,9 @@ pub struct Completion {
     pub id: String,
     pub token: String,
     pub result_json: String,
+    /// The attempt staged its answer under `staged:<id>:<token>` (results/store.rs);
+    /// the complete makes it the job's answer.
+    pub staged: bool,
 }
 
 /// The history entry of a succeeded job's final attempt, read back from its result.
@@ -358,7 +367,8 @@ fn fenced_codes(codes: Vec<i64>) -> Vec<Fenced> {
     codes
         .into_iter()
         .map(|c| {
-            if c == 0 {
+            // 3: the staged answer is gone; the attempt's result cannot be written.
+            if c == 0 || c == 3 {
                 Fenced::Stale
             } else {
                 Fenced::Accepted
@@ -373,13 +383,18 @@ pub fn new_fetch_id() -> String {
 }
 
 /// One job's arguments to the enqueue script.
-struct EnqueueRow {
-    id: String,
-    spec_json: String,
+pub(crate) struct EnqueueRow {
+    pub(crate) id: String,
+    pub(crate) spec_json: String,
     /// `max_attempts<TAB>deadline_at<TAB>created_at`, stored and fetched as one field.
-    meta: String,
-    batch: String,
-    idempotency_key: String,
+    pub(crate) meta: String,
+    pub(crate) batch: String,
+    pub(crate) idempotency_key: String,
+}
+
+/// The enqueue_cached script (results/cache.rs).
+pub(crate) fn scripts_enqueue_cached() -> &'static redis::Script {
+    &SCRIPTS.enqueue_cached
 }
 
 impl EnqueueRow {
@@ -499,7 +514,21 @@ impl RedisQueue {
     }
 
     /// Enqueue jobs whose IDs were chosen already (retries of this call are harmless).
+    /// Jobs that use the result cache are looked up in it as they are written
+    /// (results/cache.rs).
     pub async fn enqueue_jobs(
+        &self,
+        jobs: &[Job],
+        batch_id: Option<&str>,
+    ) -> Result<Vec<JobId>, QueueError> {
+        if self.any_cached(jobs) {
+            return self.enqueue_with_cache(jobs, batch_id).await;
+        }
+        self.enqueue_uncached(jobs, batch_id).await
+    }
+
+    /// [`RedisQueue::enqueue_jobs`] for jobs that do not use the result cache.
+    pub(crate) async fn enqueue_uncached(
         &self,
         jobs: &[Job],
         batch_id: Option<&str>,
@@ -556,7 +585,7 @@ impl RedisQueue {
         Ok(out)
     }
 
-    fn enqueue_row(&self, job: &Job, batch_id: Option<&str>, now: u64) -> EnqueueRow {
+    pub(crate) fn enqueue_row(&self, job: &Job, batch_id: Option<&str>, now: u64) -> EnqueueRow {
         let batch = batch_id
             .map(str::to_string)
             .or_else(|| job.spec.options.batch_id.clone())
@@ -661,6 +690,7 @@ impl RedisQueue {
                 id: lease.id.clone(),
                 token: lease.token.clone(),
                 result_json: result_json.to_string(),
+                staged: false,
             }])
             .await?;
         Ok(done[0])
@@ -698,12 +728,18 @@ impl RedisQueue {
     ) -> impl Future<Output = redis::RedisResult<Vec<i64>>> + use<> {
         let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.complete.prepare_invoke();
+        // Four arguments per completion only when one staged its answer (complete-1.lua).
+        let staged = completions.iter().any(|c| c.staged);
         inv.key(&self.keys.active)
             .arg(&self.keys.prefix)
             .arg(now_ms())
-            .arg(self.config.result_ttl.as_millis() as u64);
+            .arg(self.config.result_ttl.as_millis() as u64)
+            .arg(if staged { 4 } else { 3 });
         for c in completions {
             inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
+            if staged {
+                inv.arg(if c.staged { "1" } else { "" });
+            }
         }
         async move { inv.invoke_async(&mut conn).await }
     }
@@ -939,6 +975,21 @@ impl RedisQueue {
             let key = self.keys.workers();
             let names = names.to_vec();
             async move { conn.srem(key, names).await }
+        })
+        .await
+    }
+
+    /// A worker that stops: its announcement goes now, not one TTL later, so the
+    /// others (and its own last-one-out check) see it gone.
+    pub async fn withdraw_worker(&self, name: &str) -> Result<(), QueueError> {
+        self.retrying("withdraw_worker", || {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.del(self.keys.worker(name))
+                .ignore()
+                .srem(self.keys.workers(), name)
+                .ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
         })
         .await
     }

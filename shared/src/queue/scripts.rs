@@ -16,12 +16,15 @@ pub struct Scripts {
     pub cancel: Script,
     pub retry_dead: Script,
     pub purge_dead: Script,
+    pub enqueue_cached: Script,
 }
 
 const LIB: &str = include_str!("lua/_lib.lua");
+/// Large results and the result cache (shared/src/results/).
+const RESULTS_LIB: &str = include_str!("lua/_results.lua");
 
 fn load(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+    Script::new(&format!("{LIB}\n{RESULTS_LIB}\n{body}"))
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -34,4 +37,5 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cancel: load(include_str!("lua/cancel-2.lua")),
     retry_dead: load(include_str!("lua/retry_dead-3.lua")),
     purge_dead: load(include_str!("lua/purge_dead-1.lua")),
+    enqueue_cached: load(include_str!("lua/enqueue_cached-n.lua")),
 });

@@ -191,6 +191,15 @@ impl AgentRuntime for ClaudeCodeRuntime {
         "claude_code"
     }
 
+    /// `--output-format stream-json`: one event per line on stdout.
+    fn event_pipe(&self) -> Option<super::OutputPipe> {
+        Some(super::OutputPipe::Stdout)
+    }
+
+    fn redact_output(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,
@@ -277,6 +286,21 @@ impl AgentRuntime for ClaudeCodeRuntime {
                 Err(err.with_details(metadata))
             }
         }
+    }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<super::checkout::CheckoutRecord, JobError> {
+        self.files
+            .refresh_checkout(provider, sandbox_id, commit)
+            .await
+    }
+
+    fn repo_checkout(&self) -> Option<&super::checkout::RepoCheckout> {
+        self.files.repo_checkout()
     }
 }
 

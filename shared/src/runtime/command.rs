@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::checkout::{CheckoutRecord, RepoCheckout, is_git_url};
 use super::{AgentOutput, AgentRuntime, RunOptions};
 use crate::error::JobError;
 use crate::sandbox::{ExecControl, ExecOutput, ExecRequest, SandboxProvider};
@@ -57,6 +58,8 @@ pub struct CommandRuntime {
     secrets: BTreeMap<String, Secret>,
     /// Where a relative local `repo` path is resolved from.
     base_dir: PathBuf,
+    /// A git `repo`: how it is checked out (or why it cannot be).
+    checkout: Option<Result<RepoCheckout, String>>,
 }
 
 impl CommandRuntime {
@@ -65,11 +68,72 @@ impl CommandRuntime {
         secrets: BTreeMap<String, Secret>,
         base_dir: PathBuf,
     ) -> Self {
+        // The token for a private repo: read from the worker's environment here and
+        // handed to git only through its processes' environment (`checkout.rs`).
+        let token = (!profile.git_token_env.is_empty())
+            .then(|| std::env::var(&profile.git_token_env).ok())
+            .flatten()
+            .map(Secret::new);
+        Self::with_git_token(profile, secrets, base_dir, token)
+    }
+
+    /// As [`Self::new`], with the git token given rather than read from the
+    /// environment variable the profile names.
+    pub fn with_git_token(
+        profile: AgentProfile,
+        secrets: BTreeMap<String, Secret>,
+        base_dir: PathBuf,
+        token: Option<Secret>,
+    ) -> Self {
+        let repo = profile.repo.trim();
+        let checkout = is_git_url(repo).then(|| RepoCheckout::new(repo, &profile.git_ref, token));
         Self {
             profile,
             secrets,
             base_dir,
+            checkout,
         }
+    }
+
+    /// The git checkout of this profile's repo, if its repo is a git URL.
+    pub fn repo_checkout(&self) -> Option<&RepoCheckout> {
+        self.checkout.as_ref().and_then(|c| c.as_ref().ok())
+    }
+
+    fn git_checkout(&self) -> Result<&RepoCheckout, JobError> {
+        match &self.checkout {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(why)) => Err(JobError::permanent(format!("agent repo: {why}"))),
+            None => Err(JobError::permanent(
+                "the agent's repo is not a git URL: it cannot be refreshed to a commit",
+            )),
+        }
+    }
+
+    /// Move this sandbox's checkout to `commit` (or the profile's ref) and run the
+    /// setup commands again. A failed fetch changes nothing; a failed setup puts the
+    /// previous commit back. Either way the old commit keeps serving.
+    pub async fn refresh_checkout(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<CheckoutRecord, JobError> {
+        let checkout = self.git_checkout()?;
+        let previous = checkout.head(provider, sandbox_id, AGENT_DIR).await?;
+        let record = checkout
+            .refresh(provider, sandbox_id, AGENT_DIR, commit)
+            .await?;
+        if record.commit != previous
+            && let Err(e) = self.run_setup_commands(provider, sandbox_id).await
+        {
+            tracing::warn!(%sandbox_id, error = %e.message, commit = %record.commit, "setup failed after a refresh; putting the previous commit back");
+            checkout
+                .refresh(provider, sandbox_id, AGENT_DIR, Some(&previous))
+                .await?;
+            return Err(e);
+        }
+        Ok(record)
     }
 
     fn repo_source(&self) -> RepoSource {
@@ -101,6 +165,19 @@ impl CommandRuntime {
             }
         }
         text
+    }
+
+    /// [`Self::redact`] without a copy when the text holds no secret (a large answer).
+    fn redact_owned(&self, text: String) -> String {
+        let holds_secret = self
+            .secrets
+            .values()
+            .any(|s| s.expose().len() >= MIN_REDACTED_SECRET_LEN && text.contains(s.expose()));
+        if holds_secret {
+            self.redact(&text)
+        } else {
+            text
+        }
     }
 
     /// [`Self::redact`] through a JSON value: every string (keys included), and a
@@ -193,6 +270,10 @@ impl AgentRuntime for CommandRuntime {
         "command"
     }
 
+    fn redact_output(&self, text: &str) -> String {
+        self.redact(text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,
@@ -214,24 +295,46 @@ impl AgentRuntime for CommandRuntime {
                 }
                 self.copy_local_repo(provider, sandbox_id, &dir).await?;
             }
-            RepoSource::Git(url) => {
-                let mut env = BTreeMap::new();
-                // Without a terminal a credential prompt would hang until the timeout.
-                env.insert("GIT_TERMINAL_PROMPT".to_string(), "0".to_string());
-                let request = ExecRequest {
-                    program: "git".into(),
-                    args: ["clone", "--depth", "1", "--", &url, AGENT_DIR]
-                        .map(String::from)
-                        .to_vec(),
-                    env,
-                    timeout: Some(SETUP_COMMAND_TIMEOUT),
-                    ..Default::default()
-                };
-                let what = format!("git clone of {}", without_credentials(&url));
-                self.run_setup_command(provider, sandbox_id, &what, request)
+            RepoSource::Git(_) => {
+                self.git_checkout()?
+                    .clone_into(provider, sandbox_id, AGENT_DIR)
                     .await?;
             }
         }
+        self.run_setup_commands(provider, sandbox_id).await
+    }
+
+    async fn run(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        query: &str,
+        options: RunOptions,
+    ) -> Result<AgentOutput, JobError> {
+        self.run_query(provider, sandbox_id, query, options).await
+    }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<CheckoutRecord, JobError> {
+        self.refresh_checkout(provider, sandbox_id, commit).await
+    }
+
+    fn repo_checkout(&self) -> Option<&RepoCheckout> {
+        CommandRuntime::repo_checkout(self)
+    }
+}
+
+impl CommandRuntime {
+    /// The profile's setup commands, in `agent/`.
+    async fn run_setup_commands(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+    ) -> Result<(), JobError> {
         for command in &self.profile.setup {
             let Some((program, args)) = command.split_first() else {
                 return Err(JobError::permanent("an agent setup command is empty"));
@@ -251,7 +354,7 @@ impl AgentRuntime for CommandRuntime {
         Ok(())
     }
 
-    async fn run(
+    async fn run_query(
         &self,
         provider: &dyn SandboxProvider,
         sandbox_id: &str,
@@ -288,7 +391,7 @@ impl AgentRuntime for CommandRuntime {
             cwd: Some(AGENT_DIR.into()),
             stdin,
             timeout: options.timeout,
-            max_output_bytes: 0,
+            max_output_bytes: options.max_output_bytes,
         };
         let control = ExecControl {
             cancel: options.cancel,
@@ -306,15 +409,17 @@ impl AgentRuntime for CommandRuntime {
                  running it again",
             ));
         }
-        if output.stdout_truncated {
-            return Err(JobError::permanent(
-                "the agent's output exceeded the sandbox output limit \
-                 (sandbox.local.max_output_bytes, 1 MiB on E2B); the answer would be cut",
-            ));
+        // The output is held once: the text is the bytes read (no copy when they are
+        // UTF-8), trimmed and redacted in place where nothing needs replacing.
+        let cut = output.stdout_truncated;
+        let (mut answer, metadata) = parse_answer(utf8_in_place(output.stdout));
+        answer = self.redact_owned(answer);
+        if cut {
+            // Cut while it was read, at `results.max_bytes` (provider default when 0).
+            answer.push_str(&truncation_marker(options.max_output_bytes));
         }
-        let (answer, metadata) = parse_answer(&String::from_utf8_lossy(&output.stdout));
         Ok(AgentOutput {
-            answer: self.redact(&answer),
+            answer,
             exit_code: output.exit_code,
             stderr_tail: self.redact(&tail_utf8(&output.stderr, STDERR_TAIL_BYTES)),
             // Everything returned reaches Redis, the API and the CLI: the metadata
@@ -336,11 +441,44 @@ fn classify_exit(exit_code: i32, message: String) -> JobError {
     }
 }
 
+/// Output larger than this is taken as text without trying it as JSON: parsing
+/// would hold it twice.
+const MAX_JSON_ANSWER_BYTES: usize = 4 << 20;
+
+/// The line appended to an answer cut at the output cap (`limit` 0: the provider's
+/// default cap).
+pub fn truncation_marker(limit: usize) -> String {
+    let at = if limit == 0 {
+        "the sandbox's output limit".to_string()
+    } else {
+        format!("{limit} bytes (results.max_bytes)")
+    };
+    format!("\n[dexter-fleet: output truncated at {at}; the agent printed more]\n")
+}
+
+/// Bytes as text without copying them: valid UTF-8 is taken as it is, a character cut
+/// at the end by the output cap is dropped, and only text with invalid bytes inside is
+/// copied (with U+FFFD for them).
+fn utf8_in_place(mut bytes: Vec<u8>) -> String {
+    if let Err(e) = std::str::from_utf8(&bytes)
+        && e.error_len().is_none()
+    {
+        bytes.truncate(e.valid_up_to());
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
 /// An agent that prints a JSON object with a string `answer` gives its answer
-/// there and everything else as metadata; any other stdout is the answer as text.
-fn parse_answer(stdout: &str) -> (String, serde_json::Value) {
-    let text = stdout.trim();
-    if let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(text)
+/// there and everything else as metadata; any other stdout is the answer as text,
+/// trimmed in place.
+fn parse_answer(mut stdout: String) -> (String, serde_json::Value) {
+    let trimmed = stdout.trim();
+    if trimmed.len() <= MAX_JSON_ANSWER_BYTES
+        && trimmed.starts_with('{')
+        && let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(trimmed)
         && let Some(serde_json::Value::String(answer)) = object.remove("answer")
     {
         let metadata = if object.is_empty() {
@@ -350,7 +488,11 @@ fn parse_answer(stdout: &str) -> (String, serde_json::Value) {
         };
         return (answer, metadata);
     }
-    (text.to_string(), serde_json::Value::Null)
+    let end = stdout.trim_end().len();
+    stdout.truncate(end);
+    let start = stdout.len() - stdout.trim_start().len();
+    stdout.drain(..start);
+    (stdout, serde_json::Value::Null)
 }
 
 /// The last `max` bytes of `bytes` as text, starting on a character boundary.
@@ -361,24 +503,6 @@ fn tail_utf8(bytes: &[u8], max: usize) -> String {
         start += 1;
     }
     String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-fn is_git_url(repo: &str) -> bool {
-    ["https://", "http://", "ssh://", "git@", "file://"]
-        .iter()
-        .any(|prefix| repo.starts_with(prefix))
-        || repo.ends_with(".git")
-}
-
-/// A URL fit for an error message: `https://user:token@host/x` → `https://host/x`.
-fn without_credentials(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host_and_path)) = rest.split_once('@')
-        && !userinfo.contains('/')
-    {
-        return format!("{scheme}://{host_and_path}");
-    }
-    url.to_string()
 }
 
 /// Files of a local repo, as `/`-separated paths relative to `root`, skipping
@@ -560,21 +684,62 @@ mod tests {
     #[test]
     fn answers_parse_as_json_only_when_they_hold_a_string_answer() {
         assert_eq!(
-            parse_answer("  plain text\n"),
+            parse_answer("  plain text\n".into()),
             ("plain text".into(), serde_json::Value::Null)
         );
         assert_eq!(
-            parse_answer(r#"{"answer": "only"}"#),
+            parse_answer(r#"{"answer": "only"}"#.into()),
             ("only".into(), serde_json::Value::Null)
         );
         let numeric = r#"{"answer": 42, "x": 1}"#;
         assert_eq!(
-            parse_answer(numeric),
+            parse_answer(numeric.into()),
             (numeric.into(), serde_json::Value::Null)
         );
         assert_eq!(
-            parse_answer("[1, 2]"),
+            parse_answer("[1, 2]".into()),
             ("[1, 2]".into(), serde_json::Value::Null)
+        );
+    }
+
+    #[test]
+    fn output_becomes_text_in_place() {
+        let text = "plain é text".to_string();
+        let ptr = text.as_ptr();
+        let back = utf8_in_place(text.into_bytes());
+        assert_eq!(back, "plain é text");
+        assert_eq!(back.as_ptr(), ptr, "valid UTF-8 is not copied");
+        // A character cut by the output cap is dropped, not replaced.
+        let mut cut = "ab€".as_bytes().to_vec();
+        cut.pop();
+        assert_eq!(utf8_in_place(cut), "ab");
+        assert_eq!(utf8_in_place(vec![b'a', 0xff, b'b']), "a\u{fffd}b");
+        let (answer, _) = parse_answer("\n\n  spaced out  \n".into());
+        assert_eq!(answer, "spaced out");
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_cut_with_a_marker() {
+        let rt = runtime(profile(
+            &["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"],
+            QueryVia::Stdin,
+        ));
+        let f = fixture().await;
+        rt.setup(&f.provider, &f.sandbox).await.unwrap();
+        let options = RunOptions {
+            max_output_bytes: 1000,
+            ..Default::default()
+        };
+        let out = rt.run(&f.provider, &f.sandbox, "q", options).await.unwrap();
+        assert!(out.truncated);
+        assert!(out.answer.starts_with(&"x".repeat(1000)), "{}", out.answer);
+        assert_eq!(
+            out.answer,
+            format!("{}{}", "x".repeat(1000), truncation_marker(1000))
+        );
+        assert!(
+            out.answer
+                .contains("output truncated at 1000 bytes (results.max_bytes)")
         );
     }
 
@@ -827,10 +992,11 @@ mod tests {
         let err = setup_and_run(&runtime(p), "q").await.unwrap_err();
         assert!(
             err.message
-                .starts_with("git clone of file:///nonexistent/repo.git exited with code 128"),
+                .starts_with("git fetch of file:///nonexistent/repo.git failed (exit 128)"),
             "{}",
             err.message
         );
+        assert_eq!(err.class, ErrorClass::Permanent, "no such repo: no retry");
     }
 
     #[test]
@@ -855,10 +1021,6 @@ mod tests {
         );
         assert_eq!(rt("/abs/agent"), RepoSource::Local("/abs/agent".into()));
         assert_eq!(rt(""), RepoSource::None);
-        assert_eq!(
-            without_credentials("https://me:ghp_token@github.com/x/y"),
-            "https://github.com/x/y"
-        );
     }
 
     #[test]

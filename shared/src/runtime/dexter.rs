@@ -93,6 +93,15 @@ impl AgentRuntime for DexterRuntime {
         "dexter"
     }
 
+    /// The wrapper writes Dexter's progress events as JSON lines on stderr.
+    fn event_pipe(&self) -> Option<super::OutputPipe> {
+        Some(super::OutputPipe::Stderr)
+    }
+
+    fn redact_output(&self, text: &str) -> String {
+        redact(&self.secrets, text)
+    }
+
     async fn setup(
         &self,
         provider: &dyn SandboxProvider,
@@ -168,6 +177,21 @@ impl AgentRuntime for DexterRuntime {
                 Err(err.with_details(metadata))
             }
         }
+    }
+
+    async fn refresh(
+        &self,
+        provider: &dyn SandboxProvider,
+        sandbox_id: &str,
+        commit: Option<&str>,
+    ) -> Result<super::checkout::CheckoutRecord, JobError> {
+        self.files
+            .refresh_checkout(provider, sandbox_id, commit)
+            .await
+    }
+
+    fn repo_checkout(&self) -> Option<&super::checkout::RepoCheckout> {
+        self.files.repo_checkout()
     }
 }
 

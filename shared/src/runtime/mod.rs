@@ -10,9 +10,12 @@
 //! Working profiles for each are in `config/examples/`.
 //!
 //! A runtime prepares a new sandbox once (`setup`: the agent's files, installs)
-//! and then runs queries in it (`run`). Its errors are [`JobError`]s, already
+//! and then runs queries in it (`run`). An agent whose repo is a git URL is
+//! checked out by [`checkout`] (token only in git's environment, commit recorded)
+//! and can be moved to another commit in place (`refresh`). Its errors are [`JobError`]s, already
 //! classified, so the queue knows whether to retry.
 
+pub mod checkout;
 pub mod claude_code;
 pub mod command;
 pub mod dexter;
@@ -65,6 +68,11 @@ pub struct RunOptions {
     /// base URLs pointing at the gateway and the attempt's token in place of every
     /// provider key (it overrides a real key of the same name).
     pub gateway_env: std::collections::BTreeMap<String, String>,
+    /// Keep at most this many bytes of the agent's output (`results.max_bytes`); the
+    /// provider drops the rest as it reads. 0: the provider's default. The `command`
+    /// runtime cuts its answer there with a marker; the others parse structured output
+    /// and keep their own limits.
+    pub max_output_bytes: usize,
 }
 
 /// The tighter of a profile's cap and a job's (`0` or `None`: no cap).
@@ -76,10 +84,27 @@ pub(crate) fn tighter_cap<T: PartialOrd + Default + Copy>(profile: T, job: Optio
     }
 }
 
+/// One of a process's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputPipe {
+    Stdout,
+    Stderr,
+}
+
 #[async_trait]
 pub trait AgentRuntime: Send + Sync + 'static {
     /// `command`, `dexter` or `claude_code`.
     fn name(&self) -> &'static str;
+
+    /// The output stream on which the agent writes structured events, one JSON object
+    /// per line (live events show them as `agent` events); `None`: plain text only.
+    fn event_pipe(&self) -> Option<OutputPipe> {
+        None
+    }
+
+    /// `text` (a line of the agent's output, on its way to live events) with the
+    /// values of the profile's secrets replaced.
+    fn redact_output(&self, text: &str) -> String;
 
     /// Prepare a freshly created sandbox: put the agent's files in place and run
     /// its setup commands.
@@ -94,6 +119,24 @@ pub trait AgentRuntime: Send + Sync + 'static {
         query: &str,
         options: RunOptions,
     ) -> Result<AgentOutput, JobError>;
+
+    /// Move a set-up sandbox's checkout to `commit` (`None`: the profile's ref) and
+    /// run the setup commands again. On failure the old commit keeps serving.
+    async fn refresh(
+        &self,
+        _provider: &dyn SandboxProvider,
+        _sandbox_id: &str,
+        _commit: Option<&str>,
+    ) -> Result<checkout::CheckoutRecord, JobError> {
+        Err(JobError::permanent(
+            "this agent's repo is not a git URL: it cannot be refreshed to a commit",
+        ))
+    }
+
+    /// The profile's git checkout, when its repo is a git URL.
+    fn repo_checkout(&self) -> Option<&checkout::RepoCheckout> {
+        None
+    }
 }
 
 /// Secrets shorter than this are not redacted: replacing every occurrence of a one-

@@ -201,6 +201,13 @@ pub trait SandboxProvider: Send + Sync + 'static {
     /// at least `timeout` from now. This is how a paused agent is resumed.
     async fn connect(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, SandboxError>;
 
+    /// `connect` for a caller that needs nothing back (the agent pool resuming its
+    /// own agent, whose metadata it keeps): providers that must make an extra call
+    /// to describe the sandbox skip it.
+    async fn resume(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        self.connect(id, timeout).await.map(|_| ())
+    }
+
     /// Pause: keep filesystem (and memory, where the provider can) for a later `connect`.
     async fn pause(&self, id: &str) -> Result<(), SandboxError>;
 

@@ -21,7 +21,9 @@ if not status then
 end
 if status == 'queued' or status == 'retrying' then
   local ttl = tonumber(ARGV[4])
-  if status == 'queued' then
+  if status == 'queued' and cache_unfollow(prefix, jk, id) then
+    -- it waited on an identical job (result cache): in no ready list, so it ends here
+  elseif status == 'queued' then
     redis.call('HSET', jk, 'in_wait', '1')
     ttl = 0
   else
@@ -30,6 +32,9 @@ if status == 'queued' or status == 'retrying' then
   set_status(prefix, jk, 'cancelled')
   redis.call('HSET', jk, 'error', CANCELLED_ERROR)
   finish(prefix, jk, id, tonumber(ARGV[3]), ttl)
+  -- a job others wait on hands its cache entry over (the worker that fetches the next
+  -- ready job, at the latest within its idle block, runs it: no marker key here)
+  cache_hand_over(prefix, jk, id, KEYS[1], nil)
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', jk, 'cancel', '1')

@@ -6,12 +6,19 @@
 --
 -- KEYS[1] active  ZSET job ID -> lease expiry (ms)
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms),
--- then 3 per completion: job ID, token, result JSON (which also describes the successful
--- attempt: worker, times, agent; `fleet status` derives its history entry from it)
+-- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms), ARGV[4] arguments per
+-- completion (3, or 4 when some completion of the call staged its answer),
+-- then per completion: job ID, token, result JSON (which also describes the successful
+-- attempt: worker, times, agent; `fleet status` derives its history entry from it),
+-- and with 4: '1' when the attempt staged its answer under `staged:<id>:<token>`.
+--
+-- A staged answer becomes the job's `answer:<id>` (RENAME) in the same step that makes
+-- the job `succeeded`: no reader sees the status without its answer. A job that leads a
+-- result cache entry (`cache` field) fills it, and the jobs waiting on it get the result
+-- (_results.lua).
 --
 -- Returns one code per completion: 1 done, 2 already done by this token (a retried
--- call), 0 refused (stale).
+-- call), 0 refused (stale), 3 refused: its staged answer is gone (expired).
 --
 -- An `error` or `cancel` field left by earlier attempts stays in the hash: readers ignore
 -- both on a succeeded job (results.rs), which saves reading and deleting them here.
@@ -23,16 +30,24 @@ local pj = prefix .. 'job:'
 local out = {}
 local deltas = {}
 local any = nil
-for i = 4, #ARGV, 3 do
+local per = tonumber(ARGV[4])
+for i = 5, #ARGV, per do
   local id = ARGV[i]
   local token = ARGV[i + 1]
   local jk = pj .. id
-  local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts', 'first_started_at')
+  local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts', 'first_started_at',
+    'cache', 'cache_ttl')
+  local staged = nil
+  if per == 4 and ARGV[i + 3] == '1' then
+    staged = prefix .. 'staged:' .. id .. ':' .. token
+  end
   if f[1] ~= token then
     out[#out + 1] = 0
   elseif f[2] ~= 'running' then
     -- settled already by this token (see check_fence in _lib.lua)
     out[#out + 1] = 2
+  elseif staged and redis.call('EXISTS', staged) == 0 then
+    out[#out + 1] = 3
   else
     redis.call('ZREM', KEYS[1], id)
     if f[3] then
@@ -42,11 +57,23 @@ for i = 4, #ARGV, 3 do
     -- creates no second key. One that ran before (`first_started_at`: a dead letter
     -- retried, whose counter started again) has one, which must expire too.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now_s)
+    if staged then
+      redis.call('RENAME', staged, answer_key(prefix, id))
+      if ttl > 0 then
+        redis.call('PEXPIRE', answer_key(prefix, id), ttl_s)
+      else
+        redis.call('PERSIST', answer_key(prefix, id))
+      end
+    end
     if ttl > 0 then
       redis.call('PEXPIRE', jk, ttl_s)
       if f[4] ~= '1' or f[5] then
         redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl_s)
       end
+    end
+    if f[6] then
+      cache_settle_success(prefix, f[6], id, ARGV[i + 2], now_s, tonumber(f[7]) or 0, ttl,
+        deltas)
     end
     any = id
     out[#out + 1] = 1

@@ -49,9 +49,11 @@ elseif decision == 'release' then
   redis.call('ZADD', KEYS[4], 0, '0')
 elseif decision == 'dead' then
   bury(prefix, jk, id, now, KEYS[5])
+  cache_hand_over(prefix, jk, id, KEYS[2], KEYS[4])
 else
   set_status(prefix, jk, 'cancelled')
   redis.call('HDEL', jk, 'cancel')
   finish(prefix, jk, id, now, tonumber(ARGV[9]))
+  cache_hand_over(prefix, jk, id, KEYS[2], KEYS[4])
 end
 return 1

@@ -99,6 +99,7 @@ if ids then
       redis.call('HSET', jk, 'status', 'cancelled', 'error', CANCELLED_ERROR)
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, result_ttl)
+      cache_hand_over(prefix, jk, id, KEYS[1], KEYS[4])
     elseif status == 'queued' then
       local attempt = succ(f[3] or '0')
       if f[2] then

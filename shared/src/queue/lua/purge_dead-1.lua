@@ -16,6 +16,8 @@ for _, id in ipairs(ids) do
     local jk = job_key(prefix, id)
     set_status(prefix, jk, 'failed')
     finish(prefix, jk, id, now, tonumber(ARGV[3]))
+    -- a purged job keeps no stored answer (a dead one has none; this is for safety)
+    redis.call('DEL', answer_key(prefix, id))
     n = n + 1
   end
 end

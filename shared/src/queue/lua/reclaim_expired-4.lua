@@ -67,8 +67,10 @@ for _, id in ipairs(ids) do
       set_status(prefix, jk, 'cancelled')
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, tonumber(ARGV[4]))
+      cache_hand_over(prefix, jk, id, KEYS[2], KEYS[3])
     elseif attempt >= (tonumber(string.match(job_meta(jk, f[2]), '^%d+')) or 1) then
       bury(prefix, jk, id, now, KEYS[4])
+      cache_hand_over(prefix, jk, id, KEYS[2], KEYS[3])
     else
       set_status(prefix, jk, 'queued')
       redis.call('RPUSH', KEYS[2], id)

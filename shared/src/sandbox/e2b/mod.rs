@@ -376,6 +376,47 @@ fn without_create_id(mut m: BTreeMap<String, String>) -> BTreeMap<String, String
     m
 }
 
+impl E2bProvider {
+    /// Connect (resuming if paused) without describing the sandbox afterwards.
+    async fn connect_only(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<control::Sandbox, SandboxError> {
+        check_id(id)?;
+        let secs = api_seconds(timeout);
+        // A sandbox we hold as running only has its TTL extended; anything else may
+        // be resumed, which takes a slot and a create turn.
+        let slot = if self.limits.is_running(id) {
+            None
+        } else {
+            if !self.failed_kills.lock().unwrap().is_empty() {
+                self.retry_kills_once().await;
+            }
+            Some(self.limits.reserve().await?)
+        };
+        let needs_turn = slot.is_some();
+        let result = self
+            .retry
+            .run("connect", id, || async {
+                if needs_turn {
+                    self.start_in_turn("connect", id, || self.control.connect(id, secs))
+                        .await
+                } else {
+                    self.control.connect(id, secs).await
+                }
+            })
+            .await;
+        let (sandbox, resumed) = self.note(id, result).await?;
+        if let Some(slot) = slot {
+            slot.commit(id).await;
+        }
+        self.remember(&sandbox);
+        tracing::info!(sandbox = %id, call = "connect", resumed, "sandbox connected");
+        Ok(sandbox)
+    }
+}
+
 #[async_trait]
 impl SandboxProvider for E2bProvider {
     fn name(&self) -> &'static str {
@@ -434,36 +475,7 @@ impl SandboxProvider for E2bProvider {
     }
 
     async fn connect(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, SandboxError> {
-        check_id(id)?;
-        let secs = api_seconds(timeout);
-        // A sandbox we hold as running only has its TTL extended; anything else may
-        // be resumed, which takes a slot and a create turn.
-        let slot = if self.limits.is_running(id) {
-            None
-        } else {
-            if !self.failed_kills.lock().unwrap().is_empty() {
-                self.retry_kills_once().await;
-            }
-            Some(self.limits.reserve().await?)
-        };
-        let needs_turn = slot.is_some();
-        let result = self
-            .retry
-            .run("connect", id, || async {
-                if needs_turn {
-                    self.start_in_turn("connect", id, || self.control.connect(id, secs))
-                        .await
-                } else {
-                    self.control.connect(id, secs).await
-                }
-            })
-            .await;
-        let (sandbox, resumed) = self.note(id, result).await?;
-        if let Some(slot) = slot {
-            slot.commit(id).await;
-        }
-        self.remember(&sandbox);
-        tracing::info!(sandbox = %id, call = "connect", resumed, "sandbox connected");
+        let sandbox = self.connect_only(id, timeout).await?;
         // `Sandbox` carries no metadata: fetch it. The sandbox is running either way,
         // so a failure here only costs the metadata.
         let metadata = match self.retry.run("get", id, || self.control.get(id)).await {
@@ -479,6 +491,10 @@ impl SandboxProvider for E2bProvider {
             template: sandbox.alias.unwrap_or(sandbox.template_id),
             metadata,
         })
+    }
+
+    async fn resume(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        self.connect_only(id, timeout).await.map(|_| ())
     }
 
     async fn pause(&self, id: &str) -> Result<(), SandboxError> {

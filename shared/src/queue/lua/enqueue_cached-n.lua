@@ -1,0 +1,113 @@
+-- enqueue_cached: write jobs that use the result cache, looking each one's query up in
+-- the cache in the same atomic step (so two identical jobs never both run):
+--   done entry     -> the job is written `succeeded` at once with that job's result
+--                     (`cached: true`, `cached_from`) and a copy of its stored answer;
+--                     no agent runs
+--   running entry  -> the job waits on the job that runs the query (`follows`; in no
+--                     ready list) and gets its result when it succeeds (complete-1.lua)
+--   none           -> the job claims the entry and is made ready like any job
+-- An entry whose job is gone or ended without a result is taken over (jobs already
+-- waiting on it stay and wait on the new one).
+--
+-- KEYS[1] wait     LIST  ready job IDs
+-- KEYS[2] marker   ZSET  wakes a blocked worker
+-- KEYS[3..] one cache entry key (HASH, `…:cache:<digest>`) per job, in job order; the
+--   same key appears once per job that asks the same query. Hence `-n`: 2 + jobs keys.
+--
+-- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms), ARGV[4] idempotency TTL (ms),
+-- then 6 per job: id, spec JSON, meta, batch ID ('' = none), idempotency key ('' = none),
+-- cache TTL (ms, how long a success is served from the cache).
+--
+-- Returns, per job, the ID it exists under (as enqueue-3.lua does).
+local prefix = ARGV[1]
+local now_s = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local idem_ttl = ARGV[4]
+local pj = prefix .. 'job:'
+local out = {}
+local deltas = {}
+local woke = false
+local served = nil
+-- batches with a job ended here: their records expire with it, as any ended job's do
+local ended_batches = {}
+local j = 0
+for i = 5, #ARGV, 6 do
+  j = j + 1
+  local id, spec, meta, batch, idem, cache_ttl =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local ck = KEYS[2 + j]
+  local result_id = id
+  local skip = false
+  if idem ~= '' then
+    local ik = prefix .. 'idem:' .. idem
+    local existing = redis.call('GET', ik)
+    if existing then
+      result_id = existing
+      skip = true
+    else
+      redis.call('SET', ik, id, 'PX', idem_ttl)
+    end
+  end
+  local jk = pj .. id
+  if not skip and redis.call('EXISTS', jk) == 1 then
+    skip = true
+  end
+  if not skip then
+    redis.call('HSET', jk, 'spec', spec, 'meta', meta, 'cache', ck, 'cache_ttl', cache_ttl)
+    if batch ~= '' then
+      redis.call('HSET', jk, 'batch', batch)
+      count_move(deltas, batch, nil, 'total')
+    end
+    local e = redis.call('HMGET', ck, 'state', 'job')
+    local hit = false
+    if e[1] == 'done' and e[2] then
+      local src = redis.call('HMGET', pj .. e[2], 'status', 'result')
+      if src[1] == 'succeeded' and src[2] then
+        count_move(deltas, batch, nil, 'succeeded')
+        serve_cached(prefix, jk, id, e[2], src[2], now_s, ttl)
+        if batch ~= '' then
+          ended_batches[batch] = true
+        end
+        served = id
+        hit = true
+      else
+        -- the job it pointed at is gone: a miss
+        redis.call('DEL', ck)
+        e = { false, false }
+      end
+    end
+    if not hit then
+      count_move(deltas, batch, nil, 'queued')
+      redis.call('HSET', jk, 'status', 'queued')
+      local leader = e[2]
+      local live = false
+      if e[1] == 'running' and leader and leader ~= id then
+        local ls = redis.call('HGET', pj .. leader, 'status')
+        live = ls == 'queued' or ls == 'running' or ls == 'retrying'
+      end
+      if live then
+        redis.call('HSET', jk, 'follows', leader)
+        redis.call('HSET', ck, 'f:' .. id, '1')
+      else
+        redis.call('HSET', ck, 'state', 'running', 'job', id)
+        redis.call('PERSIST', ck)
+        redis.call('LPUSH', KEYS[1], id)
+        woke = true
+      end
+    end
+  end
+  out[#out + 1] = result_id
+end
+write_counts(prefix, deltas, nil, true)
+if ttl > 0 then
+  for batch in pairs(ended_batches) do
+    redis.call('PEXPIRE', prefix .. 'batch:' .. batch, ttl)
+  end
+end
+if woke then
+  redis.call('ZADD', KEYS[2], '0', '0')
+end
+if served then
+  redis.call('PUBLISH', prefix .. 'done', served)
+end
+return out
