@@ -1,6 +1,7 @@
 //! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run, every
 //! lease keeper has renewed within half the lease TTL, and the worker is not draining)
-//! and `/metrics` (Prometheus text: attempts, pool, queue depths).
+//! and `/metrics` (Prometheus text: attempts, pool, queue depths, and the model
+//! gateway's requests, tokens and cost by profile and model when it runs).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -248,6 +249,9 @@ async fn metrics(State(state): State<AppState>) -> String {
             "Dead-lettered research jobs.",
             c.dead,
         );
+    }
+    if let Some(gateway) = &e.gateway {
+        out.push_str(&gateway.metrics_text());
     }
     let fleet_agents =
         tokio::time::timeout(std::time::Duration::from_secs(2), e.pool.agents()).await;
