@@ -129,7 +129,18 @@ request_attempts = 8
         "fake E2B: created {}, killed {}, paused {}, running {}",
         c.created, c.killed, c.paused, c.running
     );
-    assert_eq!(c.running, 0, "no sandbox left running after shutdown");
+    let left = fleet_shared::pool::Registry::open(&fleet.settings.redis)
+        .await
+        .unwrap()
+        .list(None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.running,
+        0,
+        "no sandbox left running after shutdown; registry: {left:?}\n{}",
+        fleet.logs()
+    );
     assert_eq!(
         c.created,
         c.killed + c.paused,

@@ -422,20 +422,18 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     // Withdrawn first (and no longer re-announced), so that of several workers
     // stopping at once, at least the last to look sees none left.
     keepers[&QueueKind::Research].stop_announcing();
-    let last = match research_queue.withdraw_worker(&worker).await {
-        Ok(()) => match research_queue.known_workers().await {
-            Ok(known) => {
-                let others: Vec<String> = known.into_iter().filter(|w| *w != worker).collect();
-                research_queue
-                    .live_workers(&others)
-                    .await
-                    .map(|live| !live.into_iter().any(|alive| alive))
-                    .unwrap_or(false)
-            }
-            Err(_) => false,
-        },
-        Err(_) => false,
+    let last_out = async {
+        research_queue.withdraw_worker(&worker).await?;
+        let known = research_queue.known_workers().await?;
+        let others: Vec<String> = known.into_iter().filter(|w| *w != worker).collect();
+        let live = research_queue.live_workers(&others).await?;
+        Ok::<bool, fleet_shared::queue::QueueError>(!live.into_iter().any(|alive| alive))
     };
+    // Redis away (these calls would retry for ever): not known to be the last.
+    let last = matches!(
+        tokio::time::timeout(Duration::from_secs(2), last_out).await,
+        Ok(Ok(true))
+    );
     let left = pool
         .shutdown_within(
             Duration::from_secs(settings.worker.drain_timeout_secs),

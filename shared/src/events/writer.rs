@@ -319,7 +319,7 @@ impl Splitter {
             tokio::select! {
                 biased;
                 chunk = chunks.recv(), if open => match chunk {
-                    Some(chunk) => self.chunk(chunk),
+                    Some(chunk) => self.catch_up(chunk, &mut chunks),
                     None => open = false,
                 },
                 ended = &mut finished => {
@@ -342,6 +342,31 @@ impl Splitter {
                 .push(Entry::new(EventKind::AttemptEnded, &ended));
         }
         self.buffer.close();
+    }
+
+    /// Take `first` and everything queued behind it. When more is queued than the
+    /// buffer holds (the agent prints faster than lines are made), the oldest chunks
+    /// are dropped and counted rather than kept: the channel from the provider is
+    /// unbounded, and the worker must not hold the agent's output twice.
+    fn catch_up(&mut self, first: OutputChunk, chunks: &mut mpsc::UnboundedReceiver<OutputChunk>) {
+        let size = |c: &OutputChunk| match c {
+            OutputChunk::Stdout(b) | OutputChunk::Stderr(b) => b.len(),
+        };
+        let mut queued = std::collections::VecDeque::from([first]);
+        let mut bytes = size(&queued[0]);
+        while let Ok(chunk) = chunks.try_recv() {
+            bytes += size(&chunk);
+            queued.push_back(chunk);
+            while bytes > BUFFER_BYTES && queued.len() > 1 {
+                if let Some(old) = queued.pop_front() {
+                    bytes -= size(&old);
+                    self.buffer.lost(1);
+                }
+            }
+        }
+        for chunk in queued {
+            self.chunk(chunk);
+        }
     }
 
     fn chunk(&mut self, chunk: OutputChunk) {

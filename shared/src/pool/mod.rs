@@ -136,7 +136,11 @@ impl Drop for AgentLease {
                 // What the cut-off command left in a pooled agent is unknown: kill it.
                 // A persistent agent's command died with its dropped `exec`; keep it.
                 let healthy = lease.persistent;
-                runtime.spawn(async move { core.give_back(lease, healthy, false).await });
+                let tasks = core.tasks.clone();
+                tasks.spawn_on(
+                    async move { core.give_back(lease, healthy, false).await },
+                    &runtime,
+                );
             }
             Err(_) => {
                 // No runtime: the hold expires and another worker adopts the agent.
@@ -198,10 +202,14 @@ impl Drop for HoldGuard {
                     std::mem::take(&mut self.sandbox_id),
                     self.fence,
                 );
-                runtime.spawn(async move {
-                    core.abort_held(&agent_id, &profile, &sandbox_id, fence)
-                        .await
-                });
+                let tasks = core.tasks.clone();
+                tasks.spawn_on(
+                    async move {
+                        core.abort_held(&agent_id, &profile, &sandbox_id, fence)
+                            .await
+                    },
+                    &runtime,
+                );
             }
             _ => core.released(&self.agent_id),
         }
@@ -247,6 +255,10 @@ struct PoolCore {
     /// Kills that failed: (agent, profile, sandbox, fence), retried by `maintain`.
     pending_kills: Mutex<Vec<(String, String, String, u64)>>,
     stats: Mutex<PoolStats>,
+    /// Work this process started in the background on agents (launches for the pool,
+    /// give-backs and kills of cut-off attempts): shutdown waits for it, so the
+    /// process never exits halfway through a kill.
+    tasks: tokio_util::task::TaskTracker,
     /// Woken when an agent may have become free (here or, through the registry's
     /// channel, anywhere in the fleet).
     changed: Notify,
@@ -697,6 +709,7 @@ impl AgentPool {
                 launching: Mutex::default(),
                 pending_kills: Mutex::default(),
                 stats: Mutex::default(),
+                tasks: tokio_util::task::TaskTracker::new(),
                 changed: Notify::new(),
             }),
         }
@@ -1009,7 +1022,8 @@ impl AgentPool {
             .entry(profile.to_string())
             .or_default() += 1;
         let profile = profile.to_string();
-        tokio::spawn(async move {
+        let tasks = core.tasks.clone();
+        tasks.spawn(async move {
             let result = match core.launch(&profile, false, None, false, timeout).await {
                 Ok(_) => Ok(()),
                 // At the cap: nothing to launch; wait for an agent to come back.
@@ -1513,11 +1527,14 @@ impl AgentPool {
     pub async fn shutdown_within(&self, limit: Duration, last: bool) -> Vec<String> {
         let core = &self.core;
         let deadline = crate::time::instant_after(limit);
-        // Launches under way finish (their agents are then ended like the others).
-        while core.launching.lock().unwrap().values().any(|n| *n > 0)
-            && tokio::time::Instant::now() + Duration::from_millis(50) < deadline
+        // Launches under way finish, and give-backs and kills of cut-off attempts too
+        // (their agents are then ended like the others).
+        core.tasks.close();
+        if tokio::time::timeout_at(deadline, core.tasks.wait())
+            .await
+            .is_err()
         {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tracing::warn!("background work on agents did not finish before the drain timeout");
         }
         let agents = match core.registry.list(None).await {
             Ok(a) => a,
