@@ -41,56 +41,75 @@ impl UsageGauges {
         provider: &Arc<dyn SandboxProvider>,
         agents: &[AgentRecord],
     ) -> String {
+        self.render_targets(provider, running(provider, agents), SCRAPE_BOUND)
+            .await
+    }
+
+    async fn render_targets(
+        &self,
+        provider: &Arc<dyn SandboxProvider>,
+        targets: Vec<Target>,
+        bound: Duration,
+    ) -> String {
         let mut last = self.last.lock().await;
         if let Some((at, text)) = last.as_ref()
             && at.elapsed() < CACHE_FOR
         {
             return text.clone();
         }
-        let samples = sample(provider, agents, Instant::now() + SCRAPE_BOUND).await;
+        let samples = sample(provider, targets, Instant::now() + bound).await;
         let text = format_gauges(&samples);
         *last = Some((Instant::now(), text.clone()));
         text
     }
 }
 
-/// The agents whose sandboxes run (idle or busy) on this worker's provider.
-fn running<'a>(
-    provider: &'a Arc<dyn SandboxProvider>,
-    agents: &'a [AgentRecord],
-) -> impl Iterator<Item = &'a AgentRecord> {
-    agents.iter().filter(move |a| {
-        matches!(a.state, AgentState::Idle | AgentState::Busy)
-            && !a.sandbox_id.is_empty()
-            && a.provider == provider.name()
-    })
+/// One agent to sample.
+struct Target {
+    profile: String,
+    sandbox: String,
+    agent: String,
 }
 
-/// Each running agent's latest sample with its profile; those without one by
-/// `deadline` (or whose call failed) are left out.
+/// The agents whose sandboxes run (idle or busy) on this worker's provider. Owned,
+/// so the futures of a refresh borrow nothing from the caller (the handler's future
+/// must be `Send` for any lifetime).
+fn running(provider: &Arc<dyn SandboxProvider>, agents: &[AgentRecord]) -> Vec<Target> {
+    agents
+        .iter()
+        .filter(|a| {
+            matches!(a.state, AgentState::Idle | AgentState::Busy)
+                && !a.sandbox_id.is_empty()
+                && a.provider == provider.name()
+        })
+        .map(|a| Target {
+            profile: a.profile.clone(),
+            sandbox: a.sandbox_id.clone(),
+            agent: a.agent_id.clone(),
+        })
+        .collect()
+}
+
+/// Each target's latest sample with its profile; those without one by `deadline`
+/// (or whose call failed) are left out.
 async fn sample(
     provider: &Arc<dyn SandboxProvider>,
-    agents: &[AgentRecord],
+    targets: Vec<Target>,
     deadline: Instant,
 ) -> Vec<(String, SandboxMetrics)> {
-    // Owned, so the futures borrow nothing from the caller (the handler must be Send
-    // for any lifetime).
-    let targets: Vec<(String, String, String)> = running(provider, agents)
-        .map(|a| (a.profile.clone(), a.sandbox_id.clone(), a.agent_id.clone()))
-        .collect();
     futures::stream::iter(targets)
-        .map(|(profile, sandbox, agent)| {
+        .map(|t| {
             let provider = provider.clone();
             async move {
-                match tokio::time::timeout_at(deadline, provider.metrics(&sandbox)).await {
-                    Ok(Ok(Some(m))) => Some((profile, m)),
+                match tokio::time::timeout_at(deadline, provider.metrics(&t.sandbox)).await {
+                    Ok(Ok(Some(m))) => Some((t.profile, m)),
                     Ok(Ok(None)) => None,
                     Ok(Err(e)) => {
-                        tracing::debug!(%agent, %sandbox, error = %e, "sandbox metrics unavailable");
+                        tracing::debug!(agent = %t.agent, sandbox = %t.sandbox, error = %e, "sandbox metrics unavailable");
                         None
                     }
                     Err(_) => {
-                        tracing::debug!(%agent, %sandbox, "sandbox metrics took too long");
+                        tracing::debug!(agent = %t.agent, sandbox = %t.sandbox, "sandbox metrics took too long");
                         None
                     }
                 }
@@ -158,6 +177,13 @@ fn format_gauges(samples: &[(String, SandboxMetrics)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use fleet_shared::sandbox::{
+        ExecControl, ExecOutput, ExecRequest, ListFilter, SandboxError, SandboxInfo, SandboxSpec,
+    };
+
     use super::*;
 
     fn m(pct: f64, used: u64, total: u64) -> SandboxMetrics {
@@ -169,6 +195,112 @@ mod tests {
             disk_used_bytes: None,
             at_ms: 1,
         }
+    }
+
+    /// A provider that only answers `metrics`: `slow` never does, `gone` is
+    /// NotFound, `paused` has no sample, the rest report 10 % and 100 bytes.
+    /// Counts the calls.
+    struct Stub {
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SandboxProvider for Stub {
+        fn name(&self) -> &'static str {
+            "stub"
+        }
+        async fn metrics(&self, id: &str) -> Result<Option<SandboxMetrics>, SandboxError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match id {
+                "slow" => std::future::pending().await,
+                "gone" => Err(SandboxError::NotFound(id.into())),
+                "paused" => Ok(None),
+                _ => Ok(Some(m(10.0, 100, 1000))),
+            }
+        }
+        async fn create(&self, _: &SandboxSpec) -> Result<SandboxInfo, SandboxError> {
+            unreachable!()
+        }
+        async fn connect(&self, _: &str, _: Duration) -> Result<SandboxInfo, SandboxError> {
+            unreachable!()
+        }
+        async fn pause(&self, _: &str) -> Result<(), SandboxError> {
+            unreachable!()
+        }
+        async fn kill(&self, _: &str) -> Result<(), SandboxError> {
+            unreachable!()
+        }
+        async fn set_timeout(&self, _: &str, _: Duration) -> Result<(), SandboxError> {
+            unreachable!()
+        }
+        async fn list(&self, _: &ListFilter) -> Result<Vec<SandboxInfo>, SandboxError> {
+            unreachable!()
+        }
+        async fn exec(
+            &self,
+            _: &str,
+            _: &ExecRequest,
+            _: ExecControl,
+        ) -> Result<ExecOutput, SandboxError> {
+            unreachable!()
+        }
+        async fn write_file(&self, _: &str, _: &str, _: &[u8]) -> Result<(), SandboxError> {
+            unreachable!()
+        }
+        async fn read_file(&self, _: &str, _: &str) -> Result<Vec<u8>, SandboxError> {
+            unreachable!()
+        }
+    }
+
+    fn target(profile: &str, sandbox: &str) -> Target {
+        Target {
+            profile: profile.into(),
+            sandbox: sandbox.into(),
+            agent: format!("agent-{sandbox}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_is_bounded_skips_what_fails_and_is_cached() {
+        let stub = Arc::new(Stub {
+            calls: AtomicUsize::new(0),
+        });
+        let provider: Arc<dyn SandboxProvider> = stub.clone();
+        let gauges = UsageGauges::default();
+        let targets = vec![
+            target("demo", "a"),
+            target("demo", "slow"),
+            target("demo", "gone"),
+            target("demo", "paused"),
+            target("other", "b"),
+        ];
+        // A sandbox that never answers does not hold the scrape past the bound
+        // (the outer timeout only keeps a broken bound from hanging the test).
+        let text = tokio::time::timeout(
+            Duration::from_secs(30),
+            gauges.render_targets(&provider, targets, Duration::from_millis(200)),
+        )
+        .await
+        .expect("the refresh ended at its bound");
+        for line in [
+            "fleet_agent_sandboxes_sampled{profile=\"demo\"} 1",
+            "fleet_agent_memory_used_bytes{profile=\"demo\"} 100",
+            "fleet_agent_sandboxes_sampled{profile=\"other\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert_eq!(stub.calls.load(Ordering::SeqCst), 5);
+
+        // Within the cache period nothing is asked again, whatever the agents.
+        let again = gauges
+            .render_targets(
+                &provider,
+                vec![target("x", "c")],
+                Duration::from_millis(200),
+            )
+            .await;
+        assert_eq!(again, text);
+        assert_eq!(stub.calls.load(Ordering::SeqCst), 5);
     }
 
     #[test]
