@@ -13,6 +13,7 @@ mod baseline;
 mod child;
 mod events;
 mod fleet;
+mod gateway;
 mod pool;
 mod report;
 mod scenarios;
@@ -52,7 +53,7 @@ impl System {
 )]
 pub struct Cli {
     /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool,
-    /// events.
+    /// events; also (not by default) gateway, ratelimit.
     #[arg(
         long,
         value_delimiter = ',',
@@ -98,6 +99,11 @@ pub struct Cli {
     /// (not part of apalis; to confirm why its idle workers stall). Off for the report.
     #[arg(long)]
     pub apalis_rearming_poll: bool,
+    /// ratelimit: the shared limit (requests per minute) and the batch's requests.
+    #[arg(long, default_value_t = 600)]
+    pub gateway_rpm: u32,
+    #[arg(long, default_value_t = 600)]
+    pub gateway_batch: usize,
     /// Lines in the live-events latency scenario (one every 20 ms).
     #[arg(long, default_value_t = 500)]
     pub event_samples: usize,

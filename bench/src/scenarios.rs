@@ -92,6 +92,23 @@ pub async fn run_all(cli: &Cli) -> Result<Report> {
     if want("pool") {
         b.pool().await.context("scenario pool")?;
     }
+    if want("gateway") {
+        b.flush().await?;
+        let (rows, notes) = crate::gateway::overhead(&b.url, cli.samples)
+            .await
+            .context("scenario gateway")?;
+        b.rows.extend(rows);
+        b.notes.extend(notes);
+    }
+    if want("ratelimit") {
+        b.flush().await?;
+        let (rows, notes) =
+            crate::gateway::shared_limit(&b.url, cli.gateway_rpm, cli.gateway_batch)
+                .await
+                .context("scenario ratelimit")?;
+        b.rows.extend(rows);
+        b.notes.extend(notes);
+    }
     if want("events") {
         b.events().await.context("scenario events")?;
     }

@@ -251,6 +251,10 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "USD")]
     pub max_budget_usd: Option<f64>,
 
+    /// The most tokens this job may use through the model gateway, all attempts together
+    /// (a request that would pass it is refused and the job ends `budget_exceeded`)
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
     /// Use the result cache (true) or not (false) for this job: an identical query to the
     /// same profile answered within results.cache_ttl_secs is served without a run
     /// (default: the profile's `cache` setting)
@@ -278,7 +282,7 @@ One query per line, or JSON Lines with per-job options (`-` reads stdin):
 
 JSON fields: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs,
 deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata, max_turns,
-max_budget_usd. Blank lines are skipped. One bad line refuses
+max_budget_usd, max_tokens. Blank lines are skipped. One bad line refuses
 the whole batch (the error names the line); nothing is enqueued then.")]
     pub file: String,
 

@@ -335,6 +335,9 @@ pub fn render_detail(queue: QueueKind, r: &JobRecord, now_ms: u64) -> String {
         if let Some(usd) = o.max_budget_usd {
             opts.push(format!("max_budget_usd={}", usd.0));
         }
+        if let Some(n) = o.max_tokens {
+            opts.push(format!("max_tokens={n}"));
+        }
         for (k, v) in &o.metadata {
             opts.push(format!("{k}={v}"));
         }

@@ -8,6 +8,7 @@
 //! | `SandboxLost` | retries at once on another agent; the sandbox is dropped   |
 //! | `Permanent`   | dead-letters at once with the reason                       |
 //! | `Cancelled`   | ends the job `cancelled`; never retried                    |
+//! | `BudgetExceeded` | dead-letters at once: the model gateway refused a request that would pass the job's, batch's or tenant's budget; the spend is kept in the record |
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub enum ErrorClass {
     Timeout,
     SandboxLost,
     Cancelled,
+    /// The model gateway refused a request over a budget (permanent).
+    BudgetExceeded,
 }
 
 impl ErrorClass {
@@ -31,6 +34,7 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::SandboxLost => "sandbox_lost",
             ErrorClass::Cancelled => "cancelled",
+            ErrorClass::BudgetExceeded => "budget_exceeded",
         }
     }
 

@@ -21,11 +21,14 @@
 //!   verification and planning, issue comments and published reports.
 //! - [`settings`]: configuration from `config/default.toml`, an optional file,
 //!   environment variables and `.env`, validated with errors that name the key.
+//! - [`gateway`]: the model gateway: agents reach model providers and data APIs
+//!   through it with per-attempt tokens; it meters, prices, budgets and rate-limits.
 //! - [`secret`]: a wrapper that keeps API keys out of logs and debug output.
 
 pub mod admission;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod github;
 pub mod job;
 pub mod pool;

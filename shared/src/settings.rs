@@ -29,6 +29,9 @@ pub struct Settings {
     /// Live events of attempts (`crate::events`).
     pub events: crate::events::EventsSettings,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// The model gateway (`[gateway]`, see `gateway::config`).
+    #[serde(default)]
+    pub gateway: crate::gateway::config::GatewaySettings,
     /// Large results and the result cache (`[results]`).
     pub results: ResultsSettings,
     /// GitHub: client, webhooks, research from issues, published reports (`[github]`).
@@ -424,7 +427,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -700,6 +703,7 @@ impl Settings {
                 ),
             );
         }
+        self.gateway.validate()?;
         if let Some((key, message)) = self.events.problem() {
             return err(key, message);
         }

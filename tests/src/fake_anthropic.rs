@@ -7,6 +7,12 @@
 //! reach `--max-turns`). Every request is recorded, so a test can check what the model
 //! was sent (the prompt, byte for byte) and when.
 //!
+//! For the model gateway's tests it also: reports configurable usage (input, output and
+//! cache tokens: [`FakeAnthropic::set_usage`]); accepts only given keys when told to
+//! ([`FakeAnthropic::accept_only`]); limits itself to N requests per sliding minute with
+//! `anthropic-ratelimit-*` headers and 429s beyond ([`Mode::Limited`]); and records the
+//! key each request carried and the exact bytes it answered.
+//!
 //! Listens on 127.0.0.1, on a free port; point the CLI at it with `ANTHROPIC_BASE_URL`.
 
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,30 @@ pub enum Mode {
     Overloaded,
     /// A model that always calls the `Read` tool (to run into `--max-turns`).
     ToolLoop,
+    /// Answers like `Answer(text)` up to `per_minute` requests in any 60 s, with
+    /// `anthropic-ratelimit-requests-*` headers; 429 `rate_limit_error` with
+    /// `retry-after` beyond that.
+    Limited { per_minute: u32, text: String },
+}
+
+/// The usage the fake reports for each answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeUsage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl Default for FakeUsage {
+    fn default() -> Self {
+        FakeUsage {
+            input: 120,
+            output: 30,
+            cache_read: 0,
+            cache_write: 0,
+        }
+    }
 }
 
 /// One request the fake received.
@@ -45,9 +75,13 @@ pub enum Mode {
 pub struct Recorded {
     pub at: Instant,
     pub body: Value,
-    /// The `x-api-key` header was present (its value is not kept).
+    /// The `x-api-key` header was present.
     pub had_api_key: bool,
+    /// The `x-api-key` header's value (the gateway tests check which key arrived).
+    pub api_key: Option<String>,
     pub status: u16,
+    /// The exact bytes of the answer's body.
+    pub response: Vec<u8>,
 }
 
 impl Recorded {
@@ -87,6 +121,8 @@ struct Shared {
     mode: Option<Mode>,
     requests: Vec<Recorded>,
     rate_limited: u32,
+    usage: FakeUsage,
+    accept: Option<Vec<String>>,
 }
 
 /// A running fake; stops when dropped.
@@ -129,6 +165,17 @@ impl FakeAnthropic {
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().unwrap().requests.clone()
     }
+
+    /// The usage reported from now on.
+    pub fn set_usage(&self, usage: FakeUsage) {
+        self.shared.lock().unwrap().usage = usage;
+    }
+
+    /// Answer 401 `authentication_error` to any request whose `x-api-key` is not one
+    /// of `keys`.
+    pub fn accept_only(&self, keys: &[&str]) {
+        self.shared.lock().unwrap().accept = Some(keys.iter().map(|k| k.to_string()).collect());
+    }
 }
 
 impl Drop for FakeAnthropic {
@@ -159,10 +206,61 @@ async fn messages(
 ) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let streams = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let now = Instant::now();
     let (response, status) = {
         let mut shared = shared.lock().unwrap();
         let mode = shared.mode.clone().expect("a mode is set");
+        let usage = shared.usage;
+        let refused = shared
+            .accept
+            .as_ref()
+            .is_some_and(|keys| !api_key.as_ref().is_some_and(|k| keys.contains(k)));
         let response = match mode {
+            _ if refused => error(401, "authentication_error", "invalid x-api-key"),
+            Mode::Limited { per_minute, text } => {
+                let window = std::time::Duration::from_secs(60);
+                let recent: Vec<Instant> = shared
+                    .requests
+                    .iter()
+                    .filter(|r| r.status != 429 && now.duration_since(r.at) < window)
+                    .map(|r| r.at)
+                    .collect();
+                let remaining = per_minute.saturating_sub(recent.len() as u32);
+                let reset_in = recent
+                    .first()
+                    .map_or(window, |first| window - now.duration_since(*first));
+                let mut r = if remaining == 0 {
+                    let mut r = error(
+                        429,
+                        "rate_limit_error",
+                        "Number of requests has exceeded your per-minute rate limit",
+                    );
+                    r.headers_mut().insert(
+                        "retry-after",
+                        reset_in
+                            .as_secs_f64()
+                            .ceil()
+                            .max(1.0)
+                            .to_string()
+                            .parse()
+                            .unwrap(),
+                    );
+                    r
+                } else {
+                    answer(&[Block::Text(text)], streams, usage)
+                };
+                let h = r.headers_mut();
+                h.insert("anthropic-ratelimit-requests-limit", per_minute.into());
+                h.insert(
+                    "anthropic-ratelimit-requests-remaining",
+                    remaining.saturating_sub(1).into(),
+                );
+                r
+            }
             Mode::Unauthorized => error(401, "authentication_error", "invalid x-api-key"),
             Mode::Overloaded => error(529, "overloaded_error", "Overloaded"),
             Mode::RateLimited {
@@ -181,10 +279,10 @@ async fn messages(
                         .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
                     r
                 } else {
-                    answer(&[Block::Text(then)], streams)
+                    answer(&[Block::Text(then)], streams, usage)
                 }
             }
-            Mode::Answer(text) => answer(&[Block::Text(text)], streams),
+            Mode::Answer(text) => answer(&[Block::Text(text)], streams, usage),
             Mode::ToolLoop => {
                 if streams {
                     answer(
@@ -193,22 +291,29 @@ async fn messages(
                             Block::ToolUse(json!({"file_path": "/etc/hostname"})),
                         ],
                         true,
+                        usage,
                     )
                 } else {
-                    answer(&[Block::Text("ok".into())], false)
+                    answer(&[Block::Text("ok".into())], false, usage)
                 }
             }
         };
         let status = response.status().as_u16();
         (response, status)
     };
+    let (parts, answer_body) = response.into_parts();
+    let bytes = axum::body::to_bytes(answer_body, usize::MAX)
+        .await
+        .unwrap_or_default();
     shared.lock().unwrap().requests.push(Recorded {
-        at: Instant::now(),
+        at: now,
         body,
-        had_api_key: headers.contains_key("x-api-key"),
+        had_api_key: api_key.is_some(),
+        api_key,
         status,
+        response: bytes.to_vec(),
     });
-    response
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 enum Block {
@@ -216,8 +321,8 @@ enum Block {
     ToolUse(Value),
 }
 
-fn answer(blocks: &[Block], streams: bool) -> Response {
-    let usage_in = json!({"input_tokens": 120, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0});
+fn answer(blocks: &[Block], streams: bool, usage: FakeUsage) -> Response {
+    let usage_in = json!({"input_tokens": usage.input, "output_tokens": 1, "cache_creation_input_tokens": usage.cache_write, "cache_read_input_tokens": usage.cache_read});
     let stop_reason = if blocks.iter().any(|b| matches!(b, Block::ToolUse(_))) {
         "tool_use"
     } else {
@@ -236,7 +341,7 @@ fn answer(blocks: &[Block], streams: bool) -> Response {
         let message = json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": MODEL,
             "content": content, "stop_reason": stop_reason, "stop_sequence": null,
-            "usage": {"input_tokens": 120, "output_tokens": 30},
+            "usage": {"input_tokens": usage.input, "output_tokens": usage.output, "cache_creation_input_tokens": usage.cache_write, "cache_read_input_tokens": usage.cache_read},
         });
         return (
             StatusCode::OK,
@@ -280,7 +385,7 @@ fn answer(blocks: &[Block], streams: bool) -> Response {
             }
         }
     }
-    events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": 30}})));
+    events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": usage.output}})));
     events.push(("message_stop", json!({"type": "message_stop"})));
     let mut text = String::new();
     for (name, data) in events {

@@ -408,7 +408,12 @@ async fn max_attempts_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
+async fn a_killed_workers_agents_serve_the_next_worker_and_unclaimed_sandboxes_are_killed() {
+    use fleet_shared::pool::{META_PERSISTENT, META_WORKER, OWNER, Registry};
+    use fleet_shared::sandbox::local::{LocalConfig, LocalProvider};
+    use fleet_shared::sandbox::{
+        META_AGENT_ID, META_OWNER, META_POOL, SandboxProvider, SandboxSpec,
+    };
     let mut fleet = Fleet::start(RECORDING_ECHO, FAST_RECOVERY).await;
     fleet.start_worker("doomed");
     let ids = fleet.queue.enqueue_many(specs(8), Some("b")).await.unwrap();
@@ -416,40 +421,63 @@ async fn sandboxes_left_by_a_killed_worker_are_killed_as_strays() {
         .wait_batch_final("b", 8, Duration::from_secs(60))
         .await;
     let sandboxes = fleet.path("sandboxes");
-    let count = || {
+    let on_disk = || -> std::collections::BTreeSet<String> {
         std::fs::read_dir(&sandboxes)
-            .map(|d| d.count())
-            .unwrap_or(0)
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    assert!(count() > 0, "the pool kept warm agents");
+    let warm = on_disk();
+    assert!(!warm.is_empty(), "the pool kept warm agents");
+    // A sandbox of this system that no agent record claims (an older version's, or a
+    // kill whose record went first): a stray.
+    let provider = LocalProvider::new(LocalConfig {
+        root: sandboxes.clone(),
+        env_allowlist: vec![],
+        max_output_bytes: 1024,
+        extra_path: vec![],
+    });
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(META_OWNER.to_string(), OWNER.to_string());
+    metadata.insert(META_POOL.to_string(), "test".to_string());
+    metadata.insert(META_AGENT_ID.to_string(), "agent-nobody".to_string());
+    metadata.insert(META_WORKER.to_string(), "doomed".to_string());
+    metadata.insert(META_PERSISTENT.to_string(), "false".to_string());
+    let stray = provider
+        .create(&SandboxSpec {
+            metadata,
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
     fleet.workers[0].kill9();
-    assert!(count() > 0, "a killed worker cannot clean up after itself");
-    // Once the dead worker's announcement expires (one lease TTL), a new worker
-    // reconciles at start: the strays are killed.
-    let mut conn = fleet.redis.conn();
-    let key = fleet.queue.keys().worker("doomed");
-    fleet
-        .eventually(
-            "the dead worker's announcement to expire",
-            Duration::from_secs(30),
-            || {
-                let gone = !redis::Commands::exists::<_, bool>(&mut conn, &key).unwrap();
-                async move { gone.then_some(()) }
-            },
-        )
-        .await;
+    // A new worker (another name) reconciles at start: the stray is killed, and the
+    // dead worker's agents are the fleet's — kept, and serving the new worker.
     fleet.start_worker("heir");
     fleet
-        .eventually("strays killed", Duration::from_secs(30), || async {
-            (count() == 0).then_some(())
+        .eventually("the stray killed", Duration::from_secs(30), || async {
+            (!on_disk().contains(&stray)).then_some(())
         })
         .await;
-    for id in &ids {
+    assert_eq!(on_disk(), warm, "the warm agents are kept");
+    let registry = Registry::open(&fleet.settings.redis).await.unwrap();
+    let agents = registry.list(None).await.unwrap();
+    assert_eq!(agents.len(), warm.len(), "{agents:?}");
+    let more = fleet.queue.enqueue_many(specs(8), Some("c")).await.unwrap();
+    fleet
+        .wait_batch_final("c", 8, Duration::from_secs(60))
+        .await;
+    for id in ids.iter().chain(&more) {
         assert_eq!(
             fleet.record(&id.to_string()).await.status,
             JobStatus::Succeeded
         );
     }
+    assert_eq!(on_disk(), warm, "the heir ran on the dead worker's agents");
 }
 
 #[tokio::test(flavor = "multi_thread")]

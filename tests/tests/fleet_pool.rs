@@ -153,6 +153,27 @@ async fn many_jobs_over_three_workers_never_share_an_agent_and_create_nothing_af
         .map(|a| a.sandbox_id)
         .collect();
     assert_eq!(warm.len(), 10, "the pool is warm with 10 agents");
+    // `fleet agents list` shows the fleet's agents (the registry), not one worker's.
+    let listed = std::process::Command::new(fleet_tests::processes::binary("fleet"))
+        .arg("--config")
+        .arg(&fleet.config)
+        .args(["--json", "agents", "list"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed = listed["agents"].as_array().unwrap();
+    assert_eq!(listed.len(), 10, "{listed:?}");
+    let launchers: HashSet<&str> = listed
+        .iter()
+        .filter_map(|a| a["launched_by"].as_str())
+        .collect();
+    assert_eq!(
+        launchers.len(),
+        1,
+        "one worker ran the scale job: {launchers:?}"
+    );
+    assert!(listed.iter().all(|a| a["state"] == "idle"), "{listed:?}");
 
     let n = 1000;
     let mut ids = Vec::new();
@@ -171,10 +192,19 @@ async fn many_jobs_over_three_workers_never_share_an_agent_and_create_nothing_af
         })
         .await;
     for id in ids.iter().step_by(97) {
-        assert_eq!(
-            fleet.record(&id.to_string()).await.status,
-            JobStatus::Succeeded
+        let r = fleet.record(&id.to_string()).await;
+        assert_eq!(r.status, JobStatus::Succeeded);
+        // Each result names the agent and sandbox it ran on and the sandbox time used.
+        let out = &r.result.as_ref().unwrap()["output"];
+        assert!(
+            out["agent_id"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("agent-")),
+            "{out}"
         );
+        assert!(out["sandbox_id"].as_str().is_some(), "{out}");
+        let secs = out["sandbox_seconds"].as_f64().unwrap();
+        assert!((0.01..60.0).contains(&secs), "{out}");
     }
     let all = leases(&fleet);
     assert_eq!(all.len(), n, "every job ran once");

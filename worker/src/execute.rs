@@ -10,6 +10,7 @@ use apalis::prelude::Data;
 use fleet_shared::error::{ErrorClass, JobError};
 use fleet_shared::events::EventKind;
 use fleet_shared::events::writer::{AttemptEvents, EventSink};
+use fleet_shared::gateway::Gateway;
 use fleet_shared::job::{Job, JobPayload, LifecycleJob};
 use fleet_shared::pool::{AgentPool, JobRef};
 use fleet_shared::queue::RedisQueue;
@@ -29,6 +30,8 @@ pub struct Executor {
     pub attempts_started: AtomicU64,
     pub attempts_succeeded: AtomicU64,
     pub attempts_failed: AtomicU64,
+    /// The model gateway, when `[gateway] enabled`: research runs go through it.
+    pub gateway: Option<Arc<Gateway>>,
     /// Where attempts' live events go (`events.enabled`).
     pub events: Option<EventSink>,
 }
@@ -42,8 +45,15 @@ impl Executor {
             attempts_started: AtomicU64::new(0),
             attempts_succeeded: AtomicU64::new(0),
             attempts_failed: AtomicU64::new(0),
+            gateway: None,
             events: None,
         }
+    }
+
+    /// Run research jobs through the model gateway.
+    pub fn with_gateway(mut self, gateway: Arc<Gateway>) -> Executor {
+        self.gateway = Some(gateway);
+        self
     }
 
     /// Write attempts' live events to `sink`.
@@ -160,6 +170,27 @@ async fn research(
         ));
     }
     let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
+    // Through the gateway: a token for this attempt in place of the provider keys.
+    let pass = match &exec.gateway {
+        Some(gateway) => {
+            let binding = gateway.binding(job, &attempt.lease, &research.agent);
+            match gateway.begin_attempt(binding, cancel).await {
+                Ok(pass) => Some(pass),
+                Err(e) => {
+                    exec.pool.give_back(lease, true).await;
+                    return Err(JobError::transient(format!(
+                        "the model gateway could not issue a token: {e}"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+    let (run_cancel, gateway_env) = match &pass {
+        Some(p) => (p.cancel.clone(), p.env.clone()),
+        None => (cancel.clone(), Default::default()),
+    };
+    let held_since = Instant::now();
     tracing::info!(job_id = %job.id, attempt = attempt.lease.attempt, %agent_id, %sandbox_id, "running query");
     let output = runtime
         .run(
@@ -168,27 +199,43 @@ async fn research(
             &research.query,
             RunOptions {
                 timeout: Some(remaining),
-                cancel: cancel.clone(),
+                cancel: run_cancel,
                 output,
                 keep_session: research.agent_id.is_some(),
                 max_turns: job.spec.options.max_turns,
                 max_budget_usd: job.spec.options.max_budget_usd.map(|usd| usd.0),
+                gateway_env,
                 // The cap applies while the output is read (results/store.rs).
                 max_output_bytes: exec.research_queue.config().results.max_bytes,
             },
         )
         .await;
     let sandbox_healthy = !matches!(&output, Err(e) if e.class == ErrorClass::SandboxLost);
+    // What this job cost in sandbox time: from the lease to the agent's return.
+    let sandbox_seconds = held_since.elapsed().as_secs_f64();
     exec.pool.give_back(lease, sandbox_healthy).await;
+    let spend = match (&exec.gateway, pass) {
+        (Some(gateway), Some(pass)) => Some(gateway.end_attempt(pass).await),
+        _ => None,
+    };
+    if let Some(spend) = &spend
+        && let Some(err) = spend.error(output.as_ref().err().cloned())
+    {
+        return Err(err);
+    }
     let output = output?;
     let mut result = json!({
         "agent": research.agent,
         "agent_id": agent_id,
         "sandbox_id": sandbox_id,
+        "sandbox_seconds": (sandbox_seconds * 1000.0).round() / 1000.0,
         "exit_code": output.exit_code,
         "metadata": output.metadata,
         "truncated": output.truncated,
     });
+    if let Some(spend) = &spend {
+        spend.add_to(&mut result, &output.metadata);
+    }
     // Moved in, not through `json!`, which would copy it: an answer may be as large as
     // results.max_bytes, and the worker holds it once (results/store.rs).
     result["answer"] = serde_json::Value::String(output.answer);

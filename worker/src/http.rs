@@ -1,7 +1,8 @@
 //! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run, every
 //! lease keeper has renewed within half the lease TTL, and the worker is not draining)
 //! and `/metrics` (Prometheus text: attempts, pool, queue depths, the running agents'
-//! CPU and memory by profile).
+//! CPU and memory by profile, and the model gateway's requests, tokens and cost by
+//! profile and model when it runs).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -252,6 +253,9 @@ async fn metrics(State(state): State<AppState>) -> String {
             "Dead-lettered research jobs.",
             c.dead,
         );
+    }
+    if let Some(gateway) = &e.gateway {
+        out.push_str(&gateway.metrics_text());
     }
     let fleet_agents =
         tokio::time::timeout(std::time::Duration::from_secs(2), e.pool.agents()).await;

@@ -225,6 +225,24 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     keepers[&QueueKind::Research].announce_worker(&worker);
     research_queue.announce_worker(&worker, lease_ttl).await?;
     let mut executor = Executor::new(pool.clone(), research_queue.clone());
+    // The model gateway, when enabled: agents reach their providers through it. It
+    // stops after the job loops (draining jobs still call their models).
+    let gateway_stop = CancellationToken::new();
+    let gateway_server = if settings.gateway.enabled {
+        let gateway = fleet_shared::gateway::Gateway::open(&settings)
+            .await
+            .context("starting the model gateway")?;
+        let server = gateway.serve(gateway_stop.clone()).await.with_context(|| {
+            format!(
+                "gateway.listen: cannot listen on {}",
+                settings.gateway.listen
+            )
+        })?;
+        executor = executor.with_gateway(gateway);
+        Some(server)
+    } else {
+        None
+    };
     if settings.events.enabled {
         // A connection of their own: a burst of output never queues behind the
         // queue's calls, nor they behind it. Should Redis fail just now, the queue's
@@ -430,6 +448,10 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     }
     drop(keepers);
     let _ = http.await;
+    gateway_stop.cancel();
+    if let Some(server) = gateway_server {
+        let _ = server.await;
+    }
     tracing::info!(stats = ?pool.stats(), "worker stopped");
     if let Some(why) = loops.failure() {
         anyhow::bail!("{why}");

@@ -24,6 +24,7 @@ pub fn spec_from_args(args: &SubmitArgs, query: String, agent: String) -> JobSpe
         metadata: args.meta.iter().cloned().collect(),
         max_turns: args.max_turns,
         max_budget_usd: args.max_budget_usd.map(Usd),
+        max_tokens: args.max_tokens,
         cache: args.cache,
     };
     spec

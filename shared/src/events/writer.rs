@@ -29,6 +29,10 @@ use crate::sandbox::OutputChunk;
 /// Entries per pipeline: a burst is written in a few round trips, and one batch holds
 /// Redis for well under a millisecond.
 const BATCH_MAX: usize = 256;
+/// Most bytes of event data one attempt may have waiting for Redis (besides the
+/// `buffer_events` count): an agent printing long lines fast must not make the worker
+/// hold its output a second time in this buffer. Past it the oldest entries go.
+const BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Pause after a failed write before the next, so an unreachable Redis is not spun on.
 const FAILED_WRITE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -168,6 +172,8 @@ struct Buffer {
 #[derive(Default)]
 struct BufferState {
     entries: VecDeque<Entry>,
+    /// Bytes of data in `entries`.
+    bytes: usize,
     /// Entries dropped since the writer last took a batch.
     dropped: u64,
     closed: bool,
@@ -200,10 +206,16 @@ impl Buffer {
         if state.closed {
             return;
         }
-        if state.entries.len() >= self.capacity {
-            state.entries.pop_front();
+        while !state.entries.is_empty()
+            && (state.entries.len() >= self.capacity
+                || state.bytes + entry.data.len() > BUFFER_BYTES)
+        {
+            if let Some(old) = state.entries.pop_front() {
+                state.bytes -= old.data.len();
+            }
             state.dropped += 1;
         }
+        state.bytes += entry.data.len();
         state.entries.push_back(entry);
         drop(state);
         self.ready.notify_one();
@@ -222,9 +234,11 @@ impl Buffer {
     fn take(&self, max: usize) -> Batch {
         let mut state = self.state();
         let n = state.entries.len().min(max);
+        let entries: Vec<Entry> = state.entries.drain(..n).collect();
+        state.bytes -= entries.iter().map(|e| e.data.len()).sum::<usize>();
         Batch {
             dropped: std::mem::take(&mut state.dropped),
-            entries: state.entries.drain(..n).collect(),
+            entries,
             closed: state.closed,
         }
     }

@@ -49,6 +49,8 @@ pub struct JobRequest {
     pub max_turns: Option<u32>,
     #[serde(default)]
     pub max_budget_usd: Option<Usd>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
     /// Use the result cache for this job (overrides the profile's `cache`).
     #[serde(default)]
     pub cache: Option<bool>,
@@ -76,6 +78,7 @@ impl JobRequest {
                 metadata: self.metadata,
                 max_turns: self.max_turns,
                 max_budget_usd: self.max_budget_usd,
+                max_tokens: self.max_tokens,
                 cache: self.cache,
             },
         }

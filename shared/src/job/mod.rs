@@ -198,6 +198,10 @@ pub struct JobOptions {
     /// `--max-budget-usd`); it may lower the profile's, never raise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget_usd: Option<Usd>,
+    /// The most tokens (input, output and cache, all attempts) the job may use through
+    /// the model gateway; a request that would pass it is refused (`budget_exceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
     /// Serve this job from the result cache (an identical query's recent answer) or
     /// not; unset: its profile's `cache` setting (see `results::cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,6 +354,9 @@ impl JobSpec {
                 "max_budget_usd must be more than 0 and at most {}",
                 bounds::MAX_BUDGET_USD
             )));
+        }
+        if o.max_tokens == Some(0) {
+            return Err(ValidationError::new("max_tokens must be at least 1"));
         }
         if let (Some(base), Some(cap)) = (o.backoff_base_ms, o.backoff_cap_ms)
             && cap < base

@@ -146,6 +146,68 @@ impl Drop for AgentLease {
     }
 }
 
+/// An operation in progress on an agent this process holds (a launch, a resume, a
+/// pause). Should its future be dropped midway (the attempt was cut off), the guard
+/// makes sure the hold does not live on, renewed by this process for ever: a launch is
+/// ended (its agent terminated and killed); anything else stops being renewed, so its
+/// hold expires and another worker (or this one) adopts the agent.
+struct HoldGuard {
+    core: Option<Arc<PoolCore>>,
+    agent_id: String,
+    profile: String,
+    sandbox_id: String,
+    fence: u64,
+    end_on_drop: bool,
+}
+
+impl HoldGuard {
+    fn new(
+        core: &Arc<PoolCore>,
+        agent_id: &str,
+        profile: &str,
+        fence: u64,
+        end_on_drop: bool,
+    ) -> HoldGuard {
+        HoldGuard {
+            core: Some(core.clone()),
+            agent_id: agent_id.to_string(),
+            profile: profile.to_string(),
+            sandbox_id: String::new(),
+            fence,
+            end_on_drop,
+        }
+    }
+
+    /// The operation finished (or handed the agent on): nothing to undo.
+    fn disarm(&mut self) {
+        self.core = None;
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let Some(core) = self.core.take() else {
+            return;
+        };
+        tracing::warn!(agent_id = %self.agent_id, "an operation on an agent was cut off midway; its hold is given up");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.end_on_drop => {
+                let (agent_id, profile, sandbox_id, fence) = (
+                    std::mem::take(&mut self.agent_id),
+                    std::mem::take(&mut self.profile),
+                    std::mem::take(&mut self.sandbox_id),
+                    self.fence,
+                );
+                runtime.spawn(async move {
+                    core.abort_held(&agent_id, &profile, &sandbox_id, fence)
+                        .await
+                });
+            }
+            _ => core.released(&self.agent_id),
+        }
+    }
+}
+
 /// Pool counters of this process, for /metrics and the benchmarks.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PoolStats {
@@ -263,13 +325,23 @@ impl PoolCore {
     }
 
     /// Pause an agent whose pause this process started; a failed pause kills it.
-    async fn finish_pause(&self, agent_id: &str, profile: &str, sandbox_id: &str, fence: u64) {
+    async fn finish_pause(
+        self: &Arc<Self>,
+        agent_id: &str,
+        profile: &str,
+        sandbox_id: &str,
+        fence: u64,
+    ) {
         self.held(agent_id, fence);
+        // Cut off midway: the hold lapses and an adopter pauses it again.
+        let mut guard = HoldGuard::new(self, agent_id, profile, fence, false);
         if let Err(e) = self.provider.pause(sandbox_id).await {
+            guard.disarm();
             tracing::warn!(%agent_id, %sandbox_id, error = %e, "pause failed; killing the sandbox instead");
             self.abort_held(agent_id, profile, sandbox_id, fence).await;
             return;
         }
+        guard.disarm();
         self.stats.lock().unwrap().paused += 1;
         match self.registry.paused(agent_id, profile, fence).await {
             Ok(Finish::Done { .. }) => self.released(agent_id),
@@ -330,7 +402,12 @@ impl PoolCore {
     }
 
     /// Give a job's agent back (see [`AgentPool::give_back`]).
-    async fn give_back(&self, mut lease: AgentLease, sandbox_healthy: bool, served: bool) {
+    async fn give_back(
+        self: &Arc<Self>,
+        mut lease: AgentLease,
+        sandbox_healthy: bool,
+        served: bool,
+    ) {
         lease.core = None;
         let recycle = self.settings.recycle_after_jobs > 0
             && lease.jobs_served + 1 >= self.settings.recycle_after_jobs
@@ -421,6 +498,7 @@ impl PoolCore {
             .map_err(registry_error)?
             .ok_or(LaunchError::AtCap)?;
         self.held(&agent_id, fence);
+        let mut guard = HoldGuard::new(self, &agent_id, profile, fence, true);
         let mut metadata = BTreeMap::new();
         metadata.insert(META_OWNER.to_string(), OWNER.to_string());
         metadata.insert(META_POOL.to_string(), profile.to_string());
@@ -437,10 +515,12 @@ impl PoolCore {
         let created = match self.provider.create(&spec).await {
             Ok(info) => info,
             Err(e) => {
+                guard.disarm();
                 self.abort_held(&agent_id, profile, "", fence).await;
                 return Err(JobError::from(e).into());
             }
         };
+        guard.sandbox_id = created.id.clone();
         self.stats.lock().unwrap().created += 1;
         match self
             .registry
@@ -451,11 +531,13 @@ impl PoolCore {
             Ok(false) => {
                 // Adopted meanwhile (this worker stalled past its hold): the adopter
                 // kills what the record names, which is nothing yet — so kill it here.
+                guard.disarm();
                 let _ = self.provider.kill(&created.id).await;
                 self.released(&agent_id);
                 return Err(JobError::transient("the launch lost its agent record").into());
             }
             Err(e) => {
+                guard.disarm();
                 let _ = self.provider.kill(&created.id).await;
                 self.released(&agent_id);
                 return Err(registry_error(e).into());
@@ -469,11 +551,17 @@ impl PoolCore {
             Ok::<(), JobError>(())
         };
         if let Err(e) = set_up.await {
+            guard.disarm();
             tracing::warn!(%agent_id, sandbox_id = %created.id, error = %e, "agent setup failed; killing its sandbox");
             self.abort_held(&agent_id, profile, &created.id, fence)
                 .await;
             return Err(e.into());
         }
+        // The commit a git agent was checked out at, for its record.
+        let commit = crate::runtime::checkout::read_record(self.provider.as_ref(), &created.id)
+            .await
+            .map(|r| r.commit)
+            .unwrap_or_default();
         let answer = self
             .registry
             .ready(
@@ -482,11 +570,12 @@ impl PoolCore {
                 fence,
                 job.is_some(),
                 None,
-                "",
+                &commit,
                 self.hold,
             )
             .await
             .map_err(registry_error)?;
+        guard.disarm();
         match answer {
             Finish::Done { fence } => {
                 tracing::info!(%agent_id, sandbox_id = %created.id, profile, "agent launched");
@@ -816,6 +905,9 @@ impl AgentPool {
             age: l.age,
             core: None,
         };
+        // Cut off while resuming or checking: the hold is given up (a persistent agent is
+        // then adopted back to paused; a pooled one killed), never renewed for ever.
+        let mut guard = HoldGuard::new(core, &l.agent_id, profile, l.fence, false);
         let check = if l.state == AgentState::Resuming {
             core.resume_and_check(&l.agent_id, &l.sandbox_id, timeout)
                 .await
@@ -844,15 +936,18 @@ impl AgentPool {
                 {
                     Ok(Finish::Done { fence: f }) => fence = f,
                     Ok(Finish::Terminate { fence }) => {
+                        guard.disarm();
                         core.kill_and_forget(&l.agent_id, profile, &l.sandbox_id, fence)
                             .await;
                         return Err(None);
                     }
                     Ok(Finish::Refused { .. }) => {
+                        guard.disarm();
                         core.released(&l.agent_id);
                         return Err(None);
                     }
                     Err(e) => {
+                        guard.disarm();
                         core.released(&l.agent_id);
                         return Err(Some(registry_error(e)));
                     }
@@ -862,6 +957,7 @@ impl AgentPool {
             Ok(false) => {
                 if l.sandbox_remaining < timeout.saturating_sub(SANDBOX_MARGIN / 2) {
                     if let Err(e) = core.provider.set_timeout(&l.sandbox_id, timeout).await {
+                        guard.disarm();
                         tracing::warn!(agent_id = %l.agent_id, sandbox_id = %l.sandbox_id, error = %e, "agent unusable; replacing it");
                         core.abort_held(&l.agent_id, profile, &l.sandbox_id, fence)
                             .await;
@@ -876,6 +972,7 @@ impl AgentPool {
                 }
             }
             Err(why) => {
+                guard.disarm();
                 tracing::warn!(agent_id = %l.agent_id, sandbox_id = %l.sandbox_id, %why, "agent unhealthy; replacing it");
                 core.stats.lock().unwrap().unhealthy += 1;
                 core.abort_held(&l.agent_id, profile, &l.sandbox_id, fence)
@@ -890,6 +987,7 @@ impl AgentPool {
                 return Err(None);
             }
         }
+        guard.disarm();
         lease.fence = fence;
         lease.core = Some(core.clone());
         Ok(lease)

@@ -237,6 +237,7 @@ impl AgentRuntime for ClaudeCodeRuntime {
             let timeout = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
             let mut env = self.agent_env();
             env.extend(control_env(timeout));
+            env.extend(options.gateway_env.clone());
             let request = ExecRequest {
                 program: program.clone(),
                 args: cli_args(&profile, resume.as_deref()),

@@ -365,6 +365,7 @@ impl CommandRuntime {
             return Err(JobError::permanent("the agent profile has no command"));
         };
         let mut env = self.agent_env();
+        env.extend(options.gateway_env.clone());
         let stdin = match self.profile.query_via {
             QueryVia::Stdin => Some(query.as_bytes().to_vec()),
             QueryVia::Env => {

@@ -142,6 +142,7 @@ impl AgentRuntime for DexterRuntime {
         let mut profile = self.profile.clone();
         profile.max_iterations = tighter_cap(profile.max_iterations, options.max_turns);
         env.extend(wrapper_env(&profile, options.timeout));
+        env.extend(options.gateway_env.clone());
         let request = ExecRequest {
             program,
             args,

@@ -64,6 +64,10 @@ pub struct RunOptions {
     pub max_turns: Option<u32>,
     /// The job's spending cap in US dollars: lowers the profile's, never raises it.
     pub max_budget_usd: Option<f64>,
+    /// Set last in the agent's environment when the job runs through the model gateway:
+    /// base URLs pointing at the gateway and the attempt's token in place of every
+    /// provider key (it overrides a real key of the same name).
+    pub gateway_env: std::collections::BTreeMap<String, String>,
     /// Keep at most this many bytes of the agent's output (`results.max_bytes`); the
     /// provider drops the rest as it reads. 0: the provider's default. The `command`
     /// runtime cuts its answer there with a marker; the others parse structured output
