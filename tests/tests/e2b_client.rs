@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use fleet_shared::error::ErrorClass;
 use fleet_shared::error::JobError;
-use fleet_shared::sandbox::e2b::control::{ApiError, ListedSandbox, Sandbox, SandboxDetail};
+use fleet_shared::sandbox::e2b::control::{
+    ApiError, ListedSandbox, Sandbox, SandboxDetail, SandboxMetric,
+};
 use fleet_shared::sandbox::e2b::{E2bProvider, META_CREATE_ID};
 use fleet_shared::sandbox::{
     ExecControl, ExecRequest, ListFilter, META_AGENT_ID, META_OWNER, META_POOL, OutputChunk,
@@ -28,7 +30,7 @@ use fleet_shared::sandbox::{
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::E2bSettings;
 use fleet_tests::fake_e2b::openapi::{OpenApi, RequestParts, specs_dir};
-use fleet_tests::fake_e2b::{FakeE2b, NotFoundBody, Plan, RecordedRequest};
+use fleet_tests::fake_e2b::{FakeE2b, NotFoundBody, Plan, RecordedRequest, SandboxUsage};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -272,13 +274,17 @@ async fn every_request_the_client_sends_matches_the_specs() {
         .unwrap_err();
     assert!(matches!(e, SandboxError::Timeout(_)), "{e:?}");
 
+    assert!(p.metrics(&sb.id).await.unwrap().is_some());
     p.pause(&sb.id).await.unwrap();
     p.pause(&sb.id).await.unwrap(); // 409: already paused
+    assert_eq!(p.metrics(&sb.id).await.unwrap(), None); // paused: no samples
     let resumed = p.connect(&sb.id, Duration::from_secs(300)).await.unwrap();
     assert_eq!(resumed.metadata, s.metadata);
     p.connect(&sb.id, Duration::from_secs(300)).await.unwrap(); // 200: running
     p.kill(&sb.id).await.unwrap();
     p.kill(&sb.id).await.unwrap(); // 404: already gone
+    let e = p.metrics(&sb.id).await.unwrap_err(); // 404
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e:?}");
 
     let openapi = OpenApi::load(specs_dir().join("openapi.yml")).unwrap();
     let envd = OpenApi::load(specs_dir().join("envd.yaml")).unwrap();
@@ -328,6 +334,7 @@ async fn every_request_the_client_sends_matches_the_specs() {
         "POST /sandboxes/{sandboxID}/timeout",
         "POST /sandboxes/{sandboxID}/connect",
         "POST /sandboxes/{sandboxID}/pause",
+        "GET /sandboxes/{sandboxID}/metrics",
     ]
     .into_iter()
     .map(String::from)
@@ -338,6 +345,8 @@ async fn every_request_the_client_sends_matches_the_specs() {
         "POST /sandboxes/{sandboxID}/connect 200",
         "POST /sandboxes/{sandboxID}/connect 201",
         "DELETE /sandboxes/{sandboxID} 404",
+        "GET /sandboxes/{sandboxID}/metrics 200",
+        "GET /sandboxes/{sandboxID}/metrics 404",
     ] {
         assert!(statuses.contains(s), "{s} not exercised: {statuses:?}");
     }
@@ -375,6 +384,7 @@ fn every_response_the_spec_defines_parses_with_the_client_types() {
         ("POST", "/sandboxes/i1/timeout"),
         ("POST", "/sandboxes/i1/connect"),
         ("POST", "/sandboxes/i1/pause"),
+        ("GET", "/sandboxes/i1/metrics"),
     ];
     let mut parsed = 0;
     for (method, path) in calls {
@@ -407,6 +417,9 @@ fn every_response_the_spec_defines_parses_with_the_client_types() {
                     }
                     ("GET", "/v2/sandboxes", 200) => {
                         serde_json::from_value::<Vec<ListedSandbox>>(sample.clone()).map(drop)
+                    }
+                    ("GET", "/sandboxes/{sandboxID}/metrics", 200) => {
+                        serde_json::from_value::<Vec<SandboxMetric>>(sample.clone()).map(drop)
                     }
                     _ => panic!("no client type for {what}"),
                 };
@@ -925,6 +938,85 @@ async fn pause_then_connect_keeps_files() {
         .await
         .unwrap_err();
     assert!(matches!(e, SandboxError::Invalid(_)), "{e:?}");
+}
+
+/// `metrics` reads `GET /sandboxes/{id}/metrics` for the last two minutes and keeps
+/// the newest sample. Mapping: samples → `Some(latest)`; none in the window (a
+/// paused sandbox) → `None`; 404 (unknown, killed) → `NotFound`, which frees no
+/// slot; passing failures are retried like every idempotent call.
+#[tokio::test]
+async fn metrics_report_the_latest_sample_and_map_a_missing_sandbox_to_not_found() {
+    let fake = fake().await;
+    let p = client(&fake, |_| {});
+    let mut s = spec(&[]);
+    s.auto_pause = true;
+    let sb = p.create(&s).await.unwrap();
+    let usage = SandboxUsage {
+        cpu_count: 4,
+        cpu_used_pct: 37.5,
+        mem_used: 300 << 20,
+        mem_total: 1 << 30,
+        disk_used: 5 << 20,
+    };
+    fake.set_usage(&sb.id, usage);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let m = p
+        .metrics(&sb.id)
+        .await
+        .unwrap()
+        .expect("a running sandbox has a sample");
+    assert_eq!(m.cpu_count, 4);
+    assert_eq!(m.cpu_used_pct, 37.5);
+    assert_eq!(m.mem_used_bytes, 300 << 20);
+    assert_eq!(m.mem_total_bytes, 1 << 30);
+    assert_eq!(m.disk_used_bytes, Some(5 << 20));
+    assert!(
+        m.at_ms / 1000 <= before + 1 && m.at_ms / 1000 + 120 >= before,
+        "{m:?}"
+    );
+
+    // The query asks for a window ending now, not the sandbox's whole history.
+    let r = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path.ends_with("/metrics"))
+        .unwrap();
+    let q = r.query.clone().unwrap_or_default();
+    let start: u64 = q.strip_prefix("start=").unwrap().parse().unwrap();
+    assert!(start + 121 >= before && start + 119 <= before, "{q}");
+
+    // Passing failures are retried.
+    fake.faults().fail_next_control(2, 503);
+    assert!(p.metrics(&sb.id).await.unwrap().is_some());
+    assert_eq!(
+        count(&fake, "GET", |path| path.ends_with("/metrics")),
+        4,
+        "one, then three tries"
+    );
+
+    // Paused: no samples.
+    p.pause(&sb.id).await.unwrap();
+    assert_eq!(p.metrics(&sb.id).await.unwrap(), None);
+
+    // Unknown or killed: NotFound; a bad ID never reaches the server.
+    let e = p.metrics("inosuchsandbox0000000").await.unwrap_err();
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e:?}");
+    let e = p.metrics("../x").await.unwrap_err();
+    assert!(matches!(e, SandboxError::Invalid(_)), "{e:?}");
+    let other = p.create(&spec(&[])).await.unwrap();
+    assert_eq!(p.running_sandboxes(), 1);
+    fake.faults().fail_next_control(1, 404);
+    let e = p.metrics(&other.id).await.unwrap_err();
+    assert!(matches!(e, SandboxError::NotFound(_)), "{e:?}");
+    assert_eq!(p.running_sandboxes(), 1, "a metrics 404 frees no slot");
+
+    // A provider without metrics answers None (the trait's default).
+    let (local, _dir) = fleet_tests::fake_e2b::local_provider().unwrap();
+    let info = local.create(&spec(&[])).await.unwrap();
+    assert_eq!(local.metrics(&info.id).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `/healthz` (the process is up), `/readyz` (Redis answers, the job loops run, every
 //! lease keeper has renewed within half the lease TTL, and the worker is not draining)
-//! and `/metrics` (Prometheus text: attempts, pool, queue depths, and the model
-//! gateway's requests, tokens and cost by profile and model when it runs).
+//! and `/metrics` (Prometheus text: attempts, pool, queue depths, the running agents'
+//! CPU and memory by profile, and the model gateway's requests, tokens and cost by
+//! profile and model when it runs).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ struct AppState {
     loops: JobLoops,
     keepers: Arc<[Arc<LeaseKeeper>]>,
     stop: CancellationToken,
+    /// Per-profile CPU and memory of the running agents, cached between scrapes.
+    usage: Arc<crate::usage::UsageGauges>,
 }
 
 /// Serve on `addr` until `stop`; an empty address serves nothing.
@@ -49,6 +52,7 @@ pub async fn serve(
             loops,
             keepers: keepers.into(),
             stop: stop.clone(),
+            usage: Arc::default(),
         });
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -257,6 +261,8 @@ async fn metrics(State(state): State<AppState>) -> String {
         tokio::time::timeout(std::time::Duration::from_secs(2), e.pool.agents()).await;
     if let Ok(Ok(agents)) = fleet_agents {
         out.push_str(&pool_metrics(&agents));
+        // Bounded in time and cached (see `usage.rs`); missing samples are left out.
+        out.push_str(&state.usage.render(e.pool.provider(), &agents).await);
     }
     out
 }

@@ -10,6 +10,7 @@ mod execute;
 mod github;
 mod http;
 mod shutdown;
+mod usage;
 mod wiring;
 
 use std::path::PathBuf;

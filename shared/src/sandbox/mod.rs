@@ -126,6 +126,21 @@ pub struct ExecControl {
     pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
 }
 
+/// A sandbox's resource use: the latest sample its provider has.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SandboxMetrics {
+    /// CPU cores the sandbox has.
+    pub cpu_count: u32,
+    /// CPU use, percent of all its cores (0–100).
+    pub cpu_used_pct: f64,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    /// Disk used, when the provider reports it.
+    pub disk_used_bytes: Option<u64>,
+    /// When the sample was taken (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
 /// Failures of sandbox operations, in the terms the queue needs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SandboxError {
@@ -239,6 +254,15 @@ pub trait SandboxProvider: Send + Sync + 'static {
     /// The sandbox IDs whose kill failed and is not confirmed yet.
     fn failed_kills(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The sandbox's latest resource-use sample. `Ok(None)`: the provider does not
+    /// report metrics, or has no recent sample (a paused or just-started sandbox).
+    /// For monitoring only: callers bound the time it may take and never fail
+    /// work because of it.
+    async fn metrics(&self, id: &str) -> Result<Option<SandboxMetrics>, SandboxError> {
+        let _ = id;
+        Ok(None)
     }
 
     /// Write a file (parents created, existing file replaced).

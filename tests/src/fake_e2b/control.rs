@@ -44,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
@@ -548,4 +549,81 @@ async fn pause(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Resp
         ),
         Err(code) => api_error(code, "Error pausing sandbox"),
     }
+}
+
+/// How often the fake "samples" a running sandbox (E2B: every few seconds).
+pub(crate) const METRICS_INTERVAL_SECS: u64 = 5;
+/// The most samples one answer holds (the newest ones).
+const MAX_METRIC_SAMPLES: u64 = 1000;
+
+/// `GET /sandboxes/{id}/metrics?start=&end=` → `[SandboxMetric]`: a sample at the
+/// sandbox's (re)start and every [`METRICS_INTERVAL_SECS`] since, those inside
+/// `[start, end]` (Unix seconds; default: since it started, up to now), oldest
+/// first. Values are the sandbox's usage (`FakeE2b::set_usage`, else
+/// `SandboxUsage::default()`). A paused sandbox is not sampled: the fake keeps no
+/// history across a pause, so it answers `[]`. Unknown: 404; `start > end`: 400.
+async fn metrics(
+    AxState(s): AxState<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let mut start = None;
+    let mut end = None;
+    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        // The guard checked both against the spec (integers, at least 0).
+        let v = v.parse::<u64>().ok();
+        match k.as_ref() {
+            "start" => start = v,
+            "end" => end = v,
+            _ => {}
+        }
+    }
+    if let (Some(a), Some(b)) = (start, end)
+        && a > b
+    {
+        return api_error(400, "start must be before end");
+    }
+    let w = s.world.lock().unwrap();
+    let Some(sb) = w.sandboxes.get(&id) else {
+        return not_found(&id);
+    };
+    if sb.state == State::Paused {
+        return Json(json!([])).into_response();
+    }
+    let unix = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let born = unix(sb.started_at);
+    let now = unix(SystemTime::now());
+    let from = start.unwrap_or(born).max(born);
+    let to = end.unwrap_or(now).min(now);
+    let usage = w.usage.get(&id).copied().unwrap_or_default();
+    let mut samples = Vec::new();
+    if from <= to {
+        // The first tick at or after `from`, then every interval up to `to`.
+        let first = born + (from - born).div_ceil(METRICS_INTERVAL_SECS) * METRICS_INTERVAL_SECS;
+        let count = if first > to {
+            0
+        } else {
+            (to - first) / METRICS_INTERVAL_SECS + 1
+        };
+        let skip = count.saturating_sub(MAX_METRIC_SAMPLES);
+        for i in skip..count {
+            let t = first + i * METRICS_INTERVAL_SECS;
+            samples.push(json!({
+                "timestamp": rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t)),
+                "timestampUnix": t,
+                "cpuCount": usage.cpu_count,
+                "cpuUsedPct": usage.cpu_used_pct,
+                "memUsed": usage.mem_used,
+                "memTotal": usage.mem_total,
+                "memCache": usage.mem_used / 4,
+                "diskUsed": usage.disk_used,
+                "diskTotal": 2048i64 << 20,
+            }));
+        }
+    }
+    Json(Value::Array(samples)).into_response()
 }

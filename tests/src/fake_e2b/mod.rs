@@ -3,9 +3,10 @@
 //!
 //! One listener serves both APIs:
 //! - the control plane at `/` (`POST /sandboxes`, `GET /v2/sandboxes`,
-//!   `GET|DELETE /sandboxes/{id}`, `.../timeout`, `.../connect`, `.../pause`),
-//!   checking `X-API-Key` and validating each request against `openapi.yml`
-//!   (400 when it does not match, as E2B's request validator does);
+//!   `GET|DELETE /sandboxes/{id}`, `.../timeout`, `.../connect`, `.../pause`,
+//!   `GET /sandboxes/{id}/metrics`), checking `X-API-Key` and validating each
+//!   request against `openapi.yml` (400 when it does not match, as E2B's request
+//!   validator does);
 //! - every sandbox's envd under `/envd/{id}` (`/health`, `/files`, and the
 //!   `process.Process` Connect RPCs `Start`, `Connect`, `SendInput`,
 //!   `CloseStdin`, `SendSignal`, `List`), checking `X-Access-Token`. Point the
@@ -107,6 +108,29 @@ pub(crate) struct FakeSandbox {
     pub next_pid: u32,
 }
 
+/// What the fake's `GET /sandboxes/{id}/metrics` reports for a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SandboxUsage {
+    pub cpu_count: i64,
+    pub cpu_used_pct: f64,
+    pub mem_used: i64,
+    pub mem_total: i64,
+    pub disk_used: i64,
+}
+
+impl Default for SandboxUsage {
+    /// 2 cores at 12.5 %, 128 of 512 MiB (the sizes the fake's sandboxes show).
+    fn default() -> Self {
+        SandboxUsage {
+            cpu_count: 2,
+            cpu_used_pct: 12.5,
+            mem_used: 128 << 20,
+            mem_total: 512 << 20,
+            disk_used: 700 << 20,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct World {
     pub sandboxes: BTreeMap<String, FakeSandbox>,
@@ -118,6 +142,8 @@ pub(crate) struct World {
     pub starting: usize,
     /// When the plan last admitted a start.
     pub last_start: Option<Instant>,
+    /// Usage set by [`FakeE2b::set_usage`], by sandbox.
+    pub usage: HashMap<String, SandboxUsage>,
 }
 
 impl World {
@@ -346,6 +372,28 @@ impl FakeE2b {
             .sandboxes
             .get(id)
             .map(|s| s.inner.clone())
+    }
+
+    /// What `GET /sandboxes/{id}/metrics` reports for `id` from now on.
+    pub fn set_usage(&self, id: &str, usage: SandboxUsage) {
+        self.shared
+            .world
+            .lock()
+            .unwrap()
+            .usage
+            .insert(id.to_string(), usage);
+    }
+
+    /// The IDs of the fake's sandboxes (running and paused).
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        self.shared
+            .world
+            .lock()
+            .unwrap()
+            .sandboxes
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Move a sandbox's end time to now, so it expires (killed, or paused when

@@ -147,6 +147,27 @@ pub struct ListedSandbox {
     pub envd_version: String,
 }
 
+/// `SandboxMetric`: one sample of `GET /sandboxes/{id}/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxMetric {
+    /// Deprecated in the spec (`timestampUnix` replaces it); accepted when absent.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp_unix: i64,
+    pub cpu_count: i64,
+    pub cpu_used_pct: f64,
+    pub mem_used: i64,
+    pub mem_total: i64,
+    #[serde(default)]
+    pub mem_cache: Option<i64>,
+    #[serde(default)]
+    pub disk_used: Option<i64>,
+    #[serde(default)]
+    pub disk_total: Option<i64>,
+}
+
 /// `Error`: the body of every control-plane error response.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiError {
@@ -362,6 +383,22 @@ impl ControlPlane {
             .await?;
         let resumed = resp.status() == StatusCode::CREATED;
         Ok((Self::json("connect", resp).await?, resumed))
+    }
+
+    /// `GET /sandboxes/{id}/metrics?start=<unix s>` → `200 [SandboxMetric]`, the
+    /// samples taken since `start` (E2B samples a running sandbox every few seconds).
+    pub async fn metrics(&self, id: &str, start: u64) -> Result<Vec<SandboxMetric>, SandboxError> {
+        let resp = self
+            .send(
+                "metrics",
+                id,
+                self.request(
+                    Method::GET,
+                    &format!("/sandboxes/{id}/metrics?start={start}"),
+                ),
+            )
+            .await?;
+        Self::json("metrics", resp).await
     }
 
     /// `POST /sandboxes/{id}/pause` → 204. `false`: it was already paused (409).

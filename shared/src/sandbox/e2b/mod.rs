@@ -32,6 +32,9 @@
 //!   [`SandboxProvider::retry_failed_kills`] (the pool's maintenance tick and its
 //!   shutdown), until E2B confirms it; then the slot is freed.
 //!
+//! - `metrics` reads `GET /sandboxes/{id}/metrics` for the last two minutes and
+//!   keeps the newest sample; none in that window (paused) is `Ok(None)`.
+//!
 //! Error mapping: 404 → `NotFound`; 409 → `Conflict`; 429 → `RateLimited` (with
 //! `Retry-After`); envd's 502 "sandbox not found" → `NotFound` (the sandbox is
 //! lost); other 5xx and transport failures → `Unavailable`; other 4xx → `Invalid`.
@@ -58,8 +61,8 @@ use self::http::RetryPolicy;
 use self::limits::PlanLimits;
 use crate::admission::FleetAdmission;
 use crate::sandbox::{
-    ExecControl, ExecOutput, ExecRequest, ListFilter, SandboxError, SandboxInfo, SandboxProvider,
-    SandboxSpec, SandboxState,
+    ExecControl, ExecOutput, ExecRequest, ListFilter, SandboxError, SandboxInfo, SandboxMetrics,
+    SandboxProvider, SandboxSpec, SandboxState,
 };
 use crate::secret::Secret;
 use crate::settings::E2bSettings;
@@ -72,6 +75,10 @@ pub const META_CREATE_ID: &str = "dexter-fleet-create-id";
 /// At most this many list pages are read, so a server that never stops handing
 /// out `X-Next-Token` cannot loop us forever (100 per page: 100,000 sandboxes).
 const MAX_LIST_PAGES: usize = 1000;
+
+/// How far back `metrics` asks for samples: E2B samples every few seconds, so the
+/// window holds the latest one with room for clock skew between us and E2B.
+const METRICS_WINDOW: Duration = Duration::from_secs(120);
 
 /// What envd needs for one sandbox, learnt from create, connect or get.
 #[derive(Clone)]
@@ -371,6 +378,24 @@ fn check_id(id: &str) -> Result<(), SandboxError> {
     }
 }
 
+/// The newest of E2B's samples, in our units (negative values read as 0).
+fn latest_metrics(samples: &[control::SandboxMetric]) -> Option<SandboxMetrics> {
+    let m = samples.iter().max_by_key(|m| m.timestamp_unix)?;
+    let bytes = |v: i64| u64::try_from(v).unwrap_or(0);
+    Some(SandboxMetrics {
+        cpu_count: u32::try_from(m.cpu_count).unwrap_or(0),
+        cpu_used_pct: if m.cpu_used_pct.is_finite() {
+            m.cpu_used_pct.max(0.0)
+        } else {
+            0.0
+        },
+        mem_used_bytes: bytes(m.mem_used),
+        mem_total_bytes: bytes(m.mem_total),
+        disk_used_bytes: m.disk_used.map(bytes),
+        at_ms: bytes(m.timestamp_unix).saturating_mul(1000),
+    })
+}
+
 fn without_create_id(mut m: BTreeMap<String, String>) -> BTreeMap<String, String> {
     m.remove(META_CREATE_ID);
     m
@@ -646,6 +671,23 @@ impl SandboxProvider for E2bProvider {
         self.retry_kills_once().await
     }
 
+    /// `GET /sandboxes/{id}/metrics` for the last [`METRICS_WINDOW`], retried like
+    /// the other idempotent calls; the newest sample wins. No sample in the window
+    /// (paused, just started) is `Ok(None)`; an unknown sandbox (404) is `NotFound`.
+    /// A 404 here frees no slot: only the calls that manage the sandbox judge that.
+    async fn metrics(&self, id: &str) -> Result<Option<SandboxMetrics>, SandboxError> {
+        check_id(id)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let start = now.saturating_sub(METRICS_WINDOW).as_secs();
+        let samples = self
+            .retry
+            .run("metrics", id, || self.control.metrics(id, start))
+            .await?;
+        Ok(latest_metrics(&samples))
+    }
+
     async fn write_file(&self, id: &str, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
         check_id(id)?;
         let target = self.target(id).await?;
@@ -704,6 +746,41 @@ mod tests {
         let d = format!("{p:?}");
         assert!(d.contains("https://api.e2b.app"), "{d}");
         assert!(!d.contains("0123456789abcdef"), "{d}");
+    }
+
+    #[test]
+    fn the_newest_metrics_sample_wins() {
+        let sample = |t: i64, pct: f64, mem: i64| control::SandboxMetric {
+            timestamp: None,
+            timestamp_unix: t,
+            cpu_count: 2,
+            cpu_used_pct: pct,
+            mem_used: mem,
+            mem_total: 512 << 20,
+            mem_cache: None,
+            disk_used: Some(1 << 20),
+            disk_total: None,
+        };
+        assert_eq!(latest_metrics(&[]), None);
+        let m = latest_metrics(&[
+            sample(20, 30.0, 7),
+            sample(10, 5.0, 3),
+            sample(15, f64::NAN, -1),
+        ])
+        .unwrap();
+        assert_eq!(
+            m,
+            SandboxMetrics {
+                cpu_count: 2,
+                cpu_used_pct: 30.0,
+                mem_used_bytes: 7,
+                mem_total_bytes: 512 << 20,
+                disk_used_bytes: Some(1 << 20),
+                at_ms: 20_000,
+            }
+        );
+        let m = latest_metrics(&[sample(15, f64::NAN, -1)]).unwrap();
+        assert_eq!((m.cpu_used_pct, m.mem_used_bytes), (0.0, 0));
     }
 
     #[test]
