@@ -61,6 +61,7 @@ fn spec(extra: &[(&str, &str)]) -> SandboxSpec {
         metadata,
         env: BTreeMap::new(),
         auto_pause: false,
+        network: None,
     }
 }
 
