@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleet_shared::job::JobSpec;
+use fleet_shared::results::JobStatus;
 use fleet_shared::sandbox::e2b::E2bProvider;
 use fleet_shared::sandbox::egress;
 use fleet_shared::sandbox::{META_OWNER, SandboxProvider, SandboxSpec};
 use fleet_shared::settings::Settings;
 use fleet_tests::fake_e2b::openapi::{OpenApi, RequestParts};
 use fleet_tests::fake_e2b::{Egress, FakeE2b};
+use fleet_tests::fixture::Fleet;
 use serde_json::{Value, json};
 
 const CONFIG: &str = r#"
@@ -162,4 +165,68 @@ async fn the_fake_refuses_network_fields_that_break_the_spec() {
     let e = fake.egress_of(&id).unwrap();
     assert_eq!(e.allow_internet_access, Some(false));
     assert_eq!(e.deny_out, Some(vec!["10.0.0.0/8".to_string()]));
+}
+
+/// Through a real worker: the profile's rules go from settings through the pool to
+/// E2B's create, the gateway's `public_url` host allowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_creates_a_restricted_profiles_sandbox_with_its_rules() {
+    let fake = FakeE2b::start_local().await;
+    let extra = format!(
+        r#"
+[worker]
+concurrency = 1
+[sandbox]
+provider = "e2b"
+[sandbox.e2b]
+api_url = "{api}"
+envd_url = "{envd}"
+[gateway]
+enabled = true
+listen = "127.0.0.1:0"
+public_url = "http://gateway.test:9480"
+[agents.test.network]
+internet = false
+allow = ["pypi.org"]
+"#,
+        api = fake.api_url(),
+        envd = fake.envd_url(),
+    );
+    let mut fleet = Fleet::start(r#"q=$(cat); printf 'answer: %s' "$q""#, &extra).await;
+    fleet.start_worker_with_env("w1", &[("E2B_API_KEY", fake.api_key().to_string())]);
+    let id = fleet.submit(JobSpec::research("q1", "test")).await;
+    fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
+    let body = create_body(&fake);
+    assert_eq!(body["allow_internet_access"], json!(false));
+    assert_eq!(
+        body["network"],
+        json!({"allowOut": ["pypi.org", "gateway.test"]})
+    );
+    fleet.workers[0].sigterm();
+    fleet.workers[0].assert_clean_exit();
+}
+
+/// The local provider cannot enforce egress: a worker says so at start, once per
+/// restricting profile, rather than pretending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_worker_warns_that_it_does_not_enforce_egress() {
+    let extra = "[agents.test.network]\ninternet = false\n";
+    let mut fleet = Fleet::start(r#"q=$(cat); printf 'answer: %s' "$q""#, extra).await;
+    fleet.start_worker("w1");
+    fleet.wait_started(0).await;
+    let log = fleet.workers[0].log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("local provider does not enforce it"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(log.contains("agents.test.network"), "{log}");
+    fleet.workers[0].sigterm();
+    fleet.workers[0].assert_clean_exit();
 }
