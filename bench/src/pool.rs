@@ -87,6 +87,7 @@ pub fn build(
             max_agents: agents,
             min_idle: 0,
             repo: String::new(),
+            network: None,
         },
     );
     AgentPool::new(

@@ -412,6 +412,10 @@ pub struct AgentProfile {
     /// cached result instead of a run (a job's own `cache` option overrides it).
     #[serde(default)]
     pub cache: bool,
+    /// `[agents.<name>.network]`: egress rules for this profile's sandboxes (absent =
+    /// unrestricted). Enforced by E2B only; the gateway's host is allowed automatically.
+    #[serde(default)]
+    pub network: Option<crate::sandbox::egress::Egress>,
 }
 
 fn default_query_via() -> QueryVia {
@@ -745,6 +749,9 @@ impl Settings {
             if profile.setup.iter().any(Vec::is_empty) {
                 return err(&format!("agents.{name}.setup"), "holds an empty command");
             }
+            if let Some((key, message)) = profile.network.as_ref().and_then(|n| n.problem()) {
+                return err(&format!("agents.{name}.network.{key}"), &message);
+            }
         }
         Ok(())
     }
@@ -943,9 +950,25 @@ mod tests {
             bad("permission_mode = \"yolo\""),
             "agents.x.permission_mode"
         );
+        assert_eq!(
+            bad("[agents.x.network]\ninternet = false\nallow = [\"not a host\"]"),
+            "agents.x.network.allow"
+        );
+        assert_eq!(
+            bad("[agents.x.network]\ndeny = [\"example.com\"]"),
+            "agents.x.network.deny"
+        );
         let ok = "[agents.x]\nruntime = \"claude-code\"\nrepo = \"\"\n";
         let s = Settings::from_layers(Some(ok), &[]).unwrap();
         assert_eq!(s.agents["x"].runtime, RuntimeKind::ClaudeCode);
+        assert_eq!(s.agents["x"].network, None);
+        let text = format!("{ok}[agents.x.network]\ninternet = false\nallow = [\"pypi.org\"]\n");
+        let n = Settings::from_layers(Some(&text), &[]).unwrap().agents["x"]
+            .network
+            .clone()
+            .unwrap();
+        assert!(!n.internet && n.restricts());
+        assert_eq!(n.allow, ["pypi.org"]);
     }
 
     #[test]

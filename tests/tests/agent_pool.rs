@@ -54,6 +54,7 @@ async fn pool(
             max_agents: 2,
             min_idle: 0,
             repo: String::new(),
+            network: None,
         },
     )]);
     Arc::new(AgentPool::new(

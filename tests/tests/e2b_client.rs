@@ -63,6 +63,7 @@ fn spec(extra: &[(&str, &str)]) -> SandboxSpec {
         metadata,
         env: BTreeMap::new(),
         auto_pause: false,
+        network: None,
     }
 }
 

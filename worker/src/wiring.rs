@@ -159,6 +159,15 @@ pub fn build_pool(
         } else {
             profile.template.clone()
         };
+        // Egress: a restricting profile's sandboxes may always reach the gateway.
+        let network = fleet_shared::sandbox::egress::for_profile(settings, profile);
+        if network.is_some() && settings.sandbox.provider == ProviderKind::Local {
+            tracing::warn!(
+                profile = %name,
+                "agents.{name}.network restricts egress, but the local provider does not enforce it: \
+                 these sandboxes reach the network like the worker itself"
+            );
+        }
         profiles.insert(
             name.clone(),
             PoolProfile {
@@ -168,6 +177,7 @@ pub fn build_pool(
                 max_agents: settings.pool.max_agents,
                 min_idle: settings.pool.min_idle,
                 repo: profile.repo.clone(),
+                network,
             },
         );
     }

@@ -70,6 +70,8 @@ pub struct PoolProfile {
     pub min_idle: usize,
     /// The repository the agent runs (recorded on each agent).
     pub repo: String,
+    /// Egress rules for this profile's sandboxes (`None`: unrestricted).
+    pub network: Option<crate::sandbox::egress::Egress>,
 }
 
 /// The job a lease is for.
@@ -523,6 +525,7 @@ impl PoolCore {
             metadata,
             env: p.env.clone(),
             auto_pause: false,
+            network: p.network.clone(),
         };
         let created = match self.provider.create(&spec).await {
             Ok(info) => info,

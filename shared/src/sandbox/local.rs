@@ -4,6 +4,9 @@
 //! **This is a development convenience, NOT a security boundary.** Every command
 //! runs as the worker's own user, can read and write anything that user can, and
 //! can reach the network. Use the E2B provider for untrusted agents.
+//! In particular, egress rules (`SandboxSpec::network`, from a profile's
+//! `[agents.<name>.network]`) are ignored here: nothing restricts a local
+//! sandbox's network (the worker warns at start when a profile sets them).
 //!
 //! Layout: `root/<id>/home/` is the sandbox's working directory (its `HOME`; relative
 //! paths resolve inside it) and `root/<id>/meta.json` holds its state, metadata,

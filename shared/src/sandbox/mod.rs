@@ -14,6 +14,7 @@
 //! so that the pool can find and reconcile its own sandboxes after a restart.
 
 pub mod e2b;
+pub mod egress;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,9 @@ pub struct SandboxSpec {
     pub env: BTreeMap<String, String>,
     /// Pause instead of kill when the sandbox's timeout fires.
     pub auto_pause: bool,
+    /// Egress rules (`None`: unrestricted). E2B enforces them; the local provider
+    /// does not.
+    pub network: Option<egress::Egress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

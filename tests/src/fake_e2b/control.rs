@@ -290,6 +290,29 @@ struct NewSandboxIn {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     env_vars: BTreeMap<String, String>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    network: Option<NetworkIn>,
+}
+
+/// The egress part of `SandboxNetworkConfig` (the other fields are not modelled).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkIn {
+    #[serde(default)]
+    allow_out: Vec<String>,
+    #[serde(default)]
+    deny_out: Vec<String>,
+}
+
+fn is_ip_or_cidr(entry: &str) -> bool {
+    match entry.split_once('/') {
+        Some((ip, bits)) => {
+            let max = if ip.contains(':') { 128 } else { 32 };
+            ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= max)
+        }
+        None => entry.parse::<std::net::IpAddr>().is_ok(),
+    }
 }
 
 fn check_timeout(t: i64) -> Result<Duration, Response> {
@@ -316,12 +339,25 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
         Ok(g) => g,
         Err(r) => return r,
     };
+    // The schema allows any strings; E2B itself refuses a domain in `denyOut`.
+    if let Some(bad) = req
+        .network
+        .as_ref()
+        .and_then(|n| n.deny_out.iter().find(|e| !is_ip_or_cidr(e)))
+    {
+        return api_error(
+            400,
+            &format!("invalid denyOut entry {bad:?}: only IP addresses and CIDR blocks"),
+        );
+    }
+    // The backing sandbox runs locally: the fake records egress rules, never enforces them.
     let spec = SandboxSpec {
         template: req.template_id.clone(),
         timeout,
         metadata: req.metadata.clone(),
         env: req.env_vars.clone(),
         auto_pause: req.auto_pause,
+        network: None,
     };
     let inner = match s.provider.create(&spec).await {
         Ok(info) => info.id,
@@ -339,6 +375,11 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
         template: req.template_id,
         metadata: req.metadata,
         env_vars: req.env_vars,
+        egress: super::Egress {
+            allow_internet_access: req.allow_internet_access,
+            allow_out: req.network.as_ref().map(|n| n.allow_out.clone()),
+            deny_out: req.network.map(|n| n.deny_out),
+        },
         token,
         auto_pause: req.auto_pause,
         state: State::Running,
@@ -501,6 +542,7 @@ async fn connect(
                     metadata: sb.metadata.clone(),
                     env: sb.env_vars.clone(),
                     auto_pause: sb.auto_pause,
+                    network: None,
                 },
             ),
         }

@@ -94,6 +94,8 @@ pub(crate) struct FakeSandbox {
     pub template: String,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
+    /// The egress rules its create carried.
+    pub egress: Egress,
     /// `None` unless created with `secure: true`.
     pub token: Option<String>,
     pub auto_pause: bool,
@@ -129,6 +131,14 @@ impl Default for SandboxUsage {
             disk_used: 700 << 20,
         }
     }
+}
+
+/// The egress rules a create carried (`None`: the field was absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    pub allow_internet_access: Option<bool>,
+    pub allow_out: Option<Vec<String>>,
+    pub deny_out: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -361,6 +371,17 @@ impl FakeE2b {
     /// The envd access tokens issued so far (for leak checks).
     pub fn issued_tokens(&self) -> Vec<String> {
         self.shared.world.lock().unwrap().tokens.clone()
+    }
+
+    /// The egress rules fake sandbox `id`'s create carried.
+    pub fn egress_of(&self, id: &str) -> Option<Egress> {
+        self.shared
+            .world
+            .lock()
+            .unwrap()
+            .sandboxes
+            .get(id)
+            .map(|s| s.egress.clone())
     }
 
     /// The provider sandbox behind fake sandbox `id`.

@@ -39,6 +39,24 @@ pub(crate) struct NewSandbox<'a> {
     pub metadata: &'a BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: &'a BTreeMap<String, String>,
+    /// Sent only for a profile whose egress is restricted.
+    #[serde(
+        rename = "allow_internet_access",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig<'a>>,
+}
+
+/// `SandboxNetworkConfig`: the egress lists (empty lists are left out).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NetworkConfig<'a> {
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub allow_out: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub deny_out: &'a [String],
 }
 
 /// `ConnectSandbox` and `SandboxTimeoutRequest`: `{"timeout": seconds}`.

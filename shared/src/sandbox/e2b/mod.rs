@@ -55,7 +55,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use self::control::{ApiSandboxState, ControlPlane, ListQuery, NewSandbox, Sandbox, api_seconds};
+use self::control::{
+    ApiSandboxState, ControlPlane, ListQuery, NetworkConfig, NewSandbox, Sandbox, api_seconds,
+};
 use self::envd::{EnvdClient, Target};
 use self::http::RetryPolicy;
 use self::limits::PlanLimits;
@@ -455,6 +457,7 @@ impl SandboxProvider for E2bProvider {
             spec.template.as_str()
         };
         let create_id = uuid::Uuid::now_v7().to_string();
+        let egress = spec.network.as_ref().filter(|n| n.restricts());
         let mut metadata = spec.metadata.clone();
         metadata.insert(META_CREATE_ID.to_string(), create_id.clone());
         let body = NewSandbox {
@@ -464,6 +467,11 @@ impl SandboxProvider for E2bProvider {
             secure: true,
             metadata: &metadata,
             env_vars: &spec.env,
+            allow_internet_access: egress.map(|n| n.internet),
+            network: egress.map(|n| NetworkConfig {
+                allow_out: &n.allow,
+                deny_out: &n.deny,
+            }),
         };
         if !self.failed_kills.lock().unwrap().is_empty() {
             self.retry_kills_once().await;
