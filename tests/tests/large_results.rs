@@ -206,7 +206,9 @@ async fn a_100_mb_answer_is_stored_apart_and_streamed_to_the_cli_and_the_api() {
     assert_eq!(doc["status"], "succeeded");
     assert_eq!(doc["output"]["answer_stored"]["bytes"], answer_len);
     assert!(
-        serve_peak > 0 && serve_peak < size / 4,
+        // Its own baseline (the API with webhooks, events, …) plus chunks in flight,
+        // far below the answer held once.
+        serve_peak > 0 && serve_peak < size / 3,
         "fleet serve peak RSS {} MiB for a {} MiB answer",
         serve_peak / MB,
         size / MB

@@ -354,17 +354,23 @@ impl Splitter {
         };
         let mut queued = std::collections::VecDeque::from([first]);
         let mut bytes = size(&queued[0]);
-        while let Ok(chunk) = chunks.try_recv() {
-            bytes += size(&chunk);
-            queued.push_back(chunk);
-            while bytes > BUFFER_BYTES && queued.len() > 1 {
-                if let Some(old) = queued.pop_front() {
-                    bytes -= size(&old);
-                    self.buffer.lost(1);
+        loop {
+            // Between two chunks, take in what arrived and drop the oldest past the
+            // bound: what waits here stays within it whatever the agent's pace.
+            while let Ok(chunk) = chunks.try_recv() {
+                bytes += size(&chunk);
+                queued.push_back(chunk);
+                while bytes > BUFFER_BYTES && queued.len() > 1 {
+                    if let Some(old) = queued.pop_front() {
+                        bytes -= size(&old);
+                        self.buffer.lost(1);
+                    }
                 }
             }
-        }
-        for chunk in queued {
+            let Some(chunk) = queued.pop_front() else {
+                return;
+            };
+            bytes -= size(&chunk);
             self.chunk(chunk);
         }
     }
