@@ -1156,8 +1156,12 @@ impl AgentPool {
         {
             Start::Started { fence, sandbox_id } => {
                 core.held(agent_id, fence);
+                // Cut off midway: the hold lapses and the agent is adopted (back to paused).
+                let mut guard = HoldGuard::new(core, agent_id, &rec.profile, fence, false);
                 let timeout = core.sandbox_timeout(Duration::ZERO);
-                if let Err(why) = core.resume_and_check(agent_id, &sandbox_id, timeout).await {
+                let checked = core.resume_and_check(agent_id, &sandbox_id, timeout).await;
+                guard.disarm();
+                if let Err(why) = checked {
                     core.abort_held(agent_id, &rec.profile, &sandbox_id, fence)
                         .await;
                     return Err(JobError::transient(format!(

@@ -41,6 +41,35 @@ pub fn lease_max_age(settings: &PoolSettings) -> Option<Duration> {
     })
 }
 
+/// Terminate and kill each of `agents` that is still as it was read (the script is
+/// given the fence the decision was made on; a lease since then wins).
+async fn retire<'a>(
+    pool: &AgentPool,
+    profile: &str,
+    agents: impl Iterator<Item = &'a super::AgentRecord>,
+    why: &str,
+) {
+    let core = &pool.core;
+    for a in agents {
+        if let Ok(Start::Started { fence, sandbox_id }) = core
+            .registry
+            .terminate(
+                &a.agent_id,
+                profile,
+                &core.worker,
+                core.hold,
+                TerminateBy::Policy,
+                Some(a.fence),
+            )
+            .await
+        {
+            tracing::info!(agent_id = %a.agent_id, "{why}");
+            core.kill_and_forget(&a.agent_id, profile, &sandbox_id, fence)
+                .await;
+        }
+    }
+}
+
 /// One round of the policy over every profile this worker serves.
 pub async fn apply(pool: &AgentPool) {
     let core = &pool.core;
@@ -57,51 +86,29 @@ pub async fn apply(pool: &AgentPool) {
 
         // Lifetime: recycle idle agents near the provider's limit.
         if let Some(max_age) = lease_max_age(&core.settings) {
-            for a in
-                pooled().filter(|a| a.state == AgentState::Idle && since(a.created_at_ms) > max_age)
-            {
-                if let Ok(Start::Started { fence, sandbox_id }) = core
-                    .registry
-                    .terminate(
-                        &a.agent_id,
-                        profile,
-                        &core.worker,
-                        core.hold,
-                        TerminateBy::Policy,
-                        Some(a.fence),
-                    )
-                    .await
-                {
-                    tracing::info!(agent_id = %a.agent_id, "recycling an agent near its sandbox's lifetime limit");
-                    core.kill_and_forget(&a.agent_id, profile, &sandbox_id, fence)
-                        .await;
-                }
-            }
+            let old = pooled()
+                .filter(|a| a.state == AgentState::Idle && since(a.created_at_ms) > max_age);
+            retire(
+                pool,
+                profile,
+                old,
+                "recycling an agent near its sandbox's lifetime limit",
+            )
+            .await;
         }
 
         // Paused too long: terminate.
         if core.settings.kill_paused_after_secs > 0 {
             let limit = Duration::from_secs(core.settings.kill_paused_after_secs);
-            for a in pooled()
-                .filter(|a| a.state == AgentState::Paused && since(a.state_since_ms) >= limit)
-            {
-                if let Ok(Start::Started { fence, sandbox_id }) = core
-                    .registry
-                    .terminate(
-                        &a.agent_id,
-                        profile,
-                        &core.worker,
-                        core.hold,
-                        TerminateBy::Policy,
-                        Some(a.fence),
-                    )
-                    .await
-                {
-                    tracing::info!(agent_id = %a.agent_id, "terminating an agent paused for too long");
-                    core.kill_and_forget(&a.agent_id, profile, &sandbox_id, fence)
-                        .await;
-                }
-            }
+            let stale = pooled()
+                .filter(|a| a.state == AgentState::Paused && since(a.state_since_ms) >= limit);
+            retire(
+                pool,
+                profile,
+                stale,
+                "terminating an agent paused for too long",
+            )
+            .await;
         }
 
         let idle: Vec<_> = pooled().filter(|a| a.state == AgentState::Idle).collect();
