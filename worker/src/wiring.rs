@@ -290,7 +290,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     }));
     releaser.set(keepers.values().cloned().collect());
     tokio::select! {
-        _ = reconcile(&pool, &research_queue) => {}
+        _ = reconcile(&pool) => {}
         _ = stop.cancelled() => {}
     }
     let loops = JobLoops::default();
@@ -321,7 +321,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                         pool.retry_failed_kills().await;
                     }
                     _ = strays.tick() => {
-                        reconcile(&pool, &queue).await;
+                        reconcile(&pool).await;
                     }
                     _ = watch.tick() => {
                         let dead = deaths.check(&queue).await;
@@ -330,7 +330,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
                             pool.maintain().await;
                             // Forgotten only once dealt with: a failed listing is tried
                             // again at the next check.
-                            if reconcile(&pool, &queue).await
+                            if reconcile(&pool).await
                                 && let Err(e) = queue.forget_workers(&dead).await
                             {
                                 tracing::warn!(error = %e, "could not forget dead workers");
@@ -559,7 +559,7 @@ impl DeathWatch {
 
 /// Kill this system's sandboxes that no agent record claims (see
 /// `AgentPool::reconcile`). False when it could not be done (listing failed).
-async fn reconcile(pool: &AgentPool, _queue: &RedisQueue) -> bool {
+async fn reconcile(pool: &AgentPool) -> bool {
     let found = match pool.owned_sandboxes().await {
         Ok(found) => found,
         Err(e) => {

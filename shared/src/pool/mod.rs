@@ -762,11 +762,11 @@ impl AgentPool {
         job: &JobRef,
     ) -> Result<AgentLease, JobError> {
         let core = &self.core;
-        let Some(p) = core.profiles.get(profile) else {
+        if !core.profiles.contains_key(profile) {
             return Err(JobError::permanent(format!(
                 "unknown agent profile {profile:?}"
             )));
-        };
+        }
         let timeout = core.sandbox_timeout(attempt_timeout);
         let give_up_at = crate::time::instant_after(attempt_timeout);
         let max_age = policy::lease_max_age(&core.settings);
@@ -887,7 +887,6 @@ impl AgentPool {
         if let (Some(wanted), Err(_)) = (agent_id, &result) {
             let _ = core.registry.leave_waiters(wanted, &job.id).await;
         }
-        let _ = p;
         if result.is_ok() {
             core.stats.lock().unwrap().leases += 1;
         }
