@@ -64,6 +64,7 @@ fn spec(extra: &[(&str, &str)]) -> SandboxSpec {
         env: BTreeMap::new(),
         auto_pause: false,
         network: None,
+        stop: None,
     }
 }
 

@@ -261,6 +261,9 @@ struct PoolCore {
     /// give-backs and kills of cut-off attempts): shutdown waits for it, so the
     /// process never exits halfway through a kill.
     tasks: tokio_util::task::TaskTracker,
+    /// Fired when shutdown begins: the pool's own launches give up a create not yet
+    /// sent, and end one that completes anyway instead of setting it up.
+    stopping: CancellationToken,
     /// Woken when an agent may have become free (here or, through the registry's
     /// channel, anywhere in the fleet).
     changed: Notify,
@@ -271,6 +274,9 @@ const SANDBOX_MARGIN: Duration = Duration::from_secs(60);
 /// An ephemeral job's launch still waiting after this long evicts an idle agent (it
 /// may be waiting for a plan slot that idle agents hold).
 const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// At shutdown, how much longer than the drain timeout background work on agents
+/// (a create already sent, a kill) may take before the process stops anyway.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(15);
 /// A waiting lease looks again at least this often, even if no change was announced.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
@@ -526,6 +532,8 @@ impl PoolCore {
             env: p.env.clone(),
             auto_pause: false,
             network: p.network.clone(),
+            // A job's launch is the job's to finish; the pool's stops at shutdown.
+            stop: job.is_none().then(|| self.stopping.clone()),
         };
         let created = match self.provider.create(&spec).await {
             Ok(info) => info,
@@ -557,6 +565,13 @@ impl PoolCore {
                 self.released(&agent_id);
                 return Err(registry_error(e).into());
             }
+        }
+        if job.is_none() && self.stopping.is_cancelled() {
+            // Shutting down: nobody will lease it; end it now rather than set it up.
+            guard.disarm();
+            self.abort_held(&agent_id, profile, &created.id, fence)
+                .await;
+            return Err(JobError::cancelled("the pool is shutting down").into());
         }
         let set_up = async {
             p.runtime.setup(self.provider.as_ref(), &created.id).await?;
@@ -713,6 +728,7 @@ impl AgentPool {
                 pending_kills: Mutex::default(),
                 stats: Mutex::default(),
                 tasks: tokio_util::task::TaskTracker::new(),
+                stopping: CancellationToken::new(),
                 changed: Notify::new(),
             }),
         }
@@ -1535,12 +1551,24 @@ impl AgentPool {
         let deadline = crate::time::instant_after(limit);
         // Launches under way finish, and give-backs and kills of cut-off attempts too
         // (their agents are then ended like the others).
+        core.stopping.cancel();
         core.tasks.close();
         if tokio::time::timeout_at(deadline, core.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("background work on agents did not finish before the drain timeout");
+            // A create already sent, or a kill under way: exiting now could leave a
+            // sandbox running that no record names. Each is one request from done.
+            tracing::warn!(
+                grace_secs = BACKGROUND_GRACE.as_secs(),
+                "background work on agents did not finish before the drain timeout; waiting for it"
+            );
+            if tokio::time::timeout(BACKGROUND_GRACE, core.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("background work on agents still unfinished; stopping anyway");
+            }
         }
         let agents = match core.registry.list(None).await {
             Ok(a) => a,

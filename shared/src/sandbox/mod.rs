@@ -50,6 +50,10 @@ pub struct SandboxSpec {
     /// Egress rules (`None`: unrestricted). E2B enforces them; the local provider
     /// does not.
     pub network: Option<egress::Egress>,
+    /// Give the create up if this fires before the request is sent (the pool's
+    /// launches at shutdown): a request already sent is seen through, so a sandbox
+    /// it made is known and can be killed rather than left running unrecorded.
+    pub stop: Option<CancellationToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -358,6 +358,7 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
         env: req.env_vars.clone(),
         auto_pause: req.auto_pause,
         network: None,
+        stop: None,
     };
     let inner = match s.provider.create(&spec).await {
         Ok(info) => info.id,
@@ -543,6 +544,7 @@ async fn connect(
                     env: sb.env_vars.clone(),
                     auto_pause: sb.auto_pause,
                     network: None,
+                    stop: None,
                 },
             ),
         }

@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use self::control::{
     ApiSandboxState, ControlPlane, ListQuery, NetworkConfig, NewSandbox, Sandbox, api_seconds,
@@ -203,6 +204,7 @@ impl E2bProvider {
         &self,
         call: &str,
         sandbox: &str,
+        stop: Option<&CancellationToken>,
         mut send: F,
     ) -> Result<T, SandboxError>
     where
@@ -212,7 +214,7 @@ impl E2bProvider {
         let deadline = tokio::time::Instant::now() + self.limits.wait();
         let mut refusals = 0u32;
         loop {
-            self.limits.start_turn().await?;
+            unless_stopped(stop, self.limits.start_turn()).await??;
             let retry_after = match send().await {
                 Err(SandboxError::RateLimited { retry_after }) => retry_after,
                 other => return other,
@@ -366,6 +368,22 @@ impl E2bProvider {
 
 /// IDs go into URL paths: refuse anything but E2B's alphabet (lowercase
 /// alphanumerics, and `-` in legacy composite IDs) so no ID can alter a path.
+/// `wait`, unless `stop` fires first (then `Cancelled`): for the waits before a
+/// request is sent, which can be given up without leaving anything behind.
+async fn unless_stopped<T>(
+    stop: Option<&CancellationToken>,
+    wait: impl std::future::Future<Output = T>,
+) -> Result<T, SandboxError> {
+    match stop {
+        None => Ok(wait.await),
+        Some(stop) => tokio::select! {
+            biased;
+            _ = stop.cancelled() => Err(SandboxError::Cancelled),
+            r = wait => Ok(r),
+        },
+    }
+}
+
 fn check_id(id: &str) -> Result<(), SandboxError> {
     let ok = !id.is_empty()
         && id.len() <= 128
@@ -427,7 +445,7 @@ impl E2bProvider {
             .retry
             .run("connect", id, || async {
                 if needs_turn {
-                    self.start_in_turn("connect", id, || self.control.connect(id, secs))
+                    self.start_in_turn("connect", id, None, || self.control.connect(id, secs))
                         .await
                 } else {
                     self.control.connect(id, secs).await
@@ -476,13 +494,19 @@ impl SandboxProvider for E2bProvider {
         if !self.failed_kills.lock().unwrap().is_empty() {
             self.retry_kills_once().await;
         }
-        let slot = self.limits.reserve().await?;
+        let stop = spec.stop.as_ref();
+        let slot = unless_stopped(stop, self.limits.reserve()).await??;
         let ambiguous = AtomicBool::new(false);
         let result = self
             .retry
             .run("create", "-", || async {
+                // Stopped between tries: no further request (Cancelled is final); an
+                // earlier ambiguous one is cleared up below.
+                if stop.is_some_and(|s| s.is_cancelled()) {
+                    return Err(SandboxError::Cancelled);
+                }
                 let r = self
-                    .start_in_turn("create", "-", || self.control.create(&body))
+                    .start_in_turn("create", "-", stop, || self.control.create(&body))
                     .await;
                 if let Err(SandboxError::Unavailable(_)) = &r {
                     // A timeout or a 5xx: the sandbox may exist even so.
