@@ -522,3 +522,97 @@ echo done
         );
     }
 }
+
+/// An agent that cannot be given a base URL keeps the old path (`gateway = false` on its
+/// profile): its sandbox gets the key from `secret_env`, the gateway issues it no token,
+/// and `fleet agents list` marks it — while a gateway profile beside it on the same worker
+/// gets only a token.
+#[tokio::test]
+async fn a_profile_that_opts_out_of_the_gateway_keeps_its_key_and_is_marked_in_the_agent_list() {
+    let fake = FakeOpenAi::start(fake_openai::Mode::Echo).await;
+    let port = free_port();
+    let extra = format!(
+        r#"
+[gateway]
+enabled = true
+listen = "127.0.0.1:{port}"
+[gateway.openai]
+base_url = "{root}"
+
+[agents.direct]
+runtime = "command"
+repo = "{{dir}}/agent-repo"
+command = ["sh", "-c", "env > \"{{dir}}/direct-env.txt\"; echo direct"]
+secret_env = ["OPENAI_API_KEY"]
+gateway = false
+"#,
+        root = fake.base_url.trim_end_matches("/v1"),
+    );
+    let mut fleet =
+        Fleet::start("read n; env > \"{dir}/agent-env.txt\"; echo pooled", &extra).await;
+    fleet.start_worker_with_env(
+        "w1",
+        &[
+            ("OPENAI_API_KEY", REAL_KEY.to_string()),
+            (
+                "FLEET_AGENTS__TEST__SECRET_ENV",
+                "[\"OPENAI_API_KEY\"]".into(),
+            ),
+        ],
+    );
+    let direct = fleet
+        .submit(JobSpec::research("q", "direct"))
+        .await
+        .to_string();
+    let through = fleet
+        .submit(JobSpec::research("0", "test"))
+        .await
+        .to_string();
+    fleet.wait_status(&direct, JobStatus::Succeeded, WAIT).await;
+    fleet
+        .wait_status(&through, JobStatus::Succeeded, WAIT)
+        .await;
+
+    // The old path: the real key in the sandbox, no gateway in sight.
+    let env = std::fs::read_to_string(fleet.path("direct-env.txt")).unwrap();
+    assert!(env.contains(&format!("OPENAI_API_KEY={REAL_KEY}")), "{env}");
+    assert!(!env.contains("FLEET_GATEWAY_URL"), "{env}");
+    assert!(!env.contains("OPENAI_BASE_URL"), "{env}");
+    // The gateway profile beside it: a token, never the key.
+    let env = std::fs::read_to_string(fleet.path("agent-env.txt")).unwrap();
+    assert!(!env.contains(REAL_KEY), "{env}");
+    assert!(env.contains("OPENAI_API_KEY=fgw-"), "{env}");
+
+    // The registry records which is which, and the list shows it.
+    let e = [("FLEET_REDIS__URL", fleet.redis.url())];
+    let out = fleet_tests::processes::fleet(&["--json", "agents", "list"], &e, None);
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let access: std::collections::BTreeMap<String, String> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["profile"].as_str().unwrap().to_string(),
+                a["model_access"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(access["direct"], "direct");
+    assert_eq!(access["test"], "gateway");
+    let out = fleet_tests::processes::fleet(&["agents", "list"], &e, None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |profile: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(profile))
+            .unwrap_or_else(|| panic!("no {profile} row in {table}"))
+            .to_string()
+    };
+    assert!(
+        row("direct").contains("direct (keys in sandbox)"),
+        "{table}"
+    );
+    assert!(row("test").contains(" gateway "), "{table}");
+}
