@@ -50,8 +50,8 @@ fn shift(ms: u64, by: i64) -> u64 {
 /// Note Redis' time `redis_ms` as a script just read it (a fetch reply carries it).
 pub fn observe_redis_clock(redis_ms: u64) {
     let local = now_ms();
-    let offset = i64::try_from(redis_ms).unwrap_or(i64::MAX)
-        - i64::try_from(local).unwrap_or(i64::MAX);
+    let offset =
+        i64::try_from(redis_ms).unwrap_or(i64::MAX) - i64::try_from(local).unwrap_or(i64::MAX);
     REDIS_OFFSET_MS.store(offset, Ordering::Relaxed);
 }
 

@@ -109,9 +109,12 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
     q.enqueue(spec("plain", false)).await.unwrap();
     let mut keyed = spec("keyed", false);
     keyed.options.idempotency_key = Some("k1".into());
-    q.enqueue_many(vec![keyed, spec("b2", false), spec("b3", false)], Some("b1"))
-        .await
-        .unwrap();
+    q.enqueue_many(
+        vec![keyed, spec("b2", false), spec("b3", false)],
+        Some("b1"),
+    )
+    .await
+    .unwrap();
     // enqueue_cached: a leader and a follower of the same query, in a batch
     let same: Vec<Job> = (0..2).map(|_| Job::new(spec("same query", true))).collect();
     q.enqueue_jobs(&same, Some("b2")).await.unwrap();
@@ -128,7 +131,10 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
         .map(|l| (l.id.clone(), l.token.clone()))
         .collect();
     let renewed = q.renew(&held).await.unwrap();
-    assert!(renewed.iter().all(|r| *r == Renewal::Renewed), "{renewed:?}");
+    assert!(
+        renewed.iter().all(|r| *r == Renewal::Renewed),
+        "{renewed:?}"
+    );
 
     // complete: the cache leader with a staged answer serves its follower
     let (leader, rest): (Vec<_>, Vec<_>) = leases
@@ -187,10 +193,7 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
     // reclaim: an expired lease (its expiry moved into the past)
     let stuck = &promoted.leases[0];
     let mut conn = q.connection();
-    let _: () = conn
-        .zadd(&q.keys().active, &stuck.id, 0)
-        .await
-        .unwrap();
+    let _: () = conn.zadd(&q.keys().active, &stuck.id, 0).await.unwrap();
     assert_eq!(q.reclaim_expired(10).await.unwrap(), 1);
 
     // cancel: a queued job and a running one
@@ -222,7 +225,11 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
     fleet.start_worker("w1");
     let id = fleet.submit(spec("by a worker", false)).await;
     fleet
-        .wait_status(&id.to_string(), JobStatus::Succeeded, Duration::from_secs(60))
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(60),
+        )
         .await;
 
     // and the audit itself notices a script that reaches outside its KEYS
@@ -238,9 +245,7 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
     let calls = monitor.finish();
     let mut sync = fleet.redis.conn();
     let (found, seen) = violations(&calls, &mut sync);
-    let (rogue, found): (Vec<_>, Vec<_>) = found
-        .into_iter()
-        .partition(|v| v.contains("job:rogue"));
+    let (rogue, found): (Vec<_>, Vec<_>) = found.into_iter().partition(|v| v.contains("job:rogue"));
     assert_eq!(rogue.len(), 1, "the audit missed the rogue script's key");
     assert!(
         found.is_empty(),

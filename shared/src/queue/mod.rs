@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - **Leases and fencing.** `fetch` gives each attempt a lease (an expiry in the
-//!   `active` set) and a fencing token (a counter). The worker renews its leases from a
+//!   `active` set, by Redis' clock) and a fencing token (a counter and a nonce, so a
+//!   failover that loses the counter's last steps cannot issue one twice). The worker renews its leases from a
 //!   thread of its own (`lease_keeper`). Any worker reclaims expired leases. A result,
 //!   an ack or any state change is accepted only with the current token, so a stale
 //!   attempt can never overwrite the outcome: at-least-once execution, exactly-once result.
@@ -761,8 +762,7 @@ impl RedisQueue {
             .arg(self.config.result_ttl.as_millis() as u64)
             .arg(if staged { 4 } else { 3 });
         for c in completions {
-            inv.key(self.keys.job(&c.id))
-                .key(self.keys.attempts(&c.id));
+            inv.key(self.keys.job(&c.id)).key(self.keys.attempts(&c.id));
             inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
             if staged {
                 inv.key(self.keys.answer(&c.id))
