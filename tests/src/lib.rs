@@ -12,6 +12,7 @@ pub mod git_http;
 pub mod harness;
 pub mod processes;
 pub mod redis_server;
+pub mod script_audit;
 pub mod tcp_proxy;
 
 pub use redis_server::RedisServer;
