@@ -11,7 +11,9 @@ pub mod fixture;
 pub mod git_http;
 pub mod harness;
 pub mod processes;
+pub mod queue_contract;
 pub mod redis_server;
 pub mod tcp_proxy;
+pub mod topology;
 
 pub use redis_server::RedisServer;

@@ -59,6 +59,22 @@ pub enum QueueError {
         #[source]
         source: redis::RedisError,
     },
+    #[error(
+        "Redis at {url} refused the credentials (redis.username and redis.password_env, or user:password in the URL): {source}"
+    )]
+    Credentials {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(
+        "TLS with Redis at {url} failed (is redis.tls_ca_file the CA that signed the server's certificate, and are redis.tls_cert_file/tls_key_file the client's?): {source}"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("bad data in Redis: {0}")]
@@ -131,10 +147,28 @@ async fn connect_with_timeout(
     };
     crate::connection::connect_with(redis, timeouts)
         .await
-        .map_err(|source| QueueError::Unreachable {
-            url: redacted_url(&redis.url),
-            source,
-        })
+        .map_err(|source| connect_error(redis, source))
+}
+
+/// A failed connection, told apart: bad credentials and a failed TLS handshake are
+/// settings to fix, not weather to wait out.
+fn connect_error(redis: &RedisSettings, source: redis::RedisError) -> QueueError {
+    let url = redacted_url(&redis.url);
+    let text = source.to_string();
+    if source.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        QueueError::Credentials { url, source }
+    } else if text.contains("certificate")
+        || text.contains("Certificate")
+        || text.contains("UnknownIssuer")
+        || text.contains("TLS")
+    {
+        QueueError::Tls { url, source }
+    } else {
+        QueueError::Unreachable { url, source }
+    }
 }
 
 pub use crate::connection::redacted_url;
