@@ -134,7 +134,7 @@ fn num(map: &BTreeMap<String, String>, key: &str) -> Option<u64> {
     map.get(key).and_then(|v| v.parse().ok())
 }
 
-/// Field `i` of the job's `meta` (max_attempts, deadline_at, created_at; enqueue-3.lua),
+/// Field `i` of the job's `meta` (max_attempts, deadline_at, created_at; enqueue-n.lua),
 /// or the separate field `old` of a record written before `meta` existed.
 fn meta(map: &BTreeMap<String, String>, i: usize, old: &str) -> Option<u64> {
     match map.get("meta") {
@@ -183,7 +183,7 @@ impl RedisQueue {
             run_at: num(&fields, "run_at"),
             worker: fields.get("worker").cloned(),
             // An earlier attempt's error is left in the hash when a later one succeeds
-            // (complete-1.lua); it belongs to that attempt's history entry only.
+            // (complete-n.lua); it belongs to that attempt's history entry only.
             error: (status != JobStatus::Succeeded)
                 .then(|| json("error"))
                 .flatten(),

@@ -13,6 +13,7 @@ pub mod harness;
 pub mod processes;
 pub mod queue_contract;
 pub mod redis_server;
+pub mod script_audit;
 pub mod tcp_proxy;
 pub mod topology;
 

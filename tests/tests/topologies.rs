@@ -249,7 +249,6 @@ async fn a_cluster_is_reached_through_the_one_constructor_with_pub_sub_across_no
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs all keys in KEYS (wt-h1)"]
 async fn core_queue_operations_pass_on_a_cluster() {
     let cluster = RedisCluster::start();
     let s = settings(&cluster.cluster_url(), &[]);

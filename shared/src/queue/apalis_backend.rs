@@ -43,7 +43,7 @@ use super::{
 };
 use crate::error::{ErrorClass, JobError};
 use crate::job::Job;
-use crate::time::{millis, now_ms};
+use crate::time::{millis, redis_now_ms};
 
 /// How long an idle fetcher blocks before looking again (also bounded by the next
 /// delayed job's due time).
@@ -256,7 +256,9 @@ async fn fetch_loop(
         if fetched.leases.is_empty() {
             drop(permits);
             let block = match fetched.next_due_ms {
-                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE_BLOCK),
+                Some(due) => {
+                    Duration::from_millis(due.saturating_sub(fetched.redis_now_ms)).min(IDLE_BLOCK)
+                }
                 None => IDLE_BLOCK,
             };
             if block.is_zero() {
@@ -341,7 +343,7 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 
 /// Hand a lease back unstarted (the attempt does not count).
 async fn hand_back(queue: &RedisQueue, worker: &str, lease: &Lease) {
-    let record = AttemptRecord::ended(lease, worker, now_ms(), "released", None);
+    let record = AttemptRecord::ended(lease, worker, redis_now_ms(), "released", None);
     if let Err(e) = queue
         .fail(lease, Settlement::Release, &json!(null), &record)
         .await
@@ -477,7 +479,7 @@ where
         let queue = self.queue.clone();
         let keeper = self.keeper.clone();
         let completions = self.completions.clone();
-        let started_at = now_ms();
+        let started_at = redis_now_ms();
         let deadline = ctx.lease.deadline_at_ms;
         let run: BoxFuture<'static, Result<JobOutput, JobError>> =
             if deadline != 0 && started_at > deadline {
@@ -557,7 +559,7 @@ async fn settle(
     started_at: u64,
 ) {
     let lease = &ctx.lease;
-    let ended_at = now_ms();
+    let ended_at = redis_now_ms();
     let reason = ctx.abort.reason();
     if reason == Some(AbortReason::LeaseLost) {
         tracing::warn!(job_id = %lease.id, attempt = lease.attempt, "stale attempt ended; its outcome is discarded (another worker owns the job)");

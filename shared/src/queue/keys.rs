@@ -81,6 +81,16 @@ impl Keys {
         format!("{}workers", self.prefix)
     }
 
+    /// An idempotency key's record (`idem:` alone for none: scripts declare it unused).
+    pub fn idem(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
+
+    /// What one fetch leased, for its retries (fetch-7.lua).
+    pub fn fetch(&self, worker: &str, fetch_id: &str) -> String {
+        format!("{}fetch:{worker}:{fetch_id}", self.prefix)
+    }
+
     pub fn batch(&self, id: &str) -> String {
         format!("{}batch:{id}", self.prefix)
     }

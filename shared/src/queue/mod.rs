@@ -48,7 +48,7 @@ use scripts::SCRIPTS;
 
 use crate::job::{Job, JobId, JobSpec, QueueKind};
 use crate::settings::{Durability, RedisSettings, RetryPolicy, Settings};
-use crate::time::now_ms;
+use crate::time::redis_now_ms;
 
 /// Errors of queue operations that survived their retries.
 #[derive(Debug, thiserror::Error)]
@@ -211,8 +211,10 @@ impl Lease {
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub leases: Vec<Lease>,
-    /// When the earliest delayed job falls due (ms), if any.
+    /// When the earliest delayed job falls due (ms, Redis' clock), if any.
     pub next_due_ms: Option<u64>,
+    /// Redis' clock when the fetch ran (ms): how long until `next_due_ms`.
+    pub redis_now_ms: u64,
 }
 
 /// One successful attempt's result, for [`RedisQueue::complete_many`]. The result
@@ -334,7 +336,7 @@ impl AttemptRecord {
             attempt: lease.attempt,
             worker: worker.to_string(),
             started_at,
-            ended_at: now_ms(),
+            ended_at: redis_now_ms(),
             outcome: outcome.to_string(),
             error,
             ..Default::default()
@@ -351,16 +353,22 @@ pub struct RedisQueue {
     keys: Arc<Keys>,
 }
 
-/// The fetch script's reply: `[next_due, meta, spec, meta, spec, …]` (fetch-6.lua).
-fn parse_fetched(reply: Vec<Vec<u8>>, leased_at_ms: u64) -> Result<Fetched, QueueError> {
+/// The fetch script's reply: `[now<TAB>next_due, meta, spec, meta, spec, …]`
+/// (fetch-7.lua), Redis' clock.
+fn parse_fetched(reply: Vec<Vec<u8>>) -> Result<Fetched, QueueError> {
     let mut items = reply.into_iter();
-    let next_due = items
+    let clock = items
         .next()
         .ok_or_else(|| QueueError::Corrupt("empty fetch reply".into()))?;
-    let next_due_ms = std::str::from_utf8(&next_due)
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64);
+    let clock = String::from_utf8_lossy(&clock);
+    let (now, next_due) = clock.split_once('\t').unwrap_or(("", &clock));
+    let next_due_ms = next_due.parse::<f64>().ok().map(|v| v as u64);
+    let clock_now = now.parse::<u64>().ok();
+    if let Some(now) = clock_now {
+        crate::time::observe_redis_clock(now);
+    }
+    // Leased when the script ran, by Redis' clock (as the job's created_at is).
+    let leased_at_ms = clock_now.unwrap_or_else(redis_now_ms);
     let mut leases = Vec::with_capacity(items.len() / 2);
     while let Some(meta) = items.next() {
         let spec = items
@@ -392,6 +400,7 @@ fn parse_fetched(reply: Vec<Vec<u8>>, leased_at_ms: u64) -> Result<Fetched, Queu
     Ok(Fetched {
         leases,
         next_due_ms,
+        redis_now_ms: leased_at_ms,
     })
 }
 
@@ -410,7 +419,12 @@ fn fenced_codes(codes: Vec<i64>) -> Vec<Fenced> {
         .collect()
 }
 
-/// A new fetch ID: names one fetch across its retries (fetch-6.lua).
+/// The queue scripts by name and SHA1 digest (see `Scripts::digests`).
+pub fn script_digests() -> Vec<(&'static str, String)> {
+    SCRIPTS.digests()
+}
+
+/// A new fetch ID: names one fetch across its retries (fetch-7.lua).
 pub fn new_fetch_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
@@ -513,17 +527,14 @@ impl RedisQueue {
             .unwrap_or(self.config.policy.max_attempts)
     }
 
-    fn deadline_at(&self, spec: &JobSpec, now: u64) -> u64 {
+    /// The job's deadline in ms from its enqueue (0 = none); the script adds Redis'
+    /// clock. Saturating: a deadline past u64 milliseconds is "never", not a wrap.
+    fn deadline_ms(&self, spec: &JobSpec) -> u64 {
         let secs = spec
             .options
             .deadline_secs
             .unwrap_or(self.config.policy.deadline_secs);
-        // Saturating: a deadline past u64 milliseconds is "never", not a wrap into the past.
-        if secs == 0 {
-            0
-        } else {
-            now.saturating_add(secs.saturating_mul(1000))
-        }
+        secs.saturating_mul(1000)
     }
 
     /// Enqueue one job. With an idempotency key already used within its TTL, returns
@@ -603,21 +614,38 @@ impl RedisQueue {
     ) -> Result<Vec<JobId>, QueueError> {
         let mut out = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-            let now = now_ms();
             let rows: Vec<EnqueueRow> = chunk
                 .iter()
-                .map(|job| self.enqueue_row(job, batch_id, now))
+                .map(|job| self.enqueue_row(job, batch_id))
                 .collect();
             // Three arguments per job unless some job of this call has a batch or an
-            // idempotency key (enqueue-3.lua).
+            // idempotency key (enqueue-n.lua).
             let per = if rows.iter().all(EnqueueRow::is_plain) {
                 3
             } else {
                 6
             };
-            let mut args: Vec<String> = Vec::with_capacity(4 + chunk.len() * per);
+            // Keys: the three lists, then per job its record (and idempotency key), then
+            // each batch record once (enqueue-n.lua).
+            let mut keys: Vec<String> = Vec::with_capacity(3 + chunk.len() * 2);
+            keys.extend([
+                self.keys.wait.clone(),
+                self.keys.delayed.clone(),
+                self.keys.marker.clone(),
+            ]);
+            let mut batches: Vec<&str> = Vec::new();
+            for row in &rows {
+                keys.push(self.keys.job(&row.id));
+                if per == 6 {
+                    keys.push(self.keys.idem(&row.idempotency_key));
+                }
+                if !row.batch.is_empty() && !batches.contains(&row.batch.as_str()) {
+                    batches.push(&row.batch);
+                }
+            }
+            keys.extend(batches.iter().map(|b| self.keys.batch(b)));
+            let mut args: Vec<String> = Vec::with_capacity(3 + chunk.len() * per);
             args.push(self.keys.prefix.clone());
-            args.push(now.to_string());
             args.push(self.config.idempotency_ttl.as_millis().to_string());
             args.push(per.to_string());
             for row in rows {
@@ -634,9 +662,9 @@ impl RedisQueue {
                 .retrying("enqueue", || {
                     let mut conn = self.conn.clone();
                     let mut inv = SCRIPTS.enqueue.prepare_invoke();
-                    inv.key(&self.keys.wait)
-                        .key(&self.keys.delayed)
-                        .key(&self.keys.marker);
+                    for k in &keys {
+                        inv.key(k);
+                    }
                     for a in &args {
                         inv.arg(a);
                     }
@@ -653,7 +681,7 @@ impl RedisQueue {
         Ok(out)
     }
 
-    pub(crate) fn enqueue_row(&self, job: &Job, batch_id: Option<&str>, now: u64) -> EnqueueRow {
+    pub(crate) fn enqueue_row(&self, job: &Job, batch_id: Option<&str>) -> EnqueueRow {
         let batch = batch_id
             .map(str::to_string)
             .or_else(|| job.spec.options.batch_id.clone())
@@ -664,9 +692,9 @@ impl RedisQueue {
             id: job.id.to_string(),
             spec_json: serde_json::to_string(&spec).expect("a job spec serialises"),
             meta: format!(
-                "{}\t{}\t{now}",
+                "{}\t{}",
                 self.resolved_max_attempts(&spec),
-                self.deadline_at(&spec, now)
+                self.deadline_ms(&spec)
             ),
             idempotency_key: spec.options.idempotency_key.clone().unwrap_or_default(),
             batch,
@@ -681,7 +709,7 @@ impl RedisQueue {
         let reply = self
             .retrying("fetch", || self.invoke_fetch(worker, max, &fetch_id))
             .await?;
-        parse_fetched(reply, now_ms())
+        parse_fetched(reply)
     }
 
     /// One try of fetch `fetch_id` (from [`new_fetch_id`]), without retries: the caller
@@ -694,7 +722,7 @@ impl RedisQueue {
         fetch_id: &str,
     ) -> Result<Fetched, QueueError> {
         let reply = self.invoke_fetch(worker, max, fetch_id).await?;
-        parse_fetched(reply, now_ms())
+        parse_fetched(reply)
     }
 
     fn invoke_fetch(
@@ -711,8 +739,8 @@ impl RedisQueue {
             .key(&self.keys.marker)
             .key(&self.keys.token)
             .key(&self.keys.dead)
+            .key(self.keys.fetch(worker, fetch_id))
             .arg(&self.keys.prefix)
-            .arg(now_ms())
             .arg(self.config.lease_ttl.as_millis() as u64)
             .arg(max)
             .arg(worker)
@@ -732,11 +760,9 @@ impl RedisQueue {
                 let mut conn = self.conn.clone();
                 let mut inv = SCRIPTS.renew_leases.prepare_invoke();
                 inv.key(&self.keys.active)
-                    .arg(&self.keys.prefix)
-                    .arg(now_ms())
                     .arg(self.config.lease_ttl.as_millis() as u64);
                 for (id, token) in leases {
-                    inv.arg(id).arg(token);
+                    inv.key(self.keys.job(id)).arg(id).arg(token);
                 }
                 async move { inv.invoke_async(&mut conn).await }
             })
@@ -799,16 +825,18 @@ impl RedisQueue {
     ) -> impl Future<Output = redis::RedisResult<Vec<i64>>> + use<> {
         let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.complete.prepare_invoke();
-        // Four arguments per completion only when one staged its answer (complete-1.lua).
+        // Four arguments per completion only when one staged its answer (complete-n.lua).
         let staged = completions.iter().any(|c| c.staged);
         inv.key(&self.keys.active)
             .arg(&self.keys.prefix)
-            .arg(now_ms())
             .arg(self.config.result_ttl.as_millis() as u64)
             .arg(if staged { 4 } else { 3 });
         for c in completions {
+            inv.key(self.keys.job(&c.id)).key(self.keys.attempts(&c.id));
             inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
             if staged {
+                inv.key(self.keys.answer(&c.id))
+                    .key(self.keys.staged_answer(&c.id, &c.token));
                 inv.arg(if c.staged { "1" } else { "" });
             }
         }
@@ -838,10 +866,11 @@ impl RedisQueue {
                     .key(&self.keys.delayed)
                     .key(&self.keys.marker)
                     .key(&self.keys.dead)
+                    .key(self.keys.job(&lease.id))
+                    .key(self.keys.attempts(&lease.id))
                     .arg(&self.keys.prefix)
                     .arg(&lease.id)
                     .arg(&lease.token)
-                    .arg(now_ms())
                     .arg(settlement.as_str())
                     .arg(delay)
                     .arg(&error)
@@ -877,8 +906,8 @@ impl RedisQueue {
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
                 .key(&self.keys.dead)
+                .key(&self.keys.reclaim_clock)
                 .arg(&self.keys.prefix)
-                .arg(now_ms())
                 .arg(max)
                 .arg(self.config.result_ttl.as_millis() as u64)
                 .arg(stall_ms)
@@ -894,11 +923,13 @@ impl RedisQueue {
             .retrying("cancel", || {
                 let mut conn = self.conn.clone();
                 let mut inv = SCRIPTS.cancel.prepare_invoke();
+                let id = id.to_string();
                 inv.key(&self.keys.wait)
                     .key(&self.keys.delayed)
+                    .key(self.keys.job(&id))
+                    .key(self.keys.attempts(&id))
                     .arg(&self.keys.prefix)
-                    .arg(id.to_string())
-                    .arg(now_ms())
+                    .arg(&id)
                     .arg(self.config.result_ttl.as_millis() as u64);
                 async move { inv.invoke_async(&mut conn).await }
             })
@@ -944,6 +975,10 @@ impl RedisQueue {
     /// Requeue dead jobs: the given IDs, or (none given) up to `max` of the oldest.
     /// A dead record without a spec cannot run: it ends `failed` instead (not counted).
     pub async fn retry_dead(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+        let ids = self.dead_ids(ids, max).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
         self.retrying("retry_dead", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.retry_dead.prepare_invoke();
@@ -951,29 +986,52 @@ impl RedisQueue {
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
                 .arg(&self.keys.prefix)
-                .arg(max)
-                .arg(now_ms())
                 .arg(self.config.result_ttl.as_millis() as u64);
-            for id in ids {
-                inv.arg(id);
+            for id in &ids {
+                inv.key(self.keys.job(id))
+                    .key(self.keys.attempts(id))
+                    .arg(id);
             }
             async move { inv.invoke_async(&mut conn).await }
         })
         .await
     }
 
+    /// The dead jobs a dead-letter command acts on: `ids`, or (none given) up to `max`
+    /// of the oldest. Read before the script runs, so that the script is given every
+    /// key it touches; a job that left the dead set in between is skipped by it.
+    async fn dead_ids(&self, ids: &[String], max: usize) -> Result<Vec<String>, QueueError> {
+        if !ids.is_empty() {
+            return Ok(ids.to_vec());
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .dead_list(0, max)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Remove dead jobs for good (they end `failed`): the given IDs, or up to `max`.
     pub async fn purge_dead(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+        let ids = self.dead_ids(ids, max).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
         self.retrying("purge_dead", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.purge_dead.prepare_invoke();
             inv.key(&self.keys.dead)
                 .arg(&self.keys.prefix)
-                .arg(now_ms())
-                .arg(self.config.result_ttl.as_millis() as u64)
-                .arg(max);
-            for id in ids {
-                inv.arg(id);
+                .arg(self.config.result_ttl.as_millis() as u64);
+            for id in &ids {
+                inv.key(self.keys.job(id))
+                    .key(self.keys.attempts(id))
+                    .key(self.keys.answer(id))
+                    .arg(id);
             }
             async move { inv.invoke_async(&mut conn).await }
         })
@@ -1128,14 +1186,15 @@ mod tests {
     #[test]
     fn fetch_reply_is_parsed_lease_by_lease() {
         let reply = vec![
-            b("1750000000123"),
+            b("1750000000077\t1750000000123"),
             b("41\t1\t3\t0\t1700000000000\t0190-a"),
             b(r#"{"kind":"research"}"#),
             b("41\t2\t5\t1700000009000\t1700000000001\tid\twith\ttabs"),
             b("{not json"),
         ];
-        let f = parse_fetched(reply, 77).unwrap();
+        let f = parse_fetched(reply).unwrap();
         assert_eq!(f.next_due_ms, Some(1_750_000_000_123));
+        assert_eq!(f.redis_now_ms, 1_750_000_000_077);
         assert_eq!(f.leases.len(), 2);
         let a = &f.leases[0];
         assert_eq!(
@@ -1145,7 +1204,7 @@ mod tests {
         assert_eq!((a.deadline_at_ms, a.created_at_ms), (0, 1_700_000_000_000));
         assert_eq!(
             (a.spec_json.as_str(), a.leased_at_ms),
-            (r#"{"kind":"research"}"#, 77)
+            (r#"{"kind":"research"}"#, 1_750_000_000_077)
         );
         // The ID comes last, so whatever it holds stays whole.
         let b2 = &f.leases[1];
@@ -1157,11 +1216,11 @@ mod tests {
 
     #[test]
     fn an_empty_fetch_and_a_broken_reply() {
-        let f = parse_fetched(vec![b("")], 1).unwrap();
+        let f = parse_fetched(vec![b("1750000000077\t")]).unwrap();
         assert!(f.leases.is_empty());
         assert_eq!(f.next_due_ms, None);
-        assert!(parse_fetched(vec![], 1).is_err());
-        assert!(parse_fetched(vec![b(""), b("1\t1\t1\t0\t0\tx")], 1).is_err());
+        assert!(parse_fetched(vec![]).is_err());
+        assert!(parse_fetched(vec![b("1\t"), b("1\t1\t1\t0\t0\tx")]).is_err());
     }
 
     #[test]
@@ -1171,7 +1230,7 @@ mod tests {
             b("9\t1\t3\t0\t0\t0190fa3c-7d45-7a8e-9d6e-111111111111"),
             vec![0xff, 0xfe, b'{'],
         ];
-        let f = parse_fetched(reply, 1).unwrap();
+        let f = parse_fetched(reply).unwrap();
         let err = f.leases[0].decode().unwrap_err();
         assert!(err.contains("undecodable job payload"), "{err}");
     }

@@ -28,14 +28,36 @@ fn load(body: &str) -> Script {
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: load(include_str!("lua/enqueue-3.lua")),
-    fetch: load(include_str!("lua/fetch-6.lua")),
-    renew_leases: load(include_str!("lua/renew_leases-1.lua")),
-    complete: load(include_str!("lua/complete-1.lua")),
-    fail: load(include_str!("lua/fail-5.lua")),
-    reclaim_expired: load(include_str!("lua/reclaim_expired-4.lua")),
-    cancel: load(include_str!("lua/cancel-2.lua")),
-    retry_dead: load(include_str!("lua/retry_dead-3.lua")),
-    purge_dead: load(include_str!("lua/purge_dead-1.lua")),
+    enqueue: load(include_str!("lua/enqueue-n.lua")),
+    fetch: load(include_str!("lua/fetch-7.lua")),
+    renew_leases: load(include_str!("lua/renew_leases-n.lua")),
+    complete: load(include_str!("lua/complete-n.lua")),
+    fail: load(include_str!("lua/fail-7.lua")),
+    reclaim_expired: load(include_str!("lua/reclaim_expired-5.lua")),
+    cancel: load(include_str!("lua/cancel-4.lua")),
+    retry_dead: load(include_str!("lua/retry_dead-n.lua")),
+    purge_dead: load(include_str!("lua/purge_dead-n.lua")),
     enqueue_cached: load(include_str!("lua/enqueue_cached-n.lua")),
 });
+
+impl Scripts {
+    /// Each script's name (its file, without the key count) and SHA1 digest, the name
+    /// EVALSHA calls it by: for tools and tests that audit what the scripts do.
+    pub fn digests(&self) -> Vec<(&'static str, String)> {
+        [
+            ("enqueue", &self.enqueue),
+            ("fetch", &self.fetch),
+            ("renew_leases", &self.renew_leases),
+            ("complete", &self.complete),
+            ("fail", &self.fail),
+            ("reclaim_expired", &self.reclaim_expired),
+            ("cancel", &self.cancel),
+            ("retry_dead", &self.retry_dead),
+            ("purge_dead", &self.purge_dead),
+            ("enqueue_cached", &self.enqueue_cached),
+        ]
+        .into_iter()
+        .map(|(name, script)| (name, script.get_hash().to_string()))
+        .collect()
+    }
+}

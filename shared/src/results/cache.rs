@@ -168,17 +168,28 @@ impl RedisQueue {
         let mut cached_ids = Vec::with_capacity(cached.len());
         let ttl_ms = self.config().cache.ttl.as_millis().max(1).to_string();
         for chunk in cached.chunks(CACHED_CHUNK) {
-            let now = crate::time::now_ms();
+            // Keys: wait, marker, each job's cache entry; then per job its record,
+            // idempotency key and answer; then each batch record once
+            // (enqueue_cached-n.lua).
             let mut keys = vec![self.keys().wait.clone(), self.keys().marker.clone()];
+            let mut job_keys = Vec::with_capacity(chunk.len() * 3);
+            let mut batches: Vec<String> = Vec::new();
             let mut args = vec![
                 self.keys().prefix.clone(),
-                now.to_string(),
                 self.config().result_ttl.as_millis().to_string(),
                 self.config().idempotency_ttl.as_millis().to_string(),
             ];
             for (job, identity) in chunk {
-                let row = self.enqueue_row(job, batch_id, now);
+                let row = self.enqueue_row(job, batch_id);
                 keys.push(self.keys().cache(identity));
+                job_keys.extend([
+                    self.keys().job(&row.id),
+                    self.keys().idem(&row.idempotency_key),
+                    self.keys().answer(&row.id),
+                ]);
+                if !row.batch.is_empty() && !batches.contains(&row.batch) {
+                    batches.push(row.batch.clone());
+                }
                 args.extend([
                     row.id,
                     row.spec_json,
@@ -188,6 +199,8 @@ impl RedisQueue {
                     ttl_ms.clone(),
                 ]);
             }
+            keys.extend(job_keys);
+            keys.extend(batches.iter().map(|b| self.keys().batch(b)));
             let ids: Vec<String> = self
                 .retrying("enqueue_cached", || {
                     let mut conn = self.connection();

@@ -5,7 +5,7 @@
 //! character boundaries, to `…:staged:<id>:<token>` (a HASH: fields `0`, `1`, …), and
 //! its result says where it went: `output.answer_stored = {bytes, chunks}` in place of
 //! `output.answer`. The complete script renames the staged key to `…:answer:<id>` in the
-//! same step that makes the job `succeeded` (complete-1.lua), so a reader never sees the
+//! same step that makes the job `succeeded` (complete-n.lua), so a reader never sees the
 //! status without the answer, and a stale attempt (its own token) can never overwrite
 //! it. The answer key expires with the job (`queue.result_ttl_secs`) and goes when it
 //! is purged.

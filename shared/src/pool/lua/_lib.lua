@@ -11,6 +11,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Bump an agent's fence and return the new one. It grows by 1 plus a nonce, the
+-- microseconds of Redis' clock (0..999999), not by 1: after a failover to a replica
+-- that had not seen the last bumps, the counter starts again from an older value, and
+-- a step of 1 would hand out the same fence twice (the first holder's calls would be
+-- accepted again). Fences are compared for equality only; a record takes about 9e9
+-- bumps to leave the range Lua numbers count exactly.
+local function bump_fence(key)
+  local t = redis.call('TIME')
+  return redis.call('HINCRBY', key, 'fence', 1 + tonumber(t[2]))
+end
+
 -- Add the time spent in the current state to active_ms or paused_ms, then enter
 -- `state`. Running sandboxes (launching, idle, busy, ...) are billed; paused are not.
 local function set_state(key, state, now)
@@ -29,7 +40,7 @@ end
 -- Hand the agent to `holder` (a job ID, or "pool" for the fleet's own operations)
 -- of `worker` until `now + ttl`; returns the new fence.
 local function hold(key, held, id, holder, worker, now, ttl)
-  local fence = redis.call('HINCRBY', key, 'fence', 1)
+  local fence = bump_fence(key)
   redis.call('HSET', key, 'holder', holder, 'worker', worker, 'hold_until', now + ttl)
   redis.call('ZADD', held, now + ttl, id)
   return fence
@@ -37,7 +48,7 @@ end
 
 -- Nobody holds the agent any more.
 local function unhold(key, held, id)
-  redis.call('HINCRBY', key, 'fence', 1)
+  bump_fence(key)
   redis.call('HSET', key, 'holder', '', 'worker', '', 'hold_until', 0)
   redis.call('ZREM', held, id)
 end

@@ -15,7 +15,7 @@ end
 if rec[5] == 'terminate' then
   set_state(KEYS[1], 'terminating', now)
   redis.call('HSET', KEYS[1], 'after', '')
-  return { 2, redis.call('HINCRBY', KEYS[1], 'fence', 1) }
+  return { 2, bump_fence(KEYS[1]) }
 end
 set_state(KEYS[1], 'paused', now)
 redis.call('HSET', KEYS[1], 'after', '')

@@ -25,12 +25,12 @@ redis.call('HSET', KEYS[1], 'health', 'ok')
 if rec[5] == 'terminate' and ARGV[2] == 'idle' then
   set_state(KEYS[1], 'terminating', now)
   redis.call('HSET', KEYS[1], 'after', '')
-  local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  local fence = bump_fence(KEYS[1])
   return { 2, fence }
 end
 if ARGV[2] == 'busy' then
   set_state(KEYS[1], 'busy', now)
-  local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  local fence = bump_fence(KEYS[1])
   redis.call('HSET', KEYS[1], 'last_used', now)
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), rec[3])
   redis.call('HSET', KEYS[1], 'hold_until', now + tonumber(ARGV[5]))

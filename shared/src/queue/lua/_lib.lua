@@ -1,9 +1,41 @@
 -- Shared helpers, prepended to every script at load time (scripts.rs).
 -- Every key a script touches starts with the queue's prefix "<key_prefix>:{<queue>}:",
 -- so all of them hash to one Redis Cluster slot.
+--
+-- Keys. Every key the caller can name is passed in KEYS (each script's header lists
+-- them). The one exception, documented in docs/ARCHITECTURE.md ("Keys and Redis
+-- Cluster"): records a script reaches through data it reads in the same step -- job
+-- records named by IDs it pops from `wait`, `delayed` or `active`, a job's batch record
+-- (its `batch` field), and a result cache entry's jobs. Those names are built here from
+-- the prefix, always under the queue's hash tag, so they live in the slot of the
+-- declared keys.
+--
+-- Time. Every timestamp a script writes or compares is Redis' clock (`TIME`), never a
+-- caller's: workers whose clocks disagree still agree on leases, delays and deadlines.
 
 local function job_key(prefix, id)
   return prefix .. 'job:' .. id
+end
+
+-- Redis' clock in ms, as a number and as a decimal string (no "%.17g" formatting).
+local function redis_now()
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return ms, string.format('%d', ms)
+end
+
+-- A job's meta as stored, "max_attempts<TAB>deadline_at<TAB>created_at", from the
+-- caller's "max_attempts<TAB>deadline ms from now (0 = none)", stamped with Redis'
+-- clock `now` (`now_s` its string).
+local function stamp_meta(m, now, now_s)
+  local max, rel = string.match(m, '^([^\t]*)\t(%d+)$')
+  if not max then
+    return m
+  end
+  if rel == '0' then
+    return max .. '\t0\t' .. now_s
+  end
+  return max .. '\t' .. string.format('%d', now + tonumber(rel)) .. '\t' .. now_s
 end
 
 -- Hot paths pass only strings to redis.call: a Lua number argument is formatted with
@@ -115,7 +147,7 @@ local function check_fence(jk, token)
   return 'ok'
 end
 
--- A job's meta ("max_attempts<TAB>deadline_at<TAB>created_at", see enqueue-3.lua), also
+-- A job's meta ("max_attempts<TAB>deadline_at<TAB>created_at", see enqueue-n.lua), also
 -- for a record written before meta existed (separate fields) or by hand.
 local function job_meta(jk, meta)
   if meta then
@@ -134,15 +166,12 @@ local function keep_first_start(jk, started_at)
   end
 end
 
--- The job IDs a dead-letter command acts on: ARGV[first..] when given, else up to
--- `max` of the oldest in the dead set.
-local function dead_ids(dead_key, first, max)
-  if #ARGV >= first then
-    local ids = {}
-    for i = first, #ARGV do
-      ids[#ids + 1] = ARGV[i]
-    end
-    return ids
+-- The job IDs a dead-letter command acts on: ARGV[first..] (the caller names them,
+-- the oldest of the dead set when the user named none, so their keys are declared).
+local function dead_ids(first)
+  local ids = {}
+  for i = first, #ARGV do
+    ids[#ids + 1] = ARGV[i]
   end
-  return redis.call('ZRANGE', dead_key, 0, max - 1)
+  return ids
 end

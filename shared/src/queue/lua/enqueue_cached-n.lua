@@ -4,25 +4,31 @@
 --                     (`cached: true`, `cached_from`) and a copy of its stored answer;
 --                     no agent runs
 --   running entry  -> the job waits on the job that runs the query (`follows`; in no
---                     ready list) and gets its result when it succeeds (complete-1.lua)
+--                     ready list) and gets its result when it succeeds (complete-n.lua)
 --   none           -> the job claims the entry and is made ready like any job
 -- An entry whose job is gone or ended without a result is taken over (jobs already
 -- waiting on it stay and wait on the new one).
 --
 -- KEYS[1] wait     LIST  ready job IDs
 -- KEYS[2] marker   ZSET  wakes a blocked worker
--- KEYS[3..] one cache entry key (HASH, `…:cache:<digest>`) per job, in job order; the
---   same key appears once per job that asks the same query. Hence `-n`: 2 + jobs keys.
+-- KEYS[3..2+n] one cache entry key (HASH, `…:cache:<digest>`) per job, in job order;
+--   the same key appears once per job that asks the same query;
+-- then 3 per job: its record `job:<id>`, its idempotency key `idem:<key>` (`idem:`
+--   alone when it has none: declared, unused), its answer `answer:<id>`;
+-- then the record `batch:<id>` of each batch the jobs belong to, once each.
+-- Hence `-n`: 2 + 4 per job + batches. The job a cache entry names (and its answer) is
+-- found in the entry: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms), ARGV[4] idempotency TTL (ms),
--- then 6 per job: id, spec JSON, meta, batch ID ('' = none), idempotency key ('' = none),
--- cache TTL (ms, how long a success is served from the cache).
+-- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] idempotency TTL (ms),
+-- then 6 per job: id, spec JSON, meta (as enqueue-n.lua takes it), batch ID ('' = none),
+-- idempotency key ('' = none), cache TTL (ms, how long a success is served from the cache).
 --
--- Returns, per job, the ID it exists under (as enqueue-3.lua does).
+-- Returns, per job, the ID it exists under (as enqueue-n.lua does).
 local prefix = ARGV[1]
-local now_s = ARGV[2]
-local ttl = tonumber(ARGV[3])
-local idem_ttl = ARGV[4]
+local now, now_s = redis_now()
+local ttl = tonumber(ARGV[2])
+local idem_ttl = ARGV[3]
+local n = (#ARGV - 3) / 6
 local pj = prefix .. 'job:'
 local out = {}
 local deltas = {}
@@ -31,7 +37,8 @@ local served = nil
 -- batches with a job ended here: their records expire with it, as any ended job's do
 local ended_batches = {}
 local j = 0
-for i = 5, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
+  local kj = 2 + n + j * 3
   j = j + 1
   local id, spec, meta, batch, idem, cache_ttl =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
@@ -39,7 +46,7 @@ for i = 5, #ARGV, 6 do
   local result_id = id
   local skip = false
   if idem ~= '' then
-    local ik = prefix .. 'idem:' .. idem
+    local ik = KEYS[kj + 2]
     local existing = redis.call('GET', ik)
     if existing then
       result_id = existing
@@ -48,12 +55,12 @@ for i = 5, #ARGV, 6 do
       redis.call('SET', ik, id, 'PX', idem_ttl)
     end
   end
-  local jk = pj .. id
+  local jk = KEYS[kj + 1]
   if not skip and redis.call('EXISTS', jk) == 1 then
     skip = true
   end
   if not skip then
-    redis.call('HSET', jk, 'spec', spec, 'meta', meta, 'cache', ck, 'cache_ttl', cache_ttl)
+    redis.call('HSET', jk, 'spec', spec, 'meta', stamp_meta(meta, now, now_s), 'cache', ck, 'cache_ttl', cache_ttl)
     if batch ~= '' then
       redis.call('HSET', jk, 'batch', batch)
       count_move(deltas, batch, nil, 'total')

@@ -6,21 +6,22 @@
 -- A queued job's ID stays in `wait` (removing it would scan the whole list): fetch
 -- drops it when it comes out, and only then starts its record's TTL (`in_wait`).
 --
--- KEYS[1] wait, KEYS[2] delayed
+-- KEYS[1] wait, KEYS[2] delayed, KEYS[3] the record `job:<id>`, KEYS[4] its attempts
+-- (its batch record and result cache entry are found in its record: not declared)
 --
--- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] now (ms), ARGV[4] result TTL (ms)
+-- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] result TTL (ms)
 --
 -- Returns 'cancelled', 'cancelling', 'missing', or 'ended:<status>' for a job that had
 -- already ended (nothing changes).
 local prefix = ARGV[1]
 local id = ARGV[2]
-local jk = job_key(prefix, id)
+local jk = KEYS[3]
 local status = redis.call('HGET', jk, 'status')
 if not status then
   return 'missing'
 end
 if status == 'queued' or status == 'retrying' then
-  local ttl = tonumber(ARGV[4])
+  local ttl = tonumber(ARGV[3])
   if status == 'queued' and cache_unfollow(prefix, jk, id) then
     -- it waited on an identical job (result cache): in no ready list, so it ends here
   elseif status == 'queued' then
@@ -31,7 +32,7 @@ if status == 'queued' or status == 'retrying' then
   end
   set_status(prefix, jk, 'cancelled')
   redis.call('HSET', jk, 'error', CANCELLED_ERROR)
-  finish(prefix, jk, id, tonumber(ARGV[3]), ttl)
+  finish(prefix, jk, id, redis_now(), ttl)
   -- a job others wait on hands its cache entry over (the worker that fetches the next
   -- ready job, at the latest within its idle block, runs it: no marker key here)
   cache_hand_over(prefix, jk, id, KEYS[1], nil)

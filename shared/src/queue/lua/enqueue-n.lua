@@ -3,13 +3,18 @@
 -- KEYS[1] wait     LIST  ready job IDs (LPUSH here, RPOP at fetch: FIFO)
 -- KEYS[2] delayed  ZSET  job ID -> run_at (ms)
 -- KEYS[3] marker   ZSET  one member; its presence wakes a worker blocked in BZPOPMIN
+-- then per job: its record `job:<id>`, and with 6 arguments per job also its
+--   idempotency key `idem:<key>` (`idem:` alone when it has none: declared, unused);
+-- then the record `batch:<id>` of each batch the jobs belong to, once each.
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] idempotency TTL (ms), ARGV[4] arguments per
--- job (3 or 6), then per job: id, spec JSON, meta,
---   and with 6 also: batch ID ('' = none), idempotency key ('' = none), run_at (ms, 0 = now).
+-- ARGV[1] prefix, ARGV[2] idempotency TTL (ms), ARGV[3] arguments per job (3 or 6),
+-- then per job: id, spec JSON, meta,
+--   and with 6 also: batch ID ('' = none), idempotency key ('' = none), run_at (ms by
+--   Redis' clock, 0 = now).
 -- (3 when no job of the call has any of the last three: fewer arguments to convert.)
--- meta is "<max_attempts><TAB><deadline_at ms, 0 = none><TAB><created_at ms>", what a
--- worker needs besides the spec, kept as one field: fetch returns it as it is.
+-- meta is "<max_attempts><TAB><deadline in ms from now, 0 = none>"; the job stores
+-- "<max_attempts><TAB><deadline_at ms, 0 = none><TAB><created_at ms>", by Redis' clock,
+-- what a worker needs besides the spec, kept as one field: fetch returns it as it is.
 --
 -- Fields at their default are not written: no `attempts` (0), no `batch` outside a batch.
 --
@@ -17,22 +22,29 @@
 -- holds its idempotency key. A job ID that already exists is not written twice, so a
 -- retried call (after a lost reply) is harmless.
 local prefix = ARGV[1]
-local now = tonumber(ARGV[2])
-local idem_ttl = ARGV[3]
-local pj = prefix .. 'job:'
+local now, now_s = redis_now()
+local idem_ttl = ARGV[2]
 local out = {}
 local woke = false
 local deltas = {}
-local per = tonumber(ARGV[4])
+local per = tonumber(ARGV[3])
+-- keys per job (after the three fixed ones)
+local kper = 1
+if per == 6 then
+  kper = 2
+end
 -- Refuse a call that could not be written whole before writing any of it.
 if per == 6 and (tonumber(idem_ttl) or 0) < 1 then
-  for i = 5, #ARGV, per do
+  for i = 4, #ARGV, per do
     if ARGV[i + 4] ~= '' then
       return redis.error_reply('ERR idempotency TTL must be at least 1 ms, got ' .. idem_ttl)
     end
   end
 end
-for i = 5, #ARGV, per do
+local j = 0
+for i = 4, #ARGV, per do
+  local kj = 3 + j * kper
+  j = j + 1
   local id = ARGV[i]
   local batch, idem, run_at_s = '', '', '0'
   if per == 6 then
@@ -41,7 +53,7 @@ for i = 5, #ARGV, per do
   local result_id = id
   local skip = false
   if idem ~= '' then
-    local ik = prefix .. 'idem:' .. idem
+    local ik = KEYS[kj + 2]
     local existing = redis.call('GET', ik)
     if existing then
       result_id = existing
@@ -50,16 +62,17 @@ for i = 5, #ARGV, per do
       redis.call('SET', ik, id, 'PX', idem_ttl)
     end
   end
-  local jk = pj .. id
+  local jk = KEYS[kj + 1]
   if not skip and redis.call('EXISTS', jk) == 1 then
     skip = true
   end
   if not skip then
     if batch == '' then
-      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'meta', ARGV[i + 2])
+      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
+        'meta', stamp_meta(ARGV[i + 2], now, now_s))
     else
-      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued', 'meta', ARGV[i + 2],
-        'batch', batch)
+      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
+        'meta', stamp_meta(ARGV[i + 2], now, now_s), 'batch', batch)
       count_move(deltas, batch, nil, 'total')
       count_move(deltas, batch, nil, 'queued')
     end

@@ -6,46 +6,55 @@
 -- KEYS[4] marker   ZSET  wake-up marker for blocked workers
 -- KEYS[5] token    STRING fencing-token counter
 -- KEYS[6] dead     ZSET  dead-lettered job ID -> time (ms)
+-- KEYS[7] fetch    STRING `fetch:<worker>:<fetch ID>`: what this call leased
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] lease TTL (ms), ARGV[4] max jobs,
--- ARGV[5] worker name, ARGV[6] promote chunk, ARGV[7] result TTL (ms),
--- ARGV[8] fetch ID (chosen by the worker, kept across retries of one fetch)
+-- The records of the jobs it promotes and pops (and their batch records) are found in
+-- `delayed` and `wait` by this call: they are not declared (docs/ARCHITECTURE.md, "Keys
+-- and Redis Cluster"); their names are built from the prefix, in the queue's slot.
 --
--- Idempotent: the leases a call hands out are noted under `fetch:<worker>:<fetch ID>`
--- (one SET per call, expiring after a lease TTL). The same call again (its reply was
--- lost to a cut connection or a timeout) leases nothing new and returns those leases,
--- re-read, as far as they still run under that call's token.
+-- ARGV[1] prefix, ARGV[2] lease TTL (ms), ARGV[3] max jobs, ARGV[4] worker name,
+-- ARGV[5] promote chunk, ARGV[6] result TTL (ms),
+-- ARGV[7] fetch ID (chosen by the worker, kept across retries of one fetch; a UUID)
+--
+-- Idempotent: the leases a call hands out are noted under KEYS[7] (one SET per call,
+-- expiring after a lease TTL). The same call again (its reply was lost to a cut
+-- connection or a timeout) leases nothing new and returns those leases, re-read, as far
+-- as they still run under that call's token.
 --
 -- Cancelled jobs are dropped here: `cancel` leaves a queued job's ID in `wait` (no scan
 -- of the list), and its record's TTL starts when the ID comes out. A queued job that
 -- carries a cancel flag ends `cancelled` instead of running.
 --
--- Returns a flat array { next_due, meta_1, spec_1, meta_2, spec_2, ... }: next_due is the
--- run_at of the earliest delayed job ('' if none), so an idle worker knows how long to
--- block; per lease, meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
+-- Returns a flat array { clock, meta_1, spec_1, meta_2, spec_2, ... }: clock is
+-- "<now><TAB><next_due>", Redis' time of this call and the run_at of the earliest delayed
+-- job ('' if none), so an idle worker knows how long to block by Redis' clock; per lease,
+-- meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
 -- created_at<TAB>id" (the job's `meta` field as enqueue wrote it, in the middle; the ID
 -- last, so it may hold anything) and spec the job's JSON.
 -- Two bulk strings per job instead of a nested array of seven: building and parsing the
 -- reply was the worker's largest cost (BENCHMARKS.md).
--- The fencing token is one per call (INCR), shared by the jobs this call leases: a token
--- still names one attempt of one job, and a later attempt always gets a larger one.
+-- The fencing token is one per call, shared by the jobs this call leases: a token still
+-- names one attempt of one job. It is "<counter>.<nonce>": the counter (INCR) grows with
+-- every call, and the nonce (the fetch ID's last 12 hex digits, random) tells apart two
+-- calls that drew the same counter value -- as after a failover to a replica that had
+-- not yet seen the last INCRs -- so a token is never issued twice. Tokens are only ever
+-- compared whole, for equality.
 -- An ID without a job record is dead-lettered with the reason, never dropped.
 -- Per leased job: one HMGET, one HSET, one ZADD, all with string arguments (the hot
 -- path; see BENCHMARKS.md).
 local prefix = ARGV[1]
-local now_s = ARGV[2]
-local now = tonumber(now_s)
-local lease_until = tostring(now + tonumber(ARGV[3]))
-local max = tonumber(ARGV[4])
-local worker = ARGV[5]
-local result_ttl = tonumber(ARGV[7])
+local now, now_s = redis_now()
+local lease_until = string.format('%d', now + tonumber(ARGV[2]))
+local max = tonumber(ARGV[3])
+local worker = ARGV[4]
+local result_ttl = tonumber(ARGV[6])
 local pj = prefix .. 'job:'
-local fk = prefix .. 'fetch:' .. worker .. ':' .. ARGV[8]
+local fk = KEYS[7]
 local out = { '' }
 
 local function next_due()
   local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
-  return head[2] or ''
+  return now_s .. '\t' .. (head[2] or '')
 end
 
 local prior = redis.call('GET', fk)
@@ -67,7 +76,7 @@ if prior then
 end
 
 local deltas = {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'LIMIT', '0', ARGV[6])
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'LIMIT', '0', ARGV[5])
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[3], id)
   local jk = pj .. id
@@ -80,9 +89,9 @@ for _, id in ipairs(due) do
   end
 end
 
-local ids = redis.call('RPOP', KEYS[1], ARGV[4])
+local ids = redis.call('RPOP', KEYS[1], ARGV[3])
 if ids then
-  local token = tostring(redis.call('INCR', KEYS[5]))
+  local token = redis.call('INCR', KEYS[5]) .. '.' .. string.sub(ARGV[7], -12)
   local leased = { token }
   for _, id in ipairs(ids) do
     local jk = pj .. id
@@ -118,7 +127,7 @@ if ids then
     -- any other status is a stale list entry: skip it
   end
   if #leased > 1 then
-    redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[3])
+    redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[2])
   end
 end
 write_counts(prefix, deltas, nil, false)

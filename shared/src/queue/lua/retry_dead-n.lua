@@ -3,21 +3,22 @@
 -- cancel requested before the job died is forgotten. A dead record without a spec
 -- cannot run: it ends `failed` (as purge_dead does) instead of staying forever.
 --
--- KEYS[1] dead, KEYS[2] wait, KEYS[3] marker
+-- KEYS[1] dead, KEYS[2] wait, KEYS[3] marker, then per job: its record `job:<id>` and
+-- attempts `attempts:<id>` (its batch record is found in its record: not declared)
 --
--- ARGV[1] prefix, ARGV[2] max jobs, ARGV[3] now (ms), ARGV[4] result TTL (ms),
--- then job IDs (none: the oldest dead jobs, up to max)
+-- ARGV[1] prefix, ARGV[2] result TTL (ms),
+-- then job IDs (the caller reads the oldest of the dead set when the user named none)
 --
 -- Returns the number of jobs requeued.
 local prefix = ARGV[1]
-local ids = dead_ids(KEYS[1], 5, tonumber(ARGV[2]))
+local ids = dead_ids(3)
 local n = 0
-for _, id in ipairs(ids) do
+for j, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
-    local jk = job_key(prefix, id)
+    local jk = KEYS[2 + 2 * j]
     if redis.call('HEXISTS', jk, 'spec') == 1 then
       redis.call('PERSIST', jk)
-      redis.call('PERSIST', prefix .. 'attempts:' .. id)
+      redis.call('PERSIST', KEYS[3 + 2 * j])
       redis.call('HSET', jk, 'attempts', 0)
       redis.call('HDEL', jk, 'finished_at', 'cancel')
       set_status(prefix, jk, 'queued')
@@ -25,7 +26,7 @@ for _, id in ipairs(ids) do
       n = n + 1
     elseif redis.call('EXISTS', jk) == 1 then
       set_status(prefix, jk, 'failed')
-      finish(prefix, jk, id, tonumber(ARGV[3]), tonumber(ARGV[4]))
+      finish(prefix, jk, id, redis_now(), tonumber(ARGV[2]))
     end
   end
 end

@@ -5,8 +5,13 @@
 -- batches them while a call is in flight), which saves a round trip per job.
 --
 -- KEYS[1] active  ZSET job ID -> lease expiry (ms)
+-- then per completion: its record `job:<id>` and attempts `attempts:<id>`, and with 4
+--   arguments per completion also its answer `answer:<id>` and staged answer
+--   `staged:<id>:<token>` (declared whether or not that completion staged one).
+-- A job's batch record and result cache entry (and the jobs waiting on it) are found in
+-- its record: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
 --
--- ARGV[1] prefix, ARGV[2] now (ms), ARGV[3] result TTL (ms), ARGV[4] arguments per
+-- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] arguments per
 -- completion (3, or 4 when some completion of the call staged its answer),
 -- then per completion: job ID, token, result JSON (which also describes the successful
 -- attempt: worker, times, agent; `fleet status` derives its history entry from it),
@@ -23,23 +28,29 @@
 -- An `error` or `cancel` field left by earlier attempts stays in the hash: readers ignore
 -- both on a succeeded job (results.rs), which saves reading and deleting them here.
 local prefix = ARGV[1]
-local now_s = ARGV[2]
-local ttl_s = ARGV[3]
+local _, now_s = redis_now()
+local ttl_s = ARGV[2]
 local ttl = tonumber(ttl_s)
-local pj = prefix .. 'job:'
 local out = {}
 local deltas = {}
 local any = nil
-local per = tonumber(ARGV[4])
-for i = 5, #ARGV, per do
+local per = tonumber(ARGV[3])
+local kper = 2
+if per == 4 then
+  kper = 4
+end
+local j = 0
+for i = 4, #ARGV, per do
+  local kj = 1 + j * kper
+  j = j + 1
   local id = ARGV[i]
   local token = ARGV[i + 1]
-  local jk = pj .. id
+  local jk = KEYS[kj + 1]
   local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts', 'first_started_at',
     'cache', 'cache_ttl')
   local staged = nil
   if per == 4 and ARGV[i + 3] == '1' then
-    staged = prefix .. 'staged:' .. id .. ':' .. token
+    staged = KEYS[kj + 4]
   end
   if f[1] ~= token then
     out[#out + 1] = 0
@@ -58,17 +69,17 @@ for i = 5, #ARGV, per do
     -- retried, whose counter started again) has one, which must expire too.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now_s)
     if staged then
-      redis.call('RENAME', staged, answer_key(prefix, id))
+      redis.call('RENAME', staged, KEYS[kj + 3])
       if ttl > 0 then
-        redis.call('PEXPIRE', answer_key(prefix, id), ttl_s)
+        redis.call('PEXPIRE', KEYS[kj + 3], ttl_s)
       else
-        redis.call('PERSIST', answer_key(prefix, id))
+        redis.call('PERSIST', KEYS[kj + 3])
       end
     end
     if ttl > 0 then
       redis.call('PEXPIRE', jk, ttl_s)
       if f[4] ~= '1' or f[5] then
-        redis.call('PEXPIRE', prefix .. 'attempts:' .. id, ttl_s)
+        redis.call('PEXPIRE', KEYS[kj + 2], ttl_s)
       end
     end
     if f[6] then

@@ -8,36 +8,39 @@
 -- A job whose cancellation was requested (its `cancel` flag) ends `cancelled`, whatever
 -- the worker decided: the attempt may have ended another way before it saw the cancel.
 --
--- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead
+-- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead,
+-- KEYS[6] the record `job:<id>`, KEYS[7] its attempts `attempts:<id>`
+-- (its batch record and result cache entry are found in its record: not declared)
 --
--- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] token, ARGV[4] now (ms), ARGV[5] decision,
--- ARGV[6] delay (ms), ARGV[7] error JSON, ARGV[8] attempt record JSON, ARGV[9] result TTL (ms)
+-- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] token, ARGV[4] decision,
+-- ARGV[5] delay (ms; the job is due at Redis' clock + delay),
+-- ARGV[6] error JSON, ARGV[7] attempt record JSON, ARGV[8] result TTL (ms)
 --
 -- Returns 1 done, 2 already done by this token, 0 refused (stale).
 local prefix = ARGV[1]
 local id = ARGV[2]
-local jk = job_key(prefix, id)
+local jk = KEYS[6]
 local fence = check_fence(jk, ARGV[3])
 if fence == 'settled' then
   return 2
 elseif fence ~= 'ok' then
   return 0
 end
-local now = tonumber(ARGV[4])
-local decision = ARGV[5]
+local now = redis_now()
+local decision = ARGV[4]
 redis.call('ZREM', KEYS[1], id)
 local f = redis.call('HMGET', jk, 'started_at', 'cancel')
 keep_first_start(jk, f[1])
 if decision ~= 'release' then
-  redis.call('HSET', jk, 'error', ARGV[7])
-  redis.call('RPUSH', prefix .. 'attempts:' .. id, ARGV[8])
+  redis.call('HSET', jk, 'error', ARGV[6])
+  redis.call('RPUSH', KEYS[7], ARGV[7])
 end
 if f[2] == '1' and decision ~= 'cancelled' then
   redis.call('HSET', jk, 'error', CANCELLED_ERROR)
   decision = 'cancelled'
 end
 if decision == 'retry' then
-  local run_at = now + tonumber(ARGV[6])
+  local run_at = now + tonumber(ARGV[5])
   set_status(prefix, jk, 'retrying')
   redis.call('HSET', jk, 'run_at', run_at)
   redis.call('ZADD', KEYS[3], run_at, id)
@@ -53,7 +56,7 @@ elseif decision == 'dead' then
 else
   set_status(prefix, jk, 'cancelled')
   redis.call('HDEL', jk, 'cancel')
-  finish(prefix, jk, id, now, tonumber(ARGV[9]))
+  finish(prefix, jk, id, now, tonumber(ARGV[8]))
   cache_hand_over(prefix, jk, id, KEYS[2], KEYS[4])
 end
 return 1

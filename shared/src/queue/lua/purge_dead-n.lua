@@ -1,0 +1,25 @@
+-- purge_dead: remove jobs from the dead-letter set for good. Their records stay, with
+-- status `failed`, until the result TTL runs out, so `fleet status` still explains them.
+--
+-- KEYS[1] dead, then per job: its record `job:<id>`, attempts `attempts:<id>` and
+-- answer `answer:<id>` (its batch record is found in its record: not declared)
+--
+-- ARGV[1] prefix, ARGV[2] result TTL (ms),
+-- then job IDs (the caller reads the oldest of the dead set when the user named none)
+--
+-- Returns the number of jobs purged.
+local prefix = ARGV[1]
+local now = redis_now()
+local ids = dead_ids(3)
+local n = 0
+for j, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local jk = KEYS[3 * j - 1]
+    set_status(prefix, jk, 'failed')
+    finish(prefix, jk, id, now, tonumber(ARGV[2]))
+    -- a purged job keeps no stored answer (a dead one has none; this is for safety)
+    redis.call('DEL', KEYS[3 * j + 1])
+    n = n + 1
+  end
+end
+return n

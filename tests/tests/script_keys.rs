@@ -1,0 +1,258 @@
+//! Every key a Lua script touches is one its caller declared in KEYS (the Redis rule
+//! Redis Cluster and Dragonfly rely on), checked on a real redis-server: MONITOR
+//! records what each script ran and `COMMAND GETKEYS` names the keys of each command
+//! (`fleet_tests::script_audit`). The one documented exception (docs/ARCHITECTURE.md,
+//! "Keys and Redis Cluster"): queue records a script finds through data it reads —
+//! job records popped from a list, a job's batch record, a cache entry's jobs — and
+//! only those kinds, per script, under the queue's hash tag.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use fleet_shared::job::{Job, JobSpec};
+use fleet_shared::queue::{AttemptRecord, Completion, Renewal, Settlement, script_digests};
+use fleet_shared::results::JobStatus;
+use fleet_tests::fixture::Fleet;
+use fleet_tests::script_audit::{Monitor, ScriptCall, command_keys};
+use redis::AsyncCommands;
+
+/// The undeclared key kinds each queue script may reach through data it read; any
+/// other script (pool, admission, gateway) may reach none.
+const DISCOVERED: &[(&str, &[&str])] = &[
+    ("enqueue", &[]),
+    ("renew_leases", &[]),
+    ("enqueue_cached", &["job", "answer"]),
+    ("fetch", &["job", "attempts", "batch", "cache"]),
+    ("reclaim_expired", &["job", "attempts", "batch", "cache"]),
+    ("complete", &["job", "answer", "batch", "cache"]),
+    ("fail", &["job", "batch", "cache"]),
+    ("cancel", &["job", "batch", "cache"]),
+    ("retry_dead", &["batch"]),
+    ("purge_dead", &["batch"]),
+];
+
+/// `{tag}` of a key, if it has one.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open..].find('}')? + open;
+    Some(&key[open + 1..close])
+}
+
+/// The kind of a queue key: `job` in `fleet:{research}:job:<id>`.
+fn kind(key: &str) -> &str {
+    let rest = key.split_once("}:").map(|(_, r)| r).unwrap_or(key);
+    rest.split(':').next().unwrap_or(rest)
+}
+
+/// Each undeclared key access that is not an allowed discovery, and the script names
+/// seen.
+fn violations(
+    calls: &[ScriptCall],
+    conn: &mut redis::Connection,
+) -> (Vec<String>, HashSet<String>) {
+    let names: HashMap<String, &str> = script_digests()
+        .into_iter()
+        .map(|(name, sha)| (sha, name))
+        .collect();
+    let allowed: HashMap<&str, &[&str]> = DISCOVERED.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for call in calls {
+        let name = names
+            .get(&call.sha)
+            .copied()
+            .unwrap_or("a script outside the queue");
+        seen.insert(name.to_string());
+        let may = allowed.get(name).copied().unwrap_or(&[]);
+        let tags: HashSet<&str> = call.declared.iter().filter_map(|k| hash_tag(k)).collect();
+        for cmd in &call.commands {
+            for key in command_keys(conn, cmd) {
+                if call.declared.contains(&key) {
+                    continue;
+                }
+                let same_slot = hash_tag(&key).is_some_and(|t| tags.len() == 1 && tags.contains(t));
+                if !(same_slot && may.contains(&kind(&key))) {
+                    out.push(format!(
+                        "{name} ({}): {} touched undeclared key {key:?}",
+                        call.sha,
+                        cmd.first().map(String::as_str).unwrap_or("?")
+                    ));
+                }
+            }
+        }
+    }
+    (out, seen)
+}
+
+fn record(attempt: u32) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        worker: "w".into(),
+        outcome: "transient".into(),
+        ..Default::default()
+    }
+}
+
+fn spec(query: &str, cache: bool) -> JobSpec {
+    let mut s = JobSpec::research(query, "test");
+    s.options.cache = Some(cache);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_script_touches_only_declared_keys_but_the_documented_discoveries() {
+    let mut fleet = Fleet::start("cat", "cache = true\n[queue.research]\nmax_attempts = 5\n").await;
+    let monitor = Monitor::start(fleet.redis.port());
+    let q = fleet.queue.clone();
+
+    // enqueue: plain, and a batch with an idempotency key
+    q.enqueue(spec("plain", false)).await.unwrap();
+    let mut keyed = spec("keyed", false);
+    keyed.options.idempotency_key = Some("k1".into());
+    q.enqueue_many(
+        vec![keyed, spec("b2", false), spec("b3", false)],
+        Some("b1"),
+    )
+    .await
+    .unwrap();
+    // enqueue_cached: a leader and a follower of the same query, in a batch
+    let same: Vec<Job> = (0..2).map(|_| Job::new(spec("same query", true))).collect();
+    q.enqueue_jobs(&same, Some("b2")).await.unwrap();
+
+    // fetch (and its retry under the same fetch ID), renew
+    let first = q.fetch_once("w", 3, "fetch-one").await.unwrap();
+    let again = q.fetch_once("w", 3, "fetch-one").await.unwrap();
+    assert_eq!(first.leases.len(), again.leases.len());
+    let more = q.fetch("w", 10).await.unwrap();
+    let leases: Vec<_> = first.leases.into_iter().chain(more.leases).collect();
+    assert_eq!(leases.len(), 5, "the follower waits on its leader");
+    let held: Vec<(String, String)> = leases
+        .iter()
+        .map(|l| (l.id.clone(), l.token.clone()))
+        .collect();
+    let renewed = q.renew(&held).await.unwrap();
+    assert!(
+        renewed.iter().all(|r| *r == Renewal::Renewed),
+        "{renewed:?}"
+    );
+
+    // complete: the cache leader with a staged answer serves its follower
+    let (leader, rest): (Vec<_>, Vec<_>) = leases
+        .into_iter()
+        .partition(|l| l.spec_json.contains("same query"));
+    let leader = &leader[0];
+    let mut output = serde_json::json!({"answer": "a".repeat(5000), "agent": "test"});
+    assert!(
+        q.stage_answer(&leader.id, &leader.token, &mut output)
+            .await
+            .unwrap()
+    );
+    let result = serde_json::json!({"output": output, "worker": "w"}).to_string();
+    q.complete_many(&[Completion {
+        id: leader.id.clone(),
+        token: leader.token.clone(),
+        result_json: result,
+        staged: true,
+    }])
+    .await
+    .unwrap();
+    let follower = same
+        .iter()
+        .map(|j| j.id.to_string())
+        .find(|id| *id != leader.id)
+        .unwrap();
+    assert_eq!(
+        q.job_record(&follower).await.unwrap().unwrap().status,
+        JobStatus::Succeeded
+    );
+
+    // fail: retry, dead, cancelled, release
+    let error = serde_json::json!({"class": "transient", "message": "x"});
+    let decisions = [
+        Settlement::Retry {
+            delay: Duration::ZERO,
+        },
+        Settlement::Dead,
+        Settlement::Cancelled,
+        Settlement::Release,
+    ];
+    for (lease, decision) in rest.iter().zip(decisions) {
+        q.fail(lease, decision, &error, &record(lease.attempt))
+            .await
+            .unwrap();
+    }
+    // a plain complete (no staged answer), after the fetch that promotes the retry
+    let promoted = q.fetch("w", 10).await.unwrap();
+    assert!(!promoted.leases.is_empty());
+    for lease in &promoted.leases[1..] {
+        q.complete(lease, r#"{"output":{"answer":"ok"}}"#)
+            .await
+            .unwrap();
+    }
+
+    // reclaim: an expired lease (its expiry moved into the past)
+    let stuck = &promoted.leases[0];
+    let mut conn = q.connection();
+    let _: () = conn.zadd(&q.keys().active, &stuck.id, 0).await.unwrap();
+    assert_eq!(q.reclaim_expired(10).await.unwrap(), 1);
+
+    // cancel: a queued job and a running one
+    let (queued, _) = q.enqueue(spec("to cancel", false)).await.unwrap();
+    q.cancel(&queued).await.unwrap();
+    let running = q.fetch("w", 10).await.unwrap();
+    for lease in &running.leases {
+        q.cancel(&lease.id.parse().unwrap()).await.unwrap();
+    }
+
+    // the dead letters: retried (the oldest), then dead again and purged (by ID)
+    assert!(q.retry_dead(&[], 10).await.unwrap() >= 1);
+    let revived = q.fetch("w", 10).await.unwrap();
+    for lease in &revived.leases {
+        q.fail(lease, Settlement::Dead, &error, &record(lease.attempt))
+            .await
+            .unwrap();
+    }
+    let dead: Vec<String> = q
+        .dead_list(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(q.purge_dead(&dead, 10).await.unwrap() >= 1);
+
+    // a real worker on top: the scripts it runs (pool and queue) are audited too
+    fleet.start_worker("w1");
+    let id = fleet.submit(spec("by a worker", false)).await;
+    fleet
+        .wait_status(
+            &id.to_string(),
+            JobStatus::Succeeded,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    // and the audit itself notices a script that reaches outside its KEYS
+    let rogue = redis::Script::new(
+        "redis.call('SET', KEYS[1], '1') redis.call('SET', 'fleet:{research}:job:rogue', '1')",
+    );
+    let _: () = rogue
+        .key("fleet:{research}:declared")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+
+    let calls = monitor.finish();
+    let mut sync = fleet.redis.conn();
+    let (found, seen) = violations(&calls, &mut sync);
+    let (rogue, found): (Vec<_>, Vec<_>) = found.into_iter().partition(|v| v.contains("job:rogue"));
+    assert_eq!(rogue.len(), 1, "the audit missed the rogue script's key");
+    assert!(
+        found.is_empty(),
+        "scripts touched undeclared keys:\n{}",
+        found.join("\n")
+    );
+    for (name, _) in DISCOVERED {
+        assert!(seen.contains(*name), "the test never ran the {name} script");
+    }
+}
