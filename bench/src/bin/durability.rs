@@ -29,10 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let replica = RedisServer::start_with(false);
     replica.replicaof(Some(&primary));
     replica.wait_replica_synced();
-    let settings = Settings::from_layers(
-        None,
-        &[("FLEET_REDIS__URL".to_string(), primary.url())],
-    )?;
+    let settings = Settings::from_layers(None, &[("FLEET_REDIS__URL".to_string(), primary.url())])?;
     let mut version = String::new();
     println!("| durability | enqueue p50 | complete p50 | enqueues/s (32 concurrent) |");
     println!("|---|---|---|---|");

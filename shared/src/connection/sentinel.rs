@@ -307,3 +307,31 @@ impl ConnectionLike for SentinelConn {
         self.current().1.get_db()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sentinel_urls_credentials_are_the_primarys_and_not_sent_to_the_sentinels() {
+        let mut redis = crate::settings::Settings::from_layers(
+            None,
+            &[(
+                "FLEET_REDIS__URL".to_string(),
+                "redis+sentinel://fleet:p%40ss@a:1,b:2/main".to_string(),
+            )],
+        )
+        .unwrap()
+        .redis;
+        let primary = primary_settings(&redis);
+        assert_eq!(primary.username, "fleet");
+        assert_eq!(primary.password.as_ref().unwrap().expose(), "p@ss");
+        assert_eq!(
+            sentinel_url(&redis, "redis://fleet:p%40ss@a:1"),
+            "redis://a:1"
+        );
+        // Listed sentinels keep their own credentials.
+        redis.url = "redis://unused:1".into();
+        assert_eq!(sentinel_url(&redis, "redis://s:pw@a:1"), "redis://s:pw@a:1");
+    }
+}
