@@ -123,7 +123,7 @@ fn parse_line(line: &str) -> Option<(String, Vec<String>)> {
         .unwrap_or("")
         .to_string();
     let mut args = Vec::new();
-    let bytes = line[close + 1..].as_bytes();
+    let bytes = &line.as_bytes()[close + 1..];
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'"' {

@@ -1,6 +1,9 @@
 //! The Redis key map of one queue. Every key starts with `<key_prefix>:{<queue>}:`;
 //! the braces are a Redis Cluster hash tag, so one queue lives in one slot and each
-//! Lua script touches keys of one slot only.
+//! Lua script touches keys of one slot only. Callers pass every key they can name in
+//! KEYS; what a script may reach undeclared (records it finds by reading) is listed in
+//! docs/ARCHITECTURE.md, "Keys and Redis Cluster", and checked by
+//! tests/tests/script_keys.rs.
 //!
 //! | key                        | type   | holds                                              |
 //! |----------------------------|--------|----------------------------------------------------|
@@ -9,7 +12,7 @@
 //! | `…:delayed`                | ZSET   | job ID → run_at (ms): retries and scheduled jobs   |
 //! | `…:dead`                   | ZSET   | dead-lettered job ID → when (ms)                   |
 //! | `…:marker`                 | ZSET   | one member; wakes a worker blocked in BZPOPMIN     |
-//! | `…:token`                  | STRING | fencing-token counter                              |
+//! | `…:token`                  | STRING | fencing-token counter (tokens: `<counter>.<nonce>`) |
 //! | `…:reclaim_clock`          | HASH   | when reclaim last ran and until when it waits after a stall (Redis' clock) |
 //! | `…:job:<id>`               | HASH   | the job: spec, status, attempts, lease, result     |
 //! | `…:attempts:<id>`          | LIST   | one JSON record per attempt                        |

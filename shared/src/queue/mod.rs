@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - **Leases and fencing.** `fetch` gives each attempt a lease (an expiry in the
-//!   `active` set) and a fencing token (a counter). The worker renews its leases from a
+//!   `active` set, by Redis' clock) and a fencing token (a counter and a nonce, so a
+//!   failover that loses the counter's last steps cannot issue one twice). The worker renews its leases from a
 //!   thread of its own (`lease_keeper`). Any worker reclaims expired leases. A result,
 //!   an ack or any state change is accepted only with the current token, so a stale
 //!   attempt can never overwrite the outcome: at-least-once execution, exactly-once result.
