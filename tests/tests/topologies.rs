@@ -131,7 +131,7 @@ async fn a_sentinel_failover_is_followed_without_a_restart_and_loses_no_acknowle
     let mut acknowledged = Vec::new();
     for i in 0..50 {
         let (id, _) = q
-            .enqueue(JobSpec::research(&format!("before {i}"), "demo"))
+            .enqueue(JobSpec::research(format!("before {i}"), "demo"))
             .await
             .unwrap();
         acknowledged.push(id.to_string());
@@ -160,7 +160,7 @@ async fn a_sentinel_failover_is_followed_without_a_restart_and_loses_no_acknowle
             Duration::from_secs(60),
             || async {
                 match q
-                    .enqueue(JobSpec::research(&format!("after {i}"), "demo"))
+                    .enqueue(JobSpec::research(format!("after {i}"), "demo"))
                     .await
                 {
                     Ok((id, _)) => Some(id),
@@ -421,7 +421,7 @@ async fn a_primary_killed_mid_batch_loses_no_acknowledged_job_and_workers_go_on(
     );
     let q = queue(&s, QueueKind::Research).await;
     let specs: Vec<JobSpec> = (0..JOBS)
-        .map(|i| JobSpec::research(&format!("job {i}"), "test"))
+        .map(|i| JobSpec::research(format!("job {i}"), "test"))
         .collect();
     let ids: Vec<String> = q
         .enqueue_many(specs, Some("load"))

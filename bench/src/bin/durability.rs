@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         let mut enqueues = Vec::with_capacity(jobs);
         for n in 0..jobs {
             let t = Instant::now();
-            q.enqueue(JobSpec::research(&format!("job {n}"), "demo"))
+            q.enqueue(JobSpec::research(format!("job {n}"), "demo"))
                 .await?;
             enqueues.push(t.elapsed());
         }
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 let q = q.clone();
                 tokio::spawn(async move {
                     for n in 0..jobs / 32 {
-                        q.enqueue(JobSpec::research(&format!("c {t} {n}"), "demo"))
+                        q.enqueue(JobSpec::research(format!("c {t} {n}"), "demo"))
                             .await
                             .unwrap();
                     }
