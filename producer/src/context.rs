@@ -37,7 +37,21 @@ impl Queues {
 
     /// Both queues over one connection to the configured Redis.
     pub async fn open(settings: &Settings) -> anyhow::Result<Queues> {
-        let conn = queue::connect(&settings.redis).await?;
+        let mut conn = queue::connect(&settings.redis).await?;
+        if settings.queue.durability != fleet_shared::settings::Durability::None {
+            // Said once at start, not as a failure of every submit.
+            let research_wait =
+                fleet_shared::queue::Keys::new(&settings.redis.key_prefix, QueueKind::Research)
+                    .wait;
+            fleet_shared::connection::check_server(
+                &mut conn,
+                settings.queue.durability,
+                std::time::Duration::from_millis(settings.queue.durability_timeout_ms),
+                &research_wait,
+                false,
+            )
+            .await?;
+        }
         let open = |kind| {
             RedisQueue::with_connection(
                 conn.clone(),

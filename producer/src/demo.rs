@@ -48,10 +48,10 @@ pub async fn demo(ctx: &mut Ctx, args: DemoArgs, config: Option<PathBuf>) -> any
     // (1) Redis.
     let mut redis = None;
     let url = ctx.settings.redis.url.clone();
-    if redis_answers(&url).await {
+    if redis_answers(&ctx.settings.redis).await {
         eprintln!("using Redis at {}", redacted_url(&url));
     } else {
-        let server = RedisServer::start(Path::new(REDIS_DIR)).await?;
+        let server = RedisServer::start(Path::new(REDIS_DIR), &ctx.settings.redis).await?;
         eprintln!(
             "no Redis answers at {}; started redis-server on {} (data in {REDIS_DIR}/, AOF on; stopped at the end)",
             redacted_url(&url),
@@ -176,13 +176,10 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
     std::env::join_paths(dirs).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
 }
 
-/// Whether Redis at `url` answers PING within two seconds.
-pub async fn redis_answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+/// Whether the Redis of the settings answers PING within two seconds.
+pub async fn redis_answers(redis: &fleet_shared::settings::RedisSettings) -> bool {
     let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut conn = fleet_shared::connection::connect(redis).await.ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -320,7 +317,11 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    async fn start(dir: &Path) -> anyhow::Result<RedisServer> {
+    /// `base`: the settings whose timeouts the readiness check uses.
+    async fn start(
+        dir: &Path,
+        base: &fleet_shared::settings::RedisSettings,
+    ) -> anyhow::Result<RedisServer> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
             .canonicalize()
@@ -351,7 +352,11 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}"),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !redis_answers(&server.url).await {
+        let mut local = base.clone();
+        local.url = server.url.clone();
+        local.cluster_urls.clear();
+        local.sentinel_urls.clear();
+        while !redis_answers(&local).await {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Err(Fail::unavailable(format!(
                     "redis-server exited ({status}) before it answered; {}",

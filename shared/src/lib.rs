@@ -26,6 +26,7 @@
 //! - [`secret`]: a wrapper that keeps API keys out of logs and debug output.
 
 pub mod admission;
+pub mod connection;
 pub mod error;
 pub mod events;
 pub mod gateway;

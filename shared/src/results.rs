@@ -257,8 +257,7 @@ impl RedisQueue {
         use futures::StreamExt;
         // A wait too long for an Instant (`fleet result --timeout` takes any u64) is no limit.
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
-        let client = redis::Client::open(self.redis_settings().url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await.ok();
+        let mut pubsub = crate::connection::pubsub(self.redis_settings()).await.ok();
         if let Some(p) = pubsub.as_mut() {
             let _ = p.subscribe(&self.keys().done_channel).await;
         }

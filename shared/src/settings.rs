@@ -99,13 +99,75 @@ impl GithubSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[redis]`: where Redis is and how to reach it (`crate::connection`).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `redis://`, `rediss://` (TLS), `unix://`, `redis+cluster://h:p,h:p`,
+    /// `redis+sentinel://h:p,h:p/<master>` (and their `rediss+` forms).
     pub url: String,
+    /// Seed nodes of a Redis Cluster; non-empty selects the Cluster topology.
+    pub cluster_urls: Vec<String>,
+    /// Sentinels (`redis://host:port` each) watching `sentinel_master`; non-empty
+    /// selects the Sentinel topology.
+    pub sentinel_urls: Vec<String>,
+    /// The master name the sentinels know the primary by.
+    pub sentinel_master: String,
+    /// ACL user for the data nodes ("" = the URL's, else `default`).
+    pub username: String,
+    /// The environment variable holding the ACL password ("" = the URL's, if any).
+    pub password_env: String,
+    /// The password read from `password_env` at load; never printed.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// PEM file of the CA that signed the servers' certificates ("" = the system's roots).
+    pub tls_ca_file: String,
+    /// PEM client certificate and key for mutual TLS ("" = none; both or neither).
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+}
+
+/// Printed without any URL's credentials and without the password.
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |urls: &[String]| -> Vec<String> {
+            urls.iter()
+                .map(|u| crate::connection::redacted_url(u))
+                .collect()
+        };
+        f.debug_struct("RedisSettings")
+            .field("url", &crate::connection::redacted_url(&self.url))
+            .field("cluster_urls", &redact(&self.cluster_urls))
+            .field("sentinel_urls", &redact(&self.sentinel_urls))
+            .field("sentinel_master", &self.sentinel_master)
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("password", &self.password)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+/// `queue.durability`: what an acknowledged write has survived before it is
+/// acknowledged (README "Scaling out").
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged once the primary applied it (its own persistence settings apply).
+    #[default]
+    None,
+    /// `WAITAOF 1 0`: fsynced to the primary's append-only file (Redis >= 7.2).
+    Aof,
+    /// `WAIT 1`: received by at least one replica.
+    Replica,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +179,10 @@ pub struct QueueSettings {
     pub promote_chunk: u32,
     pub result_ttl_secs: u64,
     pub idempotency_ttl_secs: u64,
+    /// What an enqueue and a settle wait for before they count as done.
+    pub durability: Durability,
+    /// How long that wait may take (milliseconds).
+    pub durability_timeout_ms: u64,
     pub research: RetryPolicy,
     pub lifecycle: RetryPolicy,
 }
@@ -509,6 +575,20 @@ impl Settings {
                 let message = e.inner().to_string();
                 SettingsError::new(if key == "." { "config".into() } else { key }, message)
             })?;
+        if !settings.redis.password_env.is_empty() {
+            let name = &settings.redis.password_env;
+            settings.redis.password = env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Secret::new(v.clone()))
+                .filter(|s| !s.is_empty());
+            if settings.redis.password.is_none() {
+                return Err(SettingsError::new(
+                    "redis.password_env",
+                    format!("names {name}, which is not set in the environment"),
+                ));
+            }
+        }
         settings.sandbox.e2b.api_key = env
             .iter()
             .find(|(k, _)| k == "E2B_API_KEY")
@@ -574,14 +654,9 @@ impl Settings {
     /// Check values against each other and their ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let err = |k: &str, m: &str| Err(SettingsError::new(k, m));
-        if !self.redis.url.starts_with("redis://")
-            && !self.redis.url.starts_with("rediss://")
-            && !self.redis.url.starts_with("unix://")
-        {
-            return err(
-                "redis.url",
-                "must start with redis://, rediss:// or unix://",
-            );
+        crate::connection::Topology::from_settings(&self.redis)?;
+        if self.queue.durability_timeout_ms == 0 {
+            return err("queue.durability_timeout_ms", "must be at least 1");
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return err("redis.key_prefix", "must be non-empty and hold no braces");

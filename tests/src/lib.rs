@@ -11,8 +11,10 @@ pub mod fixture;
 pub mod git_http;
 pub mod harness;
 pub mod processes;
+pub mod queue_contract;
 pub mod redis_server;
 pub mod script_audit;
 pub mod tcp_proxy;
+pub mod topology;
 
 pub use redis_server::RedisServer;

@@ -99,10 +99,8 @@ pub fn spawn_notifier(
         let mut wait = Duration::from_millis(200);
         while !stop.is_cancelled() {
             let subscribed = async {
-                let url = research.redis_settings().url.clone();
-                let mut pubsub = redis::Client::open(url.as_str())?
-                    .get_async_pubsub()
-                    .await?;
+                let mut pubsub =
+                    fleet_shared::connection::pubsub(research.redis_settings()).await?;
                 pubsub.subscribe(&research.keys().done_channel).await?;
                 anyhow::Ok(pubsub)
             }

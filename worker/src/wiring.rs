@@ -226,6 +226,20 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         );
         queues.insert(kind, queue);
     }
+    // A Redis that evicts keys would drop jobs and leases without a word, and one that
+    // cannot confirm `queue.durability` would fail every settle: refuse both at start.
+    {
+        let research = &queues[&QueueKind::Research];
+        let mut conn = research.connection();
+        fleet_shared::connection::check_server(
+            &mut conn,
+            settings.queue.durability,
+            Duration::from_millis(settings.queue.durability_timeout_ms),
+            &research.keys().wait,
+            true,
+        )
+        .await?;
+    }
 
     // After Redis answered: the E2B provider shares its plan limits through it.
     let provider = build_provider(&settings).await?;

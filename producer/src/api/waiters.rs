@@ -79,14 +79,14 @@ impl Waiters {
     /// `api.max_waits` waits are registered already.
     pub fn register(&self, queues: &Queues, job: &str) -> Result<Wait, Full> {
         self.shared.started.call_once(|| {
-            let url = queues.research.redis_settings().url.clone();
+            let redis = queues.research.redis_settings().clone();
             let channels = vec![
                 queues.research.keys().done_channel.clone(),
                 queues.lifecycle.keys().done_channel.clone(),
             ];
             tokio::spawn(subscribe(
                 self.shared.clone(),
-                url,
+                redis,
                 channels,
                 self.shutdown.clone(),
             ));
@@ -172,16 +172,14 @@ impl Shared {
 /// shutdown.
 async fn subscribe(
     shared: Arc<Shared>,
-    url: String,
+    redis: fleet_shared::settings::RedisSettings,
     channels: Vec<String>,
     shutdown: CancellationToken,
 ) {
     let mut pause = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let connect = async {
-            let mut pubsub = redis::Client::open(url.as_str())?
-                .get_async_pubsub()
-                .await?;
+            let mut pubsub = fleet_shared::connection::pubsub(&redis).await?;
             for channel in &channels {
                 pubsub.subscribe(channel).await?;
             }

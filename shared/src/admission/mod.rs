@@ -34,8 +34,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::connection::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::queue::QueueError;
 use crate::settings::RedisSettings;
@@ -134,7 +134,7 @@ pub enum TurnAnswer {
 /// One scope's shared plan limits. Cheap to clone (the connection is shared).
 #[derive(Clone)]
 pub struct FleetAdmission {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: AdmissionKeys,
     plan: Plan,
 }
@@ -163,11 +163,7 @@ impl FleetAdmission {
         ))
     }
 
-    pub fn with_connection(
-        conn: ConnectionManager,
-        keys: AdmissionKeys,
-        plan: Plan,
-    ) -> FleetAdmission {
+    pub fn with_connection(conn: RedisConn, keys: AdmissionKeys, plan: Plan) -> FleetAdmission {
         FleetAdmission { conn, keys, plan }
     }
 

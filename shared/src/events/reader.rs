@@ -13,8 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::connection::RedisConn;
 use futures::StreamExt as _;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Value};
 
 use super::Event;
@@ -37,7 +37,7 @@ pub enum Step {
 }
 
 type PendingRead =
-    Pin<Box<dyn Future<Output = (ConnectionManager, Result<Vec<Event>, QueueError>)> + Send>>;
+    Pin<Box<dyn Future<Output = (RedisConn, Result<Vec<Event>, QueueError>)> + Send>>;
 
 /// Follows one job's events.
 pub struct Follow {
@@ -48,7 +48,7 @@ pub struct Follow {
     after: String,
     block: Duration,
     /// The connection for blocked reads, while no read holds it.
-    blocking: Option<ConnectionManager>,
+    blocking: Option<RedisConn>,
     /// A blocked read in flight: it owns the connection and gives it back with its
     /// reply, so a `changed` that turns out not to be the end does not cut it short.
     pending: Option<PendingRead>,
@@ -187,7 +187,7 @@ pub async fn job_status(queue: &RedisQueue, id: &str) -> Result<Option<JobStatus
 /// Up to [`READ_COUNT`] entries of stream `key` after `after`, waiting up to `block`
 /// for the first when there are none (no `block`: answer at once).
 pub async fn read_after(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     key: &str,
     after: &str,
     block: Option<Duration>,
@@ -203,7 +203,7 @@ pub async fn read_after(
 }
 
 /// Every entry of stream `key` (tests, tools).
-pub async fn read_all(conn: &mut ConnectionManager, key: &str) -> Result<Vec<Event>, QueueError> {
+pub async fn read_all(conn: &mut RedisConn, key: &str) -> Result<Vec<Event>, QueueError> {
     let mut all = Vec::new();
     let mut after = "0-0".to_string();
     loop {
@@ -296,8 +296,9 @@ pub async fn done_signal(
     queue: &RedisQueue,
     id: &str,
 ) -> Option<futures::stream::BoxStream<'static, ()>> {
-    let client = redis::Client::open(queue.redis_settings().url.as_str()).ok()?;
-    let mut pubsub = client.get_async_pubsub().await.ok()?;
+    let mut pubsub = crate::connection::pubsub(queue.redis_settings())
+        .await
+        .ok()?;
     pubsub.subscribe(&queue.keys().done_channel).await.ok()?;
     let id = id.to_string();
     Some(

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConn;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -44,13 +44,13 @@ pub type Redactor = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// the queue's result TTL.
 #[derive(Clone)]
 pub struct EventSink {
-    conn: ConnectionManager,
+    conn: RedisConn,
     settings: Arc<EventsSettings>,
     ttl: Duration,
 }
 
 impl EventSink {
-    pub fn new(conn: ConnectionManager, settings: EventsSettings, ttl: Duration) -> EventSink {
+    pub fn new(conn: RedisConn, settings: EventsSettings, ttl: Duration) -> EventSink {
         EventSink {
             conn,
             settings: Arc::new(settings),
@@ -424,7 +424,7 @@ fn classify(
 
 /// The writer task: batches from the buffer → one pipeline each, in order.
 struct Writer {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     attempt: String,
     max_len: u64,

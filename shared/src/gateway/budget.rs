@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use crate::connection::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
 use super::metering::Usage;
@@ -242,7 +242,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Budget and spend records in Redis.
 #[derive(Clone)]
 pub struct BudgetStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     pub keys: BudgetKeys,
 }
 
@@ -251,7 +251,7 @@ fn redis_err(e: redis::RedisError) -> QueueError {
 }
 
 impl BudgetStore {
-    pub fn new(conn: ConnectionManager, keys: BudgetKeys) -> BudgetStore {
+    pub fn new(conn: RedisConn, keys: BudgetKeys) -> BudgetStore {
         BudgetStore { conn, keys }
     }
 

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
+use crate::connection::RedisConn;
 use axum::http::HeaderMap;
-use redis::aio::ConnectionManager;
 
 use super::budget::SCRIPTS;
 use crate::queue::QueueError;
@@ -47,12 +47,12 @@ pub enum Admit {
 /// The limiters in Redis.
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
 impl RateLimiter {
-    pub fn new(conn: ConnectionManager, key_prefix: &str) -> RateLimiter {
+    pub fn new(conn: RedisConn, key_prefix: &str) -> RateLimiter {
         RateLimiter {
             conn,
             prefix: format!("{key_prefix}:{{gateway}}:rl:"),

@@ -1410,8 +1410,7 @@ impl AgentPool {
             use futures::StreamExt;
             loop {
                 let listen = async {
-                    let client = redis::Client::open(redis.url.as_str())?;
-                    let mut pubsub = client.get_async_pubsub().await?;
+                    let mut pubsub = crate::connection::pubsub(&redis).await?;
                     pubsub.subscribe(&channel).await?;
                     // Subscribed: anything freed before this is found by the next look.
                     self.wake();

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConn;
 use redis::{Script, Value};
 use serde::Serialize;
 
@@ -355,7 +355,7 @@ pub enum Adopted {
 /// The registry, over one self-healing connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: RegistryKeys,
 }
 
@@ -424,7 +424,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Registry {
-    pub fn new(conn: ConnectionManager, key_prefix: &str) -> Registry {
+    pub fn new(conn: RedisConn, key_prefix: &str) -> Registry {
         Registry {
             conn,
             keys: RegistryKeys::new(key_prefix),
@@ -442,7 +442,7 @@ impl Registry {
         &self.keys
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 

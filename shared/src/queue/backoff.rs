@@ -45,18 +45,28 @@ pub fn redis_backoff(give_up_after: Option<Duration>) -> ExponentialBuilder {
     }
 }
 
-/// Whether a Redis error is weather (retry) rather than a bug or bad request.
+/// Whether a Redis error is weather (retry) rather than a bug or bad request: a
+/// broken or refused link, a timeout, a server still loading, and every refusal a
+/// failover or a resharding causes — READONLY (a primary demoted to replica),
+/// MASTERDOWN, TRYAGAIN, CLUSTERDOWN, and MOVED/ASK that outlived the cluster
+/// client's own redirects (a slot map in flux). None of them ran the command.
 pub fn is_transient(err: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as K;
     err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || matches!(
             err.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+            redis::ErrorKind::Server(
+                K::BusyLoading
+                    | K::TryAgain
+                    | K::MasterDown
+                    | K::ClusterDown
+                    | K::ReadOnly
+                    | K::Moved
+                    | K::Ask
+            )
         )
         || err.to_string().contains("LOADING")
 }
@@ -93,6 +103,32 @@ mod tests {
                 assert!(d <= backoff_ceiling(&p, retry));
             }
         }
+    }
+
+    #[test]
+    fn failover_and_resharding_refusals_are_weather_not_bugs() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind as K};
+        for kind in [
+            K::ReadOnly,
+            K::MasterDown,
+            K::BusyLoading,
+            K::TryAgain,
+            K::ClusterDown,
+            K::Moved,
+            K::Ask,
+        ] {
+            let err = RedisError::from((ErrorKind::Server(kind), "refused"));
+            assert!(is_transient(&err), "{kind:?}");
+        }
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_transient(&reset));
+        let bug = RedisError::from((ErrorKind::Server(K::ResponseError), "ERR wrong args"));
+        assert!(!is_transient(&bug));
+        let slot = RedisError::from((ErrorKind::Server(K::CrossSlot), "CROSSSLOT"));
+        assert!(
+            !is_transient(&slot),
+            "a script touching two slots is a bug to fix"
+        );
     }
 
     #[test]

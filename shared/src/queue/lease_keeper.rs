@@ -398,8 +398,7 @@ async fn listen_for_cancels(
 ) {
     loop {
         let attempt = async {
-            let client = redis::Client::open(redis.url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = crate::connection::pubsub(&redis).await?;
             pubsub.subscribe(&channel).await?;
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {

@@ -39,16 +39,16 @@ mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::RedisConn;
 use backon::Retryable;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub use keys::Keys;
 use scripts::SCRIPTS;
 
 use crate::job::{Job, JobId, JobSpec, QueueKind};
-use crate::settings::{RedisSettings, RetryPolicy, Settings};
+use crate::settings::{Durability, RedisSettings, RetryPolicy, Settings};
 use crate::time::redis_now_ms;
 
 /// Errors of queue operations that survived their retries.
@@ -60,6 +60,22 @@ pub enum QueueError {
         #[source]
         source: redis::RedisError,
     },
+    #[error(
+        "Redis at {url} refused the credentials (redis.username and redis.password_env, or user:password in the URL): {source}"
+    )]
+    Credentials {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(
+        "TLS with Redis at {url} failed (is redis.tls_ca_file the CA that signed the server's certificate, and are redis.tls_cert_file/tls_key_file the client's?): {source}"
+    )]
+    Tls {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("bad data in Redis: {0}")]
@@ -67,6 +83,10 @@ pub enum QueueError {
     /// A batched call failed; every caller in the batch gets its message.
     #[error("{0}")]
     Batch(String),
+    /// The write happened but `queue.durability` was not confirmed: retry it (with the
+    /// same job IDs or idempotency key nothing is written twice).
+    #[error("not confirmed durable, retry: {0}")]
+    NotDurable(String),
 }
 
 /// How one queue behaves; built from the settings for one [`QueueKind`].
@@ -87,6 +107,9 @@ pub struct QueueConfig {
     pub results: crate::settings::ResultsSettings,
     /// The result cache (results/cache.rs).
     pub cache: crate::results::cache::CacheConfig,
+    /// What enqueues and settles wait for (`queue.durability`), and for how long.
+    pub durability: Durability,
+    pub durability_timeout: Duration,
 }
 
 impl QueueConfig {
@@ -103,43 +126,53 @@ impl QueueConfig {
             give_up_after: Some(Duration::from_secs(30)),
             results: settings.results.clone(),
             cache: crate::results::cache::CacheConfig::from_settings(settings),
+            durability: q.durability,
+            durability_timeout: Duration::from_millis(q.durability_timeout_ms),
         }
     }
 }
 
-/// Open a self-healing Redis connection (it reconnects after drops and restarts).
-pub async fn connect(redis: &RedisSettings) -> Result<ConnectionManager, QueueError> {
+/// Open a self-healing Redis connection in the settings' topology (it reconnects
+/// after drops and restarts, and follows a moved primary).
+pub async fn connect(redis: &RedisSettings) -> Result<RedisConn, QueueError> {
     connect_with_timeout(redis, Duration::from_millis(redis.response_timeout_ms)).await
 }
 
 async fn connect_with_timeout(
     redis: &RedisSettings,
     response_timeout: Duration,
-) -> Result<ConnectionManager, QueueError> {
-    let unreachable = |source| QueueError::Unreachable {
-        url: redacted_url(&redis.url),
-        source,
+) -> Result<RedisConn, QueueError> {
+    let timeouts = crate::connection::Timeouts {
+        response: response_timeout,
+        connect: Duration::from_millis(redis.connect_timeout_ms),
     };
-    let client = redis::Client::open(redis.url.as_str()).map_err(unreachable)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_millis(redis.connect_timeout_ms)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_with_config(client, config)
+    crate::connection::connect_with(redis, timeouts)
         .await
-        .map_err(unreachable)
+        .map_err(|source| connect_error(redis, source))
 }
 
-/// A Redis URL without its password, for messages.
-pub fn redacted_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://[redacted]@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
+/// A failed connection, told apart: bad credentials and a failed TLS handshake are
+/// settings to fix, not weather to wait out.
+fn connect_error(redis: &RedisSettings, source: redis::RedisError) -> QueueError {
+    let url = redacted_url(&redis.url);
+    let text = source.to_string();
+    if source.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        QueueError::Credentials { url, source }
+    } else if text.contains("certificate")
+        || text.contains("Certificate")
+        || text.contains("UnknownIssuer")
+        || text.contains("TLS")
+    {
+        QueueError::Tls { url, source }
+    } else {
+        QueueError::Unreachable { url, source }
     }
 }
+
+pub use crate::connection::redacted_url;
 
 /// One job leased to a worker: what `fetch` returns.
 #[derive(Debug, Clone)]
@@ -315,7 +348,7 @@ impl AttemptRecord {
 /// One queue (research or lifecycle) in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: RedisConn,
     redis: Arc<RedisSettings>,
     config: Arc<QueueConfig>,
     keys: Arc<Keys>,
@@ -432,7 +465,7 @@ impl RedisQueue {
     }
 
     pub fn with_connection(
-        conn: ConnectionManager,
+        conn: RedisConn,
         redis: &RedisSettings,
         config: QueueConfig,
     ) -> RedisQueue {
@@ -456,7 +489,7 @@ impl RedisQueue {
         &self.redis
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -533,10 +566,45 @@ impl RedisQueue {
         jobs: &[Job],
         batch_id: Option<&str>,
     ) -> Result<Vec<JobId>, QueueError> {
-        if self.any_cached(jobs) {
-            return self.enqueue_with_cache(jobs, batch_id).await;
+        let ids = if self.any_cached(jobs) {
+            self.enqueue_with_cache(jobs, batch_id).await?
+        } else {
+            self.enqueue_uncached(jobs, batch_id).await?
+        };
+        self.confirm_durable().await?;
+        Ok(ids)
+    }
+
+    /// Wait until the writes sent so far on this queue's connection are durable as
+    /// `queue.durability` asks (`connection::durability`). The caller retries an error.
+    pub async fn confirm_durable(&self) -> Result<(), QueueError> {
+        if self.config.durability == Durability::None {
+            return Ok(());
         }
-        self.enqueue_uncached(jobs, batch_id).await
+        let mut conn = self.conn.clone();
+        let confirmed = crate::connection::durability::confirm(
+            &mut conn,
+            self.config.durability,
+            self.config.durability_timeout,
+            &self.keys.wait,
+        )
+        .await;
+        match confirmed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(unconfirmed)) => Err(QueueError::NotDurable(unconfirmed.to_string())),
+            Err(source) if backoff::is_transient(&source) => Err(QueueError::NotDurable(format!(
+                "Redis did not answer the confirmation: {source}"
+            ))),
+            Err(source) => Err(QueueError::Redis(source)),
+        }
+    }
+
+    /// [`RedisQueue::confirm_durable`] after a settle: the outcome stands (it is
+    /// fenced and already applied), so a missing confirmation is a warning.
+    async fn confirm_settled(&self, what: &'static str) {
+        if let Err(e) = self.confirm_durable().await {
+            tracing::warn!(operation = what, error = %e, "settled, but the write was not confirmed durable");
+        }
     }
 
     /// [`RedisQueue::enqueue_jobs`] for jobs that do not use the result cache.
@@ -734,6 +802,7 @@ impl RedisQueue {
         let codes = self
             .retrying("complete", || self.invoke_complete(completions))
             .await?;
+        self.confirm_settled("complete").await;
         Ok(fenced_codes(codes))
     }
 
@@ -746,7 +815,9 @@ impl RedisQueue {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(fenced_codes(self.invoke_complete(completions).await?))
+        let codes = self.invoke_complete(completions).await?;
+        self.confirm_settled("complete").await;
+        Ok(fenced_codes(codes))
     }
 
     fn invoke_complete(
@@ -809,6 +880,7 @@ impl RedisQueue {
                 async move { inv.invoke_async(&mut conn).await }
             })
             .await?;
+        self.confirm_settled("fail").await;
         Ok(if code == 0 {
             Fenced::Stale
         } else {
@@ -1073,7 +1145,7 @@ impl RedisQueue {
     /// dedicated connection (a blocking command would stall a shared one).
     pub async fn wait_for_work(
         &self,
-        blocking: &mut ConnectionManager,
+        blocking: &mut RedisConn,
         timeout: Duration,
     ) -> Result<(), QueueError> {
         let secs = timeout.as_secs_f64().max(0.001);
@@ -1090,7 +1162,7 @@ impl RedisQueue {
     pub async fn blocking_connection(
         &self,
         longest_block: Duration,
-    ) -> Result<ConnectionManager, QueueError> {
+    ) -> Result<RedisConn, QueueError> {
         connect_with_timeout(&self.redis, longest_block + Duration::from_secs(5)).await
     }
 }
