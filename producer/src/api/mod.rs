@@ -38,6 +38,7 @@ mod events;
 mod github;
 mod guard;
 mod limits;
+mod rate;
 mod routes;
 mod server;
 mod waiters;
@@ -56,7 +57,6 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fleet_shared::secret::Secret;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,8 @@ pub struct ApiState {
     pub throttle: guard::Throttle,
     /// Batch enqueues in flight, each in a task of its own: waited for at shutdown.
     pub batches: TaskTracker,
+    /// Requests per token per minute (`rate.rs`).
+    pub rate: rate::RateLimiter,
 }
 
 type Shared = Arc<ApiState>;
@@ -97,13 +99,10 @@ impl ApiState {
             waiters: waiters::Waiters::new(api.max_waits, shutdown.clone()),
             throttle: guard::Throttle::new(api.auth_failures_per_minute),
             batches: TaskTracker::new(),
+            rate: rate::RateLimiter::default(),
             shutdown,
             ctx,
         })
-    }
-
-    fn token(&self) -> Option<&Secret> {
-        self.ctx.settings.api.token()
     }
 
     /// 413: the body is over `api.max_body_bytes`.
@@ -282,7 +281,7 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
         ))
     })?;
     let api = &ctx.settings.api;
-    if api.token().is_none() && !addr.ip().is_loopback() && !api.allow_remote_without_token {
+    if !api.auth_enabled() && !addr.ip().is_loopback() && !api.allow_remote_without_token {
         return Err(Fail::usage(format!(
             "refusing to listen on {addr} without api.token: anyone who can reach it could submit and cancel jobs. \
              Set api.token (FLEET_API__TOKEN, at least 16 characters), listen on 127.0.0.1, \
@@ -298,7 +297,7 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
     })?;
     let local = listener.local_addr().context("reading the bound address")?;
     let state = ApiState::new(ctx);
-    let auth = state.token().is_some();
+    let auth = state.ctx.settings.api.auth_enabled();
     // On stdout, for whoever started it (with port 0, the port chosen).
     let announce: Value = json!({"listen": local.to_string(), "auth": auth});
     if json {
