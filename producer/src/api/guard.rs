@@ -34,7 +34,7 @@ const THROTTLE_PRUNE_AT: usize = 10_000;
 
 /// Paths open without a token.
 pub fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
 }
 
 /// The client's address, when the request came over a socket.

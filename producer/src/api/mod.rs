@@ -33,11 +33,15 @@
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod agents;
 mod answer_stream;
+mod dead;
 mod events;
 mod github;
 mod guard;
 mod limits;
+mod listing;
+pub mod openapi;
 mod rate;
 mod routes;
 mod server;
@@ -56,7 +60,6 @@ use axum::extract::{DefaultBodyLimit, OriginalUri};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -221,19 +224,50 @@ impl From<anyhow::Error> for ApiError {
 }
 
 /// The whole API, with its guards (see `guard.rs`), outermost first: request ID and
-/// access log, authentication, browser guards, body read.
+/// access log, authentication (role and rate limit), browser guards, body read.
 pub fn router(state: Shared) -> Router {
+    routes_and_router(state).0
+}
+
+/// Every route, each recorded with its method (`openapi::Routes`): the API's table.
+fn api_routes() -> openapi::Routes {
+    use Method as M;
+    openapi::Routes::new()
+        .on(M::POST, "/v1/jobs", routes::submit)
+        .on(M::GET, "/v1/jobs", listing::list)
+        .on(M::GET, "/v1/jobs/{id}", routes::status)
+        .on(M::GET, "/v1/jobs/{id}/result", routes::result)
+        .on(M::POST, "/v1/jobs/{id}/cancel", routes::cancel)
+        .on(M::GET, "/v1/jobs/{id}/events", events::events)
+        .on(M::POST, "/v1/batches", routes::submit_batch)
+        .on(M::GET, "/v1/batches/{id}", routes::batch_status)
+        .on(M::GET, "/v1/batches/{id}/results", listing::batch_results)
+        .on(M::GET, "/v1/agents", agents::list)
+        .on(M::POST, "/v1/agents", agents::launch)
+        .on(M::GET, "/v1/agents/{agent_id}", agents::show)
+        .on(M::POST, "/v1/agents/{agent_id}/pause", agents::pause)
+        .on(M::POST, "/v1/agents/{agent_id}/resume", agents::resume)
+        .on(M::POST, "/v1/agents/{agent_id}/terminate", agents::terminate)
+        .on(M::POST, "/v1/pool/scale", agents::scale)
+        .on(M::GET, "/v1/dead", dead::list)
+        .on(M::GET, "/v1/dead/{id}", dead::show)
+        .on(M::POST, "/v1/dead/retry", dead::retry)
+        .on(M::POST, "/v1/dead/purge", dead::purge)
+        .on(M::GET, "/v1/workers", listing::workers)
+        .on(M::GET, "/healthz", routes::healthz)
+        .on(M::GET, "/readyz", routes::readyz)
+        .on(M::GET, "/openapi.json", openapi::openapi_json)
+}
+
+/// The router, and every (method, path) it serves.
+pub fn routes_and_router(state: Shared) -> (Router, Vec<(Method, &'static str)>) {
     let max_body = state.ctx.settings.api.max_body_bytes;
-    Router::new()
-        .route("/v1/jobs", post(routes::submit))
-        .route("/v1/jobs/{id}", get(routes::status))
-        .route("/v1/jobs/{id}/result", get(routes::result))
-        .route("/v1/jobs/{id}/cancel", post(routes::cancel))
-        .route("/v1/jobs/{id}/events", get(events::events))
-        .route("/v1/batches", post(routes::submit_batch))
-        .route("/v1/batches/{id}", get(routes::batch_status))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
+    let api = api_routes();
+    let webhook = openapi::Routes::new().on(Method::POST, "/webhooks/github", github::webhook);
+    let mut served = api.served;
+    served.extend(webhook.served);
+    let router = api
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -242,16 +276,16 @@ pub fn router(state: Shared) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
         .layer(from_fn(guard::observe))
         .with_state(state.clone())
-        .merge(webhook_router(state))
+        .merge(webhook_router(webhook.router, state));
+    (router, served)
 }
 
 /// `POST /webhooks/github`: outside the bearer-token and browser guards (GitHub signs
 /// its deliveries instead, checked first thing in the handler), with the access log
 /// and the same body limit and body timeout.
-fn webhook_router(state: Shared) -> Router {
+fn webhook_router(routes: axum::Router<Shared>, state: Shared) -> Router {
     let max_body = state.ctx.settings.api.max_body_bytes;
-    Router::new()
-        .route("/webhooks/github", post(github::webhook))
+    routes
         .layer(DefaultBodyLimit::max(max_body))
         .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn(guard::observe))
