@@ -123,7 +123,11 @@ pub async fn list(
         .iter()
         .filter(|a| {
             q.state.as_deref().is_none_or(|want| {
-                serde_json::to_value(a.state).ok().as_ref().and_then(Value::as_str) == Some(want)
+                serde_json::to_value(a.state)
+                    .ok()
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    == Some(want)
             })
         })
         .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))

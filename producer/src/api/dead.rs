@@ -161,7 +161,11 @@ async fn dead_matches(
         let mut mine = 0;
         // Pages of the dead set; with a class filter, each page's records are read.
         loop {
-            let step = if filter.class.is_some() { 200 } else { limit + 1 };
+            let step = if filter.class.is_some() {
+                200
+            } else {
+                limit + 1
+            };
             let rows = s
                 .redis(async {
                     Ok(q.dead_page(
@@ -173,7 +177,9 @@ async fn dead_matches(
                     .await?)
                 })
                 .await?;
-            let Some((id, at)) = rows.last().cloned() else { break };
+            let Some((id, at)) = rows.last().cloned() else {
+                break;
+            };
             cursor = Some((at, id));
             scanned += rows.len() as u64;
             let keep: Vec<bool> = match &filter.class {
@@ -315,7 +321,9 @@ async fn act(
             let outcome = s
                 .redis(act_on_ids(queues, &ids, action))
                 .await?
-                .map_err(|id| ApiError::not_found(format!("{}; nothing was done", unknown_job(&id))))?;
+                .map_err(|id| {
+                    ApiError::not_found(format!("{}; nothing was done", unknown_job(&id)))
+                })?;
             (outcome, false)
         }
         (None, Some(filter)) => {

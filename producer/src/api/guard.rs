@@ -183,13 +183,10 @@ pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: N
         }
         // Every configured token is compared, in constant time each.
         let header = req.headers().get(AUTHORIZATION);
-        let matched = api
-            .credentials
-            .iter()
-            .fold(None, |found, c| {
-                let hit = bearer_matches(header, &c.secret);
-                found.or(hit.then_some(c))
-            });
+        let matched = api.credentials.iter().fold(None, |found, c| {
+            let hit = bearer_matches(header, &c.secret);
+            found.or(hit.then_some(c))
+        });
         let Some(credential) = matched else {
             if let Some(ip) = ip {
                 state.throttle.failed(ip, now);

@@ -104,10 +104,7 @@ impl JobItem {
             finished_at: j.finished_at,
             worker: j.worker,
             batch: j.batch,
-            metadata: j
-                .spec
-                .map(|s| s.options.metadata)
-                .unwrap_or_default(),
+            metadata: j.spec.map(|s| s.options.metadata).unwrap_or_default(),
             error: j.error,
             agent,
             agent_id,
@@ -147,8 +144,9 @@ fn parse_list_query(
     };
     let (mut limit, mut cursor) = (50, None);
     let ms = |k: &str, v: &str| {
-        v.parse::<u64>()
-            .map_err(|_| ApiError::bad_request(format!("{k}: not a time in Unix milliseconds: {v:?}")))
+        v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("{k}: not a time in Unix milliseconds: {v:?}"))
+        })
     };
     for (k, v) in pairs {
         match (k.as_str(), batch_only) {
@@ -157,7 +155,9 @@ fn parse_list_query(
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::bad_request(format!("limit: must be 1 to {MAX_PAGE}, got {v:?}")))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit: must be 1 to {MAX_PAGE}, got {v:?}"))
+                    })?
             }
             ("cursor", _) => {
                 cursor = Some(parse_id(&v).map_err(|_| {
@@ -262,7 +262,10 @@ pub async fn list(
 ) -> Result<Json<JobListPage>, ApiError> {
     let (filter, kinds, order, limit, cursor) = parse_list_query(query(q)?, false)?;
     let (jobs, p) = page(&s, &filter, &kinds, order, limit, cursor).await?;
-    let next_cursor = p.more.then(|| jobs.last().map(|(_, j)| j.id.clone())).flatten();
+    let next_cursor = p
+        .more
+        .then(|| jobs.last().map(|(_, j)| j.id.clone()))
+        .flatten();
     Ok(Json(JobListPage {
         jobs: jobs.into_iter().map(|(k, j)| JobItem::new(k, j)).collect(),
         next_cursor,
@@ -323,7 +326,15 @@ pub async fn batch_results(
         )));
     }
     filter.batch = Some(id.clone());
-    let (jobs, p) = page(&s, &filter, &[QueueKind::Research], Order::OldestFirst, limit, cursor).await?;
+    let (jobs, p) = page(
+        &s,
+        &filter,
+        &[QueueKind::Research],
+        Order::OldestFirst,
+        limit,
+        cursor,
+    )
+    .await?;
     let ids: Vec<JobId> = jobs.iter().filter_map(|(_, j)| j.id.parse().ok()).collect();
     let mut items = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -334,7 +345,10 @@ pub async fn batch_results(
     let next_cursor = p.more.then(|| ids.last().map(JobId::to_string)).flatten();
     Ok(Json(BatchResultsPage {
         batch_id: id,
-        jobs: items.iter().map(crate::output::BatchItem::to_json).collect(),
+        jobs: items
+            .iter()
+            .map(crate::output::BatchItem::to_json)
+            .collect(),
         next_cursor,
         scanned: p.scanned,
         truncated: p.truncated,
@@ -403,7 +417,9 @@ pub async fn workers(State(s): State<Shared>) -> Result<Json<WorkerList>, ApiErr
         let jobs = s.redis(async { Ok(q.job_summaries(&ids).await?) }).await?;
         for ((id, until), job) in leases.iter().zip(jobs) {
             // The job's `worker` is `<worker name>` as announced (fetch-6.lua).
-            let Some(worker) = job.and_then(|j| j.worker) else { continue };
+            let Some(worker) = job.and_then(|j| j.worker) else {
+                continue;
+            };
             let w = by_name.entry(worker.clone()).or_insert_with(|| WorkerItem {
                 name: worker,
                 live: false,

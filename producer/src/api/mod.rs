@@ -247,7 +247,11 @@ fn api_routes() -> openapi::Routes {
         .on(M::GET, "/v1/agents/{agent_id}", agents::show)
         .on(M::POST, "/v1/agents/{agent_id}/pause", agents::pause)
         .on(M::POST, "/v1/agents/{agent_id}/resume", agents::resume)
-        .on(M::POST, "/v1/agents/{agent_id}/terminate", agents::terminate)
+        .on(
+            M::POST,
+            "/v1/agents/{agent_id}/terminate",
+            agents::terminate,
+        )
         .on(M::POST, "/v1/pool/scale", agents::scale)
         .on(M::GET, "/v1/dead", dead::list)
         .on(M::GET, "/v1/dead/{id}", dead::show)

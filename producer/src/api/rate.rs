@@ -26,9 +26,7 @@ impl RateLimiter {
         let capacity = f64::from(per_minute);
         let per_sec = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (left, last) = buckets
-            .entry(name.to_string())
-            .or_insert((capacity, now));
+        let (left, last) = buckets.entry(name.to_string()).or_insert((capacity, now));
         let elapsed = now.saturating_duration_since(*last).as_secs_f64();
         *left = (*left + elapsed * per_sec).min(capacity);
         *last = now;
@@ -54,12 +52,19 @@ mod tests {
             assert_eq!(limiter.take("a", 3, start), Ok(()));
         }
         assert_eq!(limiter.take("a", 3, start), Err(20), "one request per 20 s");
-        assert_eq!(limiter.take("b", 3, start), Ok(()), "another token is not held back");
+        assert_eq!(
+            limiter.take("b", 3, start),
+            Ok(()),
+            "another token is not held back"
+        );
         assert_eq!(
             limiter.take("a", 3, start + Duration::from_secs(10)),
             Err(10)
         );
-        assert_eq!(limiter.take("a", 3, start + Duration::from_secs(20)), Ok(()));
+        assert_eq!(
+            limiter.take("a", 3, start + Duration::from_secs(20)),
+            Ok(())
+        );
         assert_eq!(limiter.take("a", 0, start), Ok(()), "0: no limit");
     }
 }

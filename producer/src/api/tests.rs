@@ -366,7 +366,10 @@ async fn guards_answer_before_redis_is_asked() {
 /// the document parses as OpenAPI 3.1; the document lists no route the router lacks.
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let pairs = vec![("FLEET_REDIS__URL".to_string(), "redis://127.0.0.1:1".to_string())];
+    let pairs = vec![(
+        "FLEET_REDIS__URL".to_string(),
+        "redis://127.0.0.1:1".to_string(),
+    )];
     let settings = Settings::from_layers(None, &pairs).unwrap();
     let (app, served) = routes_and_router(ApiState::new(Ctx::new(settings, true)));
     assert!(served.len() >= 25, "{served:?}");
@@ -426,7 +429,10 @@ async fn read_only_tokens_may_only_read_and_every_token_is_rate_limited() {
         file.display().to_string()
     );
     let pairs = vec![
-        ("FLEET_REDIS__URL".to_string(), "redis://127.0.0.1:1".to_string()),
+        (
+            "FLEET_REDIS__URL".to_string(),
+            "redis://127.0.0.1:1".to_string(),
+        ),
         ("OPS_TOKEN".to_string(), "ops-token-0123456789".to_string()),
     ];
     let settings = Settings::from_layers(Some(&config), &pairs).unwrap();
@@ -441,16 +447,28 @@ async fn read_only_tokens_may_only_read_and_every_token_is_rate_limited() {
             .unwrap()
     };
     // The reader reads (a malformed ID: past authentication), and may not act.
-    let (status, _) = call(&app, with(Method::GET, "/v1/jobs/x", "reader-token-0123456789")).await;
+    let (status, _) = call(
+        &app,
+        with(Method::GET, "/v1/jobs/x", "reader-token-0123456789"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, body) = call(&app, with(Method::POST, "/v1/jobs/x/cancel", "reader-token-0123456789")).await;
+    let (status, body) = call(
+        &app,
+        with(Method::POST, "/v1/jobs/x/cancel", "reader-token-0123456789"),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         error_of(&body),
         "token \"reader\" is read-only: POST /v1/jobs/x/cancel needs a token with role \"admin\" (api.tokens)"
     );
     // Its third request was its last of the minute; the admin's own limit is higher.
-    let (status, _) = call(&app, with(Method::GET, "/v1/jobs/x", "reader-token-0123456789")).await;
+    let (status, _) = call(
+        &app,
+        with(Method::GET, "/v1/jobs/x", "reader-token-0123456789"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let response = app
         .clone()
@@ -459,27 +477,45 @@ async fn read_only_tokens_may_only_read_and_every_token_is_rate_limited() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "20");
-    let (status, _) = call(&app, with(Method::POST, "/v1/jobs/x/cancel", "ops-token-0123456789")).await;
+    let (status, _) = call(
+        &app,
+        with(Method::POST, "/v1/jobs/x/cancel", "ops-token-0123456789"),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the admin acts");
 }
 
 #[test]
 fn token_settings_are_checked_by_name() {
     let bad = |config: &str, env: &[(&str, &str)]| {
-        let pairs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_layers(Some(config), &pairs).unwrap_err().to_string()
+        let pairs: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_layers(Some(config), &pairs)
+            .unwrap_err()
+            .to_string()
     };
     assert_eq!(
-        bad("[[api.tokens]]\nname = \"a\"\ntoken_env = \"NOPE_TOKEN\"\nrole = \"read\"\n", &[]),
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"NOPE_TOKEN\"\nrole = \"read\"\n",
+            &[]
+        ),
         "api.tokens[0].token_env: the environment variable NOPE_TOKEN is not set"
     );
     assert_eq!(
-        bad("[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"read\"\n", &[("T", "short")]),
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"read\"\n",
+            &[("T", "short")]
+        ),
         "api.tokens[0].token_env: must be at least 16 characters"
     );
     assert!(
-        bad("[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"root\"\n", &[("T", "0123456789abcdefgh")])
-            .starts_with("api.tokens[0].role: unknown variant `root`"),
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"root\"\n",
+            &[("T", "0123456789abcdefgh")]
+        )
+        .starts_with("api.tokens[0].role: unknown variant `root`"),
     );
     assert_eq!(
         bad("[[api.tokens]]\nname = \"a\"\nrole = \"read\"\n", &[]),

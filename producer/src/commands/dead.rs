@@ -162,7 +162,11 @@ pub async fn act_on_ids(
 
 /// Retry or purge every dead job of these queues, in chunks, at most as many as were
 /// dead when it started (so a job that dies again meanwhile is not looped on).
-pub async fn act_on_all(queues: &Queues, kinds: &[QueueKind], action: Action) -> anyhow::Result<u64> {
+pub async fn act_on_all(
+    queues: &Queues,
+    kinds: &[QueueKind],
+    action: Action,
+) -> anyhow::Result<u64> {
     let mut done = 0;
     for kind in kinds {
         let q = queues.get(*kind);
@@ -218,5 +222,9 @@ async fn act(ctx: &Ctx, sel: Selection, action: Action) -> anyhow::Result<u8> {
             action.done()
         );
     }
-    Ok(if outcome.not_dead.is_empty() { SUCCESS } else { FAILED })
+    Ok(if outcome.not_dead.is_empty() {
+        SUCCESS
+    } else {
+        FAILED
+    })
 }

@@ -105,7 +105,8 @@ impl JobFilter {
     /// Whether a job created at `created_ms` (from its ID) can match: checked before
     /// its record is read.
     fn created_in_range(&self, created_ms: u64) -> bool {
-        self.since_ms.is_none_or(|s| created_ms >= s) && self.until_ms.is_none_or(|u| created_ms < u)
+        self.since_ms.is_none_or(|s| created_ms >= s)
+            && self.until_ms.is_none_or(|u| created_ms < u)
     }
 
     pub fn matches(&self, job: &JobSummary) -> bool {
@@ -185,22 +186,28 @@ impl RedisQueue {
                 .retrying("scan_jobs", || {
                     let mut conn = self.connection();
                     let mut cmd = redis::cmd("SCAN");
+                    // Near the bound, small steps: SCAN may return more than COUNT.
+                    let count = SCAN_COUNT.min(max.saturating_sub(scanned as usize)).max(1);
                     cmd.arg(cursor)
                         .arg("MATCH")
                         .arg(&pattern)
                         .arg("COUNT")
-                        .arg(SCAN_COUNT);
+                        .arg(count);
                     async move { cmd.query_async(&mut conn).await }
                 })
                 .await?;
-            scanned += keys.len() as u64;
+            // Never more than the bound, even when one step returned more.
+            let room = (max as u64).saturating_sub(scanned) as usize;
+            let cut = keys.len() > room;
+            scanned += keys.len().min(room) as u64;
             ids.extend(
                 keys.iter()
+                    .take(room)
                     .filter_map(|k| k.strip_prefix(&strip))
                     .filter_map(|id| id.parse::<JobId>().ok()),
             );
             cursor = next;
-            if cursor == 0 {
+            if cursor == 0 && !cut {
                 return Ok((ids, scanned, false));
             }
             if scanned >= max as u64 {
@@ -210,7 +217,10 @@ impl RedisQueue {
     }
 
     /// The listing view of these jobs, in one round trip (`None` where unknown).
-    pub async fn job_summaries(&self, ids: &[String]) -> Result<Vec<Option<JobSummary>>, QueueError> {
+    pub async fn job_summaries(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<JobSummary>>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
