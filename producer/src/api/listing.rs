@@ -130,11 +130,20 @@ pub struct JobListPage {
     pub scan_max: usize,
 }
 
+/// A listing request, read from its query string.
+struct ListRequest {
+    filter: JobFilter,
+    kinds: Vec<QueueKind>,
+    order: Order,
+    limit: usize,
+    cursor: Option<JobId>,
+}
+
 /// Read the pairs of a query string into a filter, order, limit and cursor.
 fn parse_list_query(
     pairs: Vec<(String, String)>,
     batch_only: bool,
-) -> Result<(JobFilter, Vec<QueueKind>, Order, usize, Option<JobId>), ApiError> {
+) -> Result<ListRequest, ApiError> {
     let mut filter = JobFilter::default();
     let mut kinds = QueueKind::ALL.to_vec();
     let mut order = if batch_only {
@@ -214,7 +223,13 @@ fn parse_list_query(
             }
         }
     }
-    Ok((filter, kinds, order, limit, cursor))
+    Ok(ListRequest {
+        filter,
+        kinds,
+        order,
+        limit,
+        cursor,
+    })
 }
 
 /// One page over `kinds` together: each queue's page, merged in `order`.
@@ -260,7 +275,13 @@ pub async fn list(
     State(s): State<Shared>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobListPage>, ApiError> {
-    let (filter, kinds, order, limit, cursor) = parse_list_query(query(q)?, false)?;
+    let ListRequest {
+        filter,
+        kinds,
+        order,
+        limit,
+        cursor,
+    } = parse_list_query(query(q)?, false)?;
     let (jobs, p) = page(&s, &filter, &kinds, order, limit, cursor).await?;
     let next_cursor = p
         .more
@@ -314,7 +335,12 @@ pub async fn batch_results(
     let id = uuid::Uuid::parse_str(raw.trim())
         .map_err(|_| ApiError::bad_request(format!("not a batch ID (expected a UUID): {raw:?}")))?
         .to_string();
-    let (mut filter, _, _, limit, cursor) = parse_list_query(query(q)?, true)?;
+    let ListRequest {
+        mut filter,
+        limit,
+        cursor,
+        ..
+    } = parse_list_query(query(q)?, true)?;
     let queue = &s.queues().await?.research;
     let known = s
         .redis(async { Ok(queue.batch_record(&id).await?) })
