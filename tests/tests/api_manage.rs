@@ -579,6 +579,11 @@ async fn workers_are_listed_with_the_leases_they_hold() {
     assert!(w["leases"][0]["lease_until"].as_u64().unwrap() > fleet_shared::time::now_ms());
     assert_eq!(list["workers"][1]["name"], "w-gone");
     assert_eq!(list["scanned"], 1);
+    refused(
+        api.get("/v1/workers?name=w-test").await,
+        StatusCode::BAD_REQUEST,
+        "unknown field `name`",
+    );
 }
 
 /// Every route added for the CLI's commands, with a body an action accepts.

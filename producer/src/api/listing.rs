@@ -382,6 +382,12 @@ pub async fn batch_results(
     }))
 }
 
+/// A route that takes no query parameters refuses any (400), as the others refuse
+/// unknown ones.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 /// A lease a worker holds.
 #[derive(Serialize, ToSchema)]
 pub struct LeaseItem {
@@ -413,10 +419,14 @@ pub struct WorkerList {
 
 #[utoipa::path(get, path = "/v1/workers", tag = "workers",
     responses((status = 200, description = "workers and their leases", body = WorkerList),
-        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/workers`: the workers that announced themselves, whether each is live,
 /// and the leases (running jobs) each holds.
-pub async fn workers(State(s): State<Shared>) -> Result<Json<WorkerList>, ApiError> {
+pub async fn workers(
+    State(s): State<Shared>,
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<WorkerList>, ApiError> {
+    query(q)?;
     let queues = s.queues().await?;
     let scan_max = s.ctx.settings.api.list_scan_max;
     let mut by_name: BTreeMap<String, WorkerItem> = BTreeMap::new();
