@@ -286,6 +286,58 @@ pub struct ApiSettings {
     pub allow_remote_without_token: bool,
     /// Failed token attempts one client address may make per minute; then 429.
     pub auth_failures_per_minute: u32,
+    /// Named tokens with a role each (`[[api.tokens]]`), besides `token` (an admin).
+    #[serde(default)]
+    pub tokens: Vec<ApiTokenSettings>,
+    /// Requests one token may make per minute (0 = no limit); then 429 and `Retry-After`.
+    /// Without authentication the whole API shares one such allowance.
+    pub requests_per_minute: u32,
+    /// Most job keys one listing request scans (`GET /v1/jobs`, batch results, dead
+    /// letters by error class); the answer says when the bound cut it short.
+    pub list_scan_max: usize,
+    /// The tokens of `token` and `tokens`, read at load (from the environment or files).
+    #[serde(skip)]
+    pub credentials: Vec<ApiCredential>,
+}
+
+/// One entry of `[[api.tokens]]`: a named token, from an environment variable or a
+/// file (never written in the settings themselves), and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenSettings {
+    /// A name for logs and messages (the token itself never appears in either).
+    pub name: String,
+    /// Environment variable holding the token.
+    #[serde(default)]
+    pub token_env: String,
+    /// File holding the token (surrounding whitespace is ignored).
+    #[serde(default)]
+    pub token_file: String,
+    /// `read`: GET routes only; `admin`: everything.
+    pub role: ApiRole,
+    /// This token's own requests per minute (absent: `api.requests_per_minute`).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiRole {
+    /// Reads only: `GET` routes (records, results, events, lists).
+    Read,
+    /// Everything: submit, cancel, agents, dead letters.
+    Admin,
+}
+
+/// A token as the API checks it.
+#[derive(Debug, Clone)]
+pub struct ApiCredential {
+    pub name: String,
+    pub secret: Secret,
+    pub role: ApiRole,
+    /// 0 = no limit.
+    pub requests_per_minute: u32,
 }
 
 /// The shortest `api.token` accepted.
@@ -296,6 +348,105 @@ impl ApiSettings {
     pub fn token(&self) -> Option<&Secret> {
         (!self.token.is_empty()).then_some(&self.token)
     }
+
+    /// Whether requests must carry a token (`token` or any of `tokens` is set).
+    pub fn auth_enabled(&self) -> bool {
+        !self.credentials.is_empty()
+    }
+
+    /// Read the tokens of `token` (named `default`, admin) and `tokens` from `env` or
+    /// their files, checked as `token` is; errors name the entry.
+    fn resolve_credentials(&mut self, env: &[(String, String)]) -> Result<(), SettingsError> {
+        let mut out = Vec::new();
+        if let Some(token) = self.token() {
+            out.push(ApiCredential {
+                name: "default".into(),
+                secret: token.clone(),
+                role: ApiRole::Admin,
+                requests_per_minute: self.requests_per_minute,
+            });
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = |field: &str| format!("api.tokens[{i}].{field}");
+            let name = t.name.trim();
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(SettingsError::new(
+                    key("name"),
+                    "must be 1 to 64 characters, no control characters",
+                ));
+            }
+            if out.iter().any(|c: &ApiCredential| c.name == name) {
+                return Err(SettingsError::new(
+                    key("name"),
+                    format!("{name:?} is used twice (`default` is api.token's)"),
+                ));
+            }
+            let secret = match (t.token_env.is_empty(), t.token_file.is_empty()) {
+                (false, true) => env
+                    .iter()
+                    .find(|(k, _)| *k == t.token_env)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        SettingsError::new(
+                            key("token_env"),
+                            format!("the environment variable {} is not set", t.token_env),
+                        )
+                    })?,
+                (true, false) => std::fs::read_to_string(&t.token_file)
+                    .map(|v| v.trim().to_string())
+                    .map_err(|e| {
+                        SettingsError::new(
+                            key("token_file"),
+                            format!("cannot read {}: {e}", t.token_file),
+                        )
+                    })?,
+                _ => {
+                    return Err(SettingsError::new(
+                        key("token_env"),
+                        "set exactly one of token_env and token_file",
+                    ));
+                }
+            };
+            let source = if t.token_env.is_empty() {
+                key("token_file")
+            } else {
+                key("token_env")
+            };
+            check_token(&source, &secret)?;
+            let secret = Secret::new(secret);
+            if out.iter().any(|c| c.secret == secret) {
+                return Err(SettingsError::new(
+                    source,
+                    "the same token is configured twice; each must be different",
+                ));
+            }
+            out.push(ApiCredential {
+                name: name.to_string(),
+                secret,
+                role: t.role,
+                requests_per_minute: t.requests_per_minute.unwrap_or(self.requests_per_minute),
+            });
+        }
+        self.credentials = out;
+        Ok(())
+    }
+}
+
+/// A token's shape; the value is never part of a message: it is a secret.
+fn check_token(key: &str, token: &str) -> Result<(), SettingsError> {
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(SettingsError::new(
+            key,
+            "must be printable ASCII without spaces (it is sent in an HTTP header)",
+        ));
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(SettingsError::new(
+            key,
+            format!("must be at least {MIN_TOKEN_LEN} characters"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -595,6 +746,7 @@ impl Settings {
             .map(|(_, v)| Secret::new(v.clone()))
             .filter(|s| !s.is_empty());
         settings.validate()?;
+        settings.api.resolve_credentials(env)?;
         Ok(settings)
     }
 
@@ -753,6 +905,7 @@ impl Settings {
                 "api.auth_failures_per_minute",
                 u64::from(self.api.auth_failures_per_minute),
             ),
+            ("api.list_scan_max", self.api.list_scan_max as u64),
         ] {
             if value == 0 {
                 return err(key, "must be at least 1");

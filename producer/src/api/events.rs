@@ -33,6 +33,10 @@ use super::waiters::Wait;
 use super::{ApiError, Shared, routes};
 use crate::context::unknown_job;
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "job ID"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
+    responses((status = 200, description = "Server-Sent Events until the job ends, then `event: end`", content_type = "text/event-stream", body = String),
+        (status = 400, body = super::openapi::ErrorBody), (status = 401, body = super::openapi::ErrorBody), (status = 404, body = super::openapi::ErrorBody), (status = 503, body = super::openapi::ErrorBody)))]
 /// `GET /v1/jobs/{id}/events` (see the module comment).
 pub async fn events(
     State(s): State<Shared>,

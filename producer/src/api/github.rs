@@ -36,6 +36,11 @@ fn valid_delivery(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+#[utoipa::path(post, path = "/webhooks/github", tag = "github", security(()),
+    params(("X-Hub-Signature-256" = String, Header, description = "HMAC-SHA256 of the body with the webhook secret"), ("X-GitHub-Event" = String, Header, description = "the event"), ("X-GitHub-Delivery" = String, Header, description = "the delivery ID")),
+    request_body(content = Object, description = "a GitHub webhook delivery"),
+    responses((status = 200, description = "acknowledged (jobs enqueued, or ignored)", body = Object), (status = 401, body = super::openapi::ErrorBody)))]
+/// `POST /webhooks/github`: a GitHub delivery, checked against the webhook secret.
 pub async fn webhook(
     State(s): State<Shared>,
     headers: HeaderMap,

@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::{ApiError, Shared};
 use fleet_shared::secret::Secret;
+use fleet_shared::settings::ApiRole;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -33,7 +34,7 @@ const THROTTLE_PRUNE_AT: usize = 10_000;
 
 /// Paths open without a token.
 pub fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
 }
 
 /// The client's address, when the request came over a socket.
@@ -133,49 +134,108 @@ pub fn bearer_matches(header: Option<&HeaderValue>, token: &Secret) -> bool {
         && bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
 }
 
+/// Who made a request: the token's name and role (`anonymous`, admin, without
+/// authentication). Handlers find it in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: ApiRole,
+}
+
+/// Whether a request only reads: `GET` and `HEAD`. Everything else acts.
+pub fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
 /// One `Authorization` header at most (400: which one would count is ambiguous); with
-/// `api.token`, every route but the health checks needs it (401), and an address that
-/// failed `api.auth_failures_per_minute` times is refused (429) until its minute is over.
-pub async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+/// `api.token` or `api.tokens`, every route but the health checks needs one of them
+/// (401), and an address that failed `api.auth_failures_per_minute` times is refused
+/// (429) until its minute is over. Then the token's rate limit (429 with
+/// `Retry-After`), then its role: a read-only token may only read (403).
+pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     if req.headers().get_all(AUTHORIZATION).iter().count() > 1 {
         return ApiError::bad_request(
-            "more than one Authorization header: send exactly one, `Authorization: Bearer <api.token>`",
+            "more than one Authorization header: send exactly one, `Authorization: Bearer <token>`",
         )
         .into_response();
     }
-    let Some(token) = state.token() else {
-        return next.run(req).await;
-    };
     if is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let ip = client_of(&req).map(|a| a.ip());
+    let api = &state.ctx.settings.api;
     let now = Instant::now();
-    if let Some(wait) = ip.and_then(|ip| state.throttle.blocked(ip, now)) {
+    let caller = if !api.auth_enabled() {
+        Caller {
+            name: "anonymous".into(),
+            role: ApiRole::Admin,
+        }
+    } else {
+        let ip = client_of(&req).map(|a| a.ip());
+        if let Some(wait) = ip.and_then(|ip| state.throttle.blocked(ip, now)) {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed token attempts from this address (api.auth_failures_per_minute); try again in {wait}s"
+                ),
+            )
+            .retry_after(wait)
+            .into_response();
+        }
+        // Every configured token is compared, in constant time each.
+        let header = req.headers().get(AUTHORIZATION);
+        let matched = api.credentials.iter().fold(None, |found, c| {
+            let hit = bearer_matches(header, &c.secret);
+            found.or(hit.then_some(c))
+        });
+        let Some(credential) = matched else {
+            if let Some(ip) = ip {
+                state.throttle.failed(ip, now);
+            }
+            // The message never repeats what was sent.
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send `Authorization: Bearer <token>` with api.token or a token of api.tokens",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        };
+        Caller {
+            name: credential.name.clone(),
+            role: credential.role,
+        }
+    };
+    let per_minute = api
+        .credentials
+        .iter()
+        .find(|c| c.name == caller.name)
+        .map_or(api.requests_per_minute, |c| c.requests_per_minute);
+    if let Err(wait) = state.rate.take(&caller.name, per_minute, now) {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "too many failed token attempts from this address (api.auth_failures_per_minute); try again in {wait}s"
+                "token {:?} is over its rate limit of {per_minute} requests per minute (api.requests_per_minute); try again in {wait}s",
+                caller.name
             ),
         )
         .retry_after(wait)
         .into_response();
     }
-    if !bearer_matches(req.headers().get(AUTHORIZATION), token) {
-        if let Some(ip) = ip {
-            state.throttle.failed(ip, now);
-        }
-        // The message never repeats what was sent.
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token: send `Authorization: Bearer <api.token>`",
+    if caller.role == ApiRole::Read && !is_read(req.method()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} is read-only: {} {} needs a token with role \"admin\" (api.tokens)",
+                caller.name,
+                req.method(),
+                req.uri().path()
+            ),
         )
         .into_response();
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
     }
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -207,7 +267,7 @@ pub fn essence(value: Option<&HeaderValue>) -> Option<String> {
 /// DNS rebinding; unless `api.allow_remote_without_token`), and job or batch bodies
 /// that are not JSON (415: `text/plain` and forms need no CORS preflight).
 pub async fn browser(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if state.token().is_some() {
+    if state.ctx.settings.api.auth_enabled() {
         return next.run(req).await;
     }
     let refuse = |status, message: String| ApiError::new(status, message).into_response();

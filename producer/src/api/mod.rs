@@ -11,14 +11,20 @@
 //! | `POST /v1/jobs/{id}/cancel` | what `fleet cancel --json` prints |
 //! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
+//! | `GET /v1/batches/{id}/results` | each job's answer or error, a page at a time (`listing.rs`) |
+//! | `GET /v1/jobs?status=…` | jobs by filter, in cursor pages; a bounded scan (`listing.rs`) |
+//! | `GET /v1/agents[/{agent_id}]`, `POST /v1/agents[/{agent_id}/pause\|resume\|terminate]`, `POST /v1/pool/scale` | agents (`agents.rs`) |
+//! | `GET /v1/dead[/{id}]`, `POST /v1/dead/retry\|purge` | dead letters (`dead.rs`) |
+//! | `GET /v1/workers` | workers and their leases (`listing.rs`) |
+//! | `GET /openapi.json` | the OpenAPI document (`openapi.rs`) |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
 //! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
-//! wrong bearer token (when `api.token` is set), 403 a browser's request without a
-//! token, 404 unknown job, batch or route, 405 wrong method, 408 body too slow, 413
+//! wrong bearer token (when `api.token` or `api.tokens` is set), 403 a read-only token
+//! on an action or a browser's request without a token, 404 unknown job, batch or route, 405 wrong method, 408 body too slow, 413
 //! body over `api.max_body_bytes` or batch over `api.max_batch_jobs`, 415 content type,
-//! 429 too many failed token attempts, 503 (with `Retry-After`) Redis unreachable or
+//! 429 too many failed token attempts or a token over its rate limit, 503 (with `Retry-After`) Redis unreachable or
 //! slower than `api.redis_timeout_ms`, or `api.max_waits` waits in flight. Every answer
 //! carries `X-Request-Id`, `X-Content-Type-Options: nosniff`, `Cache-Control: no-store`.
 //! Each request is logged at info (request ID, client address, method, path, status,
@@ -33,11 +39,16 @@
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
 
+mod agents;
 mod answer_stream;
+mod dead;
 mod events;
 mod github;
 mod guard;
 mod limits;
+mod listing;
+pub mod openapi;
+mod rate;
 mod routes;
 mod server;
 mod waiters;
@@ -55,8 +66,6 @@ use axum::extract::{DefaultBodyLimit, OriginalUri};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use fleet_shared::secret::Secret;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +92,8 @@ pub struct ApiState {
     pub throttle: guard::Throttle,
     /// Batch enqueues in flight, each in a task of its own: waited for at shutdown.
     pub batches: TaskTracker,
+    /// Requests per token per minute (`rate.rs`).
+    pub rate: rate::RateLimiter,
 }
 
 type Shared = Arc<ApiState>;
@@ -97,13 +108,10 @@ impl ApiState {
             waiters: waiters::Waiters::new(api.max_waits, shutdown.clone()),
             throttle: guard::Throttle::new(api.auth_failures_per_minute),
             batches: TaskTracker::new(),
+            rate: rate::RateLimiter::default(),
             shutdown,
             ctx,
         })
-    }
-
-    fn token(&self) -> Option<&Secret> {
-        self.ctx.settings.api.token()
     }
 
     /// 413: the body is over `api.max_body_bytes`.
@@ -222,19 +230,54 @@ impl From<anyhow::Error> for ApiError {
 }
 
 /// The whole API, with its guards (see `guard.rs`), outermost first: request ID and
-/// access log, authentication, browser guards, body read.
+/// access log, authentication (role and rate limit), browser guards, body read.
 pub fn router(state: Shared) -> Router {
+    routes_and_router(state).0
+}
+
+/// Every route, each recorded with its method (`openapi::Routes`): the API's table.
+fn api_routes() -> openapi::Routes {
+    use Method as M;
+    openapi::Routes::new()
+        .on(M::POST, "/v1/jobs", routes::submit)
+        .on(M::GET, "/v1/jobs", listing::list)
+        .on(M::GET, "/v1/jobs/{id}", routes::status)
+        .on(M::GET, "/v1/jobs/{id}/result", routes::result)
+        .on(M::POST, "/v1/jobs/{id}/cancel", routes::cancel)
+        .on(M::GET, "/v1/jobs/{id}/events", events::events)
+        .on(M::POST, "/v1/batches", routes::submit_batch)
+        .on(M::GET, "/v1/batches/{id}", routes::batch_status)
+        .on(M::GET, "/v1/batches/{id}/results", listing::batch_results)
+        .on(M::GET, "/v1/agents", agents::list)
+        .on(M::POST, "/v1/agents", agents::launch)
+        .on(M::GET, "/v1/agents/{agent_id}", agents::show)
+        .on(M::POST, "/v1/agents/{agent_id}/pause", agents::pause)
+        .on(M::POST, "/v1/agents/{agent_id}/resume", agents::resume)
+        .on(
+            M::POST,
+            "/v1/agents/{agent_id}/terminate",
+            agents::terminate,
+        )
+        .on(M::POST, "/v1/pool/scale", agents::scale)
+        .on(M::GET, "/v1/dead", dead::list)
+        .on(M::GET, "/v1/dead/{id}", dead::show)
+        .on(M::POST, "/v1/dead/retry", dead::retry)
+        .on(M::POST, "/v1/dead/purge", dead::purge)
+        .on(M::GET, "/v1/workers", listing::workers)
+        .on(M::GET, "/healthz", routes::healthz)
+        .on(M::GET, "/readyz", routes::readyz)
+        .on(M::GET, "/openapi.json", openapi::openapi_json)
+}
+
+/// The router, and every (method, path) it serves.
+pub fn routes_and_router(state: Shared) -> (Router, Vec<(Method, &'static str)>) {
     let max_body = state.ctx.settings.api.max_body_bytes;
-    Router::new()
-        .route("/v1/jobs", post(routes::submit))
-        .route("/v1/jobs/{id}", get(routes::status))
-        .route("/v1/jobs/{id}/result", get(routes::result))
-        .route("/v1/jobs/{id}/cancel", post(routes::cancel))
-        .route("/v1/jobs/{id}/events", get(events::events))
-        .route("/v1/batches", post(routes::submit_batch))
-        .route("/v1/batches/{id}", get(routes::batch_status))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
+    let api = api_routes();
+    let webhook = openapi::Routes::new().on(Method::POST, "/webhooks/github", github::webhook);
+    let mut served = api.served;
+    served.extend(webhook.served);
+    let router = api
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -243,16 +286,16 @@ pub fn router(state: Shared) -> Router {
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
         .layer(from_fn(guard::observe))
         .with_state(state.clone())
-        .merge(webhook_router(state))
+        .merge(webhook_router(webhook.router, state));
+    (router, served)
 }
 
 /// `POST /webhooks/github`: outside the bearer-token and browser guards (GitHub signs
 /// its deliveries instead, checked first thing in the handler), with the access log
 /// and the same body limit and body timeout.
-fn webhook_router(state: Shared) -> Router {
+fn webhook_router(routes: axum::Router<Shared>, state: Shared) -> Router {
     let max_body = state.ctx.settings.api.max_body_bytes;
-    Router::new()
-        .route("/webhooks/github", post(github::webhook))
+    routes
         .layer(DefaultBodyLimit::max(max_body))
         .layer(from_fn_with_state(state.clone(), guard::read_body))
         .layer(from_fn(guard::observe))
@@ -282,7 +325,7 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
         ))
     })?;
     let api = &ctx.settings.api;
-    if api.token().is_none() && !addr.ip().is_loopback() && !api.allow_remote_without_token {
+    if !api.auth_enabled() && !addr.ip().is_loopback() && !api.allow_remote_without_token {
         return Err(Fail::usage(format!(
             "refusing to listen on {addr} without api.token: anyone who can reach it could submit and cancel jobs. \
              Set api.token (FLEET_API__TOKEN, at least 16 characters), listen on 127.0.0.1, \
@@ -298,7 +341,7 @@ pub async fn serve(ctx: Ctx, args: ServeArgs, json: bool) -> anyhow::Result<u8> 
     })?;
     let local = listener.local_addr().context("reading the bound address")?;
     let state = ApiState::new(ctx);
-    let auth = state.token().is_some();
+    let auth = state.ctx.settings.api.auth_enabled();
     // On stdout, for whoever started it (with port 0, the port chosen).
     let announce: Value = json!({"listen": local.to_string(), "auth": auth});
     if json {

@@ -17,6 +17,7 @@ use fleet_shared::results::JobRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use super::{ApiError, Shared, limits};
 use crate::commands::batch::submit_batch as enqueue_batch;
 use crate::commands::cancel::{cancel_job, cancel_json};
@@ -35,11 +36,15 @@ pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId,
 }
 
 /// Query parameters: unknown or malformed ones are refused (400).
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = Object, description = "a job object, as a JSON Lines batch line: query, agent, agent_id, ephemeral, max_attempts, attempt_timeout_secs, deadline_secs, backoff_base_ms, backoff_cap_ms, idempotency_key, metadata, max_turns, max_budget_usd, max_tokens, cache"),
+    responses((status = 201, description = "`{id, existing: false, queue}`", body = Object), (status = 200, description = "its idempotency_key named a job already: `existing: true`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/jobs`: one job object, as a JSON Lines batch line.
 pub async fn submit(
     State(s): State<Shared>,
@@ -125,6 +130,11 @@ pub struct BatchQuery {
     agent: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/batches", tag = "batches",
+    params(("agent" = Option<String>, Query, description = "agent profile for jobs that name none")),
+    request_body(content = Object, description = "application/json: an array of job objects; application/x-ndjson (or text/plain with a token): `fleet batch` lines"),
+    responses((status = 201, description = "`{batch_id, count, job_ids}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/batches[?agent=NAME]`: all or nothing.
 pub async fn submit_batch(
     State(s): State<Shared>,
@@ -203,6 +213,9 @@ pub async fn submit_batch(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job ID")),
+    responses((status = 200, description = "the record, as `fleet --json status` prints it", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}`: the record, as `fleet status --json` prints it.
 pub async fn status(
     State(s): State<Shared>,
@@ -224,6 +237,10 @@ pub struct ResultQuery {
     wait: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = String, Path, description = "job ID"), ("wait" = Option<u64>, Query, description = "seconds to wait for the job to end (at most api.result_wait_max_secs)")),
+    responses((status = 200, description = "`{id, query, status: succeeded, answer, output, error: null}`", body = Object), (status = 202, description = "not ended: `{id, status, attempts, max_attempts}`", body = Object), (status = 409, description = "ended without an answer: `{error, id, status, detail}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}/result[?wait=SECONDS]`.
 pub async fn result(
     State(s): State<Shared>,
@@ -326,6 +343,9 @@ pub fn result_response(record: &JobRecord) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "job ID")),
+    responses((status = 200, description = "`{id, queue, outcome, status}` as `fleet --json cancel`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `POST /v1/jobs/{id}/cancel`: what `fleet cancel --json` prints.
 pub async fn cancel(
     State(s): State<Shared>,
@@ -341,6 +361,9 @@ pub async fn cancel(
     Ok(Json(cancel_json(&id, kind, &outcome)))
 }
 
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", params(("id" = String, Path, description = "batch ID")),
+    responses((status = 200, description = "`{batch_id, total, finished, counts}`", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/batches/{id}`: how many of its jobs are in each status.
 pub async fn batch_status(
     State(s): State<Shared>,
@@ -366,11 +389,13 @@ pub async fn batch_status(
     Ok(Json(batch_json(&record)))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, description = "`{status: ok}`", body = Object)))]
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "meta", security(()), responses((status = 200, description = "`{status: ready}`", body = Object), (status = 503, body = ErrorBody)))]
 /// `GET /readyz`: Redis answers PING (and the server is not shutting down).
 pub async fn readyz(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
     let unavailable = |m: String| ApiError::unavailable(m);

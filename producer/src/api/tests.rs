@@ -12,6 +12,7 @@ use tower::ServiceExt as _;
 use super::guard::bearer_matches;
 use super::routes::{BatchFormat, batch_format, result_response};
 use super::*;
+use fleet_shared::secret::Secret;
 
 fn app(env: &[(&str, &str)]) -> Router {
     let mut pairs = vec![("FLEET_REDIS__URL".to_string(), "redis://127.0.0.1:1".into())];
@@ -141,9 +142,10 @@ async fn routes_methods_and_body_size() {
     let (status, body) = call(&app, get("/v1/nothing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_of(&body), "no such route: GET /v1/nothing");
-    let (status, body) = call(&app, get("/v1/jobs")).await;
+    let delete = Request::delete("/v1/jobs").body(Body::empty()).unwrap();
+    let (status, body) = call(&app, delete).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(error_of(&body), "method GET is not allowed on /v1/jobs");
+    assert_eq!(error_of(&body), "method DELETE is not allowed on /v1/jobs");
     let big = format!(r#"{{"query": "{}"}}"#, "x".repeat(100));
     let (status, body) = call(&app, post("/v1/jobs", JSON, big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -358,4 +360,165 @@ async fn guards_answer_before_redis_is_asked() {
     };
     assert_eq!(id("abc-123.x_y").await, "abc-123.x_y");
     assert_ne!(id("has space\"").await, "has space\"");
+}
+
+/// Every route the router serves is in the OpenAPI document, with its method, and
+/// the document parses as OpenAPI 3.1; the document lists no route the router lacks.
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let pairs = vec![(
+        "FLEET_REDIS__URL".to_string(),
+        "redis://127.0.0.1:1".to_string(),
+    )];
+    let settings = Settings::from_layers(None, &pairs).unwrap();
+    let (app, served) = routes_and_router(ApiState::new(Ctx::new(settings, true)));
+    assert!(served.len() >= 25, "{served:?}");
+    let (status, doc) = call(&app, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let spec = oas3::from_json(doc.to_string()).expect("an OpenAPI 3.1 document");
+    assert!(spec.openapi.starts_with("3.1"), "{}", spec.openapi);
+    let paths = spec.paths.as_ref().expect("paths");
+    assert_eq!(
+        missing_from(&served, paths),
+        Vec::<String>::new(),
+        "routes the document lacks"
+    );
+    let mut documented = 0;
+    for (path, item) in paths {
+        for (method, op) in item.methods() {
+            documented += 1;
+            assert!(
+                served.iter().any(|(m, p)| m == method && p == path),
+                "{method} {path} is documented but not served"
+            );
+            assert!(
+                op.responses.as_ref().is_some_and(|r| !r.is_empty()),
+                "{method} {path}: no responses"
+            );
+        }
+    }
+    assert_eq!(documented, served.len());
+    // The check does catch a missing route.
+    let mut more = served.clone();
+    more.push((Method::DELETE, "/v1/jobs/{id}"));
+    assert_eq!(missing_from(&more, paths), vec!["DELETE /v1/jobs/{id}"]);
+}
+
+fn missing_from(
+    served: &[(Method, &'static str)],
+    paths: &oas3::Map<String, oas3::spec::PathItem>,
+) -> Vec<String> {
+    served
+        .iter()
+        .filter(|(m, p)| {
+            !paths
+                .get(*p)
+                .is_some_and(|item| item.methods().into_iter().any(|(dm, _)| dm == *m))
+        })
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn read_only_tokens_may_only_read_and_every_token_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reader");
+    std::fs::write(&file, "reader-token-0123456789\n").unwrap();
+    let config = format!(
+        "[api]\nrequests_per_minute = 3\n[[api.tokens]]\nname = \"reader\"\ntoken_file = {:?}\nrole = \"read\"\n[[api.tokens]]\nname = \"ops\"\ntoken_env = \"OPS_TOKEN\"\nrole = \"admin\"\nrequests_per_minute = 100\n",
+        file.display().to_string()
+    );
+    let pairs = vec![
+        (
+            "FLEET_REDIS__URL".to_string(),
+            "redis://127.0.0.1:1".to_string(),
+        ),
+        ("OPS_TOKEN".to_string(), "ops-token-0123456789".to_string()),
+    ];
+    let settings = Settings::from_layers(Some(&config), &pairs).unwrap();
+    let app = router(ApiState::new(Ctx::new(settings, true)));
+    let with = |method: Method, path: &str, token: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    // The reader reads (a malformed ID: past authentication), and may not act.
+    let (status, _) = call(
+        &app,
+        with(Method::GET, "/v1/jobs/x", "reader-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = call(
+        &app,
+        with(Method::POST, "/v1/jobs/x/cancel", "reader-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        error_of(&body),
+        "token \"reader\" is read-only: POST /v1/jobs/x/cancel needs a token with role \"admin\" (api.tokens)"
+    );
+    // Its third request was its last of the minute; the admin's own limit is higher.
+    let (status, _) = call(
+        &app,
+        with(Method::GET, "/v1/jobs/x", "reader-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let response = app
+        .clone()
+        .oneshot(with(Method::GET, "/v1/jobs/x", "reader-token-0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "20");
+    let (status, _) = call(
+        &app,
+        with(Method::POST, "/v1/jobs/x/cancel", "ops-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the admin acts");
+}
+
+#[test]
+fn token_settings_are_checked_by_name() {
+    let bad = |config: &str, env: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_layers(Some(config), &pairs)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"NOPE_TOKEN\"\nrole = \"read\"\n",
+            &[]
+        ),
+        "api.tokens[0].token_env: the environment variable NOPE_TOKEN is not set"
+    );
+    assert_eq!(
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"read\"\n",
+            &[("T", "short")]
+        ),
+        "api.tokens[0].token_env: must be at least 16 characters"
+    );
+    assert!(
+        bad(
+            "[[api.tokens]]\nname = \"a\"\ntoken_env = \"T\"\nrole = \"root\"\n",
+            &[("T", "0123456789abcdefgh")]
+        )
+        .starts_with("api.tokens[0].role: unknown variant `root`"),
+    );
+    assert_eq!(
+        bad("[[api.tokens]]\nname = \"a\"\nrole = \"read\"\n", &[]),
+        "api.tokens[0].token_env: set exactly one of token_env and token_file"
+    );
 }

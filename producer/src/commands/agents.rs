@@ -145,24 +145,43 @@ pub async fn pool(ctx: &Ctx, command: PoolCommand) -> anyhow::Result<u8> {
 }
 
 async fn enqueue(ctx: &Ctx, job: LifecycleJob, wait: bool) -> anyhow::Result<u8> {
-    if let LifecycleJob::Pause { agent_id }
-    | LifecycleJob::Resume { agent_id }
-    | LifecycleJob::Terminate { agent_id } = &job
-        && agent_id.is_empty()
-    {
-        return Err(Fail::usage("the agent ID is empty").into());
-    }
-    let operation = describe_lifecycle(&job);
-    let spec = JobSpec::lifecycle(job);
-    spec.validate(&ctx.settings.limits())
-        .map_err(|e| Fail::usage(format!("invalid job: {e}")))?;
+    let (id, operation) = enqueue_lifecycle(ctx, job).await?;
+    let queue = &ctx.queues().await?.lifecycle;
+    let fields = json!({"queue": "lifecycle", "operation": operation});
+    announce_or_wait(ctx, queue, QueueKind::Lifecycle, id, wait, fields).await
+}
+
+/// Check a lifecycle job as a submitted job is checked (an empty agent ID, an
+/// unknown profile, a size past its bound: usage errors, nothing written) and put it
+/// on the lifecycle queue; its ID and the operation in words. Shared by the
+/// `agents` and `pool` commands and the HTTP API.
+pub async fn enqueue_lifecycle(
+    ctx: &Ctx,
+    job: LifecycleJob,
+) -> anyhow::Result<(fleet_shared::job::JobId, String)> {
+    let (operation, spec) = lifecycle_spec(ctx, job)?;
     let queue = &ctx.queues().await?.lifecycle;
     let (id, _) = queue
         .enqueue(spec)
         .await
         .with_context(|| format!("submitting `{operation}`"))?;
-    let fields = json!({"queue": "lifecycle", "operation": operation});
-    announce_or_wait(ctx, queue, QueueKind::Lifecycle, id, wait, fields).await
+    Ok((id, operation))
+}
+
+/// The checked job spec of a lifecycle job, and the operation in words.
+pub fn lifecycle_spec(ctx: &Ctx, job: LifecycleJob) -> Result<(String, JobSpec), Fail> {
+    if let LifecycleJob::Pause { agent_id }
+    | LifecycleJob::Resume { agent_id }
+    | LifecycleJob::Terminate { agent_id } = &job
+        && agent_id.trim().is_empty()
+    {
+        return Err(Fail::usage("the agent ID is empty"));
+    }
+    let operation = describe_lifecycle(&job);
+    let spec = JobSpec::lifecycle(job);
+    spec.validate(&ctx.settings.limits())
+        .map_err(|e| Fail::usage(format!("invalid job: {e}")))?;
+    Ok((operation, spec))
 }
 
 #[cfg(test)]

@@ -8,14 +8,15 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use fleet_shared::job::QueueKind;
+use fleet_shared::job::{JobId, QueueKind};
 use fleet_shared::queue::{QueueError, RedisQueue};
 use fleet_shared::results::JobStatus;
 use fleet_shared::time::now_ms;
 use serde_json::json;
 
 use crate::cli::{DeadCommand, Selection};
-use crate::context::{Ctx, parse_id};
+use crate::context::{Ctx, Queues, parse_id, unknown_job};
+use crate::exit::Fail;
 use crate::exit::{FAILED, SUCCESS};
 use crate::output::{DeadRow, emit_json, emit_text, record_json, render_dead_list, render_detail};
 
@@ -81,14 +82,16 @@ async fn show(ctx: &Ctx, raw_id: &str) -> anyhow::Result<u8> {
     Ok(SUCCESS)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Action {
+/// What to do with dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
     Retry,
     Purge,
 }
 
 impl Action {
-    fn done(self) -> &'static str {
+    /// The past tense, which is also the count's name in the JSON answer.
+    pub fn done(self) -> &'static str {
         match self {
             Action::Retry => "requeued",
             Action::Purge => "purged",
@@ -103,6 +106,87 @@ impl Action {
     }
 }
 
+/// What a retry or purge did: how many jobs, and the IDs that were not dead letters
+/// (left alone).
+#[derive(Debug, Default)]
+pub struct DeadOutcome {
+    pub done: u64,
+    pub not_dead: Vec<(String, JobStatus)>,
+}
+
+impl DeadOutcome {
+    /// `{"requeued" | "purged": N, "not_dead": [{id, status}]}`, as `fleet --json dead
+    /// retry|purge` prints it and the HTTP API answers.
+    pub fn to_json(&self, action: Action) -> serde_json::Value {
+        json!({
+            action.done(): self.done,
+            "not_dead": self.not_dead.iter().map(|(id, s)| json!({"id": id, "status": s})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Retry or purge these jobs. Every ID is looked up first: an unknown one stops it
+/// before anything is done (`Err(id)`); one that is not dead is left alone and named.
+pub async fn act_on_ids(
+    queues: &Queues,
+    ids: &[JobId],
+    action: Action,
+) -> anyhow::Result<Result<DeadOutcome, JobId>> {
+    let mut by_queue: [(QueueKind, Vec<String>); 2] = [
+        (QueueKind::Research, Vec::new()),
+        (QueueKind::Lifecycle, Vec::new()),
+    ];
+    let mut outcome = DeadOutcome::default();
+    for id in ids {
+        let Some((kind, record)) = queues.lookup(id).await? else {
+            return Ok(Err(*id));
+        };
+        if record.status != JobStatus::Dead {
+            outcome.not_dead.push((id.to_string(), record.status));
+            continue;
+        }
+        if let Some((_, list)) = by_queue.iter_mut().find(|(k, _)| *k == kind) {
+            list.push(id.to_string());
+        }
+    }
+    for (kind, list) in &by_queue {
+        if !list.is_empty() {
+            outcome.done += action
+                .apply(queues.get(*kind), list, list.len())
+                .await
+                .with_context(|| format!("{} dead jobs", action.done()))?;
+        }
+    }
+    Ok(Ok(outcome))
+}
+
+/// Retry or purge every dead job of these queues, in chunks, at most as many as were
+/// dead when it started (so a job that dies again meanwhile is not looped on).
+pub async fn act_on_all(
+    queues: &Queues,
+    kinds: &[QueueKind],
+    action: Action,
+) -> anyhow::Result<u64> {
+    let mut done = 0;
+    for kind in kinds {
+        let q = queues.get(*kind);
+        let before = q.dead_count().await.context("counting dead jobs")?;
+        let mut n = 0;
+        while n < before {
+            let step = action
+                .apply(q, &[], CHUNK.min((before - n) as usize))
+                .await
+                .with_context(|| format!("{} dead jobs", action.done()))?;
+            if step == 0 {
+                break;
+            }
+            n += step;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 async fn act(ctx: &Ctx, sel: Selection, action: Action) -> anyhow::Result<u8> {
     let ids: Vec<_> = sel
         .ids
@@ -112,59 +196,19 @@ async fn act(ctx: &Ctx, sel: Selection, action: Action) -> anyhow::Result<u8> {
         .into_iter()
         .collect();
     let queues = ctx.queues().await?;
-    let mut done = 0u64;
-    let mut not_dead = Vec::new();
-    if sel.all {
-        for kind in QueueKind::ALL {
-            let q = queues.get(kind);
-            let before = q.dead_count().await.context("counting dead jobs")?;
-            let mut n = 0;
-            while n < before {
-                let step = action
-                    .apply(q, &[], CHUNK.min((before - n) as usize))
-                    .await
-                    .with_context(|| format!("{} dead jobs", action.done()))?;
-                if step == 0 {
-                    break;
-                }
-                n += step;
-            }
-            done += n;
+    let outcome = if sel.all {
+        DeadOutcome {
+            done: act_on_all(queues, &QueueKind::ALL, action).await?,
+            not_dead: Vec::new(),
         }
     } else {
-        let mut by_queue: [(QueueKind, Vec<String>); 2] = [
-            (QueueKind::Research, Vec::new()),
-            (QueueKind::Lifecycle, Vec::new()),
-        ];
-        for id in &ids {
-            let (kind, record) = queues.find(id).await?;
-            if record.status != JobStatus::Dead {
-                not_dead.push((id.to_string(), record.status));
-            }
-            let slot = by_queue.iter_mut().find(|(k, _)| *k == kind);
-            if let Some((_, list)) = slot {
-                list.push(id.to_string());
-            }
-        }
-        for (kind, list) in &by_queue {
-            let list: Vec<String> = list
-                .iter()
-                .filter(|id| !not_dead.iter().any(|(n, _)| n == *id))
-                .cloned()
-                .collect();
-            if !list.is_empty() {
-                done += action
-                    .apply(queues.get(*kind), &list, list.len())
-                    .await
-                    .with_context(|| format!("{} dead jobs", action.done()))?;
-            }
-        }
-    }
+        act_on_ids(queues, &ids, action)
+            .await?
+            .map_err(|id| Fail::usage(unknown_job(&id)))?
+    };
+    let done = outcome.done;
     if ctx.json {
-        emit_json(&json!({
-            action.done(): done,
-            "not_dead": not_dead.iter().map(|(id, s)| json!({"id": id, "status": s})).collect::<Vec<_>>(),
-        }))?;
+        emit_json(&outcome.to_json(action))?;
     } else {
         emit_text(&format!(
             "{} {done} dead job{}",
@@ -172,11 +216,15 @@ async fn act(ctx: &Ctx, sel: Selection, action: Action) -> anyhow::Result<u8> {
             if done == 1 { "" } else { "s" }
         ))?;
     }
-    for (id, status) in &not_dead {
+    for (id, status) in &outcome.not_dead {
         eprintln!(
             "job {id} is not dead-lettered (it is {status}); not {}",
             action.done()
         );
     }
-    Ok(if not_dead.is_empty() { SUCCESS } else { FAILED })
+    Ok(if outcome.not_dead.is_empty() {
+        SUCCESS
+    } else {
+        FAILED
+    })
 }

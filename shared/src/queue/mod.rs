@@ -34,6 +34,7 @@ pub mod attempt;
 pub mod backoff;
 pub mod keys;
 pub mod lease_keeper;
+pub mod listing;
 mod scripts;
 
 use std::sync::Arc;
