@@ -517,7 +517,7 @@ where
 /// An attempt's outcome, as it is written.
 enum Write {
     Complete(Completion),
-    Fail(Settlement, serde_json::Value, AttemptRecord),
+    Fail(Box<(Settlement, serde_json::Value, AttemptRecord)>),
 }
 
 /// How long an attempt keeps trying to write its outcome before it gives up (its lease
@@ -635,7 +635,7 @@ async fn settle(
             };
             let error = json!({"class": err.class, "message": message, "attempt": lease.attempt});
             tracing::info!(job_id = %lease.id, attempt = lease.attempt, class = %err.class, settlement = ?settlement, error = %err.message, "attempt failed");
-            Write::Fail(settlement, error, record)
+            Write::Fail(Box::new((settlement, error, record)))
         }
     };
     // The lease stays held (renewed) while the outcome is written, and a write that
@@ -647,7 +647,8 @@ async fn settle(
     let written = loop {
         let written = match &write {
             Write::Complete(c) => completions.complete(c.clone()).await,
-            Write::Fail(settlement, error, record) => {
+            Write::Fail(failed) => {
+                let (settlement, error, record) = failed.as_ref();
                 queue.fail(lease, *settlement, error, record).await
             }
         };
