@@ -322,8 +322,8 @@ fn check_plan(fake: &FakeE2b) {
     );
     assert_eq!(c.cap_refusals, 0, "the fleet never hit the plan's cap");
     eprintln!(
-        "plan: created {}, resumed {}, paused {}, killed {}, peak running {}, rate 429s {}",
-        c.created, c.resumed, c.pauses, c.killed, c.max_running, c.rate_refusals
+        "plan: created {}, resumed {}, paused {}, killed {}, peak running {}, rate 429s {} (arrived {:?} after the last start)",
+        c.created, c.resumed, c.pauses, c.killed, c.max_running, c.rate_refusals, c.rate_refusal_gaps
     );
 }
 
@@ -400,6 +400,7 @@ async fn second_wave(workers: usize, jobs: usize) {
         true,
     );
     eprintln!("{agents} agents were paused before the second wave");
+    check_plan(&s.fake);
     report(
         &format!("{jobs} jobs after the pool was paused, {workers} worker(s)"),
         &m,

@@ -80,6 +80,8 @@ pub struct Counters {
     /// at its concurrent-sandbox cap, and for coming too soon after the last start.
     pub cap_refusals: usize,
     pub rate_refusals: usize,
+    /// For each rate refusal, how soon after the last accepted start it arrived.
+    pub rate_refusal_gaps: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +194,11 @@ impl World {
                 ));
             }
             let interval = Duration::from_secs_f64(1.0 / plan.starts_per_second.max(1e-6));
-            if self.last_start.is_some_and(|last| at < last + interval) {
+            if let Some(last) = self.last_start.filter(|last| at < *last + interval) {
                 self.counters.rate_refusals += 1;
+                self.counters
+                    .rate_refusal_gaps
+                    .push(at.saturating_duration_since(last));
                 return Err(("Rate limit exceeded".into(), Some(1)));
             }
             self.last_start = Some(at);

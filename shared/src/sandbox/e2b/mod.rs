@@ -696,6 +696,10 @@ impl SandboxProvider for E2bProvider {
         self.failed_kills.lock().unwrap().iter().cloned().collect()
     }
 
+    fn slot_wanted(&self) -> bool {
+        self.limits.slot_wanted()
+    }
+
     async fn retry_failed_kills(&self) -> Vec<String> {
         if self.failed_kills.lock().unwrap().is_empty() {
             return Vec::new();
