@@ -30,6 +30,7 @@
 //! |-------------------|--------|-----------------------------------------------------------|
 //! | `…:slots`         | ZSET   | holder (sandbox ID or `create:<uuid>`) → hold expiry (ms) |
 //! | `…:next_start`    | STRING | the next free start turn (µs, Redis clock)                |
+//! | `…:released`      | ZSET   | holder released by some worker → until when it is remembered (ms) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -60,9 +61,9 @@ fn load(body: &str) -> Script {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire_slot: load(include_str!("lua/acquire_slot-1.lua")),
-    commit_slot: load(include_str!("lua/commit_slot-1.lua")),
-    release_slots: load(include_str!("lua/release_slots-1.lua")),
-    renew_slots: load(include_str!("lua/renew_slots-1.lua")),
+    commit_slot: load(include_str!("lua/commit_slot-2.lua")),
+    release_slots: load(include_str!("lua/release_slots-2.lua")),
+    renew_slots: load(include_str!("lua/renew_slots-2.lua")),
     take_start_token: load(include_str!("lua/take_start_token-1.lua")),
     defer_starts: load(include_str!("lua/defer_starts-1.lua")),
 });
@@ -72,15 +73,17 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 pub struct AdmissionKeys {
     pub slots: String,
     pub next_start: String,
+    pub released: String,
 }
 
 impl AdmissionKeys {
-    /// `<key_prefix>:{<scope>}:slots` and `…:next_start`.
+    /// `<key_prefix>:{<scope>}:slots`, `…:next_start` and `…:released`.
     pub fn new(key_prefix: &str, scope: &str) -> AdmissionKeys {
         let prefix = format!("{key_prefix}:{{{scope}}}:");
         AdmissionKeys {
             slots: format!("{prefix}slots"),
             next_start: format!("{prefix}next_start"),
+            released: format!("{prefix}released"),
         }
     }
 }
@@ -121,6 +124,16 @@ pub enum SlotAnswer {
     Full {
         earliest_expiry: Duration,
     },
+}
+
+/// What [`FleetAdmission::renew_slots`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewed {
+    /// Holds that had expired (the holder stalled) and were put back.
+    pub lost: Vec<String>,
+    /// Holders another worker released (it killed or paused the sandbox): not renewed;
+    /// the caller stops holding them.
+    pub released: Vec<String>,
 }
 
 /// What [`FleetAdmission::take_start_token`] found.
@@ -203,7 +216,7 @@ impl FleetAdmission {
         })
     }
 
-    /// The reservation `reservation` became sandbox `sandbox` (`commit_slot-1.lua`).
+    /// The reservation `reservation` became sandbox `sandbox` (`commit_slot-2.lua`).
     /// False when the reservation had expired (the sandbox got a slot anyway).
     pub async fn commit_slot(
         &self,
@@ -213,6 +226,7 @@ impl FleetAdmission {
         let held: i64 = SCRIPTS
             .commit_slot
             .key(&self.keys.slots)
+            .key(&self.keys.released)
             .arg(reservation)
             .arg(sandbox)
             .arg(self.hold_ms())
@@ -221,7 +235,8 @@ impl FleetAdmission {
         Ok(held == 1)
     }
 
-    /// Free the slots of `holders` (`release_slots-1.lua`); how many held one.
+    /// Free the slots of `holders` (`release_slots-2.lua`); how many held one. The
+    /// workers that held them stop renewing them at their next renewal.
     pub async fn release_slots(&self, holders: &[&str]) -> Result<usize, AdmissionError> {
         if holders.is_empty() {
             return Ok(0);
@@ -229,25 +244,28 @@ impl FleetAdmission {
         let n: i64 = SCRIPTS
             .release_slots
             .key(&self.keys.slots)
+            .key(&self.keys.released)
+            .arg(self.hold_ms())
             .arg(holders)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n.max(0) as usize)
     }
 
-    /// Extend the holds of `holders` (`renew_slots-1.lua`); the ones that had lost
-    /// their slot (and were given one back).
-    pub async fn renew_slots(&self, holders: &[String]) -> Result<Vec<String>, AdmissionError> {
+    /// Extend the holds of `holders` (`renew_slots-2.lua`).
+    pub async fn renew_slots(&self, holders: &[String]) -> Result<Renewed, AdmissionError> {
         if holders.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Renewed::default());
         }
-        Ok(SCRIPTS
+        let (lost, released): (Vec<String>, Vec<String>) = SCRIPTS
             .renew_slots
             .key(&self.keys.slots)
+            .key(&self.keys.released)
             .arg(self.hold_ms())
             .arg(holders)
             .invoke_async(&mut self.conn.clone())
-            .await?)
+            .await?;
+        Ok(Renewed { lost, released })
     }
 
     /// Take the next start turn if it is at most `max_wait` away
@@ -299,6 +317,7 @@ mod tests {
         let k = AdmissionKeys::new("fleet", "e2b");
         assert_eq!(k.slots, "fleet:{e2b}:slots");
         assert_eq!(k.next_start, "fleet:{e2b}:next_start");
+        assert_eq!(k.released, "fleet:{e2b}:released");
     }
 
     #[test]

@@ -331,10 +331,19 @@ impl PlanLimits {
             s.running.iter().chain(s.reserved.iter()).cloned().collect()
         };
         match fleet.renew_slots(&holders).await {
-            Ok(lost) if !lost.is_empty() => {
-                tracing::warn!(holders = ?lost, "fleet slots had expired (renewals stalled); taken back");
+            Ok(renewed) => {
+                if !renewed.lost.is_empty() {
+                    tracing::warn!(holders = ?renewed.lost, "fleet slots had expired (renewals stalled); taken back");
+                }
+                if !renewed.released.is_empty() {
+                    // Another worker killed or paused them: they no longer run here.
+                    tracing::debug!(holders = ?renewed.released, "fleet slots released by another worker");
+                    let mut s = self.state.lock().unwrap();
+                    for id in &renewed.released {
+                        s.running.remove(id);
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not renew fleet slots"),
         }
     }
