@@ -32,6 +32,8 @@ const PLAN_SANDBOXES: usize = 20;
 const STARTS_PER_SECOND: f64 = 1.0;
 /// What the test agent sleeps.
 const JOB_SECS: f64 = 2.0;
+/// The fake's `Retry-After` on a rate refusal.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One scenario at a time: they measure time on a 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -108,7 +110,8 @@ creates_per_second = {STARTS_PER_SECOND:?}
 
     /// Submit `n` jobs (ephemeral or pooled) as one batch and wait for them all; the
     /// submission time (ns) and the runs they recorded.
-    async fn wave(&self, name: &str, n: usize, ephemeral: bool) -> (u128, Vec<Run>) {
+    async fn wave(&self, name: &str, n: usize, ephemeral: bool) -> (u128, Vec<Run>, usize) {
+        let refused_before = self.fake.counters().rate_refusal_gaps.len();
         let specs: Vec<JobSpec> = (0..n)
             .map(|i| {
                 let mut spec = JobSpec::research(format!("{name}-{i}"), "test");
@@ -147,7 +150,17 @@ creates_per_second = {STARTS_PER_SECOND:?}
             .filter(|r| r.query.starts_with(&prefix))
             .collect();
         assert_eq!(runs.len(), n, "each job of {name} ran once");
-        (submitted, runs)
+        // The fleet spaces its starts by the plan's interval plus a 20 ms margin; a
+        // start that reached the fake sooner than the interval after the previous one
+        // was sent in its turn but delayed on the way (a loaded machine): E2B refuses
+        // it (429, Retry-After 1 s) and every start waits that second. One refused
+        // well before its turn would be a scheduling fault: none may be.
+        let gaps: Vec<Duration> = self.fake.counters().rate_refusal_gaps[refused_before..].to_vec();
+        assert!(
+            gaps.iter().all(|g| *g >= Duration::from_millis(900)),
+            "{name}: starts were sent out of turn: refused {gaps:?} after the previous start"
+        );
+        (submitted, runs, gaps.len())
     }
 
     fn stop(mut self) {
@@ -181,6 +194,8 @@ struct Measured {
     /// Fastest sandbox-running to first-job-start (s).
     ready: f64,
     agents: usize,
+    /// Starts refused for arriving early (machine delays), each adding RETRY_AFTER.
+    refused: usize,
 }
 
 impl Measured {
@@ -204,7 +219,10 @@ impl Measured {
 ///   last job ends `job` (median command length) after it starts; with `reuse` off
 ///   (ephemeral jobs) an agent runs one job;
 /// - at most PLAN_SANDBOXES at once, and jobs are spread greedily over agents as they
-///   free up (no schedule does better with identical jobs).
+///   free up (no schedule does better with identical jobs);
+/// - plus `RETRY_AFTER` for each start the fake refused for arriving early because
+///   the machine delayed it ([`Scenario::wave`] checks they were sent in turn): the
+///   plan then holds every start back that long.
 fn bound(
     submitted: u128,
     runs: &[Run],
@@ -212,6 +230,7 @@ fn bound(
     head: Duration,
     latency: Duration,
     reuse: bool,
+    refused: usize,
 ) -> Measured {
     // The start (create or resume) that brought up each backing sandbox, its latest
     // before the sandbox's first job in this wave.
@@ -268,7 +287,8 @@ fn bound(
     Measured {
         jobs: runs.len(),
         makespan: secs(last_end - submitted),
-        bound: secs(end),
+        bound: secs(end) + refused as f64 * RETRY_AFTER.as_secs_f64(),
+        refused,
         job: secs(job),
         cycle: secs(cycle),
         ready: secs(ready),
@@ -284,17 +304,21 @@ fn ephemeral_bound(
     starts: &[StartRecord],
     head: Duration,
     latency: Duration,
+    refused: usize,
 ) -> Measured {
-    let mut m = bound(submitted, runs, starts, head, latency, true);
+    let mut m = bound(submitted, runs, starts, head, latency, true, refused);
     let first = head.as_secs_f64() + latency.as_secs_f64() + m.ready;
-    m.bound = first + (runs.len() - 1) as f64 / STARTS_PER_SECOND + m.job;
+    m.bound = first
+        + (runs.len() - 1) as f64 / STARTS_PER_SECOND
+        + m.job
+        + refused as f64 * RETRY_AFTER.as_secs_f64();
     m
 }
 
 fn report(what: &str, m: &Measured, limit: f64) {
     assert!(m.job >= JOB_SECS, "jobs ran their 2 s: {m:?}");
     eprintln!(
-        "{what}: {} jobs in {:.2} s, bound {:.2} s, ratio {:.3} (limit {limit}); job {:.3} s, cycle {:.3} s, ready {:.3} s, {} agents",
+        "{what}: {} jobs in {:.2} s, bound {:.2} s, ratio {:.3} (limit {limit}); job {:.3} s, cycle {:.3} s, ready {:.3} s, {} agents, {} late starts refused",
         m.jobs,
         m.makespan,
         m.bound,
@@ -302,7 +326,8 @@ fn report(what: &str, m: &Measured, limit: f64) {
         m.job,
         m.cycle,
         m.ready,
-        m.agents
+        m.agents,
+        m.refused
     );
     assert!(
         m.ratio() <= limit,
@@ -332,7 +357,7 @@ async fn cold_pool(workers: usize, jobs: usize) {
     // Enough handlers that a freed agent always has a job waiting for it.
     let concurrency = (PLAN_SANDBOXES + 4).div_ceil(workers);
     let s = Scenario::start(workers, concurrency, "").await;
-    let (submitted, runs) = s.wave("cold", jobs, false).await;
+    let (submitted, runs, refused) = s.wave("cold", jobs, false).await;
     let m = bound(
         submitted,
         &runs,
@@ -340,6 +365,7 @@ async fn cold_pool(workers: usize, jobs: usize) {
         Duration::ZERO,
         Latencies::realistic().create,
         true,
+        refused,
     );
     check_plan(&s.fake);
     report(
@@ -390,7 +416,7 @@ async fn second_wave(workers: usize, jobs: usize) {
             },
         )
         .await;
-    let (submitted, runs) = s.wave("second", jobs, false).await;
+    let (submitted, runs, refused) = s.wave("second", jobs, false).await;
     let m = bound(
         submitted,
         &runs,
@@ -398,6 +424,7 @@ async fn second_wave(workers: usize, jobs: usize) {
         Duration::ZERO,
         Latencies::realistic().resume,
         true,
+        refused,
     );
     eprintln!("{agents} agents were paused before the second wave");
     check_plan(&s.fake);
@@ -420,7 +447,7 @@ async fn ephemeral_at_a_full_plan(workers: usize, jobs: usize) {
             (s.fake.counters().running == PLAN_SANDBOXES).then_some(())
         })
         .await;
-    let (submitted, runs) = s.wave("ephemeral", jobs, true).await;
+    let (submitted, runs, refused) = s.wave("ephemeral", jobs, true).await;
     let m = ephemeral_bound(
         submitted,
         &runs,
@@ -428,6 +455,7 @@ async fn ephemeral_at_a_full_plan(workers: usize, jobs: usize) {
         // The first create needs a plan slot: an idle agent killed first.
         Latencies::realistic().kill,
         Latencies::realistic().create,
+        refused,
     );
     check_plan(&s.fake);
     report(

@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use fleet_shared::sandbox::SandboxSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -102,7 +102,14 @@ fn admit<'a>(s: &'a Shared, arrived: Instant) -> Result<Starting<'a>, Response> 
         .map_err(|(message, retry_after)| plan_refusal(&message, retry_after))
 }
 
-async fn guard(AxState(s): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// When a request reached the server, stamped before anything else is done with it:
+/// what E2B's rate limit counts.
+#[derive(Debug, Clone, Copy)]
+struct Arrived(Instant, SystemTime);
+
+async fn guard(AxState(s): AxState<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut()
+        .insert(Arrived(Instant::now(), SystemTime::now()));
     sweep(&s).await;
     match s.faults.take_control_fault() {
         Some(ControlFault::Status(code)) => return api_error(code, "fault injected by the fake"),
@@ -337,9 +344,11 @@ fn check_timeout(t: i64) -> Result<Duration, Response> {
     Ok(Duration::from_secs(t as u64))
 }
 
-async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let arrived = Instant::now();
-    let arrived_at = SystemTime::now();
+async fn create(
+    AxState(s): AxState<Arc<Shared>>,
+    Extension(Arrived(arrived, arrived_at)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
     let req: NewSandboxIn = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return api_error(400, &format!("invalid body: {e}")),
@@ -541,10 +550,9 @@ async fn set_timeout(
 async fn connect(
     AxState(s): AxState<Arc<Shared>>,
     Path(id): Path<String>,
+    Extension(Arrived(arrived, arrived_at)): Extension<Arrived>,
     body: Bytes,
 ) -> Response {
-    let arrived = Instant::now();
-    let arrived_at = SystemTime::now();
     let Ok(req) = serde_json::from_slice::<TimeoutIn>(&body) else {
         return api_error(400, "invalid body");
     };
