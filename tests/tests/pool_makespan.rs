@@ -44,7 +44,10 @@ echo "$s $(date +%s%N) $(pwd) $q" >> {dir}/runs
 printf 'answer: %s' "$q""#;
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn ns(t: SystemTime) -> u128 {
@@ -122,7 +125,11 @@ creates_per_second = {STARTS_PER_SECOND:?}
             })
             .collect();
         let submitted = now_ns();
-        self.fleet.queue.enqueue_many(specs, Some(name)).await.unwrap();
+        self.fleet
+            .queue
+            .enqueue_many(specs, Some(name))
+            .await
+            .unwrap();
         self.fleet
             .wait_batch_final(name, n as u64, Duration::from_secs(300))
             .await;
@@ -250,7 +257,9 @@ fn bound(
         let first = rs[0].start;
         if let Some(up) = starts
             .iter()
-            .filter(|s| s.backing == *backing && ns(s.running) <= first && ns(s.arrived) >= submitted)
+            .filter(|s| {
+                s.backing == *backing && ns(s.running) <= first && ns(s.arrived) >= submitted
+            })
             .map(|s| ns(s.running))
             .max()
         {
@@ -264,7 +273,10 @@ fn bound(
     } else {
         median(cycles)
     };
-    let ready = *ready.iter().min().expect("some agent was started in this wave");
+    let ready = *ready
+        .iter()
+        .min()
+        .expect("some agent was started in this wave");
     let interval = (1e9 / STARTS_PER_SECOND) as u128;
     let first = head.as_nanos() + latency.as_nanos() + ready;
     // Min-heap of when each agent can start its next job (ns after submission).
@@ -348,7 +360,13 @@ fn check_plan(fake: &FakeE2b) {
     assert_eq!(c.cap_refusals, 0, "the fleet never hit the plan's cap");
     eprintln!(
         "plan: created {}, resumed {}, paused {}, killed {}, peak running {}, rate 429s {} (arrived {:?} after the last start)",
-        c.created, c.resumed, c.pauses, c.killed, c.max_running, c.rate_refusals, c.rate_refusal_gaps
+        c.created,
+        c.resumed,
+        c.pauses,
+        c.killed,
+        c.max_running,
+        c.rate_refusals,
+        c.rate_refusal_gaps
     );
 }
 
