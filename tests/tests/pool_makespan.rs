@@ -160,11 +160,12 @@ creates_per_second = {STARTS_PER_SECOND:?}
         // The fleet spaces its starts by the plan's interval plus a 20 ms margin; a
         // start that reached the fake sooner than the interval after the previous one
         // was sent in its turn but delayed on the way (a loaded machine): E2B refuses
-        // it (429, Retry-After 1 s) and every start waits that second. One refused
-        // well before its turn would be a scheduling fault: none may be.
+        // it (429, Retry-After 1 s) and every start waits that second. (Seen: up to
+        // 176 ms late under load.) One refused well before its turn — within 750 ms of
+        // the previous start — would be a scheduling fault: none may be.
         let gaps: Vec<Duration> = self.fake.counters().rate_refusal_gaps[refused_before..].to_vec();
         assert!(
-            gaps.iter().all(|g| *g >= Duration::from_millis(900)),
+            gaps.iter().all(|g| *g >= Duration::from_millis(750)),
             "{name}: starts were sent out of turn: refused {gaps:?} after the previous start"
         );
         (submitted, runs, gaps.len())
