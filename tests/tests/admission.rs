@@ -113,6 +113,7 @@ async fn an_expired_holders_slot_is_reclaimed_and_a_renewed_one_is_kept() {
                 live.renew_slots(&["sbx-live".into()])
                     .await
                     .unwrap()
+                    .lost
                     .is_empty()
             );
             (newcomer.acquire_slot("create:new").await.unwrap() == SlotAnswer::Taken).then_some(())
@@ -168,12 +169,21 @@ async fn a_reservation_becomes_the_sandbox_and_its_release_frees_the_slot() {
         a.acquire_slot("create:r2").await.unwrap(),
         SlotAnswer::Taken
     );
-    // A renewal finds a lost hold and puts it back (it is running: it counts).
+    // Released by another worker (it paused or killed the sandbox): the holder's next
+    // renewal does not bring it back, and tells the holder to let it go.
     assert_eq!(b.release_slots(&["create:r2"]).await.unwrap(), 1);
+    let renewed = a.renew_slots(&["create:r2".into()]).await.unwrap();
+    assert_eq!(renewed.released, vec!["create:r2".to_string()]);
+    assert!(renewed.lost.is_empty());
+    assert_eq!(a.held_slots().await.unwrap(), 0);
+    // Resumed later (by anyone): its slot is renewed again.
     assert_eq!(
-        a.renew_slots(&["create:r2".into()]).await.unwrap(),
-        vec!["create:r2".to_string()]
+        a.acquire_slot("create:r3").await.unwrap(),
+        SlotAnswer::Taken
     );
+    assert!(a.commit_slot("create:r3", "create:r2").await.unwrap());
+    let renewed = a.renew_slots(&["create:r2".into()]).await.unwrap();
+    assert_eq!(renewed, Default::default());
     assert_eq!(a.held_slots().await.unwrap(), 1);
 }
 

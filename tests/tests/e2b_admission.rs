@@ -146,7 +146,7 @@ creates_per_second = 1.0
         c.cap_refusals, 0,
         "the fleet kept under the plan's cap: E2B never had to refuse"
     );
-    // The rate is kept with a 50 ms margin on 1 s; the fake measures arrivals in its
+    // The rate is kept with a 20 ms margin on 1 s; the fake measures arrivals in its
     // handler, so on a loaded machine one gap can still look a little short. Such a
     // 429 is waited out (no job saw one, above); without shared turns three workers
     // would send ~3 starts a second and be refused dozens of times.

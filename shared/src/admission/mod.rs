@@ -30,6 +30,7 @@
 //! |-------------------|--------|-----------------------------------------------------------|
 //! | `…:slots`         | ZSET   | holder (sandbox ID or `create:<uuid>`) → hold expiry (ms) |
 //! | `…:next_start`    | STRING | the next free start turn (µs, Redis clock)                |
+//! | `…:released`      | ZSET   | holder released by some worker → until when it is remembered (ms) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -60,9 +61,9 @@ fn load(body: &str) -> Script {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire_slot: load(include_str!("lua/acquire_slot-1.lua")),
-    commit_slot: load(include_str!("lua/commit_slot-1.lua")),
-    release_slots: load(include_str!("lua/release_slots-1.lua")),
-    renew_slots: load(include_str!("lua/renew_slots-1.lua")),
+    commit_slot: load(include_str!("lua/commit_slot-2.lua")),
+    release_slots: load(include_str!("lua/release_slots-2.lua")),
+    renew_slots: load(include_str!("lua/renew_slots-2.lua")),
     take_start_token: load(include_str!("lua/take_start_token-1.lua")),
     defer_starts: load(include_str!("lua/defer_starts-1.lua")),
 });
@@ -72,15 +73,17 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 pub struct AdmissionKeys {
     pub slots: String,
     pub next_start: String,
+    pub released: String,
 }
 
 impl AdmissionKeys {
-    /// `<key_prefix>:{<scope>}:slots` and `…:next_start`.
+    /// `<key_prefix>:{<scope>}:slots`, `…:next_start` and `…:released`.
     pub fn new(key_prefix: &str, scope: &str) -> AdmissionKeys {
         let prefix = format!("{key_prefix}:{{{scope}}}:");
         AdmissionKeys {
             slots: format!("{prefix}slots"),
             next_start: format!("{prefix}next_start"),
+            released: format!("{prefix}released"),
         }
     }
 }
@@ -99,13 +102,14 @@ pub struct Plan {
 
 impl Plan {
     /// A plan of `max_running` sandboxes and `starts_per_second`, with a small margin
-    /// on the spacing (5 % of the interval, at most 50 ms): the provider counts
-    /// arrival times, not our send times.
+    /// on the spacing (5 % of the interval, at most 20 ms): the provider counts
+    /// arrival times, not our send times. Small, because on a full plan every start
+    /// pays it: at 1/s, 20 sandboxes come up 0.4 s later than the plan allows.
     pub fn new(max_running: u32, starts_per_second: f64, hold: Duration) -> Plan {
         let interval = Duration::from_secs_f64(1.0 / starts_per_second.max(1e-6));
         Plan {
             max_running: max_running.max(1),
-            start_interval: interval + (interval / 20).min(Duration::from_millis(50)),
+            start_interval: interval + (interval / 20).min(Duration::from_millis(20)),
             hold: hold.max(Duration::from_secs(1)),
         }
     }
@@ -120,6 +124,16 @@ pub enum SlotAnswer {
     Full {
         earliest_expiry: Duration,
     },
+}
+
+/// What [`FleetAdmission::renew_slots`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewed {
+    /// Holds that had expired (the holder stalled) and were put back.
+    pub lost: Vec<String>,
+    /// Holders another worker released (it killed or paused the sandbox): not renewed;
+    /// the caller stops holding them.
+    pub released: Vec<String>,
 }
 
 /// What [`FleetAdmission::take_start_token`] found.
@@ -198,7 +212,7 @@ impl FleetAdmission {
         })
     }
 
-    /// The reservation `reservation` became sandbox `sandbox` (`commit_slot-1.lua`).
+    /// The reservation `reservation` became sandbox `sandbox` (`commit_slot-2.lua`).
     /// False when the reservation had expired (the sandbox got a slot anyway).
     pub async fn commit_slot(
         &self,
@@ -208,6 +222,7 @@ impl FleetAdmission {
         let held: i64 = SCRIPTS
             .commit_slot
             .key(&self.keys.slots)
+            .key(&self.keys.released)
             .arg(reservation)
             .arg(sandbox)
             .arg(self.hold_ms())
@@ -216,7 +231,8 @@ impl FleetAdmission {
         Ok(held == 1)
     }
 
-    /// Free the slots of `holders` (`release_slots-1.lua`); how many held one.
+    /// Free the slots of `holders` (`release_slots-2.lua`); how many held one. The
+    /// workers that held them stop renewing them at their next renewal.
     pub async fn release_slots(&self, holders: &[&str]) -> Result<usize, AdmissionError> {
         if holders.is_empty() {
             return Ok(0);
@@ -224,25 +240,28 @@ impl FleetAdmission {
         let n: i64 = SCRIPTS
             .release_slots
             .key(&self.keys.slots)
+            .key(&self.keys.released)
+            .arg(self.hold_ms())
             .arg(holders)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n.max(0) as usize)
     }
 
-    /// Extend the holds of `holders` (`renew_slots-1.lua`); the ones that had lost
-    /// their slot (and were given one back).
-    pub async fn renew_slots(&self, holders: &[String]) -> Result<Vec<String>, AdmissionError> {
+    /// Extend the holds of `holders` (`renew_slots-2.lua`).
+    pub async fn renew_slots(&self, holders: &[String]) -> Result<Renewed, AdmissionError> {
         if holders.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Renewed::default());
         }
-        Ok(SCRIPTS
+        let (lost, released): (Vec<String>, Vec<String>) = SCRIPTS
             .renew_slots
             .key(&self.keys.slots)
+            .key(&self.keys.released)
             .arg(self.hold_ms())
             .arg(holders)
             .invoke_async(&mut self.conn.clone())
-            .await?)
+            .await?;
+        Ok(Renewed { lost, released })
     }
 
     /// Take the next start turn if it is at most `max_wait` away
@@ -294,12 +313,13 @@ mod tests {
         let k = AdmissionKeys::new("fleet", "e2b");
         assert_eq!(k.slots, "fleet:{e2b}:slots");
         assert_eq!(k.next_start, "fleet:{e2b}:next_start");
+        assert_eq!(k.released, "fleet:{e2b}:released");
     }
 
     #[test]
     fn the_start_interval_has_a_small_margin() {
         let p = Plan::new(5, 1.0, Duration::from_secs(30));
-        assert_eq!(p.start_interval, Duration::from_millis(1050));
+        assert_eq!(p.start_interval, Duration::from_millis(1020));
         let p = Plan::new(5, 5.0, Duration::from_secs(30));
         assert_eq!(p.start_interval, Duration::from_millis(210));
     }

@@ -295,8 +295,12 @@ struct PoolCore {
 /// Sandboxes live this much longer than the attempt that leases them.
 const SANDBOX_MARGIN: Duration = Duration::from_secs(60);
 /// An ephemeral job's launch still waiting after this long evicts an idle agent (it
-/// may be waiting for a plan slot that idle agents hold).
+/// may be waiting for a plan slot that idle agents hold), even if the provider does
+/// not say it waits for one.
 const EVICT_AFTER: Duration = Duration::from_secs(1);
+/// How often an ephemeral job's launch asks the provider whether it waits for a plan
+/// slot (then it evicts an idle agent at once).
+const SLOT_WANTED_POLL: Duration = Duration::from_millis(20);
 /// At shutdown, how much longer than the drain timeout background work on agents
 /// (a create already sent, a kill) may take before the process stops anyway.
 const BACKGROUND_GRACE: Duration = Duration::from_secs(15);
@@ -851,12 +855,19 @@ impl AgentPool {
                 }
             } else if ephemeral {
                 // At a provider's plan limit the create waits for a slot; idle warm
-                // agents must not starve it: after a moment, evict one to make room.
+                // agents must not starve it: as soon as the provider says a create
+                // waits for a slot (or after a moment, whatever it says), evict one.
                 let launch = core.launch(profile, false, Some(job), true, timeout);
                 tokio::pin!(launch);
+                let slot_wanted = async {
+                    let give_up = tokio::time::Instant::now() + EVICT_AFTER;
+                    while !core.provider.slot_wanted() && tokio::time::Instant::now() < give_up {
+                        tokio::time::sleep(SLOT_WANTED_POLL).await;
+                    }
+                };
                 let launched = tokio::select! {
                     r = &mut launch => r,
-                    _ = tokio::time::sleep(EVICT_AFTER) => {
+                    _ = slot_wanted => {
                         self.evict_one_idle_anywhere().await;
                         launch.await
                     }

@@ -4,8 +4,10 @@
 //! applying it at once cannot both act on one agent.
 //!
 //! - **Idle pause** (`pool.idle_pause_after_secs`, idle policy `keep`): the agent idle
-//!   longest is paused, one at a time, and never below `min_idle` warm agents — so a
-//!   job arriving meanwhile finds an idle agent instead of watching one be paused.
+//!   longest is marked and paused, one per round, and never below `min_idle` warm
+//!   agents — so a job arriving meanwhile finds an idle agent instead of watching one
+//!   be paused. The pause (seconds at E2B) goes on in the background, so the rounds,
+//!   and the next agent's pause, do not wait for it.
 //! - **Paused kill** (`pool.kill_paused_after_secs`): pooled agents paused that long
 //!   are terminated (persistent agents are kept).
 //! - **Lifetime** (`pool.max_lifetime_secs`, the provider's sandbox lifetime limit: 1 h
@@ -136,8 +138,13 @@ pub async fn apply(pool: &AgentPool) {
                 .await
         {
             tracing::info!(agent_id = %oldest.agent_id, "pausing an agent idle for {after}s");
-            core.finish_pause(&oldest.agent_id, profile, &sandbox_id, fence)
-                .await;
+            // Shutdown waits for it (the tracker), so no pause is left half done.
+            let (core, agent_id, profile) =
+                (core.clone(), oldest.agent_id.clone(), profile.clone());
+            pool.core.tasks.spawn(async move {
+                core.finish_pause(&agent_id, &profile, &sandbox_id, fence)
+                    .await
+            });
         }
 
         // Warm minimum: one launch per round, within max_agents (the launch script

@@ -264,6 +264,13 @@ pub trait SandboxProvider: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether a create or resume is waiting now because the provider's plan is full
+    /// (every concurrent-sandbox slot taken). The pool then ends an idle agent to make
+    /// room for a job that needs a fresh sandbox. Providers without such a limit: never.
+    fn slot_wanted(&self) -> bool {
+        false
+    }
+
     /// The sandbox's latest resource-use sample. `Ok(None)`: the provider does not
     /// report metrics, or has no recent sample (a paused or just-started sandbox).
     /// For monitoring only: callers bound the time it may take and never fail

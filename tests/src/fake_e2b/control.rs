@@ -21,12 +21,12 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use fleet_shared::sandbox::SandboxSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::faults::ControlFault;
+use super::faults::{Call, ControlFault};
 use super::openapi::{OpenApi, RequestParts};
 use super::{FakeSandbox, Shared, State, new_sandbox_id, new_token, rfc3339};
 
@@ -102,7 +102,14 @@ fn admit<'a>(s: &'a Shared, arrived: Instant) -> Result<Starting<'a>, Response> 
         .map_err(|(message, retry_after)| plan_refusal(&message, retry_after))
 }
 
-async fn guard(AxState(s): AxState<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// When a request reached the server, stamped before anything else is done with it:
+/// what E2B's rate limit counts.
+#[derive(Debug, Clone, Copy)]
+struct Arrived(Instant, SystemTime);
+
+async fn guard(AxState(s): AxState<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut()
+        .insert(Arrived(Instant::now(), SystemTime::now()));
     sweep(&s).await;
     match s.faults.take_control_fault() {
         Some(ControlFault::Status(code)) => return api_error(code, "fault injected by the fake"),
@@ -215,6 +222,18 @@ async fn pause_sandbox(s: &Shared, id: &str) -> Result<(), u16> {
     s.provider.pause(&inner).await.map_err(|_| 500u16)
 }
 
+/// Spend the time `call` takes at E2B ([`super::Latencies`]).
+async fn sleep_for(s: &Shared, call: Call) {
+    let d = s.faults.latency(call);
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+fn exists(s: &Shared, id: &str) -> bool {
+    s.world.lock().unwrap().sandboxes.contains_key(id)
+}
+
 fn template_id(name: &str) -> String {
     format!("tpl_{name}")
 }
@@ -325,8 +344,11 @@ fn check_timeout(t: i64) -> Result<Duration, Response> {
     Ok(Duration::from_secs(t as u64))
 }
 
-async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    let arrived = Instant::now();
+async fn create(
+    AxState(s): AxState<Arc<Shared>>,
+    Extension(Arrived(arrived, arrived_at)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
     let req: NewSandboxIn = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return api_error(400, &format!("invalid body: {e}")),
@@ -350,6 +372,8 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
             &format!("invalid denyOut entry {bad:?}: only IP addresses and CIDR blocks"),
         );
     }
+    // Starting a microVM takes time; the create counts against the plan meanwhile.
+    sleep_for(&s, Call::Create).await;
     // The backing sandbox runs locally: the fake records egress rules, never enforces them.
     let spec = SandboxSpec {
         template: req.template_id.clone(),
@@ -392,6 +416,13 @@ async fn create(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
         next_pid: 100,
     };
     let body = sandbox_json(&sb);
+    w.start_log.push(super::StartRecord {
+        sandbox_id: sb.id.clone(),
+        backing: sb.inner.clone(),
+        resume: false,
+        arrived: arrived_at,
+        running: now,
+    });
     w.sandboxes.insert(sb.id.clone(), sb);
     w.counters.created += 1;
     starting.started(&mut w);
@@ -483,6 +514,9 @@ async fn list(AxState(s): AxState<Arc<Shared>>, RawQuery(q): RawQuery) -> Respon
 }
 
 async fn kill(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if exists(&s, &id) {
+        sleep_for(&s, Call::Kill).await;
+    }
     if kill_sandbox(&s, &id).await {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -516,9 +550,9 @@ async fn set_timeout(
 async fn connect(
     AxState(s): AxState<Arc<Shared>>,
     Path(id): Path<String>,
+    Extension(Arrived(arrived, arrived_at)): Extension<Arrived>,
     body: Bytes,
 ) -> Response {
-    let arrived = Instant::now();
     let Ok(req) = serde_json::from_slice::<TimeoutIn>(&body) else {
         return api_error(400, "invalid body");
     };
@@ -553,6 +587,7 @@ async fn connect(
         Ok(g) => g,
         Err(r) => return r,
     };
+    sleep_for(&s, Call::Resume).await;
     let (old_inner, spec) = paused;
     let inner = if s.faults.pause_keeps_files() {
         match s.provider.connect(&old_inner, timeout).await {
@@ -577,6 +612,14 @@ async fn connect(
     sb.started_at = now;
     sb.end_at = now + timeout;
     let body = sandbox_json(sb);
+    let record = super::StartRecord {
+        sandbox_id: id.clone(),
+        backing: sb.inner.clone(),
+        resume: true,
+        arrived: arrived_at,
+        running: now,
+    };
+    w.start_log.push(record);
     w.counters.resumed += 1;
     starting.started(&mut w);
     w.started(arrived);
@@ -584,6 +627,17 @@ async fn connect(
 }
 
 async fn pause(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    // Snapshotting takes time; the sandbox runs (and counts) until it is done.
+    let running = s
+        .world
+        .lock()
+        .unwrap()
+        .sandboxes
+        .get(&id)
+        .is_some_and(|sb| sb.state == State::Running);
+    if running {
+        sleep_for(&s, Call::Pause).await;
+    }
     match pause_sandbox(&s, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(404) => not_found(&id),

@@ -37,9 +37,57 @@ pub struct Plan {
     pub starts_per_second: f64,
 }
 
+/// How long the fake takes over each control-plane call that does work, as E2B does
+/// (its control plane starts a microVM, snapshots it, tears it down). The time is
+/// spent inside the handler, before the effect: a create or resume counts against the
+/// plan as starting meanwhile, a sandbox being paused or killed still runs (and
+/// counts) until its call returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latencies {
+    /// `POST /sandboxes`.
+    pub create: Duration,
+    /// `POST /sandboxes/{id}/connect` of a paused sandbox (a resume; connecting to a
+    /// running one only extends its TTL and takes no time).
+    pub resume: Duration,
+    /// `POST /sandboxes/{id}/pause`.
+    pub pause: Duration,
+    /// `DELETE /sandboxes/{id}`.
+    pub kill: Duration,
+    /// Each call's latency is drawn uniformly within ± this fraction (0..1) of its
+    /// value, which is so the median; drawn from a seeded generator, so a run with the
+    /// same seed and the same order of calls gets the same latencies.
+    pub jitter: f64,
+    pub seed: u64,
+}
+
+impl Latencies {
+    /// E2B as measured from a client near it: create p50 ≈ 450 ms, resume ≈ 1 s,
+    /// pause ≈ 2 s, kill ≈ 200 ms, each ± 20 %.
+    pub fn realistic() -> Latencies {
+        Latencies {
+            create: Duration::from_millis(450),
+            resume: Duration::from_secs(1),
+            pause: Duration::from_secs(2),
+            kill: Duration::from_millis(200),
+            jitter: 0.2,
+            seed: 0x1a7e,
+        }
+    }
+}
+
+/// The control-plane calls that take time ([`Latencies`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Create,
+    Resume,
+    Pause,
+    Kill,
+}
+
 #[derive(Debug)]
 struct State {
     rng: StdRng,
+    latencies: Option<(Latencies, StdRng)>,
     fail_next: VecDeque<ControlFault>,
     error_rate: f64,
     error_status: u16,
@@ -58,6 +106,7 @@ impl Default for State {
     fn default() -> Self {
         Self {
             rng: StdRng::seed_from_u64(0x0e2b),
+            latencies: None,
             fail_next: VecDeque::new(),
             error_rate: 0.0,
             error_status: 503,
@@ -167,6 +216,31 @@ impl Faults {
     /// Refusals are counted in [`super::Counters`] (`cap_refusals`, `rate_refusals`).
     pub fn set_plan(&self, plan: Option<Plan>) {
         self.with(|s| s.plan = plan);
+    }
+
+    /// Give create, resume, pause and kill the time they take at E2B (`None`: none).
+    pub fn set_latencies(&self, latencies: Option<Latencies>) {
+        self.with(|s| s.latencies = latencies.map(|l| (l, StdRng::seed_from_u64(l.seed))));
+    }
+
+    /// How long `call` takes this time (zero without latencies).
+    pub(crate) fn latency(&self, call: Call) -> Duration {
+        self.with(|s| {
+            let Some((l, rng)) = &mut s.latencies else {
+                return Duration::ZERO;
+            };
+            let median = match call {
+                Call::Create => l.create,
+                Call::Resume => l.resume,
+                Call::Pause => l.pause,
+                Call::Kill => l.kill,
+            };
+            let j = l.jitter.clamp(0.0, 0.99);
+            if j == 0.0 {
+                return median;
+            }
+            median.mul_f64(rng.random_range(1.0 - j..=1.0 + j))
+        })
     }
 
     pub(crate) fn plan(&self) -> Option<Plan> {

@@ -40,7 +40,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Faults, NotFoundBody, Plan};
+pub use faults::{Faults, Latencies, NotFoundBody, Plan};
 pub use record::RecordedRequest;
 
 /// The API key the fake accepts unless told otherwise (E2B's format).
@@ -80,6 +80,8 @@ pub struct Counters {
     /// at its concurrent-sandbox cap, and for coming too soon after the last start.
     pub cap_refusals: usize,
     pub rate_refusals: usize,
+    /// For each rate refusal, how soon after the last accepted start it arrived.
+    pub rate_refusal_gaps: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,21 @@ pub(crate) struct World {
     pub last_start: Option<Instant>,
     /// Usage set by [`FakeE2b::set_usage`], by sandbox.
     pub usage: HashMap<String, SandboxUsage>,
+    /// Every create and resume that started a sandbox, in the order they finished.
+    pub start_log: Vec<StartRecord>,
+}
+
+/// A create or resume that started a sandbox ([`FakeE2b::start_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRecord {
+    pub sandbox_id: String,
+    /// The backing (local provider) sandbox: commands run in a directory named by it.
+    pub backing: String,
+    /// True for a resume (`connect` of a paused sandbox), false for a create.
+    pub resume: bool,
+    /// When the request arrived and when the sandbox was running (wall clock).
+    pub arrived: SystemTime,
+    pub running: SystemTime,
 }
 
 impl World {
@@ -177,8 +194,11 @@ impl World {
                 ));
             }
             let interval = Duration::from_secs_f64(1.0 / plan.starts_per_second.max(1e-6));
-            if self.last_start.is_some_and(|last| at < last + interval) {
+            if let Some(last) = self.last_start.filter(|last| at < *last + interval) {
                 self.counters.rate_refusals += 1;
+                self.counters
+                    .rate_refusal_gaps
+                    .push(at.saturating_duration_since(last));
                 return Err(("Rate limit exceeded".into(), Some(1)));
             }
             self.last_start = Some(at);
@@ -347,6 +367,12 @@ impl FakeE2b {
         c.running = w.running();
         c.paused = w.sandboxes.len() - c.running;
         c
+    }
+
+    /// Every create and resume that started a sandbox so far, with when it arrived
+    /// and when the sandbox ran (what a makespan bound is computed from).
+    pub fn start_log(&self) -> Vec<StartRecord> {
+        self.shared.world.lock().unwrap().start_log.clone()
     }
 
     /// Every request so far, in arrival order.

@@ -26,6 +26,7 @@
 //! frees one), never longer than until the earliest hold could expire.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -37,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{FleetAdmission, SlotAnswer, TurnAnswer};
 use crate::sandbox::SandboxError;
 
-/// The extra spacing between starts: 5 % of the interval, at most 50 ms.
+/// The extra spacing between starts: 5 % of the interval, at most 20 ms.
 fn margin(interval: Duration) -> Duration {
-    (interval / 20).min(Duration::from_millis(50))
+    (interval / 20).min(Duration::from_millis(20))
 }
 
 /// How often a fleet-wide wait for a slot asks Redis again (jittered ±50 %).
@@ -57,6 +58,8 @@ pub struct PlanLimits {
     /// puts back lost holds) can never bring back a slot released meanwhile.
     slot_writes: tokio::sync::Mutex<()>,
     stop_renewing: CancellationToken,
+    /// Reservations waiting now because every slot is taken.
+    waiting: AtomicUsize,
 }
 
 impl std::fmt::Debug for PlanLimits {
@@ -91,6 +94,7 @@ impl PlanLimits {
             fleet: None,
             slot_writes: tokio::sync::Mutex::new(()),
             stop_renewing: CancellationToken::new(),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -107,6 +111,7 @@ impl PlanLimits {
             fleet: Some(admission),
             slot_writes: tokio::sync::Mutex::new(()),
             stop_renewing: CancellationToken::new(),
+            waiting: AtomicUsize::new(0),
         });
         let (weak, stop) = (Arc::downgrade(&limits), limits.stop_renewing.clone());
         tokio::spawn(renew_holds(weak, stop, plan.hold / 3));
@@ -138,8 +143,15 @@ impl PlanLimits {
         ))
     }
 
+    /// Whether a create or resume of this process is waiting for a slot now (every
+    /// one is taken): the pool then frees one by ending an idle agent.
+    pub fn slot_wanted(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
     /// Reserve a running slot, waiting (bounded) while all are taken.
     pub async fn reserve(self: &Arc<Self>) -> Result<Reservation, SandboxError> {
+        let mut waiting = None;
         let deadline = Instant::now() + self.wait();
         let holder = format!("create:{}", uuid::Uuid::now_v7());
         loop {
@@ -173,6 +185,7 @@ impl PlanLimits {
                 },
             }
             let Some(pause) = pause else {
+                drop(waiting);
                 return Ok(Reservation {
                     limits: Arc::clone(self),
                     holder,
@@ -182,6 +195,9 @@ impl PlanLimits {
             let now = Instant::now();
             if now >= deadline {
                 return Err(self.at_cap());
+            }
+            if waiting.is_none() {
+                waiting = Some(Waiting::new(&self.waiting));
             }
             let until = deadline.min(now + pause);
             tokio::select! {
@@ -315,10 +331,19 @@ impl PlanLimits {
             s.running.iter().chain(s.reserved.iter()).cloned().collect()
         };
         match fleet.renew_slots(&holders).await {
-            Ok(lost) if !lost.is_empty() => {
-                tracing::warn!(holders = ?lost, "fleet slots had expired (renewals stalled); taken back");
+            Ok(renewed) => {
+                if !renewed.lost.is_empty() {
+                    tracing::warn!(holders = ?renewed.lost, "fleet slots had expired (renewals stalled); taken back");
+                }
+                if !renewed.released.is_empty() {
+                    // Another worker killed or paused them: they no longer run here.
+                    tracing::debug!(holders = ?renewed.released, "fleet slots released by another worker");
+                    let mut s = self.state.lock().unwrap();
+                    for id in &renewed.released {
+                        s.running.remove(id);
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not renew fleet slots"),
         }
     }
@@ -356,6 +381,23 @@ async fn renew_holds(limits: Weak<PlanLimits>, stop: CancellationToken, every: D
             return;
         };
         limits.renew().await;
+    }
+}
+
+/// Counts a reservation as waiting for a slot while it lives (also when the wait is
+/// cut off).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -423,16 +423,19 @@ fn without_create_id(mut m: BTreeMap<String, String>) -> BTreeMap<String, String
 
 impl E2bProvider {
     /// Connect (resuming if paused) without describing the sandbox afterwards.
+    /// `resuming`: the caller knows it is paused (another worker may have paused it,
+    /// so this process's own view that it runs is no guide).
     async fn connect_only(
         &self,
         id: &str,
         timeout: Duration,
+        resuming: bool,
     ) -> Result<control::Sandbox, SandboxError> {
         check_id(id)?;
         let secs = api_seconds(timeout);
         // A sandbox we hold as running only has its TTL extended; anything else may
         // be resumed, which takes a slot and a create turn.
-        let slot = if self.limits.is_running(id) {
+        let slot = if !resuming && self.limits.is_running(id) {
             None
         } else {
             if !self.failed_kills.lock().unwrap().is_empty() {
@@ -532,7 +535,7 @@ impl SandboxProvider for E2bProvider {
     }
 
     async fn connect(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, SandboxError> {
-        let sandbox = self.connect_only(id, timeout).await?;
+        let sandbox = self.connect_only(id, timeout, false).await?;
         // `Sandbox` carries no metadata: fetch it. The sandbox is running either way,
         // so a failure here only costs the metadata.
         let metadata = match self.retry.run("get", id, || self.control.get(id)).await {
@@ -551,7 +554,7 @@ impl SandboxProvider for E2bProvider {
     }
 
     async fn resume(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
-        self.connect_only(id, timeout).await.map(|_| ())
+        self.connect_only(id, timeout, true).await.map(|_| ())
     }
 
     async fn pause(&self, id: &str) -> Result<(), SandboxError> {
@@ -694,6 +697,10 @@ impl SandboxProvider for E2bProvider {
 
     fn failed_kills(&self) -> Vec<String> {
         self.failed_kills.lock().unwrap().iter().cloned().collect()
+    }
+
+    fn slot_wanted(&self) -> bool {
+        self.limits.slot_wanted()
     }
 
     async fn retry_failed_kills(&self) -> Vec<String> {
