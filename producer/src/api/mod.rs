@@ -42,9 +42,11 @@ mod guard;
 mod limits;
 mod listing;
 pub mod openapi;
+mod queues;
 mod rate;
 mod routes;
 mod server;
+mod ui;
 mod waiters;
 
 use std::future::Future;
@@ -258,6 +260,7 @@ fn api_routes() -> openapi::Routes {
         .on(M::POST, "/v1/dead/retry", dead::retry)
         .on(M::POST, "/v1/dead/purge", dead::purge)
         .on(M::GET, "/v1/workers", listing::workers)
+        .on(M::GET, "/v1/queues", queues::depths)
         .on(M::GET, "/healthz", routes::healthz)
         .on(M::GET, "/readyz", routes::readyz)
         .on(M::GET, "/openapi.json", openapi::openapi_json)
@@ -280,7 +283,8 @@ pub fn routes_and_router(state: Shared) -> (Router, Vec<(Method, &'static str)>)
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
         .layer(from_fn(guard::observe))
         .with_state(state.clone())
-        .merge(webhook_router(webhook.router, state));
+        .merge(webhook_router(webhook.router, state.clone()))
+        .merge(ui::router(state));
     (router, served)
 }
 
