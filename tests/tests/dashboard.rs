@@ -226,12 +226,8 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
         ("DASH_READER_TOKEN", READER.to_string()),
     ];
     let server = ServeProcess::start(&["--config", &config_arg], &env, dir.path());
-    let _worker = WorkerProcess::start(
-        &config,
-        "dash-worker",
-        &[("FLEET_REDIS__URL", redis.url())],
-        dir.path(),
-    );
+    // The worker reads the same settings, named tokens included.
+    let mut worker = WorkerProcess::start(&config, "dash-worker", &env, dir.path());
     let http = reqwest::Client::new();
     let ready = server.url("/readyz");
     eventually("fleet serve is ready", Duration::from_secs(30), || {
@@ -246,6 +242,7 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
     })
     .await;
 
+    assert!(worker.is_running(), "the worker started: {}", worker.log_text());
     let shots = workspace_root().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let driver = ChromeDriver::start(dir.path()).await;

@@ -151,7 +151,9 @@ pub fn is_read(method: &Method) -> bool {
 /// One `Authorization` header at most (400: which one would count is ambiguous); with
 /// `api.token` or `api.tokens`, every route but the health checks needs one of them
 /// (401), and an address that failed `api.auth_failures_per_minute` times is refused
-/// (429) until its minute is over. Then the token's rate limit (429 with
+/// (429) until its minute is over. Without an `Authorization` header, a dashboard
+/// session cookie stands for its token (401 once the session ended; 403 for an action
+/// without the session's `X-CSRF-Token`). Then the token's rate limit (429 with
 /// `Retry-After`), then its role: a read-only token may only read (403).
 pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     if req.headers().get_all(AUTHORIZATION).iter().count() > 1 {

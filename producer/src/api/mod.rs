@@ -11,7 +11,9 @@
 //! | `POST /v1/jobs/{id}/cancel` | what `fleet cancel --json` prints |
 //! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
+//! | `GET /v1/queues` | the depths of both queues (ready, running, delayed, dead) |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
+//! | `/ui/...` | the dashboard (`ui/`): login, session, its pages; the API takes its session cookie |
 //! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
@@ -32,6 +34,7 @@
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
+//! | `ui/` | the dashboard: embedded assets, login and logout, sessions in Redis |
 
 mod agents;
 mod answer_stream;

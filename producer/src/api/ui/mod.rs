@@ -74,7 +74,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         HeaderName::from_static("referrer-policy"),
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }
