@@ -242,7 +242,11 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
     })
     .await;
 
-    assert!(worker.is_running(), "the worker started: {}", worker.log_text());
+    assert!(
+        worker.is_running(),
+        "the worker started: {}",
+        worker.log_text()
+    );
     let shots = workspace_root().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let driver = ChromeDriver::start(dir.path()).await;
@@ -272,11 +276,7 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
         .await;
 
     // The cookie holds a session ID, not the token; HttpOnly and SameSite=Strict.
-    let cookie = page
-        .client
-        .get_named_cookie("fleet_session")
-        .await
-        .unwrap();
+    let cookie = page.client.get_named_cookie("fleet_session").await.unwrap();
     assert_ne!(cookie.value(), ADMIN);
     assert_eq!(cookie.http_only(), Some(true), "{cookie}");
     assert_eq!(
@@ -310,8 +310,10 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
 
     // Overview: depths (one dead), live workers.
     page.goto("/ui/#/overview").await;
-    page.wait_text("#stat-dead", "the overview counts the dead job", |t| t == "1")
-        .await;
+    page.wait_text("#stat-dead", "the overview counts the dead job", |t| {
+        t == "1"
+    })
+    .await;
     page.wait_text("#stat-workers", "one live worker", |t| t == "1")
         .await;
     page.wait_for("svg.chart", "the throughput chart").await;
@@ -332,9 +334,11 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
     row.click().await.unwrap();
     page.wait_text("#job-status", "the job page shows it dead", |t| t == "dead")
         .await;
-    page.wait_text("#attempts-table tbody", "both attempts and their errors", |t| {
-        t.matches("the flag file is missing").count() == 2
-    })
+    page.wait_text(
+        "#attempts-table tbody",
+        "both attempts and their errors",
+        |t| t.matches("the flag file is missing").count() == 2,
+    )
     .await;
     assert_eq!(page.count("#attempts-table [data-attempt]").await, 2);
     page.shot("04-job-failed").await;
@@ -397,9 +401,11 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
         t.contains("sandbox_seconds") && t.contains("flaky")
     })
     .await;
-    page.wait_text("#attempts-table tbody", "the third attempt succeeded", |t| {
-        t.contains("succeeded")
-    })
+    page.wait_text(
+        "#attempts-table tbody",
+        "the third attempt succeeded",
+        |t| t.contains("succeeded"),
+    )
     .await;
     page.shot("06-job-succeeded").await;
 

@@ -283,30 +283,30 @@ fn bearer_caller(
 ) -> Result<Caller, Box<Response>> {
     let api = &state.ctx.settings.api;
     // Every configured token is compared, in constant time each.
-        let header = req.headers().get(AUTHORIZATION);
-        let matched = api.credentials.iter().fold(None, |found, c| {
-            let hit = bearer_matches(header, &c.secret);
-            found.or(hit.then_some(c))
-        });
-        let Some(credential) = matched else {
-            if let Some(ip) = ip {
-                state.throttle.failed(ip, now);
-            }
-            // The message never repeats what was sent.
-            let mut response = ApiError::new(
+    let header = req.headers().get(AUTHORIZATION);
+    let matched = api.credentials.iter().fold(None, |found, c| {
+        let hit = bearer_matches(header, &c.secret);
+        found.or(hit.then_some(c))
+    });
+    let Some(credential) = matched else {
+        if let Some(ip) = ip {
+            state.throttle.failed(ip, now);
+        }
+        // The message never repeats what was sent.
+        let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token: send `Authorization: Bearer <token>` with api.token or a token of api.tokens",
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(Box::new(response));
-        };
-        Ok(Caller {
-            name: credential.name.clone(),
-            role: credential.role,
-        })
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(Box::new(response));
+    };
+    Ok(Caller {
+        name: credential.name.clone(),
+        role: credential.role,
+    })
 }
 
 /// Whether a `Host` header names this machine's loopback: `localhost`, `127.x.x.x` or

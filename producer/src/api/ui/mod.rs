@@ -80,16 +80,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 fn see_other(to: &'static str) -> Response {
-    (StatusCode::SEE_OTHER, [(LOCATION, HeaderValue::from_static(to))]).into_response()
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, HeaderValue::from_static(to))],
+    )
+        .into_response()
 }
 
 fn html(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
 /// The login page, with a message (static text only, never anything the client sent).
@@ -152,7 +151,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let bare = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
@@ -227,8 +229,11 @@ async fn whoami(State(state): State<Shared>, headers: HeaderMap) -> Response {
             "csrf": s.csrf,
         }))
         .into_response(),
-        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "no dashboard session: log in at /ui/login")
-            .into_response(),
+        Ok(None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no dashboard session: log in at /ui/login",
+        )
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -242,7 +247,10 @@ async fn logout(State(state): State<Shared>, method: Method, headers: HeaderMap)
     match session::load(&state, &id).await {
         Ok(Some(s)) if !s.csrf_matches(&headers) => ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("logging out needs the session's {} header", session::CSRF_HEADER),
+            format!(
+                "logging out needs the session's {} header",
+                session::CSRF_HEADER
+            ),
         )
         .into_response(),
         Ok(Some(_)) => match session::close(&state, &id).await {
@@ -263,7 +271,8 @@ async fn asset(Path(file): Path<String>) -> Response {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
         _ => {
-            return ApiError::not_found(format!("no such dashboard file: {file:?}")).into_response();
+            return ApiError::not_found(format!("no such dashboard file: {file:?}"))
+                .into_response();
         }
     };
     ([(CONTENT_TYPE, kind)], body).into_response()

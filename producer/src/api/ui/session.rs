@@ -102,9 +102,7 @@ pub async fn open(state: &ApiState, credential: &ApiCredential) -> Result<String
 pub async fn load(state: &ApiState, id: &str) -> Result<Option<Session>, ApiError> {
     let mut conn = state.queues().await?.research.connection();
     let key = key(state, id);
-    let value: Option<String> = state
-        .redis(async move { Ok(conn.get(key).await?) })
-        .await?;
+    let value: Option<String> = state.redis(async move { Ok(conn.get(key).await?) }).await?;
     Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
 }
 

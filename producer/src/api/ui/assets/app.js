@@ -160,7 +160,7 @@ function throughputChart(jobs) {
     const i = Math.min(minutes - 1, Math.floor((j.finished_at - start) / 60000));
     (j.status === "succeeded" ? ok : bad)[i]++;
   }
-  const top = Math.max(1, ...ok, ...bad), W = 600, H = 150, mid = 100, bw = W / minutes;
+  const top = Math.max(1, ...ok, ...bad), W = 1000, H = 160, mid = 105, bw = W / minutes;
   const bars = [];
   for (let i = 0; i < minutes; i++) {
     const up = (ok[i] / top) * (mid - 10), down = (bad[i] / top) * (H - mid - 5);
