@@ -88,6 +88,7 @@ pub fn build(
             min_idle: 0,
             repo: String::new(),
             network: None,
+            model_access: Default::default(),
         },
     );
     AgentPool::new(

@@ -106,7 +106,7 @@ pub enum Command {
     /// Quickstart: Redis, a worker and the demo agent answering sample questions
     #[command(long_about = DEMO_LONG_ABOUT)]
     Demo(DemoArgs),
-    /// Serve the HTTP API: submit, batch, status, result and cancel for programs
+    /// Serve the HTTP API for programs: jobs, batches, agents, dead letters, workers
     #[command(long_about = SERVE_LONG_ABOUT)]
     Serve(ServeArgs),
 }
@@ -131,6 +131,18 @@ is {\"error\": \"<message>\"}.
                                  Last-Event-ID resumes after that event; keep-alive comments every
                                  events.keepalive_secs; each open stream counts toward api.max_waits
   GET  /v1/batches/{id}          the batch's counts per status
+  GET  /v1/batches/{id}/results  each job's answer or error, in submission order, a page at a time
+  GET  /v1/jobs?status=&queue=&batch=&agent=&since=&until=&meta=K=V&order=&limit=&cursor=
+                                 jobs by filter, newest first, in pages (next_cursor); a bounded scan:
+                                 the answer says how many records it `scanned` and if it was `truncated`
+  GET  /v1/agents[/{agent_id}]   the fleet's agents, as `fleet --json agents list`; one agent
+  POST /v1/agents                {agent, persistent} -> 202 the launch lifecycle job {id, queue, operation}
+  POST /v1/agents/{agent_id}/pause|resume|terminate, POST /v1/pool/scale {size, agent}
+                                 -> 202 the lifecycle job, as `fleet --json agents ...`
+  GET  /v1/dead[/{id}]           dead letters in pages (queue, died_since, died_until, class); one record
+  POST /v1/dead/retry|purge      {ids: [...]} or {filter: {...}} ({} = all), as `fleet --json dead retry`
+  GET  /v1/workers               workers, live or not, and the leases each holds
+  GET  /openapi.json             the OpenAPI document (no token needed)
   GET  /healthz, GET /readyz     the process is up; Redis answers PING (no token needed)
   POST /webhooks/github          GitHub deliveries: X-Hub-Signature-256 checked against the secret in
                                  github.webhook_secret_env (401 before parsing; no bearer token);
@@ -143,7 +155,9 @@ api.max_batch_jobs: 413; Redis unreachable or slower than api.redis_timeout_ms, 
 api.max_waits result waits in flight: 503 with Retry-After. With api.token set (e.g. \
 FLEET_API__TOKEN, at least 16 characters), every /v1 route needs one \
 `Authorization: Bearer <token>` header, else 401 (two headers: 400); after \
-api.auth_failures_per_minute failures an address gets 429. Without a token it listens on \
+api.auth_failures_per_minute failures an address gets 429. [[api.tokens]] adds named \
+tokens (token_env or token_file), each role \"read\" (GET only, else 403) or \"admin\"; each \
+token may make api.requests_per_minute requests (or its own), then 429 with Retry-After. Without a token it listens on \
 loopback only (unless api.allow_remote_without_token) and refuses requests with an Origin \
 header or a non-loopback Host, and job or batch bodies that are not JSON.
 

@@ -571,10 +571,19 @@ pub struct AgentProfile {
     /// unrestricted). Enforced by E2B only; the gateway's host is allowed automatically.
     #[serde(default)]
     pub network: Option<crate::sandbox::egress::Egress>,
+    /// With `[gateway] enabled`: whether this profile's agents reach model providers
+    /// through it (true) or keep the old path, their keys from `secret_env` in the
+    /// sandbox (false: for agents that cannot be given a base URL).
+    #[serde(default = "default_true")]
+    pub gateway: bool,
 }
 
 fn default_query_via() -> QueryVia {
     QueryVia::Stdin
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A settings error that names the key it is about.

@@ -55,6 +55,7 @@ async fn pool(
             min_idle: 0,
             repo: String::new(),
             network: None,
+            model_access: Default::default(),
         },
     )]);
     Arc::new(AgentPool::new(

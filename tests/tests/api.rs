@@ -1010,7 +1010,7 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
     }
     fleet_tests::harness::eventually(
         "the server accepted connections up to its cap",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || async { (open_sockets(api.server.pid()) >= baseline + CAP).then_some(()) },
     )
     .await;

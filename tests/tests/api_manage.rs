@@ -579,6 +579,11 @@ async fn workers_are_listed_with_the_leases_they_hold() {
     assert!(w["leases"][0]["lease_until"].as_u64().unwrap() > fleet_shared::time::now_ms());
     assert_eq!(list["workers"][1]["name"], "w-gone");
     assert_eq!(list["scanned"], 1);
+    refused(
+        api.get("/v1/workers?name=w-test").await,
+        StatusCode::BAD_REQUEST,
+        "unknown field `name`",
+    );
 }
 
 /// Every route added for the CLI's commands, with a body an action accepts.
@@ -707,4 +712,51 @@ async fn a_token_past_its_rate_limit_gets_429_with_retry_after() {
     // Another token is not held back.
     let (status, _) = send(api.http.get(api.url("/v1/jobs")).bearer_auth(ADMIN)).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_class_filter_over_many_dead_letters_carries_on_past_its_bound() {
+    let api = Api::start("[api]\nlist_scan_max = 2\n", &[]).await;
+    let q = api.queue(QueueKind::Research).await;
+    let mut timeouts = Vec::new();
+    for n in 0..5 {
+        let class = if n == 0 || n == 4 {
+            "timeout"
+        } else {
+            "permanent"
+        };
+        let id = dead_job(&api, &q, n, class).await;
+        if class == "timeout" {
+            timeouts.push(id);
+        }
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/dead?class=timeout&cursor={c}"),
+            None => "/v1/dead?class=timeout".to_string(),
+        };
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page["scanned"].as_u64().unwrap() <= 2, "{page}");
+        pages += 1;
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert_eq!(page["truncated"], true, "{page}");
+                cursor = Some(c.to_string());
+            }
+            None => break,
+        }
+        assert!(pages < 10, "the cursor does not move on");
+    }
+    assert_eq!(seen, timeouts, "each match once, in death order");
 }

@@ -522,3 +522,234 @@ echo done
         );
     }
 }
+
+/// An agent that cannot be given a base URL keeps the old path (`gateway = false` on its
+/// profile): its sandbox gets the key from `secret_env`, the gateway issues it no token,
+/// and `fleet agents list` marks it — while a gateway profile beside it on the same worker
+/// gets only a token.
+#[tokio::test]
+async fn a_profile_that_opts_out_of_the_gateway_keeps_its_key_and_is_marked_in_the_agent_list() {
+    let fake = FakeOpenAi::start(fake_openai::Mode::Echo).await;
+    let port = free_port();
+    let extra = format!(
+        r#"
+[gateway]
+enabled = true
+listen = "127.0.0.1:{port}"
+[gateway.openai]
+base_url = "{root}"
+
+[agents.direct]
+runtime = "command"
+repo = "{{dir}}/agent-repo"
+command = ["sh", "-c", "env > \"{{dir}}/direct-env.txt\"; echo direct"]
+secret_env = ["OPENAI_API_KEY"]
+gateway = false
+"#,
+        root = fake.base_url.trim_end_matches("/v1"),
+    );
+    let mut fleet =
+        Fleet::start("read n; env > \"{dir}/agent-env.txt\"; echo pooled", &extra).await;
+    fleet.start_worker_with_env(
+        "w1",
+        &[
+            ("OPENAI_API_KEY", REAL_KEY.to_string()),
+            (
+                "FLEET_AGENTS__TEST__SECRET_ENV",
+                "[\"OPENAI_API_KEY\"]".into(),
+            ),
+        ],
+    );
+    let direct = fleet
+        .submit(JobSpec::research("q", "direct"))
+        .await
+        .to_string();
+    let through = fleet
+        .submit(JobSpec::research("0", "test"))
+        .await
+        .to_string();
+    fleet.wait_status(&direct, JobStatus::Succeeded, WAIT).await;
+    fleet
+        .wait_status(&through, JobStatus::Succeeded, WAIT)
+        .await;
+
+    // The old path: the real key in the sandbox, no gateway in sight.
+    let env = std::fs::read_to_string(fleet.path("direct-env.txt")).unwrap();
+    assert!(env.contains(&format!("OPENAI_API_KEY={REAL_KEY}")), "{env}");
+    assert!(!env.contains("FLEET_GATEWAY_URL"), "{env}");
+    assert!(!env.contains("OPENAI_BASE_URL"), "{env}");
+    // The gateway profile beside it: a token, never the key.
+    let env = std::fs::read_to_string(fleet.path("agent-env.txt")).unwrap();
+    assert!(!env.contains(REAL_KEY), "{env}");
+    assert!(env.contains("OPENAI_API_KEY=fgw-"), "{env}");
+
+    // The registry records which is which, and the list shows it.
+    let e = [("FLEET_REDIS__URL", fleet.redis.url())];
+    let out = fleet_tests::processes::fleet(&["--json", "agents", "list"], &e, None);
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let access: std::collections::BTreeMap<String, String> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["profile"].as_str().unwrap().to_string(),
+                a["model_access"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(access["direct"], "direct");
+    assert_eq!(access["test"], "gateway");
+    let out = fleet_tests::processes::fleet(&["agents", "list"], &e, None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |profile: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(profile))
+            .unwrap_or_else(|| panic!("no {profile} row in {table}"))
+            .to_string()
+    };
+    assert!(
+        row("direct").contains("direct (keys in sandbox)"),
+        "{table}"
+    );
+    assert!(row("test").contains(" gateway "), "{table}");
+}
+
+/// Issue 12's rate-limit promise through real worker processes: 3 workers (each with its
+/// own gateway, 10 agents each), sharing `requests_per_minute = R` for the key, against a
+/// provider that allows R per sliding minute and answers 429 beyond. The 30 agents fire
+/// back to back — far more than 2× R — yet fewer than 1% of their requests see a 429, and
+/// the provider's requests are spread at R: the last goes within 10% of the ideal
+/// (N - 1) / R after the first.
+#[tokio::test]
+async fn three_workers_thirty_agents_share_one_limit_with_under_one_percent_429s() {
+    use fleet_tests::fake_anthropic::{FakeAnthropic, Mode};
+    const RPM: u32 = 1200;
+    const CALLS_PER_JOB: usize = 14;
+    const JOBS: usize = 30;
+    let fake = FakeAnthropic::start(Mode::Limited {
+        per_minute: RPM,
+        text: "ok".into(),
+    })
+    .await;
+    // Each agent makes its calls back to back, retrying a 429 at once (the worst
+    // client), and reports how many 429s it saw.
+    let script = r#"read n
+i=0; seen=0
+while [ "$i" -lt "$n" ]; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $ANTHROPIC_API_KEY" \
+    -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+    -d '{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}' \
+    "$ANTHROPIC_BASE_URL/v1/messages")
+  case "$code" in
+    200) i=$((i + 1)) ;;
+    429) seen=$((seen + 1)) ;;
+    *) echo "status $code" >&2; exit 3 ;;
+  esac
+done
+echo "seen429=$seen"
+"#;
+    let extra = format!(
+        "[pool]\nmin_idle = {JOBS}\n[gateway]\nenabled = true\n[gateway.anthropic]\nbase_url = \"{}\"\nrequests_per_minute = {RPM}\n",
+        fake.url
+    );
+    let mut fleet = Fleet::start(script, &extra).await;
+    for name in ["w1", "w2", "w3"] {
+        fleet.start_worker_with_env(
+            name,
+            &[
+                ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.to_string()),
+                ("FLEET_WORKER__CONCURRENCY", "10".into()),
+                (
+                    "FLEET_GATEWAY__LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+            ],
+        );
+    }
+    for i in 0..3 {
+        fleet.wait_started(i).await;
+    }
+    let warming = std::time::Instant::now();
+    // The 30 agents warm first (min_idle), so the batch measures the limiter, not
+    // sandbox launches.
+    let registry = fleet_shared::pool::Registry::open(&fleet.settings.redis)
+        .await
+        .unwrap();
+    fleet
+        .eventually("30 idle agents", WAIT, || async {
+            (registry.idle("test").await.ok()?.len() >= JOBS).then_some(())
+        })
+        .await;
+    eprintln!("{JOBS} agents warm after {:?}", warming.elapsed());
+    let specs = (0..JOBS)
+        .map(|_| JobSpec::research(CALLS_PER_JOB.to_string(), "test"))
+        .collect();
+    let ids = fleet.queue.enqueue_many(specs, Some("rl")).await.unwrap();
+    fleet
+        .wait_batch_final("rl", JOBS as u64, Duration::from_secs(120))
+        .await;
+    let batch = fleet.queue.batch_record("rl").await.unwrap().unwrap();
+    assert_eq!(batch.count(JobStatus::Succeeded), JOBS as u64, "{batch:?}");
+
+    let mut seen = 0u64;
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &ids {
+        let r = fleet.record(&id.to_string()).await;
+        let answer = r.result.as_ref().unwrap()["output"]["answer"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .to_string();
+        seen += answer
+            .strip_prefix("seen429=")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{answer}"));
+        workers.insert(r.worker.clone());
+    }
+    assert_eq!(workers.len(), 3, "every worker ran jobs: {workers:?}");
+    let calls = (JOBS * CALLS_PER_JOB) as u64;
+    let share = seen as f64 / (calls + seen) as f64;
+    assert!(
+        share < 0.01,
+        "{seen} of {} agent requests saw a 429",
+        calls + seen
+    );
+
+    let requests = fake.requests();
+    let ok: Vec<_> = requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(ok.len() as u64, calls);
+    let span = ok
+        .iter()
+        .max()
+        .unwrap()
+        .duration_since(*ok.iter().min().unwrap());
+    let ideal = (calls - 1) as f64 * 60.0 / RPM as f64;
+    let first = *ok.iter().min().unwrap();
+    let mut per_second = vec![0u32; span.as_secs() as usize + 1];
+    for at in &ok {
+        per_second[at.duration_since(first).as_secs() as usize] += 1;
+    }
+    eprintln!("provider requests per second: {per_second:?}");
+    assert!(
+        span.as_secs_f64() <= ideal * 1.10,
+        "the provider's requests took {span:?}, the ideal at R is {ideal:.2} s; per second: {per_second:?}"
+    );
+    // Not faster than R either: the limiter spaces them (a burst would be 429s).
+    assert!(
+        span.as_secs_f64() >= ideal * 0.9,
+        "the requests were not spread at R: {span:?} for an ideal {ideal:.2} s"
+    );
+    eprintln!(
+        "rate limit: {calls} calls by {JOBS} agents on 3 workers at R = {RPM}/min: {seen} agent 429s, \
+         {} provider 429s, span {:.2} s vs ideal {ideal:.2} s",
+        requests.iter().filter(|r| r.status == 429).count(),
+        span.as_secs_f64()
+    );
+}

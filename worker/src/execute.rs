@@ -12,7 +12,7 @@ use fleet_shared::events::EventKind;
 use fleet_shared::events::writer::{AttemptEvents, EventSink};
 use fleet_shared::gateway::Gateway;
 use fleet_shared::job::{Job, JobPayload, LifecycleJob};
-use fleet_shared::pool::{AgentPool, JobRef};
+use fleet_shared::pool::{AgentPool, JobRef, ModelAccess};
 use fleet_shared::queue::RedisQueue;
 use fleet_shared::queue::apalis_backend::JobOutput;
 use fleet_shared::queue::attempt::{AbortReason, AttemptContext};
@@ -170,9 +170,11 @@ async fn research(
         ));
     }
     let (agent_id, sandbox_id) = (lease.agent_id.clone(), lease.sandbox_id.clone());
-    // Through the gateway: a token for this attempt in place of the provider keys.
+    // Through the gateway: a token for this attempt in place of the provider keys
+    // (unless the profile keeps the old path: its keys in the sandbox).
+    let via_gateway = exec.pool.model_access(&research.agent) == ModelAccess::Gateway;
     let pass = match &exec.gateway {
-        Some(gateway) => {
+        Some(gateway) if via_gateway => {
             let binding = gateway.binding(job, &attempt.lease, &research.agent);
             match gateway.begin_attempt(binding, cancel).await {
                 Ok(pass) => Some(pass),
@@ -184,7 +186,7 @@ async fn research(
                 }
             }
         }
-        None => None,
+        _ => None,
     };
     let (run_cancel, gateway_env) = match &pass {
         Some(p) => (p.cancel.clone(), p.env.clone()),

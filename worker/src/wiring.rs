@@ -13,7 +13,7 @@ use apalis_core::error::WorkerError;
 use apalis_core::worker::context::WorkerContext;
 use fleet_shared::admission::{FleetAdmission, Plan};
 use fleet_shared::job::QueueKind;
-use fleet_shared::pool::{AgentPool, PoolProfile, Registry};
+use fleet_shared::pool::{AgentPool, ModelAccess, PoolProfile, Registry};
 use fleet_shared::queue::apalis_backend::RedisBackend;
 use fleet_shared::queue::lease_keeper::{KeeperTimings, LeaseKeeper};
 use fleet_shared::queue::{QueueConfig, RedisQueue};
@@ -178,6 +178,11 @@ pub fn build_pool(
                 min_idle: settings.pool.min_idle,
                 repo: profile.repo.clone(),
                 network,
+                model_access: if settings.gateway.enabled && profile.gateway {
+                    ModelAccess::Gateway
+                } else {
+                    ModelAccess::Direct
+                },
             },
         );
     }

@@ -113,10 +113,10 @@ pub async fn list(
     let registry = registry(&s).await?;
     let agents = s
         .redis(async {
-            Ok(registry
+            registry
                 .list(q.profile.as_deref())
                 .await
-                .map_err(anyhow::Error::from)?)
+                .map_err(anyhow::Error::from)
         })
         .await?;
     let agents = agents
@@ -147,7 +147,7 @@ pub async fn show(
     let agent_id = agent_id(path)?;
     let registry = registry(&s).await?;
     let record = s
-        .redis(async { Ok(registry.get(&agent_id).await.map_err(anyhow::Error::from)?) })
+        .redis(async { registry.get(&agent_id).await.map_err(anyhow::Error::from) })
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!(

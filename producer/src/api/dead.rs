@@ -141,28 +141,41 @@ fn parse_cursor(raw: &str) -> Result<(u64, String), ApiError> {
         })
 }
 
+/// What [`dead_matches`] found.
+struct DeadMatches {
+    /// (died at, queue, job ID), in death order.
+    found: Vec<(u64, QueueKind, String)>,
+    scanned: u64,
+    /// A class filter stopped at `api.list_scan_max` records.
+    truncated: bool,
+    /// Where the next page starts, if there is one.
+    next: Option<(u64, String)>,
+}
+
 /// Up to `limit` dead letters matching `filter` after `after`, in death order, from
-/// `kinds`, reading at most `scan_max` records for a class filter: (rows as (at,
-/// queue, id), scanned, truncated, more).
+/// `kinds`, reading at most `api.list_scan_max` records per queue for a class filter.
 async fn dead_matches(
     s: &Shared,
     kinds: &[QueueKind],
     filter: &DeadFilter,
     after: Option<(u64, String)>,
     limit: usize,
-) -> Result<(Vec<(u64, QueueKind, String)>, u64, bool, bool), ApiError> {
+) -> Result<DeadMatches, ApiError> {
     let queues = s.queues().await?;
     let scan_max = s.ctx.settings.api.list_scan_max;
     let mut found: Vec<(u64, QueueKind, String)> = Vec::new();
     let (mut scanned, mut truncated, mut more) = (0u64, false, false);
+    // The earliest entry a truncated scan reached: nothing after it is known.
+    let mut stop: Option<(u64, String)> = None;
     for kind in kinds {
         let q = queues.get(*kind);
         let mut cursor = after.clone();
-        let mut mine = 0;
+        let (mut mine, mut mine_scanned) = (0, 0u64);
         // Pages of the dead set; with a class filter, each page's records are read.
         loop {
             let step = if filter.class.is_some() {
-                200
+                200.min(scan_max.saturating_sub(mine_scanned as usize))
+                    .max(1)
             } else {
                 limit + 1
             };
@@ -182,6 +195,7 @@ async fn dead_matches(
             };
             cursor = Some((at, id));
             scanned += rows.len() as u64;
+            mine_scanned += rows.len() as u64;
             let keep: Vec<bool> = match &filter.class {
                 None => vec![true; rows.len()],
                 Some(class) => {
@@ -212,18 +226,36 @@ async fn dead_matches(
             if rows.len() < step {
                 break;
             }
-            if scanned >= scan_max as u64 {
+            if mine_scanned >= scan_max as u64 {
                 truncated = true;
+                if let Some(c) = &cursor
+                    && stop.as_ref().is_none_or(|st| c < st)
+                {
+                    stop = Some(c.clone());
+                }
                 break;
             }
         }
     }
     found.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+    if let Some((at, id)) = &stop {
+        found.retain(|(a, _, i)| (a, i) <= (at, id));
+    }
     if found.len() > limit {
         found.truncate(limit);
         more = true;
     }
-    Ok((found, scanned, truncated, more))
+    let next = if more {
+        found.last().map(|(at, _, id)| (*at, id.clone()))
+    } else {
+        stop
+    };
+    Ok(DeadMatches {
+        found,
+        scanned,
+        truncated,
+        next,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/dead", tag = "dead letters", params(DeadListQuery),
@@ -249,7 +281,12 @@ pub async fn list(
         died_until: q.died_until,
         class: q.class,
     };
-    let (found, scanned, truncated, more) = dead_matches(&s, &kinds, &filter, after, limit).await?;
+    let DeadMatches {
+        found,
+        scanned,
+        truncated,
+        next,
+    } = dead_matches(&s, &kinds, &filter, after, limit).await?;
     let queues = s.queues().await?;
     let mut total = 0;
     for kind in &kinds {
@@ -264,9 +301,7 @@ pub async fn list(
             .await?;
         jobs.push(DeadRow::new(id.clone(), *kind, *at, record.as_ref()).to_json());
     }
-    let next_cursor = (more || truncated)
-        .then(|| found.last().map(|(at, _, id)| format!("{at}:{id}")))
-        .flatten();
+    let next_cursor = next.map(|(at, id)| format!("{at}:{id}"));
     Ok(Json(DeadPage {
         total,
         jobs,
@@ -343,8 +378,13 @@ async fn act(
                 )
             } else {
                 let bound = s.ctx.settings.api.list_scan_max;
-                let (found, _, truncated, more) =
-                    dead_matches(s, &kinds, &filter, None, bound).await?;
+                let DeadMatches {
+                    found,
+                    truncated,
+                    next,
+                    ..
+                } = dead_matches(s, &kinds, &filter, None, bound).await?;
+                let more = next.is_some();
                 let ids: Vec<JobId> = found
                     .iter()
                     .filter_map(|(_, _, id)| id.parse().ok())

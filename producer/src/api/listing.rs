@@ -130,11 +130,20 @@ pub struct JobListPage {
     pub scan_max: usize,
 }
 
+/// A listing request, read from its query string.
+struct ListRequest {
+    filter: JobFilter,
+    kinds: Vec<QueueKind>,
+    order: Order,
+    limit: usize,
+    cursor: Option<JobId>,
+}
+
 /// Read the pairs of a query string into a filter, order, limit and cursor.
 fn parse_list_query(
     pairs: Vec<(String, String)>,
     batch_only: bool,
-) -> Result<(JobFilter, Vec<QueueKind>, Order, usize, Option<JobId>), ApiError> {
+) -> Result<ListRequest, ApiError> {
     let mut filter = JobFilter::default();
     let mut kinds = QueueKind::ALL.to_vec();
     let mut order = if batch_only {
@@ -214,7 +223,13 @@ fn parse_list_query(
             }
         }
     }
-    Ok((filter, kinds, order, limit, cursor))
+    Ok(ListRequest {
+        filter,
+        kinds,
+        order,
+        limit,
+        cursor,
+    })
 }
 
 /// One page over `kinds` together: each queue's page, merged in `order`.
@@ -260,7 +275,13 @@ pub async fn list(
     State(s): State<Shared>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobListPage>, ApiError> {
-    let (filter, kinds, order, limit, cursor) = parse_list_query(query(q)?, false)?;
+    let ListRequest {
+        filter,
+        kinds,
+        order,
+        limit,
+        cursor,
+    } = parse_list_query(query(q)?, false)?;
     let (jobs, p) = page(&s, &filter, &kinds, order, limit, cursor).await?;
     let next_cursor = p
         .more
@@ -314,7 +335,12 @@ pub async fn batch_results(
     let id = uuid::Uuid::parse_str(raw.trim())
         .map_err(|_| ApiError::bad_request(format!("not a batch ID (expected a UUID): {raw:?}")))?
         .to_string();
-    let (mut filter, _, _, limit, cursor) = parse_list_query(query(q)?, true)?;
+    let ListRequest {
+        mut filter,
+        limit,
+        cursor,
+        ..
+    } = parse_list_query(query(q)?, true)?;
     let queue = &s.queues().await?.research;
     let known = s
         .redis(async { Ok(queue.batch_record(&id).await?) })
@@ -356,6 +382,12 @@ pub async fn batch_results(
     }))
 }
 
+/// A route that takes no query parameters refuses any (400), as the others refuse
+/// unknown ones.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 /// A lease a worker holds.
 #[derive(Serialize, ToSchema)]
 pub struct LeaseItem {
@@ -387,10 +419,14 @@ pub struct WorkerList {
 
 #[utoipa::path(get, path = "/v1/workers", tag = "workers",
     responses((status = 200, description = "workers and their leases", body = WorkerList),
-        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/workers`: the workers that announced themselves, whether each is live,
 /// and the leases (running jobs) each holds.
-pub async fn workers(State(s): State<Shared>) -> Result<Json<WorkerList>, ApiError> {
+pub async fn workers(
+    State(s): State<Shared>,
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<WorkerList>, ApiError> {
+    query(q)?;
     let queues = s.queues().await?;
     let scan_max = s.ctx.settings.api.list_scan_max;
     let mut by_name: BTreeMap<String, WorkerItem> = BTreeMap::new();

@@ -11,16 +11,22 @@
 //! | `POST /v1/jobs/{id}/cancel` | what `fleet cancel --json` prints |
 //! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
+//! | `GET /v1/batches/{id}/results` | each job's answer or error, a page at a time (`listing.rs`) |
+//! | `GET /v1/jobs?status=…` | jobs by filter, in cursor pages; a bounded scan (`listing.rs`) |
+//! | `GET /v1/agents[/{agent_id}]`, `POST /v1/agents[/{agent_id}/pause\|resume\|terminate]`, `POST /v1/pool/scale` | agents (`agents.rs`) |
+//! | `GET /v1/dead[/{id}]`, `POST /v1/dead/retry\|purge` | dead letters (`dead.rs`) |
+//! | `GET /v1/workers` | workers and their leases (`listing.rs`) |
+//! | `GET /openapi.json` | the OpenAPI document (`openapi.rs`) |
 //! | `GET /v1/queues` | the depths of both queues (ready, running, delayed, dead) |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
 //! | `/ui/...` | the dashboard (`ui/`): login, session, its pages; the API takes its session cookie |
 //! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
-//! wrong bearer token (when `api.token` is set), 403 a browser's request without a
-//! token, 404 unknown job, batch or route, 405 wrong method, 408 body too slow, 413
+//! wrong bearer token (when `api.token` or `api.tokens` is set), 403 a read-only token
+//! on an action or a browser's request without a token, 404 unknown job, batch or route, 405 wrong method, 408 body too slow, 413
 //! body over `api.max_body_bytes` or batch over `api.max_batch_jobs`, 415 content type,
-//! 429 too many failed token attempts, 503 (with `Retry-After`) Redis unreachable or
+//! 429 too many failed token attempts or a token over its rate limit, 503 (with `Retry-After`) Redis unreachable or
 //! slower than `api.redis_timeout_ms`, or `api.max_waits` waits in flight. Every answer
 //! carries `X-Request-Id`, `X-Content-Type-Options: nosniff`, `Cache-Control: no-store`.
 //! Each request is logged at info (request ID, client address, method, path, status,

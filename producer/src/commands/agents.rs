@@ -61,7 +61,7 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
     if agents.is_empty() {
         return "no agents".to_string();
     }
-    let rows: Vec<[String; 7]> = agents
+    let rows: Vec<[String; 8]> = agents
         .iter()
         .map(|a| {
             let state = serde_json::to_value(a.state)
@@ -82,6 +82,11 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
                 kind.to_string(),
                 a.jobs_served.to_string(),
                 a.sandbox_id.clone(),
+                match a.model_access.as_str() {
+                    "" => "-".to_string(),
+                    "direct" => "direct (keys in sandbox)".to_string(),
+                    other => other.to_string(),
+                },
                 if a.holder.is_empty() {
                     "-".to_string()
                 } else {
@@ -91,7 +96,7 @@ pub fn agents_table(agents: &[AgentRecord]) -> String {
         })
         .collect();
     let header = [
-        "AGENT", "PROFILE", "STATE", "KIND", "JOBS", "SANDBOX", "HELD BY",
+        "AGENT", "PROFILE", "STATE", "KIND", "JOBS", "SANDBOX", "MODELS", "HELD BY",
     ];
     let mut widths = header.map(str::len);
     for r in &rows {

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use super::budget::{Admission, Settlement};
 use super::keys::{Key, KeyPool};
 use super::metering::{Api, Meter, estimate_input_tokens};
-use super::ratelimit::{Limits, model_family, pause_from};
+use super::ratelimit::{Admit, Limits, model_family, pause_from};
 use super::{Gateway, SettleJob};
 
 /// Largest request body accepted (model requests carry whole conversations).
@@ -531,17 +531,24 @@ async fn forward(
                 Refusal::Unavailable("no key is configured for this provider".into()),
             );
         }
-        let (chosen, wait) = match choose_key(&gw, &target, &keys, &family, limits, estimate).await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "gateway: Redis unreachable");
-                return refusal(
-                    &target,
-                    Refusal::Unavailable("the gateway cannot reach its store".into()),
-                );
-            }
+        // A slot may be reserved as far ahead as the request may still wait (once it
+        // counts among the waiting: the queue bound applies first).
+        let horizon = if waiting.is_some() {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
         };
+        let (chosen, wait) =
+            match choose_key(&gw, &target, &keys, &family, limits, estimate, horizon).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway: Redis unreachable");
+                    return refusal(
+                        &target,
+                        Refusal::Unavailable("the gateway cannot reach its store".into()),
+                    );
+                }
+            };
         let Some((key, limiter_key)) = chosen else {
             let wait = wait.unwrap_or(Duration::from_millis(50));
             if waiting.is_none() {
@@ -552,6 +559,8 @@ async fn forward(
                 }
                 waiting = Some(Waiting(&gw));
                 gw.metrics.rate_limit_waits.fetch_add(1, Ordering::Relaxed);
+                // Now among the waiting: ask again at once, reserving a slot.
+                continue;
             }
             if Instant::now() + wait > deadline {
                 gw.metrics.refuse("wait_too_long");
@@ -642,7 +651,9 @@ fn limits_of(p: &super::config::ProviderSettings) -> Limits {
 }
 
 /// The first key (round robin) whose limiter admits the request now, with its limiter's
-/// name; else the shortest wait among them.
+/// name; else a slot reserved, within `horizon`, on the key whose turn comes first (the
+/// request sleeps until it: waiting requests then take every slot the limit allows);
+/// else the shortest wait among them.
 async fn choose_key(
     gw: &Gateway,
     target: &Target,
@@ -650,18 +661,45 @@ async fn choose_key(
     family: &str,
     limits: Limits,
     tokens: u64,
+    horizon: Duration,
 ) -> Result<(Option<(Key, String)>, Option<Duration>), crate::queue::QueueError> {
     let start = gw.next_key.fetch_add(1, Ordering::Relaxed);
-    let mut shortest: Option<Duration> = None;
+    let mut soonest: Option<(Duration, usize)> = None;
     for i in 0..keys.len() {
-        let key = &keys[(start + i) % keys.len()];
-        let name = gw.limiter.key(&target.limiter_name(), &key.label, family);
-        match gw.limiter.acquire(&name, limits, tokens).await? {
-            None => return Ok((Some((key.clone(), name)), None)),
-            Some(wait) => shortest = Some(shortest.map_or(wait, |s| s.min(wait))),
+        let k = (start + i) % keys.len();
+        let name = gw
+            .limiter
+            .key(&target.limiter_name(), &keys[k].label, family);
+        match gw
+            .limiter
+            .acquire(&name, limits, tokens, Duration::ZERO)
+            .await?
+        {
+            Admit::Now | Admit::After(_) => return Ok((Some((keys[k].clone(), name)), None)),
+            Admit::Wait(wait) => {
+                if soonest.is_none_or(|(w, _)| wait < w) {
+                    soonest = Some((wait, k));
+                }
+            }
         }
     }
-    Ok((None, shortest))
+    let Some((wait, k)) = soonest else {
+        return Ok((None, None));
+    };
+    if horizon.is_zero() {
+        return Ok((None, Some(wait)));
+    }
+    let name = gw
+        .limiter
+        .key(&target.limiter_name(), &keys[k].label, family);
+    match gw.limiter.acquire(&name, limits, tokens, horizon).await? {
+        Admit::Now => Ok((Some((keys[k].clone(), name)), None)),
+        Admit::After(wait) => {
+            tokio::time::sleep(wait).await;
+            Ok((Some((keys[k].clone(), name)), None))
+        }
+        Admit::Wait(wait) => Ok((None, Some(wait))),
+    }
 }
 
 async fn send(

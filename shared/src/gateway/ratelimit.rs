@@ -32,6 +32,18 @@ impl Limits {
     }
 }
 
+/// A limiter's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Go now (counted).
+    Now,
+    /// A slot this far ahead is the request's (counted): go then, without asking again.
+    After(Duration),
+    /// Wait this long and ask again (a pause for the group, or no slot within the
+    /// horizon).
+    Wait(Duration),
+}
+
 /// The limiters in Redis.
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -51,13 +63,15 @@ impl RateLimiter {
         format!("{}{provider}:{key_label}:{family}", self.prefix)
     }
 
-    /// `None`: go now (counted); `Some(d)`: wait `d` and ask again.
+    /// May a request go now? With a `reserve` horizon, a slot up to that far ahead is
+    /// taken for it instead of being asked for again later.
     pub async fn acquire(
         &self,
         limiter: &str,
         limits: Limits,
         tokens: u64,
-    ) -> Result<Option<Duration>, QueueError> {
+        reserve: Duration,
+    ) -> Result<Admit, QueueError> {
         let mut conn = self.conn.clone();
         let (go, wait_ms): (i64, i64) = SCRIPTS
             .acquire
@@ -66,9 +80,15 @@ impl RateLimiter {
             .arg(limits.tokens_per_minute)
             .arg(tokens)
             .arg(1)
+            .arg(reserve.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok((go != 1).then(|| Duration::from_millis(wait_ms.max(1) as u64)))
+        let wait = Duration::from_millis(wait_ms.max(1) as u64);
+        Ok(match go {
+            1 => Admit::Now,
+            2 => Admit::After(wait),
+            _ => Admit::Wait(wait),
+        })
     }
 
     /// Record what an answer said: tokens beyond the estimate, and a pause for the group.

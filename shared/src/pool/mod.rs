@@ -72,6 +72,29 @@ pub struct PoolProfile {
     pub repo: String,
     /// Egress rules for this profile's sandboxes (`None`: unrestricted).
     pub network: Option<crate::sandbox::egress::Egress>,
+    /// How its agents reach model providers (recorded on each agent).
+    pub model_access: ModelAccess,
+}
+
+/// How a profile's agents reach model providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelAccess {
+    /// Through the fleet's model gateway: a per-attempt token in the sandbox, the
+    /// provider keys only in the worker.
+    Gateway,
+    /// Directly, with the keys the profile's `secret_env` names in the sandbox (no
+    /// gateway, or an agent that cannot be given a base URL).
+    #[default]
+    Direct,
+}
+
+impl ModelAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelAccess::Gateway => "gateway",
+            ModelAccess::Direct => "direct",
+        }
+    }
 }
 
 /// The job a lease is for.
@@ -513,6 +536,7 @@ impl PoolCore {
                 self.hold,
                 p.max_agents,
                 &p.repo,
+                p.model_access.as_str(),
             )
             .await
             .map_err(registry_error)?
@@ -744,6 +768,15 @@ impl AgentPool {
 
     pub fn runtime(&self, profile: &str) -> Option<Arc<dyn AgentRuntime>> {
         self.core.profiles.get(profile).map(|p| p.runtime.clone())
+    }
+
+    /// How the profile's agents reach model providers.
+    pub fn model_access(&self, profile: &str) -> ModelAccess {
+        self.core
+            .profiles
+            .get(profile)
+            .map(|p| p.model_access)
+            .unwrap_or_default()
     }
 
     pub fn profiles(&self) -> impl Iterator<Item = &str> {

@@ -198,6 +198,9 @@ pub struct AgentRecord {
     pub commit: String,
     /// The worker that launched it.
     pub launched_by: String,
+    /// How it reaches model providers: `gateway` (a per-attempt token, the keys stay
+    /// in the worker) or `direct` (the profile's `secret_env` keys in its sandbox).
+    pub model_access: String,
     /// A pause or terminate asked for while a job held it, done when the job ends.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub after: String,
@@ -231,6 +234,7 @@ impl AgentRecord {
             repo: s("repo"),
             commit: s("commit"),
             launched_by: s("launched_by"),
+            model_access: s("model_access"),
             after: s("after"),
         })
     }
@@ -458,6 +462,7 @@ impl Registry {
         hold: Duration,
         max_agents: usize,
         repo: &str,
+        model_access: &str,
     ) -> Result<Option<u64>, RegistryError> {
         let reply: Vec<Value> = SCRIPTS
             .launch
@@ -476,6 +481,7 @@ impl Registry {
             .arg(max_agents)
             .arg(repo)
             .arg(u8::from(ephemeral))
+            .arg(model_access)
             .invoke_async(&mut self.conn())
             .await?;
         Ok((reply.first().map(int) == Some(1)).then(|| int(&reply[1]) as u64))

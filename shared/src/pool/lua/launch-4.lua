@@ -10,7 +10,7 @@
 -- ARGV[1] id, ARGV[2] profile, ARGV[3] provider, ARGV[4] persistent (0/1),
 -- ARGV[5] host (local provider: the machine; "" = any), ARGV[6] holder, ARGV[7] worker,
 -- ARGV[8] hold ttl (ms), ARGV[9] max agents of the profile (0 = no cap),
--- ARGV[10] repo, ARGV[11] ephemeral (0/1)
+-- ARGV[10] repo, ARGV[11] ephemeral (0/1), ARGV[12] model access ("gateway" / "direct")
 --
 -- Returns {1, fence} registered, {0, count} the profile is at its cap.
 local now = now_ms()
@@ -26,7 +26,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'profile', ARGV[2], 'provider', ARGV[
   'persistent', ARGV[4], 'host', ARGV[5], 'repo', ARGV[10], 'ephemeral', ARGV[11],
   'sandbox', '', 'state', 'launching', 'state_since', now, 'created', now, 'last_used', 0,
   'jobs', 0, 'active_ms', 0, 'paused_ms', 0, 'fence', 0, 'health', 'unknown', 'after', '',
-  'sandbox_until', 0, 'commit', '', 'launched_by', ARGV[7])
+  'sandbox_until', 0, 'commit', '', 'launched_by', ARGV[7], 'model_access', ARGV[12])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 local fence = hold(KEYS[1], KEYS[4], ARGV[1], ARGV[6], ARGV[7], now, tonumber(ARGV[8]))
