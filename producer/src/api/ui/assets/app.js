@@ -392,7 +392,7 @@ screens.dead = (root) => {
     retrySel.disabled = purgeSel.disabled = selected.size === 0;
   };
   const run = async (verb, body, what) => {
-    if (!(await confirmAction(`${verb} ${what}? This cannot be undone.`))) return;
+    if (!(await confirmAction(`${verb} ${what}?${verb === "Purge" ? " Purged jobs are gone for good." : ""}`))) return;
     const out = await act(verb, () => api(`/v1/dead/${verb.toLowerCase()}`, { method: "POST", body }));
     if (out) {
       flash(`${verb}: ${out.requeued ?? out.purged} job(s)${out.truncated ? " (more match: run it again)" : ""}`, true);
