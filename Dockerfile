@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release --bins
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates git \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates git curl \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/fleet /src/target/release/fleet-worker \
     /src/target/release/fleet-demo-agent /usr/local/bin/

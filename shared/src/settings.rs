@@ -295,6 +295,10 @@ pub struct ApiSettings {
     /// Most job keys one listing request scans (`GET /v1/jobs`, batch results, dead
     /// letters by error class); the answer says when the bound cut it short.
     pub list_scan_max: usize,
+    /// Seconds a dashboard session (`/ui`, cookie) lasts after login.
+    pub session_ttl_secs: u64,
+    /// Mark the dashboard's session cookie `Secure` (sent over HTTPS only).
+    pub session_cookie_secure: bool,
     /// The tokens of `token` and `tokens`, read at load (from the environment or files).
     #[serde(skip)]
     pub credentials: Vec<ApiCredential>,
@@ -906,6 +910,7 @@ impl Settings {
                 u64::from(self.api.auth_failures_per_minute),
             ),
             ("api.list_scan_max", self.api.list_scan_max as u64),
+            ("api.session_ttl_secs", self.api.session_ttl_secs),
         ] {
             if value == 0 {
                 return err(key, "must be at least 1");

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use subtle::ConstantTimeEq as _;
 
+use super::ui::session;
 use super::{ApiError, Shared};
 use fleet_shared::secret::Secret;
 use fleet_shared::settings::ApiRole;
@@ -150,7 +151,9 @@ pub fn is_read(method: &Method) -> bool {
 /// One `Authorization` header at most (400: which one would count is ambiguous); with
 /// `api.token` or `api.tokens`, every route but the health checks needs one of them
 /// (401), and an address that failed `api.auth_failures_per_minute` times is refused
-/// (429) until its minute is over. Then the token's rate limit (429 with
+/// (429) until its minute is over. Without an `Authorization` header, a dashboard
+/// session cookie stands for its token (401 once the session ended; 403 for an action
+/// without the session's `X-CSRF-Token`). Then the token's rate limit (429 with
 /// `Retry-After`), then its role: a read-only token may only read (403).
 pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     if req.headers().get_all(AUTHORIZATION).iter().count() > 1 {
@@ -181,30 +184,20 @@ pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: N
             .retry_after(wait)
             .into_response();
         }
-        // Every configured token is compared, in constant time each.
-        let header = req.headers().get(AUTHORIZATION);
-        let matched = api.credentials.iter().fold(None, |found, c| {
-            let hit = bearer_matches(header, &c.secret);
-            found.or(hit.then_some(c))
-        });
-        let Some(credential) = matched else {
-            if let Some(ip) = ip {
-                state.throttle.failed(ip, now);
+        // Without an Authorization header, a dashboard session's cookie stands for the
+        // token that opened it; an action with it needs the session's CSRF token.
+        if !req.headers().contains_key(AUTHORIZATION)
+            && let Some(id) = session::cookie_id(req.headers())
+        {
+            match session_caller(&state, &id, req.method(), req.uri().path(), req.headers()).await {
+                Ok(caller) => caller,
+                Err(response) => return *response,
             }
-            // The message never repeats what was sent.
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send `Authorization: Bearer <token>` with api.token or a token of api.tokens",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        };
-        Caller {
-            name: credential.name.clone(),
-            role: credential.role,
+        } else {
+            match bearer_caller(&state, &req, ip, now) {
+                Ok(caller) => caller,
+                Err(response) => return *response,
+            }
         }
     };
     let per_minute = api
@@ -237,6 +230,83 @@ pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: N
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// The caller a dashboard session stands for: 401 when the session has ended (or its
+/// token is no longer in the settings), 403 when an action lacks its CSRF token.
+pub async fn session_caller(
+    state: &Shared,
+    id: &str,
+    method: &Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, Box<Response>> {
+    let api = &state.ctx.settings.api;
+    let found = session::load(state, id)
+        .await
+        .map_err(|e| Box::new(e.into_response()))?;
+    let Some((session, credential)) =
+        found.and_then(|s| s.credential(api).cloned().map(|c| (s, c)))
+    else {
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the dashboard session has ended (logged out, expired after api.session_ttl_secs, or its token was removed): log in again at /ui/login",
+            )
+            .into_response(),
+        ));
+    };
+    if !is_read(method) && !session.csrf_matches(headers) {
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{method} {path} with the dashboard's session cookie needs the session's {} header (GET /ui/session gives it)",
+                    session::CSRF_HEADER
+                ),
+            )
+            .into_response(),
+        ));
+    }
+    Ok(Caller {
+        name: credential.name,
+        role: credential.role,
+    })
+}
+
+/// The caller a bearer token stands for, or 401 (counted against the address).
+fn bearer_caller(
+    state: &Shared,
+    req: &Request,
+    ip: Option<IpAddr>,
+    now: Instant,
+) -> Result<Caller, Box<Response>> {
+    let api = &state.ctx.settings.api;
+    // Every configured token is compared, in constant time each.
+    let header = req.headers().get(AUTHORIZATION);
+    let matched = api.credentials.iter().fold(None, |found, c| {
+        let hit = bearer_matches(header, &c.secret);
+        found.or(hit.then_some(c))
+    });
+    let Some(credential) = matched else {
+        if let Some(ip) = ip {
+            state.throttle.failed(ip, now);
+        }
+        // The message never repeats what was sent.
+        let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send `Authorization: Bearer <token>` with api.token or a token of api.tokens",
+            )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(Box::new(response));
+    };
+    Ok(Caller {
+        name: credential.name.clone(),
+        role: credential.role,
+    })
 }
 
 /// Whether a `Host` header names this machine's loopback: `localhost`, `127.x.x.x` or

@@ -17,7 +17,9 @@
 //! | `GET /v1/dead[/{id}]`, `POST /v1/dead/retry\|purge` | dead letters (`dead.rs`) |
 //! | `GET /v1/workers` | workers and their leases (`listing.rs`) |
 //! | `GET /openapi.json` | the OpenAPI document (`openapi.rs`) |
+//! | `GET /v1/queues` | the depths of both queues (ready, running, delayed, dead) |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
+//! | `/ui/...` | the dashboard (`ui/`): login, session, its pages; the API takes its session cookie |
 //! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
 //!
 //! Every error is `{"error": "<message>"}`: 400 bad input (nothing written), 401 no or
@@ -38,6 +40,7 @@
 //! | `waiters.rs` | one Redis subscriber shared by every result wait |
 //! | `events.rs` | `GET /v1/jobs/{id}/events`: live events as Server-Sent Events |
 //! | `server.rs` | the connection loop: connection cap, header and idle timeout, drain |
+//! | `ui/` | the dashboard: embedded assets, login and logout, sessions in Redis |
 
 mod agents;
 mod answer_stream;
@@ -48,9 +51,11 @@ mod guard;
 mod limits;
 mod listing;
 pub mod openapi;
+mod queues;
 mod rate;
 mod routes;
 mod server;
+mod ui;
 mod waiters;
 
 use std::future::Future;
@@ -264,6 +269,7 @@ fn api_routes() -> openapi::Routes {
         .on(M::POST, "/v1/dead/retry", dead::retry)
         .on(M::POST, "/v1/dead/purge", dead::purge)
         .on(M::GET, "/v1/workers", listing::workers)
+        .on(M::GET, "/v1/queues", queues::depths)
         .on(M::GET, "/healthz", routes::healthz)
         .on(M::GET, "/readyz", routes::readyz)
         .on(M::GET, "/openapi.json", openapi::openapi_json)
@@ -286,7 +292,8 @@ pub fn routes_and_router(state: Shared) -> (Router, Vec<(Method, &'static str)>)
         .layer(from_fn_with_state(state.clone(), guard::authenticate))
         .layer(from_fn(guard::observe))
         .with_state(state.clone())
-        .merge(webhook_router(webhook.router, state));
+        .merge(webhook_router(webhook.router, state.clone()))
+        .merge(ui::router(state));
     (router, served)
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{Shared, agents, dead, events, github, listing, routes};
+use super::{Shared, agents, dead, events, github, listing, queues, routes};
 
 /// Every error answer: `{"error": "<message>"}`.
 #[derive(Serialize, ToSchema)]
@@ -51,6 +51,7 @@ pub struct ErrorBody {
         dead::retry,
         dead::purge,
         listing::workers,
+        queues::depths,
         routes::healthz,
         routes::readyz,
         openapi_json,
