@@ -16,11 +16,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::routes::{job_id, query};
+use super::routes::query;
 use super::{ApiError, Shared};
 use crate::commands::dead::{Action, DeadOutcome, act_on_all, act_on_ids};
 use crate::context::{parse_id, unknown_job};
-use crate::output::{DeadRow, record_json};
+use crate::output::DeadRow;
 
 /// Most dead letters per page.
 const MAX_PAGE: usize = 1000;
@@ -316,18 +316,13 @@ pub async fn list(
     responses((status = 200, description = "the record with every attempt, as `fleet --json dead show`", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/dead/{id}`: the whole record, every attempt in full (a job that is not
-/// dead is shown too: its `status` says where it is).
+/// dead is shown too: its `status` says where it is) — the record `GET /v1/jobs/{id}`
+/// gives.
 pub async fn show(
-    State(s): State<Shared>,
+    state: State<Shared>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = job_id(path)?;
-    let queues = s.queues().await?;
-    let (kind, record) = s
-        .redis(queues.lookup(&id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(unknown_job(&id)))?;
-    Ok(Json(record_json(kind, &record)))
+    super::routes::status(state, path).await
 }
 
 async fn act(

@@ -13,6 +13,21 @@
 -- Time. Every timestamp a script writes or compares is Redis' clock (`TIME`), never a
 -- caller's: workers whose clocks disagree still agree on leases, delays and deadlines.
 
+-- Enqueue: may a new job `id` be written at `jk`? Not when its idempotency key `ik`
+-- (used only when `idem` is set) already names a job — that one is the answer — nor when
+-- the record exists. Otherwise `ik` now names `id`. Returns the job ID to answer with and
+-- whether to skip writing.
+local function claim_new(ik, jk, id, idem, idem_ttl)
+  if idem ~= '' then
+    local existing = redis.call('GET', ik)
+    if existing then
+      return existing, true
+    end
+    redis.call('SET', ik, id, 'PX', idem_ttl)
+  end
+  return id, redis.call('EXISTS', jk) == 1
+end
+
 local function job_key(prefix, id)
   return prefix .. 'job:' .. id
 end

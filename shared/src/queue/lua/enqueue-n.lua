@@ -50,22 +50,8 @@ for i = 4, #ARGV, per do
   if per == 6 then
     batch, idem, run_at_s = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   end
-  local result_id = id
-  local skip = false
-  if idem ~= '' then
-    local ik = KEYS[kj + 2]
-    local existing = redis.call('GET', ik)
-    if existing then
-      result_id = existing
-      skip = true
-    else
-      redis.call('SET', ik, id, 'PX', idem_ttl)
-    end
-  end
   local jk = KEYS[kj + 1]
-  if not skip and redis.call('EXISTS', jk) == 1 then
-    skip = true
-  end
+  local result_id, skip = claim_new(KEYS[kj + 2], jk, id, idem, idem_ttl)
   if not skip then
     if batch == '' then
       redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',

@@ -43,22 +43,8 @@ for i = 4, #ARGV, 6 do
   local id, spec, meta, batch, idem, cache_ttl =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local ck = KEYS[2 + j]
-  local result_id = id
-  local skip = false
-  if idem ~= '' then
-    local ik = KEYS[kj + 2]
-    local existing = redis.call('GET', ik)
-    if existing then
-      result_id = existing
-      skip = true
-    else
-      redis.call('SET', ik, id, 'PX', idem_ttl)
-    end
-  end
   local jk = KEYS[kj + 1]
-  if not skip and redis.call('EXISTS', jk) == 1 then
-    skip = true
-  end
+  local result_id, skip = claim_new(KEYS[kj + 2], jk, id, idem, idem_ttl)
   if not skip then
     redis.call('HSET', jk, 'spec', spec, 'meta', stamp_meta(meta, now, now_s), 'cache', ck, 'cache_ttl', cache_ttl)
     if batch ~= '' then
