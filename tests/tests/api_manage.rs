@@ -191,6 +191,10 @@ async fn agents_are_launched_listed_shown_paused_and_scaled_over_http() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(job["queue"], "lifecycle");
+    // Done before the queue is counted below (a worker taking it meanwhile would change
+    // the counts).
+    let (status, _) = api.wait_result(scale["id"].as_str().unwrap()).await;
+    assert_ne!(status, StatusCode::ACCEPTED, "the scale job did not end");
 
     // Bad input: 400, nothing enqueued. Unknown agent: 404.
     let before = api
