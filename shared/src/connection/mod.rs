@@ -276,6 +276,17 @@ pub enum RedisConn {
     Sentinel(SentinelConn),
 }
 
+/// The settings' topology, as a Redis client error when they are bad.
+fn topology_of(redis: &RedisSettings) -> redis::RedisResult<Topology> {
+    Topology::from_settings(redis).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "bad Redis settings",
+            e.to_string(),
+        ))
+    })
+}
+
 /// Open a connection with the settings' timeouts.
 pub async fn connect(redis: &RedisSettings) -> redis::RedisResult<RedisConn> {
     connect_with(redis, Timeouts::from_settings(redis)).await
@@ -287,13 +298,7 @@ pub async fn connect_with(
     redis: &RedisSettings,
     timeouts: Timeouts,
 ) -> redis::RedisResult<RedisConn> {
-    let topology = Topology::from_settings(redis).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "bad Redis settings",
-            e.to_string(),
-        ))
-    })?;
+    let topology = topology_of(redis)?;
     match topology {
         Topology::Single { url } => Ok(RedisConn::Single(
             manager(client_for(&url, redis)?, timeouts).await?,
@@ -331,13 +336,7 @@ pub async fn connect_with(
 /// that answers (classic `PUBLISH` reaches every node's subscribers); on Sentinel,
 /// to the current primary. Subscribers reconnect through this after any error.
 pub async fn pubsub(redis: &RedisSettings) -> redis::RedisResult<redis::aio::PubSub> {
-    let topology = Topology::from_settings(redis).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "bad Redis settings",
-            e.to_string(),
-        ))
-    })?;
+    let topology = topology_of(redis)?;
     match topology {
         Topology::Single { url } => client_for(&url, redis)?.get_async_pubsub().await,
         Topology::Cluster { nodes } => {
