@@ -146,6 +146,19 @@ fn meta(map: &BTreeMap<String, String>, i: usize, old: &str) -> Option<u64> {
 impl RedisQueue {
     /// A job's record, or `None` when no such job exists (or its record expired).
     pub async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        if self.routes() {
+            // The shard the ID names, else shard 0 (queue/shards.rs).
+            return self
+                .on_owner(id, Option::is_some, |q| {
+                    Box::pin(async move { q.job_record_here(id).await })
+                })
+                .await;
+        }
+        self.job_record_here(id).await
+    }
+
+    /// [`RedisQueue::job_record`] on this handle's own keys.
+    pub(crate) async fn job_record_here(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         let (fields, history): (BTreeMap<String, String>, Vec<String>) = self
             .retrying("job_record", || {
                 let mut conn = self.connection();
@@ -205,6 +218,17 @@ impl RedisQueue {
 
     /// Statuses of many jobs in one round trip (`None` where unknown).
     pub async fn job_statuses(&self, ids: &[JobId]) -> Result<Vec<Option<JobStatus>>, QueueError> {
+        if self.routes() {
+            return self.job_statuses_routed(ids).await;
+        }
+        self.job_statuses_here(ids).await
+    }
+
+    /// [`RedisQueue::job_statuses`] on this handle's own keys.
+    pub(crate) async fn job_statuses_here(
+        &self,
+        ids: &[JobId],
+    ) -> Result<Vec<Option<JobStatus>>, QueueError> {
         let raw: Vec<Option<String>> = self
             .retrying("job_statuses", || {
                 let mut conn = self.connection();
@@ -223,6 +247,14 @@ impl RedisQueue {
 
     /// A batch's counters, or `None` if unknown.
     pub async fn batch_record(&self, id: &str) -> Result<Option<BatchRecord>, QueueError> {
+        if self.routes_all() {
+            return self.batch_record_routed(id).await;
+        }
+        self.batch_record_here(id).await
+    }
+
+    /// [`RedisQueue::batch_record`] on this handle's own keys.
+    pub(crate) async fn batch_record_here(&self, id: &str) -> Result<Option<BatchRecord>, QueueError> {
         let fields: BTreeMap<String, i64> = self
             .retrying("batch_record", || {
                 let mut conn = self.connection();
@@ -259,7 +291,10 @@ impl RedisQueue {
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let mut pubsub = crate::connection::pubsub(self.redis_settings()).await.ok();
         if let Some(p) = pubsub.as_mut() {
-            let _ = p.subscribe(&self.keys().done_channel).await;
+            // A job ends on its own shard's channel (queue/shards.rs).
+            for channel in self.done_channels() {
+                let _ = p.subscribe(&channel).await;
+            }
         }
         let mut messages = pubsub.as_mut().map(|p| p.on_message());
         loop {

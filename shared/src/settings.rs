@@ -183,6 +183,9 @@ pub struct QueueSettings {
     pub durability: Durability,
     /// How long that wait may take (milliseconds).
     pub durability_timeout_ms: u64,
+    /// How many shards (each its own hash tag, so its own cluster slot) the research
+    /// queue is spread over (`queue/shards.rs`). 1: one slot, as before sharding.
+    pub shards: u16,
     pub research: RetryPolicy,
     pub lifecycle: RetryPolicy,
 }
@@ -825,6 +828,15 @@ impl Settings {
         }
         if self.queue.promote_chunk == 0 {
             return err("queue.promote_chunk", "must be at least 1");
+        }
+        if !(1..=crate::queue::shards::MAX_SHARDS).contains(&self.queue.shards) {
+            return err(
+                "queue.shards",
+                &format!(
+                    "must be between 1 and {} (one shard per hash tag; more than the cluster has primaries only adds calls)",
+                    crate::queue::shards::MAX_SHARDS
+                ),
+            );
         }
         if self.queue.idempotency_ttl_secs == 0 {
             return err("queue.idempotency_ttl_secs", "must be at least 1");

@@ -101,7 +101,10 @@ pub fn spawn_notifier(
             let subscribed = async {
                 let mut pubsub =
                     fleet_shared::connection::pubsub(research.redis_settings()).await?;
-                pubsub.subscribe(&research.keys().done_channel).await?;
+                // Every shard's channel: a job ends on its own (queue/shards.rs).
+                for channel in research.done_channels() {
+                    pubsub.subscribe(&channel).await?;
+                }
                 anyhow::Ok(pubsub)
             }
             .await;

@@ -212,7 +212,9 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         reclaim_every: Duration::from_millis(settings.queue.reclaim_interval_ms),
     };
     let mut queues = BTreeMap::new();
-    let mut keepers = BTreeMap::new();
+    // One lease keeper per shard of each queue (queue/shards.rs); the first (shard 0)
+    // also announces the worker.
+    let mut shard_keepers: BTreeMap<QueueKind, Vec<Arc<LeaseKeeper>>> = BTreeMap::new();
     for kind in QueueKind::ALL {
         let mut config = QueueConfig::from_settings(&settings, kind);
         config.give_up_after = None;
@@ -220,12 +222,21 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             tracing::info!("stopped before Redis became reachable");
             return Ok(());
         };
-        keepers.insert(
-            kind,
-            Arc::new(LeaseKeeper::start(settings.redis.clone(), config, timings)),
-        );
+        let per_shard = (0..config.shards)
+            .map(|shard| {
+                let mut config = config.clone();
+                config.shard = shard;
+                Arc::new(LeaseKeeper::start(settings.redis.clone(), config, timings))
+            })
+            .collect();
+        shard_keepers.insert(kind, per_shard);
         queues.insert(kind, queue);
     }
+    let keepers: BTreeMap<QueueKind, Arc<LeaseKeeper>> = shard_keepers
+        .iter()
+        .map(|(kind, k)| (*kind, k[0].clone()))
+        .collect();
+    let all_keepers: Vec<Arc<LeaseKeeper>> = shard_keepers.values().flatten().cloned().collect();
     // A Redis that evicts keys would drop jobs and leases without a word, and one that
     // cannot confirm `queue.durability` would fail every settle: refuse both at start.
     {
@@ -307,7 +318,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         client: github_client,
         settings: settings.github.clone(),
     }));
-    releaser.set(keepers.values().cloned().collect());
+    releaser.set(all_keepers.clone());
     tokio::select! {
         _ = reconcile(&pool) => {}
         _ = stop.cancelled() => {}
@@ -317,7 +328,7 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         &settings.worker.http_addr,
         executor.clone(),
         loops.clone(),
-        keepers.values().cloned().collect(),
+        all_keepers.clone(),
         stop.clone(),
     )
     .await?;
@@ -362,14 +373,16 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     };
 
     tracing::info!(%worker, concurrency = settings.worker.concurrency, provider = pool.provider().name(), "worker started");
-    let research = (
-        queues[&QueueKind::Research].clone(),
-        keepers[&QueueKind::Research].clone(),
-    );
-    let lifecycle = (
-        queues[&QueueKind::Lifecycle].clone(),
-        keepers[&QueueKind::Lifecycle].clone(),
-    );
+    // Each queue's shards, each with its keeper: a backend fetches from all of them.
+    let shards_of = |kind: QueueKind| -> Vec<(RedisQueue, Arc<LeaseKeeper>)> {
+        queues[&kind]
+            .shards()
+            .into_iter()
+            .zip(shard_keepers[&kind].iter().cloned())
+            .collect()
+    };
+    let research = shards_of(QueueKind::Research);
+    let lifecycle = shards_of(QueueKind::Lifecycle);
     let (research_n, lifecycle_n) = (
         settings.worker.concurrency,
         settings.worker.lifecycle_concurrency,
@@ -377,18 +390,12 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
     let monitor = Monitor::new()
         .should_restart(on_job_loop_error(loops.clone(), stop.clone()))
         .register({
-            let (queue, keeper, stop, exec, worker) = (
-                research.0,
-                research.1,
-                stop.clone(),
-                executor.clone(),
-                worker.clone(),
-            );
+            let (shards, stop, exec, worker) =
+                (research, stop.clone(), executor.clone(), worker.clone());
             move |run| {
                 WorkerBuilder::new(format!("{worker}-research-{run}"))
-                    .backend(RedisBackend::start(
-                        queue.clone(),
-                        keeper.clone(),
+                    .backend(RedisBackend::start_sharded(
+                        shards.clone(),
                         &worker,
                         research_n,
                         stop.clone(),
@@ -401,18 +408,12 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
             }
         })
         .register({
-            let (queue, keeper, stop, exec, worker) = (
-                lifecycle.0,
-                lifecycle.1,
-                stop.clone(),
-                executor.clone(),
-                worker.clone(),
-            );
+            let (shards, stop, exec, worker) =
+                (lifecycle, stop.clone(), executor.clone(), worker.clone());
             move |run| {
                 WorkerBuilder::new(format!("{worker}-lifecycle-{run}"))
-                    .backend(RedisBackend::start(
-                        queue.clone(),
-                        keeper.clone(),
+                    .backend(RedisBackend::start_sharded(
+                        shards.clone(),
                         &worker,
                         lifecycle_n,
                         stop.clone(),
@@ -474,6 +475,8 @@ pub async fn run(settings: Settings, name: Option<String>) -> anyhow::Result<()>
         tracing::error!(sandboxes = ?left, "sandboxes left running: they could not be killed within the drain timeout");
     }
     drop(keepers);
+    drop(shard_keepers);
+    drop(all_keepers);
     let _ = http.await;
     gateway_stop.cancel();
     if let Some(server) = gateway_server {

@@ -181,7 +181,7 @@ async fn dead_matches(
             };
             let rows = s
                 .redis(async {
-                    Ok(q.dead_page(
+                    Ok(q.dead_page_all(
                         filter.died_since,
                         filter.died_until,
                         cursor.as_ref().map(|(a, i)| (*a, i.as_str())),
@@ -200,7 +200,7 @@ async fn dead_matches(
                 None => vec![true; rows.len()],
                 Some(class) => {
                     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-                    let summaries = s.redis(async { Ok(q.job_summaries(&ids).await?) }).await?;
+                    let summaries = s.redis(async { Ok(q.job_summaries_all(&ids).await?) }).await?;
                     summaries
                         .iter()
                         .map(|j| {

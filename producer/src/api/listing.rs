@@ -248,7 +248,7 @@ async fn page(
     for kind in kinds {
         let q = queues.get(*kind);
         let p = s
-            .redis(async { Ok(q.list_jobs(filter, order, cursor, limit, scan_max).await?) })
+            .redis(async { Ok(q.list_jobs_all(filter, order, cursor, limit, scan_max).await?) })
             .await?;
         total.scanned += p.scanned;
         total.truncated |= p.truncated;
@@ -444,13 +444,13 @@ pub async fn workers(
             w.live |= live;
         }
         let leases = s
-            .redis(async { Ok(q.active_leases(scan_max + 1).await?) })
+            .redis(async { Ok(q.active_leases_all(scan_max + 1).await?) })
             .await?;
         truncated |= leases.len() > scan_max;
         let leases = &leases[..leases.len().min(scan_max)];
         scanned += leases.len() as u64;
         let ids: Vec<String> = leases.iter().map(|(id, _)| id.clone()).collect();
-        let jobs = s.redis(async { Ok(q.job_summaries(&ids).await?) }).await?;
+        let jobs = s.redis(async { Ok(q.job_summaries_all(&ids).await?) }).await?;
         for ((id, until), job) in leases.iter().zip(jobs) {
             // The job's `worker` is `<worker name>` as announced (fetch-6.lua).
             let Some(worker) = job.and_then(|j| j.worker) else {

@@ -80,10 +80,9 @@ impl Waiters {
     pub fn register(&self, queues: &Queues, job: &str) -> Result<Wait, Full> {
         self.shared.started.call_once(|| {
             let redis = queues.research.redis_settings().clone();
-            let channels = vec![
-                queues.research.keys().done_channel.clone(),
-                queues.lifecycle.keys().done_channel.clone(),
-            ];
+            // Every shard's channel: a job ends on its own (queue/shards.rs).
+            let mut channels = queues.research.done_channels();
+            channels.extend(queues.lifecycle.done_channels());
             tokio::spawn(subscribe(
                 self.shared.clone(),
                 redis,

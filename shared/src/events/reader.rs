@@ -173,7 +173,7 @@ impl Follow {
 
 /// A job's status (`None`: no such job).
 pub async fn job_status(queue: &RedisQueue, id: &str) -> Result<Option<JobStatus>, QueueError> {
-    let key = queue.keys().job(id);
+    let key = queue.owner_of(id).await?.keys().job(id);
     let status: Option<String> = queue
         .retrying("job_status", || {
             let mut conn = queue.connection();
@@ -299,7 +299,10 @@ pub async fn done_signal(
     let mut pubsub = crate::connection::pubsub(queue.redis_settings())
         .await
         .ok()?;
-    pubsub.subscribe(&queue.keys().done_channel).await.ok()?;
+    // A job ends on its own shard's channel (queue/shards.rs).
+    for channel in queue.done_channels() {
+        pubsub.subscribe(&channel).await.ok()?;
+    }
     let id = id.to_string();
     Some(
         pubsub

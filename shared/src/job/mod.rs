@@ -29,6 +29,23 @@ impl JobId {
         JobId(Uuid::now_v7())
     }
 
+    /// A new ID for a job stored on queue shard `shard` (`queue/shards.rs`): a UUID v7
+    /// whose last byte is the shard's number. That byte is random in a v7 UUID (below
+    /// its counter), so IDs stay unique and still sort by creation time; the shard is
+    /// found from the ID alone, with no lookup.
+    pub fn for_shard(shard: u16) -> Self {
+        let mut bytes = *Uuid::now_v7().as_bytes();
+        bytes[15] = shard as u8;
+        JobId(Uuid::from_bytes(bytes))
+    }
+
+    /// The shard this ID names (its last byte). IDs made before sharding, or not by
+    /// [`JobId::for_shard`], name an arbitrary shard: their jobs live on shard 0, where
+    /// a lookup falls back to (`queue/shards.rs`).
+    pub fn named_shard(&self) -> u16 {
+        u16::from(self.0.as_bytes()[15])
+    }
+
     /// When the ID was made (ms, from its UUIDv7 timestamp; 0 for other UUIDs): the
     /// submission order of jobs addressed to one agent. IDs made by one process sort
     /// in the order they were made, ties included.
@@ -567,5 +584,11 @@ mod tests {
     #[test]
     fn job_ids_are_uuid_v7() {
         assert_eq!(JobId::new().0.get_version_num(), 7);
+        let on_two = JobId::for_shard(2);
+        assert_eq!(on_two.0.get_version_num(), 7);
+        assert_eq!(on_two.named_shard(), 2);
+        // Still ordered by creation within a process, ties included.
+        let ids: Vec<JobId> = (0..100).map(|i| JobId::for_shard(i % 3)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 }

@@ -161,14 +161,23 @@ async fn write_completions(queue: &RedisQueue, batch: Vec<(Completion, Completio
     }
 }
 
-/// The apalis backend of one queue.
-pub struct RedisBackend {
+/// One shard of the queue a backend fetches from, with what settles its attempts.
+struct Shard {
     queue: RedisQueue,
     keeper: Arc<LeaseKeeper>,
     completions: CompletionBatcher,
+}
+
+/// Which of the backend's shards a task was leased from (task data).
+#[derive(Debug, Clone, Copy)]
+pub struct ShardIndex(pub usize);
+
+/// The apalis backend of one queue (of all its shards).
+pub struct RedisBackend {
+    shards: Arc<[Shard]>,
     rx: mpsc::Receiver<Task<Job>>,
     stop: CancellationToken,
-    fetcher: Option<JoinHandle<()>>,
+    fetchers: Vec<JoinHandle<()>>,
     closing: Option<JoinHandle<()>>,
 }
 
@@ -182,25 +191,61 @@ impl RedisBackend {
         concurrency: usize,
         stop: CancellationToken,
     ) -> RedisBackend {
+        Self::start_sharded(vec![(queue, keeper)], worker, concurrency, stop)
+    }
+
+    /// [`RedisBackend::start`] over the shards of a queue (`shards.rs`), each with its
+    /// own lease keeper: one fetcher per shard, each blocking on its shard's marker when
+    /// that shard is idle (no polling), all drawing on the same `concurrency` slots.
+    /// The slots are a FIFO semaphore: when every slot is busy the fetchers queue for
+    /// them and get freed slots in turn, so a backlog on one shard cannot starve
+    /// another (a fetcher takes more than one slot only when nobody else waits).
+    pub fn start_sharded(
+        shards: Vec<(RedisQueue, Arc<LeaseKeeper>)>,
+        worker: &str,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> RedisBackend {
         let (tx, rx) = mpsc::channel(concurrency.max(1));
-        let fetcher = tokio::spawn(fetch_loop(
-            queue.clone(),
-            keeper.clone(),
-            Arc::from(worker),
-            Arc::new(Semaphore::new(concurrency.max(1))),
-            tx,
-            stop.clone(),
-        ));
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let worker: Arc<str> = Arc::from(worker);
+        let fetchers = shards
+            .iter()
+            .enumerate()
+            .map(|(index, (queue, keeper))| {
+                tokio::spawn(fetch_loop(
+                    queue.clone(),
+                    keeper.clone(),
+                    worker.clone(),
+                    slots.clone(),
+                    tx.clone(),
+                    stop.clone(),
+                    ShardIndex(index),
+                ))
+            })
+            .collect();
+        let shards: Arc<[Shard]> = shards
+            .into_iter()
+            .map(|(queue, keeper)| Shard {
+                completions: CompletionBatcher::start(queue.clone()),
+                queue,
+                keeper,
+            })
+            .collect();
         RedisBackend {
-            completions: CompletionBatcher::start(queue.clone()),
-            queue,
-            keeper,
+            shards,
             rx,
             stop,
-            fetcher: Some(fetcher),
+            fetchers,
             closing: None,
         }
     }
+}
+
+/// The shard a task came from (shard 0 for a task without the mark).
+fn shard_of<'a>(shards: &'a [Shard], task: &Task<Job>) -> &'a Shard {
+    let index = task.data().get::<ShardIndex>().map_or(0, |s| s.0);
+    &shards[index.min(shards.len() - 1)]
 }
 
 async fn fetch_loop(
@@ -210,6 +255,7 @@ async fn fetch_loop(
     slots: Arc<Semaphore>,
     tx: mpsc::Sender<Task<Job>>,
     stop: CancellationToken,
+    shard: ShardIndex,
 ) {
     let mut blocking = None;
     let policy = queue.config().policy.clone();
@@ -325,6 +371,7 @@ async fn fetch_loop(
             let mut task = TaskBuilder::new(job).task_id(task_id).build();
             task.inject_data(ctx.clone());
             task.inject_data(Slot(Arc::new(permit)));
+            task.inject_data(shard);
             if tx.send(task).await.is_err() {
                 // The worker is gone: hand the job back at once.
                 release(&queue, &keeper, &ctx).await;
@@ -384,19 +431,19 @@ impl Backend for RedisBackend {
     ) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
             self.stop.cancel();
-            let fetcher = self.fetcher.take();
+            let fetchers = std::mem::take(&mut self.fetchers);
             let (_, closed) = mpsc::channel(1);
             let mut rx = std::mem::replace(&mut self.rx, closed);
-            let queue = self.queue.clone();
-            let keeper = self.keeper.clone();
+            let shards = self.shards.clone();
             self.closing = Some(tokio::spawn(async move {
-                if let Some(f) = fetcher {
+                for f in fetchers {
                     let _ = f.await;
                 }
                 // Leased but never started: hand back without counting an attempt.
                 while let Some(task) = rx.recv().await {
                     if let Some(ctx) = task.data().get::<AttemptContext>() {
-                        release(&queue, &keeper, ctx).await;
+                        let shard = shard_of(&shards, &task);
+                        release(&shard.queue, &shard.keeper, ctx).await;
                     }
                 }
             }));
@@ -421,9 +468,7 @@ impl BackendConfig for RedisBackend {
 
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
         AttemptLayer {
-            queue: self.queue.clone(),
-            keeper: self.keeper.clone(),
-            completions: self.completions.clone(),
+            shards: self.shards.clone(),
         }
     }
 }
@@ -432,9 +477,7 @@ impl BackendConfig for RedisBackend {
 /// the failure classified and retried, dead-lettered, cancelled or released.
 #[derive(Clone)]
 pub struct AttemptLayer {
-    queue: RedisQueue,
-    keeper: Arc<LeaseKeeper>,
-    completions: CompletionBatcher,
+    shards: Arc<[Shard]>,
 }
 
 impl<S> Layer<S> for AttemptLayer {
@@ -442,9 +485,7 @@ impl<S> Layer<S> for AttemptLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AttemptService {
             inner,
-            queue: self.queue.clone(),
-            keeper: self.keeper.clone(),
-            completions: self.completions.clone(),
+            shards: self.shards.clone(),
         }
     }
 }
@@ -452,9 +493,7 @@ impl<S> Layer<S> for AttemptLayer {
 #[derive(Clone)]
 pub struct AttemptService<S> {
     inner: S,
-    queue: RedisQueue,
-    keeper: Arc<LeaseKeeper>,
-    completions: CompletionBatcher,
+    shards: Arc<[Shard]>,
 }
 
 impl<S, E> Service<Task<Job>> for AttemptService<S>
@@ -476,9 +515,10 @@ where
             return Box::pin(async { Err("task without an attempt context".into()) });
         };
         let slot = task.data().get::<Slot>().cloned();
-        let queue = self.queue.clone();
-        let keeper = self.keeper.clone();
-        let completions = self.completions.clone();
+        let shard = shard_of(&self.shards, &task);
+        let queue = shard.queue.clone();
+        let keeper = shard.keeper.clone();
+        let completions = shard.completions.clone();
         let started_at = redis_now_ms();
         let deadline = ctx.lease.deadline_at_ms;
         let run: BoxFuture<'static, Result<JobOutput, JobError>> =

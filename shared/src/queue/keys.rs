@@ -47,7 +47,18 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(key_prefix: &str, queue: QueueKind) -> Keys {
-        let prefix = format!("{key_prefix}:{{{}}}:", queue.as_str());
+        Keys::for_shard(key_prefix, queue, 0)
+    }
+
+    /// The keys of one shard of a queue (`shards.rs`): shard 0 keeps the queue's own
+    /// tag, `{research}` (what existed before sharding stays valid); shard k ≥ 1 is
+    /// `{research:k}`, a hash tag of its own and so, on a cluster, a slot of its own.
+    pub fn for_shard(key_prefix: &str, queue: QueueKind, shard: u16) -> Keys {
+        let prefix = if shard == 0 {
+            format!("{key_prefix}:{{{}}}:", queue.as_str())
+        } else {
+            format!("{key_prefix}:{{{}:{shard}}}:", queue.as_str())
+        };
         let k = |name: &str| format!("{prefix}{name}");
         Keys {
             wait: k("wait"),
@@ -127,5 +138,17 @@ mod tests {
         for key in [&k.wait, &k.active, &k.delayed, &k.dead, &k.marker, &k.token] {
             assert!(key.contains("{research}"));
         }
+    }
+
+    #[test]
+    fn each_shard_has_its_own_hash_tag_and_shard_zero_keeps_the_old_one() {
+        assert_eq!(
+            Keys::for_shard("fleet", QueueKind::Research, 0).wait,
+            Keys::new("fleet", QueueKind::Research).wait
+        );
+        let k = Keys::for_shard("fleet", QueueKind::Research, 3);
+        assert_eq!(k.wait, "fleet:{research:3}:wait");
+        assert_eq!(k.job("abc"), "fleet:{research:3}:job:abc");
+        assert_eq!(k.done_channel, "fleet:{research:3}:done");
     }
 }

@@ -36,6 +36,7 @@ pub mod keys;
 pub mod lease_keeper;
 pub mod listing;
 mod scripts;
+pub mod shards;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,10 @@ pub struct QueueConfig {
     /// What enqueues and settles wait for (`queue.durability`), and for how long.
     pub durability: Durability,
     pub durability_timeout: Duration,
+    /// How many shards the queue has (`queue.shards` for research, 1 for lifecycle).
+    pub shards: u16,
+    /// Which shard a handle opened with this config is (0 for the queue itself).
+    pub shard: u16,
 }
 
 impl QueueConfig {
@@ -129,6 +134,12 @@ impl QueueConfig {
             cache: crate::results::cache::CacheConfig::from_settings(settings),
             durability: q.durability,
             durability_timeout: Duration::from_millis(q.durability_timeout_ms),
+            // The lifecycle queue carries few jobs: one shard (README "When to shard").
+            shards: match kind {
+                QueueKind::Research => q.shards.max(1),
+                QueueKind::Lifecycle => 1,
+            },
+            shard: 0,
         }
     }
 }
@@ -353,6 +364,10 @@ pub struct RedisQueue {
     redis: Arc<RedisSettings>,
     config: Arc<QueueConfig>,
     keys: Arc<Keys>,
+    /// Opened on the queue (routes over its shards, `shards.rs`), not one shard.
+    routing: bool,
+    /// The round-robin turn of the next job enqueued without a home shard.
+    spread: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The fetch script's reply: `[now<TAB>next_due, meta, spec, meta, spec, …]`
@@ -472,9 +487,16 @@ impl RedisQueue {
     ) -> RedisQueue {
         RedisQueue {
             conn,
-            keys: Arc::new(Keys::new(&redis.key_prefix, config.kind)),
+            keys: Arc::new(Keys::for_shard(
+                &redis.key_prefix,
+                config.kind,
+                config.shard,
+            )),
             redis: Arc::new(redis.clone()),
+            // A handle opened on one shard (a lease keeper's) acts on that shard.
+            routing: config.shard == 0,
             config: Arc::new(config),
+            spread: Default::default(),
         }
     }
 
@@ -542,7 +564,7 @@ impl RedisQueue {
     /// Enqueue one job. With an idempotency key already used within its TTL, returns
     /// the existing job's ID and `existing = true`, and writes nothing.
     pub async fn enqueue(&self, spec: JobSpec) -> Result<(JobId, bool), QueueError> {
-        let job = Job::new(spec);
+        let job = self.new_jobs(vec![spec]).remove(0);
         let id = job.id;
         let ids = self.enqueue_jobs(&[job], None).await?;
         let got = ids[0];
@@ -555,7 +577,7 @@ impl RedisQueue {
         specs: Vec<JobSpec>,
         batch_id: Option<&str>,
     ) -> Result<Vec<JobId>, QueueError> {
-        let jobs: Vec<Job> = specs.into_iter().map(Job::new).collect();
+        let jobs = self.new_jobs(specs);
         self.enqueue_jobs(&jobs, batch_id).await
     }
 
@@ -563,6 +585,18 @@ impl RedisQueue {
     /// Jobs that use the result cache are looked up in it as they are written
     /// (results/cache.rs).
     pub async fn enqueue_jobs(
+        &self,
+        jobs: &[Job],
+        batch_id: Option<&str>,
+    ) -> Result<Vec<JobId>, QueueError> {
+        if self.routes_all() {
+            return self.enqueue_sharded(jobs, batch_id).await;
+        }
+        self.enqueue_jobs_here(jobs, batch_id).await
+    }
+
+    /// [`RedisQueue::enqueue_jobs`] on this handle's own keys.
+    pub(crate) async fn enqueue_jobs_here(
         &self,
         jobs: &[Job],
         batch_id: Option<&str>,
@@ -921,6 +955,14 @@ impl RedisQueue {
 
     /// Cancel a job: at once if it has not started, else by telling its worker.
     pub async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, QueueError> {
+        if self.routes() {
+            return self.cancel_routed(id).await;
+        }
+        self.cancel_here(id).await
+    }
+
+    /// [`RedisQueue::cancel`] on this handle's own keys.
+    pub(crate) async fn cancel_here(&self, id: &JobId) -> Result<CancelOutcome, QueueError> {
         let out: String = self
             .retrying("cancel", || {
                 let mut conn = self.conn.clone();
@@ -952,6 +994,18 @@ impl RedisQueue {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, QueueError> {
+        if self.routes_all() {
+            return self.dead_list_routed(offset, limit).await;
+        }
+        self.dead_list_here(offset, limit).await
+    }
+
+    /// [`RedisQueue::dead_list`] on this handle's own keys.
+    pub(crate) async fn dead_list_here(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, QueueError> {
         let rows: Vec<(String, f64)> = self
             .retrying("dead_list", || {
                 let mut conn = self.conn.clone();
@@ -966,6 +1020,14 @@ impl RedisQueue {
     }
 
     pub async fn dead_count(&self) -> Result<u64, QueueError> {
+        if self.routes_all() {
+            return self.dead_count_routed().await;
+        }
+        self.dead_count_here().await
+    }
+
+    /// [`RedisQueue::dead_count`] on this handle's own keys.
+    pub(crate) async fn dead_count_here(&self) -> Result<u64, QueueError> {
         self.retrying("dead_count", || {
             let mut conn = self.conn.clone();
             let key = self.keys.dead.clone();
@@ -977,6 +1039,14 @@ impl RedisQueue {
     /// Requeue dead jobs: the given IDs, or (none given) up to `max` of the oldest.
     /// A dead record without a spec cannot run: it ends `failed` instead (not counted).
     pub async fn retry_dead(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+        if self.routes_all() {
+            return self.dead_command_routed(ids, max, false).await;
+        }
+        self.retry_dead_here(ids, max).await
+    }
+
+    /// [`RedisQueue::retry_dead`] on this handle's own keys.
+    pub(crate) async fn retry_dead_here(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
         let ids = self.dead_ids(ids, max).await?;
         if ids.is_empty() {
             return Ok(0);
@@ -1019,6 +1089,14 @@ impl RedisQueue {
 
     /// Remove dead jobs for good (they end `failed`): the given IDs, or up to `max`.
     pub async fn purge_dead(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+        if self.routes_all() {
+            return self.dead_command_routed(ids, max, true).await;
+        }
+        self.purge_dead_here(ids, max).await
+    }
+
+    /// [`RedisQueue::purge_dead`] on this handle's own keys.
+    pub(crate) async fn purge_dead_here(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
         let ids = self.dead_ids(ids, max).await?;
         if ids.is_empty() {
             return Ok(0);
@@ -1042,6 +1120,14 @@ impl RedisQueue {
 
     /// Queue depths: (ready, running, delayed, dead).
     pub async fn counts(&self) -> Result<QueueCounts, QueueError> {
+        if self.routes_all() {
+            return self.counts_routed().await;
+        }
+        self.counts_here().await
+    }
+
+    /// [`RedisQueue::counts`] on this handle's own keys.
+    pub(crate) async fn counts_here(&self) -> Result<QueueCounts, QueueError> {
         let (wait, active, delayed, dead): (u64, u64, u64, u64) = self
             .retrying("counts", || {
                 let mut conn = self.conn.clone();

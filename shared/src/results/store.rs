@@ -16,6 +16,7 @@
 //! Readers ([`RedisQueue::answer_chunks`], [`json_with_answer`]) hold one chunk at a
 //! time: `fleet result` and `GET /v1/jobs/{id}/result` stream the answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -140,7 +141,7 @@ impl RedisQueue {
 
     /// A job's metadata stored with its answer (`output.metadata_stored`), if there.
     pub async fn stored_metadata(&self, id: &str) -> Result<Option<Value>, QueueError> {
-        let key = self.keys().answer(id);
+        let key = self.owner_of(id).await?.keys().answer(id);
         let text: Option<String> = self
             .retrying("stored_metadata", || {
                 let mut conn = self.connection();
@@ -159,7 +160,7 @@ impl RedisQueue {
 
     /// One chunk of a job's stored answer; `None` when it is not there (expired).
     pub async fn answer_chunk(&self, id: &str, index: u64) -> Result<Option<Bytes>, QueueError> {
-        let key = self.keys().answer(id);
+        let key = self.owner_of(id).await?.keys().answer(id);
         let chunk: Option<Vec<u8>> = self
             .retrying("answer_chunk", || {
                 let mut conn = self.connection();
@@ -186,14 +187,18 @@ impl RedisQueue {
     ) -> impl Stream<Item = Result<Bytes, QueueError>> + Send + 'static {
         let queue = self.clone();
         let id = id.to_string();
+        // The shard that holds the answer is found once, before the first chunk.
+        let owner: Arc<tokio::sync::OnceCell<RedisQueue>> = Default::default();
         futures::stream::try_unfold(0u64, move |index| {
             let queue = queue.clone();
             let id = id.clone();
+            let owner = owner.clone();
             async move {
                 if index >= stored.chunks {
                     return Ok(None);
                 }
-                match queue.answer_chunk(&id, index).await? {
+                let owner = owner.get_or_try_init(|| queue.owner_of(&id)).await?;
+                match owner.answer_chunk(&id, index).await? {
                     Some(chunk) => Ok(Some((chunk, index + 1))),
                     None => Err(QueueError::Corrupt(format!(
                         "chunk {index} of job {id}'s answer is gone (it expired while it was read)"
