@@ -1,12 +1,14 @@
 //! The queue's core promises as one routine over any Redis the settings name, so the
 //! same body runs against one node, a Cluster, Sentinel and TLS (`tests/topologies.rs`).
 //! It reads and writes through the queue's API only: no key is touched by hand, so it
-//! cannot depend on where a key lives.
+//! cannot depend on where a key lives. With `queue.shards` above 1 it runs over every
+//! shard: jobs are fetched from all of them and each lease settled on its own shard, as
+//! a worker does (queue/shards.rs).
 
 use std::time::Duration;
 
 use fleet_shared::job::{JobSpec, QueueKind};
-use fleet_shared::queue::{AttemptRecord, CancelOutcome, Fenced, Settlement};
+use fleet_shared::queue::{AttemptRecord, CancelOutcome, Fenced, Lease, RedisQueue, Settlement};
 use fleet_shared::results::JobStatus;
 use fleet_shared::settings::Settings;
 use serde_json::json;
@@ -21,12 +23,43 @@ fn record(attempt: u32, outcome: &str) -> AttemptRecord {
     }
 }
 
+/// A lease and the shard it came from (where it is settled).
+pub struct Held {
+    pub shard: RedisQueue,
+    pub lease: Lease,
+}
+
+/// Fetch up to `max` jobs from every shard of `q`, shard 0 first.
+pub async fn fetch_all(q: &RedisQueue, worker: &str, max: usize) -> Vec<Held> {
+    let mut held = Vec::new();
+    for shard in q.shards() {
+        let room = max - held.len();
+        if room == 0 {
+            break;
+        }
+        for lease in shard.fetch(worker, room).await.unwrap().leases {
+            held.push(Held {
+                shard: shard.clone(),
+                lease,
+            });
+        }
+    }
+    held
+}
+
+/// The one job ready on any shard.
+async fn fetch_one(q: &RedisQueue, worker: &str) -> Held {
+    let mut held = fetch_all(q, worker, 10).await;
+    assert_eq!(held.len(), 1, "one job ready");
+    held.remove(0)
+}
+
 /// Enqueue, fetch, complete (with a waiter told through pub/sub), fail and retry,
 /// dead-letter, retry and purge dead letters, cancel, batches, idempotency keys.
 pub async fn core_queue_operations(settings: &Settings) {
     let q = queue(settings, QueueKind::Research).await;
     // Leftovers of an earlier routine on the same Redis would change the counts.
-    assert!(q.fetch("w", 100).await.unwrap().leases.is_empty());
+    assert!(fetch_all(&q, "w", 100).await.is_empty());
 
     // Enqueue → fetch → complete; a waiter hears the end.
     let (id, existing) = q.enqueue(JobSpec::research("q1", "demo")).await.unwrap();
@@ -36,10 +69,11 @@ pub async fn core_queue_operations(settings: &Settings) {
         let id = id.to_string();
         tokio::spawn(async move { q.wait_for_final(&id, Some(Duration::from_secs(30))).await })
     };
-    let lease = q.fetch("w1", 10).await.unwrap().leases.remove(0);
+    let Held { shard, lease } = fetch_one(&q, "w1").await;
     assert_eq!(lease.id, id.to_string());
     assert_eq!(
-        q.complete(&lease, &json!({"output": {"answer": "42"}}).to_string())
+        shard
+            .complete(&lease, &json!({"output": {"answer": "42"}}).to_string())
             .await
             .unwrap(),
         Fenced::Accepted
@@ -54,36 +88,39 @@ pub async fn core_queue_operations(settings: &Settings) {
 
     // Fail → retry → fail dead → dead letter → retried → succeeds.
     let (id, _) = q.enqueue(JobSpec::research("q2", "demo")).await.unwrap();
-    let first = q.fetch("w1", 10).await.unwrap().leases.remove(0);
+    let Held { shard, lease: first } = fetch_one(&q, "w1").await;
     let error = json!({"class": "transient", "message": "flaky"});
     let retry = Settlement::Retry {
         delay: Duration::ZERO,
     };
     assert_eq!(
-        q.fail(&first, retry, &error, &record(1, "transient"))
+        shard
+            .fail(&first, retry, &error, &record(1, "transient"))
             .await
             .unwrap(),
         Fenced::Accepted
     );
-    let second = q.fetch("w1", 10).await.unwrap().leases.remove(0);
+    let second = fetch_one(&q, "w1").await.lease;
     assert_eq!(second.attempt, 2);
     assert_eq!(
-        q.fail(&first, Settlement::Dead, &error, &record(1, "transient"))
+        shard
+            .fail(&first, Settlement::Dead, &error, &record(1, "transient"))
             .await
             .unwrap(),
         Fenced::Stale,
         "the first attempt's token is spent"
     );
-    q.fail(&second, Settlement::Dead, &error, &record(2, "transient"))
+    shard
+        .fail(&second, Settlement::Dead, &error, &record(2, "transient"))
         .await
         .unwrap();
     let dead = q.dead_list(0, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, id.to_string());
     assert_eq!(q.retry_dead(&[id.to_string()], 10).await.unwrap(), 1);
-    let again = q.fetch("w1", 10).await.unwrap().leases.remove(0);
-    assert_eq!(again.attempt, 1);
-    q.complete(&again, "{}").await.unwrap();
+    let again = fetch_one(&q, "w1").await;
+    assert_eq!(again.lease.attempt, 1);
+    again.shard.complete(&again.lease, "{}").await.unwrap();
     assert_eq!(
         q.job_record(&id.to_string()).await.unwrap().unwrap().status,
         JobStatus::Succeeded
@@ -91,8 +128,9 @@ pub async fn core_queue_operations(settings: &Settings) {
 
     // A dead letter purged ends failed.
     let (id, _) = q.enqueue(JobSpec::research("q3", "demo")).await.unwrap();
-    let l = q.fetch("w1", 10).await.unwrap().leases.remove(0);
-    q.fail(&l, Settlement::Dead, &error, &record(1, "permanent"))
+    let l = fetch_one(&q, "w1").await;
+    l.shard
+        .fail(&l.lease, Settlement::Dead, &error, &record(1, "permanent"))
         .await
         .unwrap();
     assert_eq!(q.purge_dead(&[], 10).await.unwrap(), 1);
@@ -104,7 +142,7 @@ pub async fn core_queue_operations(settings: &Settings) {
     // Cancel a queued job: it never runs.
     let (id, _) = q.enqueue(JobSpec::research("q4", "demo")).await.unwrap();
     assert_eq!(q.cancel(&id).await.unwrap(), CancelOutcome::Cancelled);
-    assert!(q.fetch("w1", 10).await.unwrap().leases.is_empty());
+    assert!(fetch_all(&q, "w1", 10).await.is_empty());
     assert_eq!(
         q.job_record(&id.to_string()).await.unwrap().unwrap().status,
         JobStatus::Cancelled
@@ -123,8 +161,10 @@ pub async fn core_queue_operations(settings: &Settings) {
         .await
         .unwrap();
     assert_eq!(ids.len(), 3);
-    for l in q.fetch("w1", 10).await.unwrap().leases {
-        q.complete(&l, "{}").await.unwrap();
+    let held = fetch_all(&q, "w1", 10).await;
+    assert_eq!(held.len(), 3);
+    for h in held {
+        h.shard.complete(&h.lease, "{}").await.unwrap();
     }
     let batch = q.batch_record("batch-1").await.unwrap().unwrap();
     assert_eq!(batch.total, 3);
@@ -138,9 +178,9 @@ pub async fn core_queue_operations(settings: &Settings) {
     assert!(!existing_a);
     assert!(existing_b);
     assert_eq!(a, b);
-    let l = q.fetch("w1", 10).await.unwrap().leases;
+    let l = fetch_all(&q, "w1", 10).await;
     assert_eq!(l.len(), 1, "one job for one key");
-    q.complete(&l[0], "{}").await.unwrap();
+    l[0].shard.complete(&l[0].lease, "{}").await.unwrap();
 
     // An expired lease is reclaimed and runs again.
     let mut short = fleet_shared::queue::QueueConfig::from_settings(settings, QueueKind::Research);
@@ -148,15 +188,15 @@ pub async fn core_queue_operations(settings: &Settings) {
     let q2 =
         fleet_shared::queue::RedisQueue::with_connection(q.connection(), &settings.redis, short);
     let (id, _) = q2.enqueue(JobSpec::research("q6", "demo")).await.unwrap();
-    let stalled = q2.fetch("w1", 10).await.unwrap().leases.remove(0);
+    let stalled = fetch_one(&q2, "w1").await;
     crate::harness::eventually("the lease to expire", Duration::from_secs(10), || async {
-        (q2.reclaim_expired(10).await.unwrap() > 0).then_some(())
+        (stalled.shard.reclaim_expired(10).await.unwrap() > 0).then_some(())
     })
     .await;
-    let rerun = q2.fetch("w2", 10).await.unwrap().leases.remove(0);
-    assert_eq!(rerun.id, id.to_string());
-    assert_ne!(rerun.token, stalled.token);
-    q2.complete(&rerun, "{}").await.unwrap();
+    let rerun = fetch_one(&q2, "w2").await;
+    assert_eq!(rerun.lease.id, id.to_string());
+    assert_ne!(rerun.lease.token, stalled.lease.token);
+    rerun.shard.complete(&rerun.lease, "{}").await.unwrap();
 
     let counts = q.counts().await.unwrap();
     assert_eq!(counts.ready, 0, "{counts:?}");

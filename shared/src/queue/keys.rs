@@ -51,14 +51,11 @@ impl Keys {
     }
 
     /// The keys of one shard of a queue (`shards.rs`): shard 0 keeps the queue's own
-    /// tag, `{research}` (what existed before sharding stays valid); shard k ≥ 1 is
-    /// `{research:k}`, a hash tag of its own and so, on a cluster, a slot of its own.
+    /// tag, `{research}` (what existed before sharding stays valid); shard k ≥ 1 has a
+    /// tag of its own, `{research:k.j}` ([`shard_tag`]), and so, on a cluster, a slot of
+    /// its own.
     pub fn for_shard(key_prefix: &str, queue: QueueKind, shard: u16) -> Keys {
-        let prefix = if shard == 0 {
-            format!("{key_prefix}:{{{}}}:", queue.as_str())
-        } else {
-            format!("{key_prefix}:{{{}:{shard}}}:", queue.as_str())
-        };
+        let prefix = format!("{key_prefix}:{{{}}}:", shard_tag(queue.as_str(), shard));
         let k = |name: &str| format!("{prefix}{name}");
         Keys {
             wait: k("wait"),
@@ -125,6 +122,65 @@ impl Keys {
     }
 }
 
+/// The Redis Cluster slot of a hash tag (CRC16/XMODEM of it, modulo 16384).
+pub fn cluster_slot(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for b in tag.as_bytes() {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS
+}
+
+const SLOTS: u16 = 16384;
+/// Tags tried per shard when choosing its slot.
+const TAG_CANDIDATES: u32 = 256;
+
+/// The hash tag of shard `shard` of queue `queue`: `queue` itself for shard 0; for
+/// shard k, `queue:k.j` with the `j` (below 256) that spreads the shards' slots
+/// evenly: shard k lands in a part of the slot space, cut into k+1 equal parts, that
+/// no earlier shard holds, as far as it can from the earlier ones. On a cluster whose
+/// slots are split evenly between its primaries (as `redis-cli --cluster create`
+/// makes it), N shards then land on N different primaries for every N up to 7, and
+/// near-evenly beyond. A pure function of (queue, k): every process, of every
+/// version, names a shard's keys alike (pinned by a test), whatever `queue.shards` is.
+pub fn shard_tag(queue: &str, shard: u16) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CHOSEN: OnceLock<Mutex<HashMap<String, Vec<(String, u16)>>>> = OnceLock::new();
+    let mut chosen = CHOSEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let tags = chosen
+        .entry(queue.to_string())
+        .or_insert_with(|| vec![(queue.to_string(), cluster_slot(queue))]);
+    while tags.len() <= usize::from(shard) {
+        let k = tags.len();
+        let parts = k as u32 + 1;
+        let part = |slot: u16| u32::from(slot) * parts / u32::from(SLOTS);
+        let mut best: Option<((bool, u16), String, u16)> = None;
+        for j in 0..TAG_CANDIDATES {
+            let tag = format!("{queue}:{k}.{j}");
+            let slot = cluster_slot(&tag);
+            let alone = tags.iter().all(|(_, s)| part(*s) != part(slot));
+            let gap = tags.iter().map(|(_, s)| s.abs_diff(slot)).min().unwrap_or(0);
+            if best.as_ref().is_none_or(|(score, _, _)| (alone, gap) > *score) {
+                best = Some(((alone, gap), tag, slot));
+            }
+        }
+        let (_, tag, slot) = best.expect("candidates were tried");
+        tags.push((tag, slot));
+    }
+    tags[usize::from(shard)].0.clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,8 +203,29 @@ mod tests {
             Keys::new("fleet", QueueKind::Research).wait
         );
         let k = Keys::for_shard("fleet", QueueKind::Research, 3);
-        assert_eq!(k.wait, "fleet:{research:3}:wait");
-        assert_eq!(k.job("abc"), "fleet:{research:3}:job:abc");
-        assert_eq!(k.done_channel, "fleet:{research:3}:done");
+        assert_eq!(k.wait, "fleet:{research:3.33}:wait");
+        assert_eq!(k.job("abc"), "fleet:{research:3.33}:job:abc");
+        assert_eq!(k.done_channel, "fleet:{research:3.33}:done");
+    }
+
+    #[test]
+    fn shard_tags_never_change_and_spread_over_the_slot_space() {
+        // Pinned: a job's keys must be found by every version of the fleet.
+        let tags: Vec<String> = (0..4).map(|k| shard_tag("research", k)).collect();
+        assert_eq!(
+            tags,
+            ["research", "research:1.102", "research:2.170", "research:3.33"]
+        );
+        assert_eq!(cluster_slot("research"), 11833);
+        assert_eq!(cluster_slot("123456789"), 0x31c3 % 16384);
+        // Every N up to 7: the first N shards hold N different N-ths of the slots.
+        for n in 1..=7u32 {
+            let mut parts: Vec<u32> = (0..n as u16)
+                .map(|k| u32::from(cluster_slot(&shard_tag("research", k))) * n / 16384)
+                .collect();
+            parts.sort_unstable();
+            parts.dedup();
+            assert_eq!(parts.len(), n as usize, "{n} shards");
+        }
     }
 }

@@ -496,7 +496,9 @@ impl RedisQueue {
             // A handle opened on one shard (a lease keeper's) acts on that shard.
             routing: config.shard == 0,
             config: Arc::new(config),
-            spread: Default::default(),
+            // A random first turn: producers that enqueue one job each (a CLI
+            // `submit`) spread too, not all on shard 0.
+            spread: Arc::new(std::sync::atomic::AtomicUsize::new(rand::random::<u16>().into())),
         }
     }
 
