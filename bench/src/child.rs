@@ -38,6 +38,8 @@ pub struct WorkerSpec {
     pub apalis_rearming_poll: bool,
     /// The agent-pool worker: where its local sandboxes live.
     pub pool_root: Option<PathBuf>,
+    /// This project: the queue's shards (`queue.shards`), all fetched from.
+    pub shards: u16,
 }
 
 impl WorkerSpec {
@@ -62,6 +64,8 @@ impl WorkerSpec {
             self.apalis_heartbeat_secs.to_string(),
             "--apalis-missed".into(),
             self.apalis_missed.to_string(),
+            "--shards".into(),
+            self.shards.to_string(),
         ];
         if !self.apalis_parallelize {
             a.push("--apalis-no-parallelize".into());

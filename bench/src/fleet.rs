@@ -59,20 +59,41 @@ async fn handle(job: Job) -> Result<JobOutput, JobError> {
     Ok(JobOutput::Null)
 }
 
-/// Worker-process main for this project.
+/// The queue over `shards` shards (`queue.shards`), lease TTL 30 s.
+pub async fn open_sharded(url: &str, shards: u16) -> Result<RedisQueue> {
+    let mut config = queue_config(Duration::from_secs(30));
+    config.shards = shards;
+    Ok(RedisQueue::open(&redis_settings(url), config).await?)
+}
+
+/// Worker-process main for this project: fetches from every shard of the queue, with
+/// a lease keeper per shard, as `fleet-worker` does.
 pub async fn worker_main(spec: WorkerSpec) -> Result<()> {
     let ttl = Duration::from_secs(spec.lease_ttl_secs);
     let redis = redis_settings(&spec.redis_url);
-    let config = queue_config(ttl);
+    let mut config = queue_config(ttl);
+    config.shards = spec.shards.max(1);
     let queue = RedisQueue::open(&redis, config.clone())
         .await
         .context("open queue")?;
-    let keeper = Arc::new(LeaseKeeper::start(redis, config, keeper_timings(ttl)));
+    let shards = queue
+        .shards()
+        .into_iter()
+        .map(|shard| {
+            let mut config = config.clone();
+            config.shard = shard.shard_index();
+            let keeper = Arc::new(LeaseKeeper::start(
+                redis.clone(),
+                config,
+                keeper_timings(ttl),
+            ));
+            (shard, keeper)
+        })
+        .collect();
     work::init(&spec.redis_url, &spec.name).await?;
     ready_then_wait_for_go().await?;
-    let backend = RedisBackend::start(
-        queue,
-        keeper,
+    let backend = RedisBackend::start_sharded(
+        shards,
         &spec.name,
         spec.concurrency,
         CancellationToken::new(),

@@ -17,6 +17,7 @@ mod gateway;
 mod pool;
 mod report;
 mod scenarios;
+mod shards;
 mod util;
 mod work;
 
@@ -53,7 +54,8 @@ impl System {
 )]
 pub struct Cli {
     /// Scenarios to run, comma-separated: enqueue, drain, latency, recovery, memory, pool,
-    /// events; also (not by default) gateway, ratelimit.
+    /// events; also (not by default) gateway, ratelimit, shards (sharded queues on a
+    /// local 3-primary cluster beside one node; this project only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -135,6 +137,8 @@ pub struct Cli {
     pub apalis_missed: usize,
     #[arg(long, hide = true)]
     pub pool_root: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub shards: u16,
 }
 
 impl Cli {
@@ -152,6 +156,7 @@ impl Cli {
             apalis_parallelize: !self.apalis_no_parallelize,
             apalis_rearming_poll: self.apalis_rearming_poll,
             pool_root: self.pool_root.clone(),
+            shards: self.shards,
         }
     }
 

@@ -112,6 +112,14 @@ pub async fn run_all(cli: &Cli) -> Result<Report> {
     if want("events") {
         b.events().await.context("scenario events")?;
     }
+    if want("shards") {
+        b.flush().await?;
+        let (rows, notes) = crate::shards::sharding(cli, &b.url)
+            .await
+            .context("scenario shards")?;
+        b.rows.extend(rows);
+        b.notes.extend(notes);
+    }
     b.flush().await?;
     let mut command = String::from("cargo run --release -p fleet-bench");
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -158,6 +166,7 @@ impl Bench<'_> {
             apalis_parallelize: false,
             apalis_rearming_poll: self.cli.apalis_rearming_poll,
             pool_root: None,
+            shards: 1,
         }
     }
 

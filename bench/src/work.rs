@@ -45,7 +45,13 @@ static CTX: OnceLock<Ctx> = OnceLock::new();
 
 /// In a worker process, before any job runs.
 pub async fn init(redis_url: &str, worker: &str) -> Result<()> {
-    let conn = redis::Client::open(redis_url)?
+    // On a cluster (`redis+cluster://a,b,c`), the first node: the jobs that write
+    // (`lat`, `long`, `park`) run on one node only; `noop` writes nothing.
+    let redis_url = match redis_url.strip_prefix("redis+cluster://") {
+        Some(hosts) => format!("redis://{}", hosts.split(',').next().unwrap_or_default()),
+        None => redis_url.to_string(),
+    };
+    let conn = redis::Client::open(redis_url.as_str())?
         .get_connection_manager()
         .await?;
     let _ = CTX.set(Ctx {

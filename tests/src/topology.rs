@@ -142,14 +142,25 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three primaries, each with a replica, AOF on (`appendfsync always`).
     pub fn start() -> RedisCluster {
+        Self::start_with(1, true)
+    }
+
+    /// Three primaries with `replicas` replicas each; `aof = false` keeps nothing on
+    /// disk (the benchmarks' setting).
+    pub fn start_with(replicas: usize, aof: bool) -> RedisCluster {
         let dir = temp_dir("fleet-cluster-");
-        let nodes: Vec<Node> = (0..6)
+        let nodes: Vec<Node> = (0..3 * (1 + replicas))
             .map(|i| {
                 let port = free_port();
                 let d = dir.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&d).unwrap();
                 let mut args = base_args(port, &d);
+                if !aof {
+                    let at = args.iter().position(|a| a == "--appendonly").unwrap();
+                    args[at + 1] = "no".into();
+                }
                 args.extend(
                     [
                         "--cluster-enabled",
@@ -171,7 +182,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cli}: {e}"));
@@ -186,8 +197,9 @@ impl RedisCluster {
         cluster
     }
 
-    /// Until every node says `cluster_state:ok` and knows all six.
+    /// Until every node says `cluster_state:ok` and knows all the others.
     pub fn wait_ok(&self) {
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
         let deadline = Instant::now() + Duration::from_secs(30);
         for n in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
@@ -195,7 +207,7 @@ impl RedisCluster {
                     .arg("INFO")
                     .query(&mut n.conn())
                     .unwrap_or_default();
-                if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6") {
+                if info.contains("cluster_state:ok") && info.contains(&known) {
                     break;
                 }
                 assert!(

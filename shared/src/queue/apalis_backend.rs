@@ -197,9 +197,9 @@ impl RedisBackend {
     /// [`RedisBackend::start`] over the shards of a queue (`shards.rs`), each with its
     /// own lease keeper: one fetcher per shard, each blocking on its shard's marker when
     /// that shard is idle (no polling), all drawing on the same `concurrency` slots.
-    /// The slots are a FIFO semaphore: when every slot is busy the fetchers queue for
-    /// them and get freed slots in turn, so a backlog on one shard cannot starve
-    /// another (a fetcher takes more than one slot only when nobody else waits).
+    /// Fetchers with work take turns (a FIFO lock held while one gathers free slots
+    /// and fetches), so a backlog on one shard cannot starve another, and each fetch
+    /// still leases as many jobs as there are free slots.
     pub fn start_sharded(
         shards: Vec<(RedisQueue, Arc<LeaseKeeper>)>,
         worker: &str,
@@ -208,6 +208,7 @@ impl RedisBackend {
     ) -> RedisBackend {
         let (tx, rx) = mpsc::channel(concurrency.max(1));
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let turns = Arc::new(tokio::sync::Mutex::new(()));
         let worker: Arc<str> = Arc::from(worker);
         let fetchers = shards
             .iter()
@@ -221,6 +222,7 @@ impl RedisBackend {
                     tx.clone(),
                     stop.clone(),
                     ShardIndex(index),
+                    turns.clone(),
                 ))
             })
             .collect();
@@ -256,10 +258,20 @@ async fn fetch_loop(
     tx: mpsc::Sender<Task<Job>>,
     stop: CancellationToken,
     shard: ShardIndex,
+    turns: Arc<tokio::sync::Mutex<()>>,
 ) {
     let mut blocking = None;
     let policy = queue.config().policy.clone();
     loop {
+        // The fetchers of a sharded queue take turns (a FIFO mutex): one gathers free
+        // slots and fetches while the others wait, so the slots freed meanwhile go to
+        // the next one as a batch (one fetch call for many jobs, as with one shard), and
+        // a shard that gets work waits at most one turn of each other shard. An idle
+        // fetcher blocks on its marker without the turn.
+        let turn = tokio::select! {
+            _ = stop.cancelled() => return,
+            turn = turns.clone().lock_owned() => turn,
+        };
         let first = tokio::select! {
             _ = stop.cancelled() => return,
             permit = slots.clone().acquire_owned() => permit.expect("slots never close"),
@@ -276,8 +288,12 @@ async fn fetch_loop(
         // attempt. A failed try is tried again under the same fetch ID, which returns
         // what the lost try leased; once stopped, what a fetch got is handed back.
         let fetch_id = new_fetch_id();
+        let mut turn = Some(turn);
         let fetched = loop {
             let tried = queue.fetch_once(&worker, permits.len(), &fetch_id).await;
+            // After the first try the next shard may go: one whose Redis fails holds
+            // no one up while it retries.
+            turn.take();
             match tried {
                 Ok(f) => break Some(f),
                 Err(e) if stop.is_cancelled() => {

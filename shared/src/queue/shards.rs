@@ -126,6 +126,16 @@ impl RedisQueue {
     /// shard if it has one, else the next in turn (so a batch splits evenly).
     pub(crate) fn new_jobs(&self, specs: Vec<JobSpec>) -> Vec<Job> {
         let n = usize::from(self.shard_count());
+        if n == 1 {
+            // One shard: no home to look up (it would cost a digest per job).
+            return specs
+                .into_iter()
+                .map(|spec| Job {
+                    id: JobId::for_shard(0),
+                    ..Job::new(spec)
+                })
+                .collect();
+        }
         let start = self.spread.fetch_add(specs.len(), Ordering::Relaxed);
         specs
             .into_iter()
@@ -159,8 +169,11 @@ impl RedisQueue {
         }
     }
 
-    /// [`RedisQueue::enqueue_jobs`] over the shards: one call per shard (each chunked
-    /// as usual), IDs back in `jobs`' order.
+    /// [`RedisQueue::enqueue_jobs`] over the shards: each shard's part in calls of its
+    /// own (chunked as usual), the shards at the same time (on a cluster, different
+    /// primaries work in parallel); IDs back in `jobs`' order. Should one shard's part
+    /// fail, the call fails; the parts written stay (the caller retries with the same
+    /// IDs, and nothing is written twice).
     pub(crate) async fn enqueue_sharded(
         &self,
         jobs: &[Job],
@@ -170,10 +183,13 @@ impl RedisQueue {
         for (i, job) in jobs.iter().enumerate() {
             groups.entry(self.shard_for(job)?).or_default().push(i);
         }
-        let mut out: Vec<Option<JobId>> = vec![None; jobs.len()];
-        for (shard, members) in groups {
+        let parts = groups.into_iter().map(|(shard, members)| async move {
             let part: Vec<Job> = members.iter().map(|&i| jobs[i].clone()).collect();
             let ids = self.shard(shard).enqueue_jobs_here(&part, batch_id).await?;
+            Ok::<_, QueueError>((members, ids))
+        });
+        let mut out: Vec<Option<JobId>> = vec![None; jobs.len()];
+        for (members, ids) in futures::future::try_join_all(parts).await? {
             for (i, id) in members.into_iter().zip(ids) {
                 out[i] = Some(id);
             }
