@@ -56,7 +56,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn row(what: &str, target: &Target, rate: f64) -> Row {
-    let mut r = Row::new(format!("Sharding: {what}, {}", target.name), "jobs/s", Better::Higher);
+    let mut r = Row::new(
+        format!("Sharding: {what}, {}", target.name),
+        "jobs/s",
+        Better::Higher,
+    );
     r.fleet = Value::Num(rate);
     r.apalis = Value::Skipped("no sharding".into());
     r

@@ -254,7 +254,10 @@ impl RedisQueue {
     }
 
     /// [`RedisQueue::batch_record`] on this handle's own keys.
-    pub(crate) async fn batch_record_here(&self, id: &str) -> Result<Option<BatchRecord>, QueueError> {
+    pub(crate) async fn batch_record_here(
+        &self,
+        id: &str,
+    ) -> Result<Option<BatchRecord>, QueueError> {
         let fields: BTreeMap<String, i64> = self
             .retrying("batch_record", || {
                 let mut conn = self.connection();

@@ -88,7 +88,10 @@ pub async fn core_queue_operations(settings: &Settings) {
 
     // Fail → retry → fail dead → dead letter → retried → succeeds.
     let (id, _) = q.enqueue(JobSpec::research("q2", "demo")).await.unwrap();
-    let Held { shard, lease: first } = fetch_one(&q, "w1").await;
+    let Held {
+        shard,
+        lease: first,
+    } = fetch_one(&q, "w1").await;
     let error = json!({"class": "transient", "message": "flaky"});
     let retry = Settlement::Retry {
         delay: Duration::ZERO,

@@ -41,7 +41,12 @@ fn command_calls(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect()
@@ -88,7 +93,12 @@ async fn the_core_queue_contract_holds_over_three_shards_on_a_cluster_each_on_it
             })
             .map(|n| n.port)
             .collect();
-        assert_eq!(serving.len(), 1, "one primary serves shard {}", shard.shard_index());
+        assert_eq!(
+            serving.len(),
+            1,
+            "one primary serves shard {}",
+            shard.shard_index()
+        );
         owners.insert(serving[0]);
     }
     assert_eq!(owners.len(), 3, "three shards on three primaries");
@@ -197,7 +207,10 @@ async fn status_result_and_cancel_go_straight_to_the_shard_without_a_scan() {
         })),
         ..Job::new(JobSpec::research("old", "demo"))
     };
-    q.shard(0).enqueue_jobs(&[old.clone()], None).await.unwrap();
+    q.shard(0)
+        .enqueue_jobs(std::slice::from_ref(&old), None)
+        .await
+        .unwrap();
 
     let mut conn = redis.conn();
     let _: () = redis::cmd("CONFIG")
@@ -323,9 +336,11 @@ async fn a_backlog_on_one_shard_does_not_starve_another() {
         Duration::from_millis(20),
     )
     .await;
-    eventually("the backlog to be under way", Duration::from_secs(10), || async {
-        (ran.lock().unwrap().len() >= 5).then_some(())
-    })
+    eventually(
+        "the backlog to be under way",
+        Duration::from_secs(10),
+        || async { (ran.lock().unwrap().len() >= 5).then_some(()) },
+    )
     .await;
     // One job on shard 2: it runs within a turn or two, not after the backlog.
     let late = Job {
@@ -345,7 +360,10 @@ async fn a_backlog_on_one_shard_does_not_starve_another() {
         position - before
     );
     let remaining = q.counts().await.unwrap().ready;
-    assert!(remaining > 30, "the backlog was still there ({remaining} left)");
+    assert!(
+        remaining > 30,
+        "the backlog was still there ({remaining} left)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -398,9 +416,11 @@ async fn an_idle_worker_does_not_poll_and_wakes_on_an_enqueue_to_any_shard() {
         };
         let started = Instant::now();
         q.enqueue_jobs(&[job], None).await.unwrap();
-        eventually(&format!("{query} to run"), Duration::from_secs(10), || async {
-            ran.lock().unwrap().contains(&query).then_some(())
-        })
+        eventually(
+            &format!("{query} to run"),
+            Duration::from_secs(10),
+            || async { ran.lock().unwrap().contains(&query).then_some(()) },
+        )
         .await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -413,7 +433,11 @@ async fn an_idle_worker_does_not_poll_and_wakes_on_an_enqueue_to_any_shard() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_worker_runs_a_batch_spread_over_three_shards_and_fleet_finds_each_job() {
-    let mut fleet = Fleet::start(r#"q=$(cat); printf 'answer: %s' "$q""#, "[queue]\nshards = 3\n").await;
+    let mut fleet = Fleet::start(
+        r#"q=$(cat); printf 'answer: %s' "$q""#,
+        "[queue]\nshards = 3\n",
+    )
+    .await;
     fleet.start_worker("w0");
     let specs: Vec<JobSpec> = (0..12)
         .map(|i| JobSpec::research(format!("query {i}"), "test"))
@@ -432,13 +456,24 @@ async fn a_fleet_worker_runs_a_batch_spread_over_three_shards_and_fleet_finds_ea
     let mut ids = ids;
     for i in 0..12 {
         let query = format!("cli query {i}");
-        let out = fleet_cli(&["--config", &config, "--json", "submit", &query], &[], None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = fleet_cli(
+            &["--config", &config, "--json", "submit", &query],
+            &[],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         ids.push(submitted["id"].as_str().unwrap().parse().unwrap());
     }
     let from_cli: HashSet<u16> = ids[12..].iter().map(JobId::named_shard).collect();
-    assert!(from_cli.len() > 1, "twelve CLI submits all went to one shard");
+    assert!(
+        from_cli.len() > 1,
+        "twelve CLI submits all went to one shard"
+    );
     let env: [(&str, String); 0] = [];
     for id in ids.iter().skip(9).take(6) {
         let out = fleet_cli(
@@ -455,18 +490,28 @@ async fn a_fleet_worker_runs_a_batch_spread_over_three_shards_and_fleet_finds_ea
             None,
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("answer: "), "{text}");
     }
     let counts = fleet.queue.shard_counts().await.unwrap();
-    assert!(counts.iter().all(|c| c.ready == 0 && c.running == 0), "{counts:?}");
+    assert!(
+        counts.iter().all(|c| c.ready == 0 && c.running == 0),
+        "{counts:?}"
+    );
 }
 
 #[test]
 fn queue_shards_out_of_range_is_refused_naming_the_key() {
     for bad in ["0", "65"] {
         let env = vec![
-            ("FLEET_REDIS__URL".to_string(), "redis://127.0.0.1:1".to_string()),
+            (
+                "FLEET_REDIS__URL".to_string(),
+                "redis://127.0.0.1:1".to_string(),
+            ),
             ("FLEET_QUEUE__SHARDS".to_string(), bad.to_string()),
         ];
         let err = Settings::from_layers(None, &env).unwrap_err().to_string();

@@ -200,7 +200,9 @@ async fn dead_matches(
                 None => vec![true; rows.len()],
                 Some(class) => {
                     let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-                    let summaries = s.redis(async { Ok(q.job_summaries_all(&ids).await?) }).await?;
+                    let summaries = s
+                        .redis(async { Ok(q.job_summaries_all(&ids).await?) })
+                        .await?;
                     summaries
                         .iter()
                         .map(|j| {

@@ -248,7 +248,10 @@ async fn page(
     for kind in kinds {
         let q = queues.get(*kind);
         let p = s
-            .redis(async { Ok(q.list_jobs_all(filter, order, cursor, limit, scan_max).await?) })
+            .redis(async {
+                Ok(q.list_jobs_all(filter, order, cursor, limit, scan_max)
+                    .await?)
+            })
             .await?;
         total.scanned += p.scanned;
         total.truncated |= p.truncated;
@@ -450,7 +453,9 @@ pub async fn workers(
         let leases = &leases[..leases.len().min(scan_max)];
         scanned += leases.len() as u64;
         let ids: Vec<String> = leases.iter().map(|(id, _)| id.clone()).collect();
-        let jobs = s.redis(async { Ok(q.job_summaries_all(&ids).await?) }).await?;
+        let jobs = s
+            .redis(async { Ok(q.job_summaries_all(&ids).await?) })
+            .await?;
         for ((id, until), job) in leases.iter().zip(jobs) {
             // The job's `worker` is `<worker name>` as announced (fetch-6.lua).
             let Some(worker) = job.and_then(|j| j.worker) else {

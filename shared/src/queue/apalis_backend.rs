@@ -221,8 +221,7 @@ impl RedisBackend {
                     slots.clone(),
                     tx.clone(),
                     stop.clone(),
-                    ShardIndex(index),
-                    turns.clone(),
+                    (ShardIndex(index), turns.clone()),
                 ))
             })
             .collect();
@@ -257,8 +256,7 @@ async fn fetch_loop(
     slots: Arc<Semaphore>,
     tx: mpsc::Sender<Task<Job>>,
     stop: CancellationToken,
-    shard: ShardIndex,
-    turns: Arc<tokio::sync::Mutex<()>>,
+    (shard, turns): (ShardIndex, Arc<tokio::sync::Mutex<()>>),
 ) {
     let mut blocking = None;
     let policy = queue.config().policy.clone();

@@ -153,7 +153,9 @@ const TAG_CANDIDATES: u32 = 256;
 pub fn shard_tag(queue: &str, shard: u16) -> String {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static CHOSEN: OnceLock<Mutex<HashMap<String, Vec<(String, u16)>>>> = OnceLock::new();
+    /// Per queue name, the tags chosen so far and their slots.
+    type Chosen = HashMap<String, Vec<(String, u16)>>;
+    static CHOSEN: OnceLock<Mutex<Chosen>> = OnceLock::new();
     let mut chosen = CHOSEN
         .get_or_init(Default::default)
         .lock()
@@ -170,8 +172,15 @@ pub fn shard_tag(queue: &str, shard: u16) -> String {
             let tag = format!("{queue}:{k}.{j}");
             let slot = cluster_slot(&tag);
             let alone = tags.iter().all(|(_, s)| part(*s) != part(slot));
-            let gap = tags.iter().map(|(_, s)| s.abs_diff(slot)).min().unwrap_or(0);
-            if best.as_ref().is_none_or(|(score, _, _)| (alone, gap) > *score) {
+            let gap = tags
+                .iter()
+                .map(|(_, s)| s.abs_diff(slot))
+                .min()
+                .unwrap_or(0);
+            if best
+                .as_ref()
+                .is_none_or(|(score, _, _)| (alone, gap) > *score)
+            {
                 best = Some(((alone, gap), tag, slot));
             }
         }
@@ -214,10 +223,16 @@ mod tests {
         let tags: Vec<String> = (0..4).map(|k| shard_tag("research", k)).collect();
         assert_eq!(
             tags,
-            ["research", "research:1.102", "research:2.170", "research:3.33"]
+            [
+                "research",
+                "research:1.102",
+                "research:2.170",
+                "research:3.33"
+            ]
         );
         assert_eq!(cluster_slot("research"), 11833);
-        assert_eq!(cluster_slot("123456789"), 0x31c3 % 16384);
+        // CRC16/XMODEM's check value (below 16384, so the slot itself).
+        assert_eq!(cluster_slot("123456789"), 0x31c3);
         // Every N up to 7: the first N shards hold N different N-ths of the slots.
         for n in 1..=7u32 {
             let mut parts: Vec<u32> = (0..n as u16)

@@ -498,7 +498,9 @@ impl RedisQueue {
             config: Arc::new(config),
             // A random first turn: producers that enqueue one job each (a CLI
             // `submit`) spread too, not all on shard 0.
-            spread: Arc::new(std::sync::atomic::AtomicUsize::new(rand::random::<u16>().into())),
+            spread: Arc::new(std::sync::atomic::AtomicUsize::new(
+                rand::random::<u16>().into(),
+            )),
         }
     }
 
@@ -1048,7 +1050,11 @@ impl RedisQueue {
     }
 
     /// [`RedisQueue::retry_dead`] on this handle's own keys.
-    pub(crate) async fn retry_dead_here(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+    pub(crate) async fn retry_dead_here(
+        &self,
+        ids: &[String],
+        max: usize,
+    ) -> Result<u64, QueueError> {
         let ids = self.dead_ids(ids, max).await?;
         if ids.is_empty() {
             return Ok(0);
@@ -1098,7 +1104,11 @@ impl RedisQueue {
     }
 
     /// [`RedisQueue::purge_dead`] on this handle's own keys.
-    pub(crate) async fn purge_dead_here(&self, ids: &[String], max: usize) -> Result<u64, QueueError> {
+    pub(crate) async fn purge_dead_here(
+        &self,
+        ids: &[String],
+        max: usize,
+    ) -> Result<u64, QueueError> {
         let ids = self.dead_ids(ids, max).await?;
         if ids.is_empty() {
             return Ok(0);

@@ -142,9 +142,7 @@ impl RedisQueue {
             .enumerate()
             .map(|(i, spec)| {
                 let mut job = Job::new(spec);
-                let shard = self
-                    .home_shard(&job)
-                    .unwrap_or(((start + i) % n) as u16);
+                let shard = self.home_shard(&job).unwrap_or(((start + i) % n) as u16);
                 job.id = JobId::for_shard(shard);
                 job
             })
@@ -493,7 +491,10 @@ impl RedisQueue {
         let mut on_zero = Vec::new();
         for (k, members) in groups {
             let part: Vec<String> = members.iter().map(|&i| ids[i].clone()).collect();
-            for (i, found) in members.into_iter().zip(self.shard(k).job_summaries(&part).await?) {
+            for (i, found) in members
+                .into_iter()
+                .zip(self.shard(k).job_summaries(&part).await?)
+            {
                 if found.is_none() && k != 0 {
                     on_zero.push(i);
                 }
@@ -502,7 +503,10 @@ impl RedisQueue {
         }
         if !on_zero.is_empty() {
             let part: Vec<String> = on_zero.iter().map(|&i| ids[i].clone()).collect();
-            for (i, found) in on_zero.into_iter().zip(self.shard(0).job_summaries(&part).await?) {
+            for (i, found) in on_zero
+                .into_iter()
+                .zip(self.shard(0).job_summaries(&part).await?)
+            {
                 out[i] = found;
             }
         }
