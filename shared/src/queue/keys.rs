@@ -1,6 +1,7 @@
 //! The Redis key map of one queue. Every key starts with `<key_prefix>:{<queue>}:`;
 //! the braces are a Redis Cluster hash tag, so one queue lives in one slot and each
-//! Lua script touches keys of one slot only. Callers pass every key they can name in
+//! Lua script touches keys of one slot only. A sharded queue (`shards.rs`) has this map
+//! once per shard, each under its own tag ([`shard_tag`]: `{research}` for shard 0). Callers pass every key they can name in
 //! KEYS; what a script may reach undeclared (records it finds by reading) is listed in
 //! docs/ARCHITECTURE.md, "Keys and Redis Cluster", and checked by
 //! tests/tests/script_keys.rs.

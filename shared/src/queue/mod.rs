@@ -357,7 +357,11 @@ impl AttemptRecord {
     }
 }
 
-/// One queue (research or lifecycle) in Redis. Cheap to clone.
+/// One queue (research or lifecycle) in Redis. Cheap to clone. A handle from
+/// [`RedisQueue::open`] routes over the queue's shards (`shards.rs`: enqueue, lookups by
+/// ID, whole-queue reads); the per-shard calls (`fetch`, `renew`, `complete`, `fail`,
+/// `reclaim_expired`, `wait_for_work`) act on the handle's own shard, 0 for an opened
+/// handle: workers take one handle per shard from [`RedisQueue::shards`].
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: RedisConn,
