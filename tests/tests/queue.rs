@@ -512,6 +512,7 @@ async fn batched_completions_are_fenced_one_by_one() {
             token: token.to_string(),
             result_json: r#"{"output":"x"}"#.into(),
             staged: false,
+            cost_usd: 0.0,
         };
     let out = q
         .complete_many(&[
@@ -813,6 +814,7 @@ async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
             token: l.token.clone(),
             result_json: json!({ "output": marker }).to_string(),
             staged: false,
+            cost_usd: 0.0,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };
@@ -871,6 +873,7 @@ async fn one_complete_call_carries_at_most_four_mib_of_results() {
             token: l.token.clone(),
             result_json: json!({ "output": output }).to_string(),
             staged: false,
+            cost_usd: 0.0,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };

@@ -598,6 +598,11 @@ async fn settle(
                 token: lease.token.clone(),
                 result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
                 staged,
+                // The job's spend, all attempts (gateway/mod.rs `AttemptSpend::add_to`).
+                cost_usd: output
+                    .get("cost_usd")
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0),
             })
         }
         Err(err) => {
