@@ -297,7 +297,7 @@ impl RedisQueue {
         let chunk = if alone {
             limit + 1
         } else {
-            (limit + 1).max(READ_CHUNK)
+            (limit + 1).max(READ_CHUNK).min(scan_max.max(1))
         };
         let mut pos: Option<String> = cursor.map(str::to_string);
         let mut page = JobPage::default();
