@@ -562,7 +562,13 @@ async fn a_listing_is_exact_past_its_scan_bound_and_says_when_a_record_filter_cu
         let (status, page) = api.get(&path).await;
         assert_eq!(status, StatusCode::OK, "{page}");
         truncated |= page["truncated"] == true;
-        found.extend(page["jobs"].as_array().unwrap().iter().map(|j| j["query"].clone()));
+        found.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["query"].clone()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -586,14 +592,21 @@ async fn history_is_served_per_minute_with_its_range_checked() {
     assert!(sum("dead") >= 1, "{body}");
     assert!(sum("failed") >= 1, "{body}");
     let to = body["to"].as_u64().unwrap();
-    assert_eq!(body["from"].as_u64().unwrap(), to - 3_600_000, "an hour by default");
+    assert_eq!(
+        body["from"].as_u64().unwrap(),
+        to - 3_600_000,
+        "an hour by default"
+    );
     // a range that holds none of it
     let (status, body) = api.get("/v1/stats/history?from=0&to=60000").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["minutes"], json!([]));
     for (path, message) in [
         ("/v1/stats/history?from=2&to=1", "from (2) is after to (1)"),
-        ("/v1/stats/history?from=0&to=999999999999", "spans more than 7 days"),
+        (
+            "/v1/stats/history?from=0&to=999999999999",
+            "spans more than 7 days",
+        ),
         ("/v1/stats/history?from=yesterday", "from"),
         ("/v1/stats/history?colour=red", "colour"),
     ] {

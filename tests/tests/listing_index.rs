@@ -34,7 +34,10 @@ async fn indexes_of(q: &RedisQueue, id: &str) -> Vec<&'static str> {
     let mut conn = q.connection();
     let mut out = Vec::new();
     for status in INDEXED_STATUSES {
-        let score: Option<f64> = conn.zscore(q.keys().status_index(status), id).await.unwrap();
+        let score: Option<f64> = conn
+            .zscore(q.keys().status_index(status), id)
+            .await
+            .unwrap();
         if score.is_some() {
             out.push(status);
         }
@@ -84,19 +87,33 @@ async fn a_job_is_in_exactly_the_index_of_its_status_after_every_transition() {
 
     let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
     assert_eq!(indexes_of(&q, &id).await, ["running"]);
-    q.fail(&lease, Settlement::Retry { delay: Duration::ZERO }, &error, &record(1))
-        .await
-        .unwrap();
+    q.fail(
+        &lease,
+        Settlement::Retry {
+            delay: Duration::ZERO,
+        },
+        &error,
+        &record(1),
+    )
+    .await
+    .unwrap();
     assert_eq!(indexes_of(&q, &id).await, ["retrying"]);
     // one fetch promotes it (retrying -> queued) and leases it (-> running)
     let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
     assert_eq!(indexes_of(&q, &id).await, ["running"]);
-    q.fail(&lease, Settlement::Dead, &error, &record(2)).await.unwrap();
+    q.fail(&lease, Settlement::Dead, &error, &record(2))
+        .await
+        .unwrap();
     assert_eq!(indexes_of(&q, &id).await, ["dead"]);
-    assert_eq!(q.retry_dead(&[id.clone()], 10).await.unwrap(), 1);
+    assert_eq!(
+        q.retry_dead(std::slice::from_ref(&id), 10).await.unwrap(),
+        1
+    );
     assert_eq!(indexes_of(&q, &id).await, ["queued"]);
     let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
-    q.fail(&lease, Settlement::Release, &error, &record(1)).await.unwrap();
+    q.fail(&lease, Settlement::Release, &error, &record(1))
+        .await
+        .unwrap();
     assert_eq!(indexes_of(&q, &id).await, ["queued"]);
     let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
     // a lost lease: back to queued by reclaim
@@ -115,17 +132,30 @@ async fn a_job_is_in_exactly_the_index_of_its_status_after_every_transition() {
     assert_eq!(indexes_of(&q, &c1.to_string()).await, ["cancelled"]);
     let (c2, _) = q.enqueue(spec("retry then cancel", "demo")).await.unwrap();
     let lease = q.fetch("w", 10).await.unwrap().leases.remove(0);
-    assert_eq!(lease.id, c2.to_string(), "the cancelled job is dropped, not leased");
-    q.fail(&lease, Settlement::Retry { delay: Duration::from_secs(3600) }, &error, &record(1))
-        .await
-        .unwrap();
+    assert_eq!(
+        lease.id,
+        c2.to_string(),
+        "the cancelled job is dropped, not leased"
+    );
+    q.fail(
+        &lease,
+        Settlement::Retry {
+            delay: Duration::from_secs(3600),
+        },
+        &error,
+        &record(1),
+    )
+    .await
+    .unwrap();
     q.cancel(&c2).await.unwrap();
     assert_eq!(indexes_of(&q, &c2.to_string()).await, ["cancelled"]);
 
     // dead, then purged: failed
     let (d, _) = q.enqueue(spec("to purge", "demo")).await.unwrap();
     let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
-    q.fail(&lease, Settlement::Dead, &error, &record(1)).await.unwrap();
+    q.fail(&lease, Settlement::Dead, &error, &record(1))
+        .await
+        .unwrap();
     assert_eq!(q.purge_dead(&[d.to_string()], 10).await.unwrap(), 1);
     assert_eq!(indexes_of(&q, &d.to_string()).await, ["failed"]);
 }
@@ -140,7 +170,12 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
     for b in 0..2 {
         let batch = uuid::Uuid::now_v7().to_string();
         let specs = (0..2000)
-            .map(|n| spec(&format!("b{b} q{n}"), if n % 2 == 0 { "red" } else { "blue" }))
+            .map(|n| {
+                spec(
+                    &format!("b{b} q{n}"),
+                    if n % 2 == 0 { "red" } else { "blue" },
+                )
+            })
             .collect();
         ids.extend(q.enqueue_many(specs, Some(&batch)).await.unwrap());
         batch_ids.push(batch);
@@ -164,7 +199,9 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
         .collect();
     q.complete_many(&completions).await.unwrap();
     for l in &leases[500..] {
-        q.fail(l, Settlement::Dead, &error, &record(1)).await.unwrap();
+        q.fail(l, Settlement::Dead, &error, &record(1))
+            .await
+            .unwrap();
     }
     let succeeded: BTreeSet<String> = leases[..500].iter().map(|l| l.id.clone()).collect();
     let dead: BTreeSet<String> = leases[500..].iter().map(|l| l.id.clone()).collect();
@@ -174,7 +211,10 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
         let q = q.clone();
         async move {
             let (got, truncated) = all_pages(&q, &f, order, limit, scan_max).await;
-            assert!(!truncated, "a filter an index answers alone is never truncated");
+            assert!(
+                !truncated,
+                "a filter an index answers alone is never truncated"
+            );
             got
         }
     };
@@ -236,11 +276,22 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
     assert_eq!(blue.len(), 2000);
     // by time range: everything from the 1,234th job's millisecond on, before the
     // 4,321st's
-    let ms = |i: usize| ids[i].parse::<fleet_shared::job::JobId>().unwrap().submitted_ms();
+    let ms = |i: usize| {
+        ids[i]
+            .parse::<fleet_shared::job::JobId>()
+            .unwrap()
+            .submitted_ms()
+    };
     let (since, until) = (ms(1234), ms(4321));
     let in_range: Vec<String> = ids
         .iter()
-        .filter(|i| (since..until).contains(&i.parse::<fleet_shared::job::JobId>().unwrap().submitted_ms()))
+        .filter(|i| {
+            (since..until).contains(
+                &i.parse::<fleet_shared::job::JobId>()
+                    .unwrap()
+                    .submitted_ms(),
+            )
+        })
         .cloned()
         .collect();
     let ranged = exact(
@@ -304,7 +355,9 @@ async fn jobs_whose_records_expired_leave_the_indexes() {
     let ended: Vec<String> = conn.zrange(q.keys().ended_index(), 0, -1).await.unwrap();
     assert_eq!(ended.len(), 3, "{ended:?}");
     assert!(
-        ended.iter().all(|e| e.contains("agent:demo") && e.contains(&format!("batch:{batch}"))),
+        ended
+            .iter()
+            .all(|e| e.contains("agent:demo") && e.contains(&format!("batch:{batch}"))),
         "{ended:?}"
     );
 
@@ -323,7 +376,10 @@ async fn jobs_whose_records_expired_leave_the_indexes() {
         batch: Some(batch.clone()),
         ..Default::default()
     };
-    let page = q.list_jobs(&by_batch, Order::OldestFirst, None, 10, 100).await.unwrap();
+    let page = q
+        .list_jobs(&by_batch, Order::OldestFirst, None, 10, 100)
+        .await
+        .unwrap();
     let listed: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(listed, [ids[1].as_str(), ids[2].as_str()]);
 
@@ -347,7 +403,10 @@ async fn jobs_whose_records_expired_leave_the_indexes() {
         .unwrap();
     assert_eq!(left.len(), 2);
     let cancelled = left.iter().find(|(e, _)| e.starts_with(&ids[2])).unwrap();
-    assert!(cancelled.1 > 0.0, "the living record's entry waits another TTL");
+    assert!(
+        cancelled.1 > 0.0,
+        "the living record's entry waits another TTL"
+    );
     // The trim bounds its work: one entry per call here.
     let _: () = conn.del(q.keys().job(&ids[1])).await.unwrap();
     let _: () = conn.del(q.keys().job(&ids[2])).await.unwrap();
@@ -378,10 +437,19 @@ async fn every_transition_is_counted_in_its_minute_and_old_minutes_roll_into_the
     }])
     .await
     .unwrap();
-    q.fail(&leases[1], Settlement::Retry { delay: Duration::ZERO }, &error, &record(1))
+    q.fail(
+        &leases[1],
+        Settlement::Retry {
+            delay: Duration::ZERO,
+        },
+        &error,
+        &record(1),
+    )
+    .await
+    .unwrap();
+    q.fail(&leases[2], Settlement::Dead, &error, &record(1))
         .await
         .unwrap();
-    q.fail(&leases[2], Settlement::Dead, &error, &record(1)).await.unwrap();
     let mut conn = q.connection();
     let _: () = conn.zadd(&q.keys().active, &leases[3].id, 0).await.unwrap();
     assert_eq!(q.reclaim_expired(10).await.unwrap(), 1);
@@ -418,7 +486,11 @@ async fn every_transition_is_counted_in_its_minute_and_old_minutes_roll_into_the
         .unwrap();
     let ancient = cur_minute - 9 * 24 * 3600 * 1000;
     let _: () = conn
-        .zadd(q.keys().history_log(), format!("{ancient} enqueued=7"), ancient)
+        .zadd(
+            q.keys().history_log(),
+            format!("{ancient} enqueued=7"),
+            ancient,
+        )
         .await
         .unwrap();
     q.enqueue(spec("one more", "demo")).await.unwrap();

@@ -265,8 +265,10 @@ async fn page(
         let q = queues.get(*kind);
         let p = s
             .redis(async {
-                Ok(q.list_jobs(filter, order, cursor.as_deref(), limit, scan_max)
-                    .await?)
+                Ok(
+                    q.list_jobs(filter, order, cursor.as_deref(), limit, scan_max)
+                        .await?,
+                )
             })
             .await?;
         total.scanned += p.scanned;

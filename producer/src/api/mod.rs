@@ -44,7 +44,6 @@
 //! | `ui/` | the dashboard: embedded assets, login and logout, sessions in Redis |
 
 mod agents;
-mod stats;
 mod answer_stream;
 mod dead;
 mod events;
@@ -57,6 +56,7 @@ mod queues;
 mod rate;
 mod routes;
 mod server;
+mod stats;
 mod ui;
 mod waiters;
 
