@@ -319,15 +319,25 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
         .await;
     page.wait_for("svg.chart", "the throughput chart").await;
     // drawn from the per-minute history: the batch's successes and failed attempts
+    // (the legend's spans run together in its text: "2 succeeded2 failed attempts…")
     let count = |t: &str, what: &str| -> u64 {
-        t.split(what)
-            .next()
-            .and_then(|s| s.split_whitespace().last())
-            .and_then(|n| n.parse().ok())
+        let before = t.split(what).next().unwrap_or("");
+        let digits: String = before
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .chars()
+            .rev()
+            .collect::<String>()
+            .parse()
             .unwrap_or(0)
     };
     page.wait_text("#chart figcaption", "the chart counts the batch", |t| {
-        count(t, " succeeded") >= 2 && count(t, " failed attempts") >= 1
+        count(t, " succeeded") >= 2
+            && count(t, " failed attempts") >= 1
+            && t.contains("$0.50 spent")
     })
     .await;
     page.shot("03-overview").await;
