@@ -295,8 +295,9 @@ pub struct ApiSettings {
     /// Requests one token may make per minute (0 = no limit); then 429 and `Retry-After`.
     /// Without authentication the whole API shares one such allowance.
     pub requests_per_minute: u32,
-    /// Most job keys one listing request scans (`GET /v1/jobs`, batch results, dead
-    /// letters by error class); the answer says when the bound cut it short.
+    /// Most index entries one listing page looks at per queue when a condition is
+    /// checked on the records (`GET /v1/jobs` with two of status/batch/agent or `meta`,
+    /// dead letters by error class); the answer says when the bound cut it short.
     pub list_scan_max: usize,
     /// Seconds a dashboard session (`/ui`, cookie) lasts after login.
     pub session_ttl_secs: u64,

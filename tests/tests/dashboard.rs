@@ -199,8 +199,9 @@ async fn dashboard_runs_a_batch_and_retries_its_failed_job_in_headless_chromium(
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("flag");
-    // `flaky` answers every query, except those holding FAILME while the flag file is
-    // missing: those fail (exit 1, transient), twice, and are dead-lettered.
+    // `flaky` answers every query (reporting a cost of $0.25, as Claude Code's
+    // total_cost_usd), except those holding FAILME while the flag file is missing:
+    // those fail (exit 1, transient), twice, and are dead-lettered.
     let extra = format!(
         r#"
 [queue.research]
@@ -214,7 +215,7 @@ role = "read"
 [agents.flaky]
 runtime = "command"
 repo = ""
-command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; then echo \"cannot answer: the flag file is missing\" >&2; exit 1; fi;; esac; echo \"answer to: $q\""]
+command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; then echo \"cannot answer: the flag file is missing\" >&2; exit 1; fi;; esac; printf '{{\"answer\": \"answer to: %s\", \"total_cost_usd\": 0.25}}' \"$q\""]
 "#,
         flag = flag.display()
     );
@@ -317,6 +318,28 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
     page.wait_text("#stat-workers", "one live worker", |t| t == "1")
         .await;
     page.wait_for("svg.chart", "the throughput chart").await;
+    // drawn from the per-minute history: the batch's successes and failed attempts
+    // (the legend's spans run together in its text: "2 succeeded2 failed attempts…")
+    let count = |t: &str, what: &str| -> u64 {
+        let before = t.split(what).next().unwrap_or("");
+        let digits: String = before
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .chars()
+            .rev()
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    page.wait_text("#chart figcaption", "the chart counts the batch", |t| {
+        count(t, " succeeded") >= 2
+            && count(t, " failed attempts") >= 1
+            && t.contains("$0.50 spent")
+    })
+    .await;
     page.shot("03-overview").await;
 
     // Open the failed job from the batch: its attempts and their errors.
@@ -417,6 +440,16 @@ command = ["sh", "-c", "read q; case \"$q\" in *FAILME*) if [ ! -e {flag} ]; the
     page.shot("07-workers").await;
     page.goto("/ui/#/agents").await;
     page.wait_for("#agent-list table", "the agents table").await;
+    // what each agent's attempts cost: three answers at $0.25 over the pool
+    page.wait_text("#agent-list tbody", "the agents' cost", |t| {
+        let total: f64 = t
+            .split('$')
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .sum();
+        (total - 0.75).abs() < 1e-6
+    })
+    .await;
     page.shot("08-agents").await;
     page.goto("/ui/#/jobs").await;
     page.wait_text("#job-list tbody", "the jobs are listed", |t| {

@@ -371,6 +371,7 @@ async fn a_staged_answer_becomes_the_jobs_only_with_the_holders_token_at_success
         token: token.to_string(),
         result_json: stored.into(),
         staged: true,
+        cost_usd: 0.0,
     };
 
     // Claiming a staged answer that is not there: refused, the job is not succeeded.

@@ -512,6 +512,7 @@ async fn batched_completions_are_fenced_one_by_one() {
             token: token.to_string(),
             result_json: r#"{"output":"x"}"#.into(),
             staged: false,
+            cost_usd: 0.0,
         };
     let out = q
         .complete_many(&[
@@ -813,6 +814,7 @@ async fn a_refused_completion_does_not_take_the_results_batched_with_it_down() {
             token: l.token.clone(),
             result_json: json!({ "output": marker }).to_string(),
             staged: false,
+            cost_usd: 0.0,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };
@@ -871,6 +873,7 @@ async fn one_complete_call_carries_at_most_four_mib_of_results() {
             token: l.token.clone(),
             result_json: json!({ "output": output }).to_string(),
             staged: false,
+            cost_usd: 0.0,
         };
         tokio::spawn(async move { b.complete(c).await.map_err(|e| e.to_string()) })
     };
@@ -1180,16 +1183,21 @@ async fn every_key_a_job_creates_expires_after_the_job_ends() {
     q.retry_dead(&[], 10).await.unwrap();
     assert_eq!(q.dead_count().await.unwrap(), 0);
 
-    // Only the queue's own counter, wake-up marker and reclaim clock may stay.
+    // Only the queue's own counter, wake-up marker, reclaim clock and per-minute
+    // history (bounded: 8 days of minutes) may stay. The listing indexes empty as the
+    // index trim (each worker's reclaim tick; here by hand) takes out expired jobs.
     let baseline = [
         q.keys().token.clone(),
         q.keys().marker.clone(),
         q.keys().reclaim_clock.clone(),
+        q.keys().history_current().to_string(),
+        q.keys().history_log().to_string(),
     ];
     let left = eventually(
         "every job key to expire",
         Duration::from_secs(10),
         || async {
+            q.trim_indexes(1000).await.unwrap();
             let mut keys: Vec<String> = redis::cmd("KEYS")
                 .arg("*")
                 .query(&mut redis.conn())

@@ -29,6 +29,7 @@ const DISCOVERED: &[(&str, &[&str])] = &[
     ("cancel", &["job", "batch", "cache"]),
     ("retry_dead", &["batch"]),
     ("purge_dead", &["batch"]),
+    ("trim_indexes", &[]),
 ];
 
 /// `{tag}` of a key, if it has one.
@@ -153,6 +154,7 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
         token: leader.token.clone(),
         result_json: result,
         staged: true,
+        cost_usd: 0.0,
     }])
     .await
     .unwrap();
@@ -220,6 +222,16 @@ async fn every_script_touches_only_declared_keys_but_the_documented_discoveries(
         .map(|(id, _)| id)
         .collect();
     assert!(q.purge_dead(&dead, 10).await.unwrap() >= 1);
+
+    // the index trim: every ended entry made due, one record gone (expired)
+    let ended: Vec<String> = conn.zrange(q.keys().ended_index(), 0, -1).await.unwrap();
+    assert!(!ended.is_empty());
+    for e in &ended {
+        let _: () = conn.zadd(q.keys().ended_index(), e, 0).await.unwrap();
+    }
+    let gone = ended[0].split('\t').next().unwrap().to_string();
+    let _: () = conn.del(q.keys().job(&gone)).await.unwrap();
+    assert_eq!(q.trim_indexes(100).await.unwrap(), 1);
 
     // a real worker on top: the scripts it runs (pool and queue) are audited too
     fleet.start_worker("w1");

@@ -157,15 +157,16 @@ async fn a_batch_over_three_shards_splits_evenly_is_counted_exactly_and_pages_in
         ..Default::default()
     };
     let mut seen: Vec<JobId> = Vec::new();
-    let mut cursor = None;
+    let mut cursor: Option<String> = None;
     loop {
         let page = q
-            .list_jobs_all(&filter, Order::OldestFirst, cursor, 7, 10_000)
+            .list_jobs_all(&filter, Order::OldestFirst, cursor.as_deref(), 7, 10_000)
             .await
             .unwrap();
         assert!(!page.truncated);
+        assert!(page.jobs.len() <= 7);
         seen.extend(page.jobs.iter().map(|j| j.id.parse::<JobId>().unwrap()));
-        cursor = seen.last().copied();
+        cursor = page.next_cursor.clone();
         if !page.more {
             break;
         }

@@ -220,6 +220,20 @@ async fn research(
         (Some(gateway), Some(pass)) => Some(gateway.end_attempt(pass).await),
         _ => None,
     };
+    // What this attempt spent, counted on the agent (the agents screen's cost): the
+    // gateway's priced tokens, else the agent's own figure (Claude Code's total_cost_usd).
+    let attempt_cost = match (&spend, &output) {
+        (Some(spend), _) => spend.attempt.cost_usd,
+        (None, Ok(out)) => out
+            .metadata
+            .get("total_cost_usd")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
+        (None, Err(_)) => 0.0,
+    };
+    if let Err(e) = exec.pool.registry().add_cost(&agent_id, attempt_cost).await {
+        tracing::debug!(%agent_id, error = %e, "could not count the attempt's cost on its agent");
+    }
     if let Some(spend) = &spend
         && let Some(err) = spend.error(output.as_ref().err().cloned())
     {

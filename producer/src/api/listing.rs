@@ -2,11 +2,14 @@
 //! a time (`GET /v1/batches/{id}/results`), and the workers with the leases they hold
 //! (`GET /v1/workers`).
 //!
-//! Jobs and batch members have no index in the queue yet: both are a bounded scan of
-//! each queue's job records (`queue/listing.rs`), at most `api.list_scan_max` per
-//! queue and request; every answer says how many records it `scanned` and whether
-//! the bound cut it short (`truncated`). Pages follow one another by job ID (UUID
-//! v7: creation order), so a cursor stays good while jobs come and go.
+//! Jobs and batch members are read from the listing indexes the queue scripts keep
+//! (`queue/index.rs`, `queue/listing.rs`): a filter on status, batch, agent or
+//! creation time alone is exact at any size. Conditions on top of the index a page is
+//! read from (a second of those, `meta`) are checked on the records, at most
+//! `api.list_scan_max` index entries per queue and page; every answer says how many
+//! entries it `scanned` and whether the bound cut the page short (`truncated`; its
+//! `next_cursor` goes on from there). Pages follow one another by job ID (UUID v7:
+//! creation order), so a cursor stays good while jobs come and go.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +33,9 @@ use crate::output::describe_lifecycle;
 const MAX_PAGE: usize = 1000;
 
 /// `GET /v1/jobs` parameters (all optional; every one given must hold). Unknown ones
-/// are refused.
+/// are refused. `status`, `batch`, `agent` and `since`/`until` are answered from
+/// indexes (exact); with two of status/batch/agent, or `meta`, the others are checked
+/// on the records of the index's entries, at most `api.list_scan_max` per page.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documents the parameters; they are read as pairs (`meta` repeats).
@@ -47,7 +52,8 @@ pub struct JobListQuery {
     since: Option<u64>,
     /// Created before (Unix ms).
     until: Option<u64>,
-    /// `KEY=VALUE` the job's metadata must hold; repeat for more.
+    /// `KEY=VALUE` the job's metadata must hold; repeat for more (checked on the records
+    /// of an index page: bounded by `api.list_scan_max`, see `truncated`).
     meta: Option<String>,
     /// `newest` (default) or `oldest` first.
     order: Option<String>,
@@ -121,12 +127,13 @@ pub struct JobListPage {
     pub jobs: Vec<JobItem>,
     /// Pass as `cursor` for the next page; absent on the last.
     pub next_cursor: Option<String>,
-    /// Job records looked at, both queues together.
+    /// Index entries looked at, both queues together.
     pub scanned: u64,
-    /// A queue held more records than `api.list_scan_max`: jobs past the bound were not
-    /// looked at (narrow the time range with since/until).
+    /// A condition checked on the records (a second of status/batch/agent, or `meta`)
+    /// looked at `api.list_scan_max` entries before the page was full: more jobs may
+    /// match; `next_cursor` goes on from the last entry looked at.
     pub truncated: bool,
-    /// The bound: `api.list_scan_max`, per queue.
+    /// The bound: `api.list_scan_max`, per queue and page.
     pub scan_max: usize,
 }
 
@@ -243,30 +250,50 @@ async fn page(
 ) -> Result<(Vec<(QueueKind, JobSummary)>, JobPage), ApiError> {
     let queues = s.queues().await?;
     let scan_max = s.ctx.settings.api.list_scan_max;
+    let cursor = cursor.map(|c| c.to_string());
     let mut all = Vec::new();
     let mut total = JobPage::default();
+    // Where each queue's page ended without being the last (its next_cursor): the
+    // merged page may not go past the nearest of these, or it would skip that queue's
+    // jobs before it.
+    let mut frontier: Option<String> = None;
+    let before = |a: &str, b: &str| match order {
+        Order::OldestFirst => a < b,
+        Order::NewestFirst => a > b,
+    };
     for kind in kinds {
         let q = queues.get(*kind);
         let p = s
             .redis(async {
-                Ok(q.list_jobs_all(filter, order, cursor, limit, scan_max)
-                    .await?)
+                Ok(
+                    q.list_jobs_all(filter, order, cursor.as_deref(), limit, scan_max)
+                        .await?,
+                )
             })
             .await?;
         total.scanned += p.scanned;
         total.truncated |= p.truncated;
-        total.more |= p.more;
+        if let Some(next) = p.next_cursor
+            && frontier.as_deref().is_none_or(|f| before(&next, f))
+        {
+            frontier = Some(next);
+        }
         all.extend(p.jobs.into_iter().map(|j| (*kind, j)));
     }
-    let key = |(_, j): &(QueueKind, JobSummary)| j.id.parse::<JobId>().ok();
-    all.sort_by_key(key);
+    all.sort_by(|(_, a), (_, b)| a.id.cmp(&b.id));
     if order == Order::NewestFirst {
         all.reverse();
     }
+    if let Some(f) = &frontier {
+        all.retain(|(_, j)| !before(f, &j.id));
+    }
     if all.len() > limit {
         all.truncate(limit);
-        total.more = true;
+        total.next_cursor = all.last().map(|(_, j)| j.id.clone());
+    } else {
+        total.next_cursor = frontier;
     }
+    total.more = total.next_cursor.is_some();
     Ok((all, total))
 }
 
@@ -286,10 +313,7 @@ pub async fn list(
         cursor,
     } = parse_list_query(query(q)?, false)?;
     let (jobs, p) = page(&s, &filter, &kinds, order, limit, cursor).await?;
-    let next_cursor = p
-        .more
-        .then(|| jobs.last().map(|(_, j)| j.id.clone()))
-        .flatten();
+    let next_cursor = p.next_cursor;
     Ok(Json(JobListPage {
         jobs: jobs.into_iter().map(|(k, j)| JobItem::new(k, j)).collect(),
         next_cursor,
@@ -371,7 +395,7 @@ pub async fn batch_results(
         let record = s.redis(async { Ok(queue.job_record(&key).await?) }).await?;
         items.push(crate::output::BatchItem::new(key, record.as_ref()));
     }
-    let next_cursor = p.more.then(|| ids.last().map(JobId::to_string)).flatten();
+    let next_cursor = p.next_cursor;
     Ok(Json(BatchResultsPage {
         batch_id: id,
         jobs: items

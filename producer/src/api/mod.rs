@@ -12,12 +12,13 @@
 //! | `GET /v1/jobs/{id}/events` | the job's live events as Server-Sent Events until it ends (`Last-Event-ID` resumes) |
 //! | `GET /v1/batches/{id}` | the batch's counts |
 //! | `GET /v1/batches/{id}/results` | each job's answer or error, a page at a time (`listing.rs`) |
-//! | `GET /v1/jobs?status=…` | jobs by filter, in cursor pages; a bounded scan (`listing.rs`) |
+//! | `GET /v1/jobs?status=…` | jobs by filter, in cursor pages, from the listing indexes (`listing.rs`) |
 //! | `GET /v1/agents[/{agent_id}]`, `POST /v1/agents[/{agent_id}/pause\|resume\|terminate]`, `POST /v1/pool/scale` | agents (`agents.rs`) |
 //! | `GET /v1/dead[/{id}]`, `POST /v1/dead/retry\|purge` | dead letters (`dead.rs`) |
 //! | `GET /v1/workers` | workers and their leases (`listing.rs`) |
 //! | `GET /openapi.json` | the OpenAPI document (`openapi.rs`) |
 //! | `GET /v1/queues` | the depths of both queues (ready, running, delayed, dead) |
+//! | `GET /v1/stats/history?from=&to=` | per-minute counters: enqueued, succeeded, failed, dead, retried, cost (`stats.rs`) |
 //! | `GET /healthz`, `GET /readyz` | the process is up; Redis answers PING |
 //! | `/ui/...` | the dashboard (`ui/`): login, session, its pages; the API takes its session cookie |
 //! | `POST /webhooks/github` | GitHub deliveries, signed with the webhook secret instead of the bearer token (`github.rs`) |
@@ -55,6 +56,7 @@ mod queues;
 mod rate;
 mod routes;
 mod server;
+mod stats;
 mod ui;
 mod waiters;
 
@@ -270,6 +272,7 @@ fn api_routes() -> openapi::Routes {
         .on(M::POST, "/v1/dead/purge", dead::purge)
         .on(M::GET, "/v1/workers", listing::workers)
         .on(M::GET, "/v1/queues", queues::depths)
+        .on(M::GET, "/v1/stats/history", stats::history)
         .on(M::GET, "/healthz", routes::healthz)
         .on(M::GET, "/readyz", routes::readyz)
         .on(M::GET, "/openapi.json", openapi::openapi_json)

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{Shared, agents, dead, events, github, listing, queues, routes};
+use super::{Shared, agents, dead, events, github, listing, queues, routes, stats};
 
 /// Every error answer: `{"error": "<message>"}`.
 #[derive(Serialize, ToSchema)]
@@ -52,6 +52,7 @@ pub struct ErrorBody {
         dead::purge,
         listing::workers,
         queues::depths,
+        stats::history,
         routes::healthz,
         routes::readyz,
         openapi_json,

@@ -60,6 +60,7 @@ struct Scripts {
     renew: Script,
     adopt: Script,
     extend: Script,
+    add_cost: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -77,6 +78,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew: load(include_str!("lua/renew-N.lua")),
     adopt: load(include_str!("lua/adopt-5.lua")),
     extend: load(include_str!("lua/extend-1.lua")),
+    add_cost: load(include_str!("lua/add_cost-1.lua")),
 });
 
 /// How long a job submitted to an agent, but not yet taken by a worker, holds back
@@ -185,6 +187,9 @@ pub struct AgentRecord {
     /// state change, and seconds it was paused.
     pub active_secs: f64,
     pub paused_secs: f64,
+    /// What the attempts it ran spent (USD: the gateway's priced tokens, else the
+    /// agent's own figure; `add_cost-1.lua`).
+    pub cost_usd: f64,
     pub created_at_ms: u64,
     pub last_used_ms: u64,
     pub state_since_ms: u64,
@@ -225,6 +230,7 @@ impl AgentRecord {
             jobs_served: n("jobs"),
             active_secs: n("active_ms") as f64 / 1000.0,
             paused_secs: n("paused_ms") as f64 / 1000.0,
+            cost_usd: n("cost_micro") as f64 / 1e6,
             created_at_ms: n("created"),
             last_used_ms: n("last_used"),
             state_since_ms: n("state_since"),
@@ -695,6 +701,22 @@ impl Registry {
             _ => GiveBack::Kill,
         };
         Ok(Some((outcome, int(&reply[2]) as u64)))
+    }
+
+    /// Count what an attempt on this agent spent (`add_cost-1.lua`); false when the
+    /// agent's record is gone.
+    pub async fn add_cost(&self, agent_id: &str, usd: f64) -> Result<bool, RegistryError> {
+        let micro = crate::queue::index::micro_usd(usd);
+        if micro == 0 {
+            return Ok(true);
+        }
+        let counted: i64 = SCRIPTS
+            .add_cost
+            .key(self.keys.agent(agent_id))
+            .arg(micro)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(counted == 1)
     }
 
     /// Record a holder's extension of its agent's sandbox lifetime (`extend-1.lua`).

@@ -652,6 +652,13 @@ async fn settle(
                 token: lease.token.clone(),
                 result_json: serde_json::to_string(&result).expect("a JSON value serialises"),
                 staged,
+                // The job's spend, all attempts (gateway/mod.rs `AttemptSpend::add_to`);
+                // without the gateway, the agent's own figure (Claude Code's).
+                cost_usd: output
+                    .get("cost_usd")
+                    .or_else(|| output.pointer("/metadata/total_cost_usd"))
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(0.0),
             })
         }
         Err(err) => {

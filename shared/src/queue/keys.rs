@@ -26,6 +26,12 @@
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
 //! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
+//! | `…:ix:<status>`            | ZSET   | listing index: IDs of the jobs in that status, all scored 0 (ordered by ID) |
+//! | `…:ix:agent:<name>`        | ZSET   | listing index: jobs for an agent profile or addressed to an agent ID |
+//! | `…:ix:batch:<id>`          | ZSET   | listing index: a batch's jobs                      |
+//! | `…:ix:ended`               | ZSET   | `<id>\t<ix>` → when the job ended (ms): for the index trim |
+//! | `…:hist:cur`               | HASH   | this minute's counters (`minute` = its start, ms)  |
+//! | `…:hist:log`               | ZSET   | earlier minutes' counters, scored by minute; 8 days kept |
 //! | `…:done` (channel)         | PUBSUB | job IDs as they reach an end state                 |
 //! | `…:cancel` (channel)       | PUBSUB | job IDs whose cancellation was requested           |
 
@@ -44,7 +50,21 @@ pub struct Keys {
     pub reclaim_clock: String,
     pub done_channel: String,
     pub cancel_channel: String,
+    /// The index tail every status-changing script declares last (lua/_index.lua):
+    /// the seven status indexes, `ix:ended`, `hist:cur`, `hist:log`.
+    pub index_tail: [String; 10],
 }
+
+/// The statuses with an index, in the order of the index tail.
+pub const INDEXED_STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "dead",
+    "cancelled",
+];
 
 impl Keys {
     pub fn new(key_prefix: &str, queue: QueueKind) -> Keys {
@@ -68,8 +88,42 @@ impl Keys {
             reclaim_clock: k("reclaim_clock"),
             done_channel: k("done"),
             cancel_channel: k("cancel"),
+            index_tail: [
+                k("ix:queued"),
+                k("ix:running"),
+                k("ix:retrying"),
+                k("ix:succeeded"),
+                k("ix:failed"),
+                k("ix:dead"),
+                k("ix:cancelled"),
+                k("ix:ended"),
+                k("hist:cur"),
+                k("hist:log"),
+            ],
             prefix,
         }
+    }
+
+    /// The index of jobs in `status` (one of [`INDEXED_STATUSES`]).
+    pub fn status_index(&self, status: &str) -> String {
+        format!("{}ix:{status}", self.prefix)
+    }
+
+    /// A membership index by its suffix after `ix:` (`agent:<name>`, `batch:<id>`).
+    pub fn index(&self, suffix: &str) -> String {
+        format!("{}ix:{suffix}", self.prefix)
+    }
+
+    pub fn ended_index(&self) -> &str {
+        &self.index_tail[7]
+    }
+
+    pub fn history_current(&self) -> &str {
+        &self.index_tail[8]
+    }
+
+    pub fn history_log(&self) -> &str {
+        &self.index_tail[9]
     }
 
     pub fn job(&self, id: &str) -> String {

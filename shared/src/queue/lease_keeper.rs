@@ -32,7 +32,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{AbortReason, AbortSignal};
-use super::{Lease, QueueConfig, RedisQueue, Renewal};
+use super::{Lease, QueueConfig, RedisQueue, Renewal, index};
 use crate::settings::RedisSettings;
 
 /// A held attempt: the job ID and the fencing token of its lease.
@@ -367,8 +367,21 @@ async fn reclaim_loop(queue: RedisQueue, every: Duration, stop: CancellationToke
             Some(Err(e)) => tracing::warn!(error = %e, "reclaim of expired leases failed"),
             None => {}
         }
+        // Listing index entries of jobs whose records expired (index.rs): a few
+        // bounded calls per tick, more while each call finds a full chunk.
+        for _ in 0..TRIM_CALLS_PER_TICK {
+            match bounded(&stop, limit, queue.trim_indexes(index::TRIM_CHUNK)).await {
+                Some(Ok(n)) if n as usize == index::TRIM_CHUNK => continue,
+                Some(Err(e)) => tracing::warn!(error = %e, "trim of the listing indexes failed"),
+                _ => {}
+            }
+            break;
+        }
     }
 }
+
+/// Most index trim calls per reclaim tick (each takes out up to `index::TRIM_CHUNK`).
+const TRIM_CALLS_PER_TICK: usize = 8;
 
 /// Stop attempts whose lease renewal has not been confirmed for the lease TTL minus a
 /// margin: their lease may expire any moment, and then another worker owns the job.

@@ -1,27 +1,33 @@
 //! Reading many jobs at once, for the HTTP API's listings: job records by filter,
 //! dead letters a page at a time, the leases running now.
 //!
-//! The queue keeps indexes for what workers need (the `wait` list, the `active`,
-//! `delayed` and `dead` sets), not for every question a person may ask. Dead letters
-//! have their index (the `dead` set, by when they died), and so do running jobs (the
-//! `active` set). A filter on status, batch, agent or metadata has none yet: it is
-//! answered by a bounded scan of the queue's job records (`SCAN … MATCH job:*`), which
-//! says how many records it looked at and whether its bound cut it short. Job IDs are
-//! UUID v7, so the records found are put in creation order and pages follow one
-//! another by ID, whatever order SCAN visits them in. (Per-status, per-batch and
-//! per-agent indexes kept by the scripts would make these exact at any size.)
+//! Job filters read the listing indexes the scripts keep (index.rs): one ZSET per
+//! status, per agent and per batch, each ordered by job ID (UUID v7: creation order).
+//! A page is a `ZRANGEBYLEX` of the index the filter names (the union of several for
+//! more than one status, or of all seven for none), from the cursor on, within the
+//! time range (an ID's first 48 bits are its creation time, so a time range is a range
+//! of IDs); then the records of those IDs. A filter on status, batch, agent or time
+//! range alone is exact, whatever the queue's size. Conditions beyond the one index a
+//! page is read from (a second of status/batch/agent, metadata) are checked on the
+//! records, looking at no more than `scan_max` index entries per page: a page cut
+//! short by that bound says so (`truncated`) and its `next_cursor` goes on from the
+//! last entry looked at. An entry whose record is gone (expired before the trim took
+//! it out) is skipped.
+//!
+//! Cursors are job IDs, passed as opaque strings: a page after cursor `c` holds jobs
+//! after `c` in the order asked for, so pages of several queues merge by ID.
 //!
 //! Nothing here writes.
 
 use std::collections::BTreeMap;
 
-use crate::job::{JobId, JobPayload, JobSpec};
+use crate::job::{JobPayload, JobSpec};
+use crate::queue::keys::{INDEXED_STATUSES, Keys};
 use crate::queue::{QueueError, RedisQueue};
 use crate::results::JobStatus;
 
-/// Keys asked for per SCAN call.
-const SCAN_COUNT: usize = 1000;
-/// Records read per round trip while filtering.
+/// Index entries read per index and round while a condition on the records may reject
+/// some, and records read per round trip.
 const READ_CHUNK: usize = 200;
 
 /// One job as a listing shows it: its record's fields, without the attempt history
@@ -151,71 +157,80 @@ pub enum Order {
 pub struct JobPage {
     /// At most the limit asked for, in the order asked for.
     pub jobs: Vec<JobSummary>,
-    /// Job records the scan looked at.
+    /// Index entries looked at.
     pub scanned: u64,
-    /// The scan stopped at its bound: jobs beyond it were not looked at.
+    /// The page stopped at the `scan_max` bound before it was full: more jobs may
+    /// match after `next_cursor`.
     pub truncated: bool,
-    /// More matching jobs follow the last one of this page (among those scanned).
+    /// More matching jobs follow the last one of this page.
     pub more: bool,
+    /// Where the next page starts (after this ID), when `more` or `truncated`.
+    pub next_cursor: Option<String>,
 }
 
-/// `s` with glob characters escaped, for a SCAN pattern.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
+/// The first 13 characters of every UUID v7 created in millisecond `ms`
+/// (`xxxxxxxx-xxxx`): a bound of a range of IDs by creation time.
+fn id_prefix(ms: u64) -> String {
+    let h = format!("{:012x}", ms.min(0xffff_ffff_ffff));
+    format!("{}-{}", &h[..8], &h[8..])
+}
+
+impl JobFilter {
+    /// The indexes a page is read from: the one the filter names (batch, else agent),
+    /// else its statuses', else every status index. And whether that index decides
+    /// the filter alone (nothing else to check on the records).
+    fn driver(&self, keys: &Keys) -> (Vec<String>, bool) {
+        let only_time = self.metadata.is_empty();
+        if let Some(b) = &self.batch {
+            let alone = only_time && self.statuses.is_empty() && self.agent.is_none();
+            (vec![keys.index(&format!("batch:{b}"))], alone)
+        } else if let Some(a) = &self.agent {
+            let alone = only_time && self.statuses.is_empty();
+            (vec![keys.index(&format!("agent:{a}"))], alone)
+        } else if !self.statuses.is_empty() {
+            let mut statuses: Vec<&str> = self.statuses.iter().map(|s| s.as_str()).collect();
+            statuses.sort_unstable();
+            statuses.dedup();
+            let ix = statuses.iter().map(|s| keys.status_index(s)).collect();
+            (ix, only_time)
+        } else {
+            let ix = INDEXED_STATUSES
+                .iter()
+                .map(|s| keys.status_index(s))
+                .collect();
+            (ix, only_time)
         }
-        out.push(c);
     }
-    out
+
+    /// The `ZRANGEBYLEX` bounds (min, max) of the IDs after `after` in `order`, within
+    /// the filter's time range.
+    fn lex_range(&self, order: Order, after: Option<&str>) -> (String, String) {
+        let since = self.since_ms.map(id_prefix);
+        let until = self.until_ms.map(id_prefix);
+        match order {
+            Order::OldestFirst => {
+                let min = match (after, since) {
+                    (Some(a), Some(s)) if s.as_str() > a => format!("[{s}"),
+                    (Some(a), _) => format!("({a}"),
+                    (None, Some(s)) => format!("[{s}"),
+                    (None, None) => "-".into(),
+                };
+                (min, until.map_or("+".into(), |u| format!("({u}")))
+            }
+            Order::NewestFirst => {
+                let max = match (after, until) {
+                    (Some(a), Some(u)) => format!("({}", a.min(u.as_str())),
+                    (Some(a), None) => format!("({a}"),
+                    (None, Some(u)) => format!("({u}"),
+                    (None, None) => "+".into(),
+                };
+                (since.map_or("-".into(), |s| format!("[{s}")), max)
+            }
+        }
+    }
 }
 
 impl RedisQueue {
-    /// The IDs of this queue's job records, looking at no more than `max` of them:
-    /// (IDs, how many looked at, whether the bound stopped the scan). Keys whose ID is
-    /// not a UUID are skipped.
-    pub async fn scan_job_ids(&self, max: usize) -> Result<(Vec<JobId>, u64, bool), QueueError> {
-        let pattern = format!("{}job:*", glob_escape(&self.keys().prefix));
-        let strip = self.keys().job("");
-        let mut cursor: u64 = 0;
-        let mut ids = Vec::new();
-        let mut scanned = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .retrying("scan_jobs", || {
-                    let mut conn = self.connection();
-                    let mut cmd = redis::cmd("SCAN");
-                    // Near the bound, small steps: SCAN may return more than COUNT.
-                    let count = SCAN_COUNT.min(max.saturating_sub(scanned as usize)).max(1);
-                    cmd.arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(count);
-                    async move { cmd.query_async(&mut conn).await }
-                })
-                .await?;
-            // Never more than the bound, even when one step returned more.
-            let room = (max as u64).saturating_sub(scanned) as usize;
-            let cut = keys.len() > room;
-            scanned += keys.len().min(room) as u64;
-            ids.extend(
-                keys.iter()
-                    .take(room)
-                    .filter_map(|k| k.strip_prefix(&strip))
-                    .filter_map(|id| id.parse::<JobId>().ok()),
-            );
-            cursor = next;
-            if cursor == 0 && !cut {
-                return Ok((ids, scanned, false));
-            }
-            if scanned >= max as u64 {
-                return Ok((ids, scanned, true));
-            }
-        }
-    }
-
     /// The listing view of these jobs, in one round trip (`None` where unknown).
     pub async fn job_summaries(
         &self,
@@ -260,51 +275,88 @@ impl RedisQueue {
             .collect())
     }
 
-    /// One page of this queue's jobs that match `filter`, in `order`, after the job
-    /// `after` (a cursor: the last job of the page before), at most `limit`, looking at
-    /// no more than `scan_max` records.
+    /// One page of this queue's jobs that match `filter`, in `order`, after `cursor`
+    /// (the `next_cursor` of the page before), at most `limit`, looking at no more than
+    /// `scan_max` index entries (see the module's comment).
     pub async fn list_jobs(
         &self,
         filter: &JobFilter,
         order: Order,
-        after: Option<JobId>,
+        cursor: Option<&str>,
         limit: usize,
         scan_max: usize,
     ) -> Result<JobPage, QueueError> {
-        let (mut ids, scanned, truncated) = self.scan_job_ids(scan_max).await?;
-        // Creation order from the IDs themselves; the time range needs no read.
-        ids.retain(|id| {
-            filter.created_in_range(id.submitted_ms())
-                && match (after, order) {
-                    (None, _) => true,
-                    (Some(a), Order::NewestFirst) => *id < a,
-                    (Some(a), Order::OldestFirst) => *id > a,
-                }
-        });
-        ids.sort_unstable();
-        ids.dedup();
-        if order == Order::NewestFirst {
-            ids.reverse();
-        }
-        let mut page = JobPage {
-            scanned,
-            truncated,
-            ..Default::default()
+        let (drivers, alone) = filter.driver(self.keys());
+        // The index range applies the time range by ID; the records are not asked again
+        // (a record's `created_at` is Redis' clock, its ID the submitter's).
+        let on_records = JobFilter {
+            since_ms: None,
+            until_ms: None,
+            ..filter.clone()
         };
-        for chunk in ids.chunks(READ_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(JobId::to_string).collect();
-            for job in self.job_summaries(&keys).await?.into_iter().flatten() {
-                if !filter.matches(&job) {
-                    continue;
+        let chunk = if alone {
+            limit + 1
+        } else {
+            (limit + 1).max(READ_CHUNK).min(scan_max.max(1))
+        };
+        let mut pos: Option<String> = cursor.map(str::to_string);
+        let mut page = JobPage::default();
+        loop {
+            let (min, max) = filter.lex_range(order, pos.as_deref());
+            let lists: Vec<Vec<String>> = self
+                .retrying("list_jobs", || {
+                    let mut conn = self.connection();
+                    let mut pipe = redis::pipe();
+                    for key in &drivers {
+                        match order {
+                            Order::OldestFirst => {
+                                pipe.cmd("ZRANGEBYLEX").arg(key).arg(&min).arg(&max)
+                            }
+                            Order::NewestFirst => {
+                                pipe.cmd("ZREVRANGEBYLEX").arg(key).arg(&max).arg(&min)
+                            }
+                        };
+                        pipe.arg("LIMIT").arg(0).arg(chunk);
+                    }
+                    async move { pipe.query_async(&mut conn).await }
+                })
+                .await?;
+            let exhausted = lists.iter().all(|l| l.len() < chunk);
+            let mut ids: Vec<String> = lists.concat();
+            ids.sort_unstable();
+            ids.dedup();
+            if order == Order::NewestFirst {
+                ids.reverse();
+            }
+            // The first `chunk` of the union are certain: an index that gave a full chunk
+            // holds nothing before its last one that it did not give.
+            ids.truncate(chunk);
+            for part in ids.chunks(READ_CHUNK) {
+                let jobs = self.job_summaries(part).await?;
+                for (id, job) in part.iter().zip(jobs) {
+                    page.scanned += 1;
+                    let Some(job) = job.filter(|j| on_records.matches(j)) else {
+                        pos = Some(id.clone());
+                        continue;
+                    };
+                    if page.jobs.len() == limit {
+                        page.more = true;
+                        page.next_cursor = page.jobs.last().map(|j| j.id.clone());
+                        return Ok(page);
+                    }
+                    pos = Some(id.clone());
+                    page.jobs.push(job);
                 }
-                if page.jobs.len() == limit {
-                    page.more = true;
-                    return Ok(page);
-                }
-                page.jobs.push(job);
+            }
+            if exhausted || ids.is_empty() {
+                return Ok(page);
+            }
+            if page.scanned >= scan_max as u64 {
+                page.truncated = true;
+                page.next_cursor = pos;
+                return Ok(page);
             }
         }
-        Ok(page)
     }
 
     /// Dead letters in the order they died, with when (ms): those that died within
@@ -443,11 +495,5 @@ mod tests {
             until_ms: Some(1_000),
             ..Default::default()
         }));
-    }
-
-    #[test]
-    fn scan_patterns_escape_glob_characters() {
-        assert_eq!(glob_escape("fleet:{research}:"), "fleet:{research}:");
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

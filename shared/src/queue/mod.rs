@@ -32,6 +32,7 @@
 pub mod apalis_backend;
 pub mod attempt;
 pub mod backoff;
+pub mod index;
 pub mod keys;
 pub mod lease_keeper;
 pub mod listing;
@@ -240,6 +241,8 @@ pub struct Completion {
     /// The attempt staged its answer under `staged:<id>:<token>` (results/store.rs);
     /// the complete makes it the job's answer.
     pub staged: bool,
+    /// What the job cost (USD, all its attempts; 0 when unknown): the history's `cost`.
+    pub cost_usd: f64,
 }
 
 /// The history entry of a succeeded job's final attempt, read back from its result.
@@ -458,6 +461,21 @@ pub(crate) struct EnqueueRow {
     pub(crate) meta: String,
     pub(crate) batch: String,
     pub(crate) idempotency_key: String,
+    /// Its membership index suffixes (index.rs), tab-separated: the job's `ix` field.
+    pub(crate) ix: String,
+}
+
+/// The distinct membership indexes of `rows`, each once, as enqueue declares them.
+pub(crate) fn row_indexes<'a>(rows: impl Iterator<Item = &'a EnqueueRow>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for row in rows {
+        for s in row.ix.split('\t').filter(|s| !s.is_empty()) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
 }
 
 /// The enqueue_cached script (results/cache.rs).
@@ -662,13 +680,17 @@ impl RedisQueue {
                 .iter()
                 .map(|job| self.enqueue_row(job, batch_id))
                 .collect();
-            // Three arguments per job unless some job of this call has a batch or an
+            // Four arguments per job unless some job of this call has a batch or an
             // idempotency key (enqueue-n.lua).
             let per = if rows.iter().all(EnqueueRow::is_plain) {
-                3
+                4
             } else {
-                6
+                7
             };
+            let indexes: Vec<String> = row_indexes(rows.iter())
+                .into_iter()
+                .map(|i| self.keys.index(i))
+                .collect();
             // Keys: the three lists, then per job its record (and idempotency key), then
             // each batch record once (enqueue-n.lua).
             let mut keys: Vec<String> = Vec::with_capacity(3 + chunk.len() * 2);
@@ -680,7 +702,7 @@ impl RedisQueue {
             let mut batches: Vec<&str> = Vec::new();
             for row in &rows {
                 keys.push(self.keys.job(&row.id));
-                if per == 6 {
+                if per == 7 {
                     keys.push(self.keys.idem(&row.idempotency_key));
                 }
                 if !row.batch.is_empty() && !batches.contains(&row.batch.as_str()) {
@@ -688,15 +710,20 @@ impl RedisQueue {
                 }
             }
             keys.extend(batches.iter().map(|b| self.keys.batch(b)));
-            let mut args: Vec<String> = Vec::with_capacity(3 + chunk.len() * per);
+            let n_indexes = indexes.len();
+            keys.extend(indexes);
+            keys.extend(self.keys.index_tail.iter().cloned());
+            let mut args: Vec<String> = Vec::with_capacity(4 + chunk.len() * per);
             args.push(self.keys.prefix.clone());
             args.push(self.config.idempotency_ttl.as_millis().to_string());
             args.push(per.to_string());
+            args.push(n_indexes.to_string());
             for row in rows {
                 args.push(row.id);
                 args.push(row.spec_json);
                 args.push(row.meta);
-                if per == 6 {
+                args.push(row.ix);
+                if per == 7 {
                     args.push(row.batch);
                     args.push(row.idempotency_key);
                     args.push("0".into());
@@ -741,6 +768,7 @@ impl RedisQueue {
                 self.deadline_ms(&spec)
             ),
             idempotency_key: spec.options.idempotency_key.clone().unwrap_or_default(),
+            ix: index::memberships(&spec, &batch).join("\t"),
             batch,
         }
     }
@@ -783,8 +811,11 @@ impl RedisQueue {
             .key(&self.keys.marker)
             .key(&self.keys.token)
             .key(&self.keys.dead)
-            .key(self.keys.fetch(worker, fetch_id))
-            .arg(&self.keys.prefix)
+            .key(self.keys.fetch(worker, fetch_id));
+        for k in &self.keys.index_tail {
+            inv.key(k);
+        }
+        inv.arg(&self.keys.prefix)
             .arg(self.config.lease_ttl.as_millis() as u64)
             .arg(max)
             .arg(worker)
@@ -829,6 +860,7 @@ impl RedisQueue {
                 token: lease.token.clone(),
                 result_json: result_json.to_string(),
                 staged: false,
+                cost_usd: 0.0,
             }])
             .await?;
         Ok(done[0])
@@ -874,15 +906,21 @@ impl RedisQueue {
         inv.key(&self.keys.active)
             .arg(&self.keys.prefix)
             .arg(self.config.result_ttl.as_millis() as u64)
-            .arg(if staged { 4 } else { 3 });
+            .arg(if staged { 5 } else { 4 });
         for c in completions {
             inv.key(self.keys.job(&c.id)).key(self.keys.attempts(&c.id));
-            inv.arg(&c.id).arg(&c.token).arg(&c.result_json);
+            inv.arg(&c.id)
+                .arg(&c.token)
+                .arg(&c.result_json)
+                .arg(index::micro_usd(c.cost_usd));
             if staged {
                 inv.key(self.keys.answer(&c.id))
                     .key(self.keys.staged_answer(&c.id, &c.token));
                 inv.arg(if c.staged { "1" } else { "" });
             }
+        }
+        for k in &self.keys.index_tail {
+            inv.key(k);
         }
         async move { inv.invoke_async(&mut conn).await }
     }
@@ -911,8 +949,11 @@ impl RedisQueue {
                     .key(&self.keys.marker)
                     .key(&self.keys.dead)
                     .key(self.keys.job(&lease.id))
-                    .key(self.keys.attempts(&lease.id))
-                    .arg(&self.keys.prefix)
+                    .key(self.keys.attempts(&lease.id));
+                for k in &self.keys.index_tail {
+                    inv.key(k);
+                }
+                inv.arg(&self.keys.prefix)
                     .arg(&lease.id)
                     .arg(&lease.token)
                     .arg(settlement.as_str())
@@ -950,8 +991,11 @@ impl RedisQueue {
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
                 .key(&self.keys.dead)
-                .key(&self.keys.reclaim_clock)
-                .arg(&self.keys.prefix)
+                .key(&self.keys.reclaim_clock);
+            for k in &self.keys.index_tail {
+                inv.key(k);
+            }
+            inv.arg(&self.keys.prefix)
                 .arg(max)
                 .arg(self.config.result_ttl.as_millis() as u64)
                 .arg(stall_ms)
@@ -979,8 +1023,11 @@ impl RedisQueue {
                 inv.key(&self.keys.wait)
                     .key(&self.keys.delayed)
                     .key(self.keys.job(&id))
-                    .key(self.keys.attempts(&id))
-                    .arg(&self.keys.prefix)
+                    .key(self.keys.attempts(&id));
+                for k in &self.keys.index_tail {
+                    inv.key(k);
+                }
+                inv.arg(&self.keys.prefix)
                     .arg(&id)
                     .arg(self.config.result_ttl.as_millis() as u64);
                 async move { inv.invoke_async(&mut conn).await }
@@ -1076,6 +1123,9 @@ impl RedisQueue {
                     .key(self.keys.attempts(id))
                     .arg(id);
             }
+            for k in &self.keys.index_tail {
+                inv.key(k);
+            }
             async move { inv.invoke_async(&mut conn).await }
         })
         .await
@@ -1128,6 +1178,9 @@ impl RedisQueue {
                     .key(self.keys.attempts(id))
                     .key(self.keys.answer(id))
                     .arg(id);
+            }
+            for k in &self.keys.index_tail {
+                inv.key(k);
             }
             async move { inv.invoke_async(&mut conn).await }
         })

@@ -1,6 +1,7 @@
 //! The queue's Lua scripts, one per state transition (see `lua/`), each loaded once
 //! and run with EVALSHA (`redis::Script` falls back to EVAL and reloads after a Redis
-//! restart empties the script cache). `_lib.lua` is prepended to each.
+//! restart empties the script cache). `_index.lua`, `_lib.lua` and `_results.lua` are
+//! prepended to each, in that order.
 
 use std::sync::LazyLock;
 
@@ -17,14 +18,17 @@ pub struct Scripts {
     pub retry_dead: Script,
     pub purge_dead: Script,
     pub enqueue_cached: Script,
+    pub trim_indexes: Script,
 }
 
+/// The listing indexes and history counters: first, as `_lib.lua` keeps them too.
+const INDEX_LIB: &str = include_str!("lua/_index.lua");
 const LIB: &str = include_str!("lua/_lib.lua");
 /// Large results and the result cache (shared/src/results/).
 const RESULTS_LIB: &str = include_str!("lua/_results.lua");
 
 fn load(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{RESULTS_LIB}\n{body}"))
+    Script::new(&format!("{INDEX_LIB}\n{LIB}\n{RESULTS_LIB}\n{body}"))
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -38,6 +42,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     retry_dead: load(include_str!("lua/retry_dead-n.lua")),
     purge_dead: load(include_str!("lua/purge_dead-n.lua")),
     enqueue_cached: load(include_str!("lua/enqueue_cached-n.lua")),
+    trim_indexes: load(include_str!("lua/trim_indexes-n.lua")),
 });
 
 impl Scripts {
@@ -55,6 +60,7 @@ impl Scripts {
             ("retry_dead", &self.retry_dead),
             ("purge_dead", &self.purge_dead),
             ("enqueue_cached", &self.enqueue_cached),
+            ("trim_indexes", &self.trim_indexes),
         ]
         .into_iter()
         .map(|(name, script)| (name, script.get_hash().to_string()))

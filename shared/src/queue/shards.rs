@@ -411,32 +411,48 @@ impl RedisQueue {
         &self,
         filter: &JobFilter,
         order: Order,
-        after: Option<JobId>,
+        cursor: Option<&str>,
         limit: usize,
         scan_max: usize,
     ) -> Result<JobPage, QueueError> {
         if !self.routes_all() {
-            return self.list_jobs(filter, order, after, limit, scan_max).await;
+            return self.list_jobs(filter, order, cursor, limit, scan_max).await;
         }
         let shards = self.shards();
         let share = scan_max.div_ceil(shards.len()).max(1);
+        let before = |a: &str, b: &str| match order {
+            Order::OldestFirst => a < b,
+            Order::NewestFirst => a > b,
+        };
         let mut page = JobPage::default();
+        // Where a shard's page ended early (its next_cursor): the merged page may not
+        // go past the nearest of these, or the next page would skip that shard's jobs.
+        let mut frontier: Option<String> = None;
         for shard in shards {
-            let part = shard.list_jobs(filter, order, after, limit, share).await?;
+            let part = shard.list_jobs(filter, order, cursor, limit, share).await?;
             page.scanned += part.scanned;
             page.truncated |= part.truncated;
-            page.more |= part.more;
+            if let Some(next) = part.next_cursor
+                && frontier.as_deref().is_none_or(|f| before(&next, f))
+            {
+                frontier = Some(next);
+            }
             page.jobs.extend(part.jobs);
         }
-        let key = |j: &JobSummary| j.id.parse::<JobId>().ok();
-        page.jobs.sort_by_key(key);
+        page.jobs.sort_by(|a, b| a.id.cmp(&b.id));
         if order == Order::NewestFirst {
             page.jobs.reverse();
         }
+        if let Some(f) = &frontier {
+            page.jobs.retain(|j| !before(f, &j.id));
+        }
         if page.jobs.len() > limit {
             page.jobs.truncate(limit);
-            page.more = true;
+            page.next_cursor = page.jobs.last().map(|j| j.id.clone());
+        } else {
+            page.next_cursor = frontier;
         }
+        page.more = page.next_cursor.is_some();
         Ok(page)
     }
 

@@ -174,13 +174,21 @@ impl RedisQueue {
             let mut keys = vec![self.keys().wait.clone(), self.keys().marker.clone()];
             let mut job_keys = Vec::with_capacity(chunk.len() * 3);
             let mut batches: Vec<String> = Vec::new();
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|(job, _)| self.enqueue_row(job, batch_id))
+                .collect();
+            let indexes: Vec<String> = crate::queue::row_indexes(rows.iter())
+                .into_iter()
+                .map(|i| self.keys().index(i))
+                .collect();
             let mut args = vec![
                 self.keys().prefix.clone(),
                 self.config().result_ttl.as_millis().to_string(),
                 self.config().idempotency_ttl.as_millis().to_string(),
+                indexes.len().to_string(),
             ];
-            for (job, identity) in chunk {
-                let row = self.enqueue_row(job, batch_id);
+            for ((_, identity), row) in chunk.iter().zip(rows) {
                 keys.push(self.keys().cache(identity));
                 job_keys.extend([
                     self.keys().job(&row.id),
@@ -197,10 +205,13 @@ impl RedisQueue {
                     row.batch,
                     row.idempotency_key,
                     ttl_ms.clone(),
+                    row.ix,
                 ]);
             }
             keys.extend(job_keys);
             keys.extend(batches.iter().map(|b| self.keys().batch(b)));
+            keys.extend(indexes);
+            keys.extend(self.keys().index_tail.iter().cloned());
             let ids: Vec<String> = self
                 .retrying("enqueue_cached", || {
                     let mut conn = self.connection();

@@ -63,12 +63,14 @@ local function succ(s)
   return SUCC[s] or tostring((tonumber(s) or 0) + 1)
 end
 
--- Move a job to a new status, keeping its batch record's per-status counters true.
+-- Move a job to a new status, keeping its batch record's per-status counters and the
+-- status indexes (_index.lua; `jk` is `<prefix>job:<id>`) true.
 -- A batch record that has expired is not brought back as bare counters (with no TTL).
 local function set_status(prefix, jk, new_status)
   local f = redis.call('HMGET', jk, 'status', 'batch')
   local old, batch = f[1], f[2]
   redis.call('HSET', jk, 'status', new_status)
+  ix_move(string.sub(jk, #prefix + 5), old, new_status)
   if batch and batch ~= '' and redis.call('EXISTS', prefix .. 'batch:' .. batch) == 1 then
     local bk = prefix .. 'batch:' .. batch
     if old then
@@ -131,6 +133,7 @@ end
 local function finish(prefix, jk, id, now, ttl_ms)
   redis.call('HSET', jk, 'finished_at', now)
   expire_ended(prefix, jk, id, ttl_ms)
+  ix_ended(id, redis.call('HGET', jk, 'ix'), ttl_ms)
   redis.call('PUBLISH', prefix .. 'done', id)
 end
 
@@ -141,6 +144,7 @@ local CANCELLED_ERROR = cjson.encode({ class = 'cancelled',
 -- purged, so no result TTL), and waiters told.
 local function bury(prefix, jk, id, now, dead_key)
   set_status(prefix, jk, 'dead')
+  hist_add('dead', 1)
   redis.call('HSET', jk, 'finished_at', now)
   redis.call('ZADD', dead_key, now, id)
   redis.call('PUBLISH', prefix .. 'done', id)

@@ -72,10 +72,13 @@ local function cache_settle_success(prefix, ck, id, result_json, now_s, cache_tt
   redis.call('PEXPIRE', ck, keep)
   for _, fid in ipairs(followers) do
     local fjk = prefix .. 'job:' .. fid
-    local f = redis.call('HMGET', fjk, 'status', 'batch')
+    local f = redis.call('HMGET', fjk, 'status', 'batch', 'ix')
     if f[1] == 'queued' then
       count_move(deltas, f[2], 'queued', 'succeeded')
       serve_cached(prefix, fjk, fid, id, result_json, now_s, ttl)
+      ix_move(fid, 'queued', 'succeeded')
+      ix_ended(fid, f[3], ttl)
+      hist_add('succeeded', 1)
     end
   end
 end

@@ -6,7 +6,8 @@
 -- A queued job's ID stays in `wait` (removing it would scan the whole list): fetch
 -- drops it when it comes out, and only then starts its record's TTL (`in_wait`).
 --
--- KEYS[1] wait, KEYS[2] delayed, KEYS[3] the record `job:<id>`, KEYS[4] its attempts
+-- KEYS[1] wait, KEYS[2] delayed, KEYS[3] the record `job:<id>`, KEYS[4] its attempts,
+-- then the index tail (_index.lua)
 -- (its batch record and result cache entry are found in its record: not declared)
 --
 -- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] result TTL (ms)
@@ -32,10 +33,16 @@ if status == 'queued' or status == 'retrying' then
   end
   set_status(prefix, jk, 'cancelled')
   redis.call('HSET', jk, 'error', CANCELLED_ERROR)
-  finish(prefix, jk, id, redis_now(), ttl)
+  local now, now_s = redis_now()
+  finish(prefix, jk, id, now, ttl)
+  if ttl == 0 then
+    -- its record's TTL starts when fetch drops its ID; the index trim waits for that
+    ix_ended(id, redis.call('HGET', jk, 'ix'), tonumber(ARGV[3]))
+  end
   -- a job others wait on hands its cache entry over (the worker that fetches the next
   -- ready job, at the latest within its idle block, runs it: no marker key here)
   cache_hand_over(prefix, jk, id, KEYS[1], nil)
+  ix_flush(now, now_s)
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', jk, 'cancel', '1')

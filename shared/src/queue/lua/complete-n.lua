@@ -7,15 +7,17 @@
 -- KEYS[1] active  ZSET job ID -> lease expiry (ms)
 -- then per completion: its record `job:<id>` and attempts `attempts:<id>`, and with 4
 --   arguments per completion also its answer `answer:<id>` and staged answer
---   `staged:<id>:<token>` (declared whether or not that completion staged one).
+--   `staged:<id>:<token>` (declared whether or not that completion staged one);
+-- then the index tail (_index.lua).
 -- A job's batch record and result cache entry (and the jobs waiting on it) are found in
 -- its record: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] arguments per
--- completion (3, or 4 when some completion of the call staged its answer),
+-- completion (4, or 5 when some completion of the call staged its answer),
 -- then per completion: job ID, token, result JSON (which also describes the successful
 -- attempt: worker, times, agent; `fleet status` derives its history entry from it),
--- and with 4: '1' when the attempt staged its answer under `staged:<id>:<token>`.
+-- the job's cost in micro-USD (all its attempts; '0' when unknown: the history's
+-- `cost`), and with 5: '1' when the attempt staged its answer under `staged:<id>:<token>`.
 --
 -- A staged answer becomes the job's `answer:<id>` (RENAME) in the same step that makes
 -- the job `succeeded`: no reader sees the status without its answer. A job that leads a
@@ -28,7 +30,7 @@
 -- An `error` or `cancel` field left by earlier attempts stays in the hash: readers ignore
 -- both on a succeeded job (results.rs), which saves reading and deleting them here.
 local prefix = ARGV[1]
-local _, now_s = redis_now()
+local now, now_s = redis_now()
 local ttl_s = ARGV[2]
 local ttl = tonumber(ttl_s)
 local out = {}
@@ -36,7 +38,7 @@ local deltas = {}
 local any = nil
 local per = tonumber(ARGV[3])
 local kper = 2
-if per == 4 then
+if per == 5 then
   kper = 4
 end
 local j = 0
@@ -47,9 +49,9 @@ for i = 4, #ARGV, per do
   local token = ARGV[i + 1]
   local jk = KEYS[kj + 1]
   local f = redis.call('HMGET', jk, 'token', 'status', 'batch', 'attempts', 'first_started_at',
-    'cache', 'cache_ttl')
+    'cache', 'cache_ttl', 'ix')
   local staged = nil
-  if per == 4 and ARGV[i + 3] == '1' then
+  if per == 5 and ARGV[i + 4] == '1' then
     staged = KEYS[kj + 4]
   end
   if f[1] ~= token then
@@ -68,6 +70,10 @@ for i = 4, #ARGV, per do
     -- creates no second key. One that ran before (`first_started_at`: a dead letter
     -- retried, whose counter started again) has one, which must expire too.
     redis.call('HSET', jk, 'status', 'succeeded', 'result', ARGV[i + 2], 'finished_at', now_s)
+    ix_move(id, 'running', 'succeeded')
+    ix_ended(id, f[8], ttl)
+    hist_add('succeeded', 1)
+    hist_add('cost', tonumber(ARGV[i + 3]) or 0)
     if staged then
       redis.call('RENAME', staged, KEYS[kj + 3])
       if ttl > 0 then
@@ -91,6 +97,7 @@ for i = 4, #ARGV, per do
   end
 end
 write_counts(prefix, deltas, ttl, false)
+ix_flush(now, now_s)
 if any then
   -- Waiters re-read their job on any message, so one per call is enough.
   redis.call('PUBLISH', prefix .. 'done', any)

@@ -5,13 +5,16 @@
 -- KEYS[3] marker   ZSET  one member; its presence wakes a worker blocked in BZPOPMIN
 -- then per job: its record `job:<id>`, and with 6 arguments per job also its
 --   idempotency key `idem:<key>` (`idem:` alone when it has none: declared, unused);
--- then the record `batch:<id>` of each batch the jobs belong to, once each.
+-- then the record `batch:<id>` of each batch the jobs belong to, once each;
+-- then the membership indexes `ix:agent:<name>` / `ix:batch:<id>` the jobs join, once
+-- each (ARGV[4] of them); then the index tail (_index.lua).
 --
--- ARGV[1] prefix, ARGV[2] idempotency TTL (ms), ARGV[3] arguments per job (3 or 6),
--- then per job: id, spec JSON, meta,
---   and with 6 also: batch ID ('' = none), idempotency key ('' = none), run_at (ms by
+-- ARGV[1] prefix, ARGV[2] idempotency TTL (ms), ARGV[3] arguments per job (4 or 7),
+-- ARGV[4] how many membership index keys, then per job: id, spec JSON, meta, ix (its
+--   membership indexes, tab-separated suffixes of `ix:`; stored as the `ix` field),
+--   and with 7 also: batch ID ('' = none), idempotency key ('' = none), run_at (ms by
 --   Redis' clock, 0 = now).
--- (3 when no job of the call has any of the last three: fewer arguments to convert.)
+-- (4 when no job of the call has any of the last three: fewer arguments to convert.)
 -- meta is "<max_attempts><TAB><deadline in ms from now, 0 = none>"; the job stores
 -- "<max_attempts><TAB><deadline_at ms, 0 = none><TAB><created_at ms>", by Redis' clock,
 -- what a worker needs besides the spec, kept as one field: fetch returns it as it is.
@@ -30,38 +33,57 @@ local deltas = {}
 local per = tonumber(ARGV[3])
 -- keys per job (after the three fixed ones)
 local kper = 1
-if per == 6 then
+if per == 7 then
   kper = 2
 end
+-- the membership indexes, by their suffix after `ix:`
+local member_ix = {}
+for k = IXT - tonumber(ARGV[4]) + 1, IXT do
+  member_ix[string.sub(KEYS[k], #prefix + 4)] = KEYS[k]
+end
 -- Refuse a call that could not be written whole before writing any of it.
-if per == 6 and (tonumber(idem_ttl) or 0) < 1 then
-  for i = 4, #ARGV, per do
-    if ARGV[i + 4] ~= '' then
+for i = 5, #ARGV, per do
+  for suffix in string.gmatch(ARGV[i + 3], '[^\t]+') do
+    if not member_ix[suffix] then
+      return redis.error_reply('ERR membership index ix:' .. suffix .. ' not declared')
+    end
+  end
+end
+if per == 7 and (tonumber(idem_ttl) or 0) < 1 then
+  for i = 5, #ARGV, per do
+    if ARGV[i + 5] ~= '' then
       return redis.error_reply('ERR idempotency TTL must be at least 1 ms, got ' .. idem_ttl)
     end
   end
 end
 local j = 0
-for i = 4, #ARGV, per do
+local enqueued = 0
+for i = 5, #ARGV, per do
   local kj = 3 + j * kper
   j = j + 1
   local id = ARGV[i]
+  local ix = ARGV[i + 3]
   local batch, idem, run_at_s = '', '', '0'
-  if per == 6 then
-    batch, idem, run_at_s = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  if per == 7 then
+    batch, idem, run_at_s = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   end
   local jk = KEYS[kj + 1]
   local result_id, skip = claim_new(KEYS[kj + 2], jk, id, idem, idem_ttl)
   if not skip then
     if batch == '' then
       redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
-        'meta', stamp_meta(ARGV[i + 2], now, now_s))
+        'meta', stamp_meta(ARGV[i + 2], now, now_s), 'ix', ix)
     else
       redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
-        'meta', stamp_meta(ARGV[i + 2], now, now_s), 'batch', batch)
+        'meta', stamp_meta(ARGV[i + 2], now, now_s), 'ix', ix, 'batch', batch)
       count_move(deltas, batch, nil, 'total')
       count_move(deltas, batch, nil, 'queued')
     end
+    ix_move(id, nil, 'queued')
+    for suffix in string.gmatch(ix, '[^\t]+') do
+      ix_push(ix_add, member_ix[suffix], id)
+    end
+    enqueued = enqueued + 1
     if run_at_s ~= '0' and tonumber(run_at_s) > now then
       redis.call('HSET', jk, 'run_at', run_at_s)
       redis.call('ZADD', KEYS[2], run_at_s, id)
@@ -73,6 +95,8 @@ for i = 4, #ARGV, per do
   out[#out + 1] = result_id
 end
 write_counts(prefix, deltas, nil, true)
+hist_add('enqueued', enqueued)
+ix_flush(now, now_s)
 if woke then
   redis.call('ZADD', KEYS[3], '0', '0')
 end

@@ -15,20 +15,33 @@
 --   the same key appears once per job that asks the same query;
 -- then 3 per job: its record `job:<id>`, its idempotency key `idem:<key>` (`idem:`
 --   alone when it has none: declared, unused), its answer `answer:<id>`;
--- then the record `batch:<id>` of each batch the jobs belong to, once each.
--- Hence `-n`: 2 + 4 per job + batches. The job a cache entry names (and its answer) is
+-- then the record `batch:<id>` of each batch the jobs belong to, once each;
+-- then the membership indexes the jobs join (ARGV[4] of them), then the index tail
+-- (_index.lua). Hence `-n`: 2 + 4 per job + batches + indexes + 10. The job a cache entry names (and its answer) is
 -- found in the entry: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
 --
--- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] idempotency TTL (ms),
--- then 6 per job: id, spec JSON, meta (as enqueue-n.lua takes it), batch ID ('' = none),
--- idempotency key ('' = none), cache TTL (ms, how long a success is served from the cache).
+-- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] idempotency TTL (ms), ARGV[4] how
+-- many membership index keys, then 7 per job: id, spec JSON, meta (as enqueue-n.lua
+-- takes it), batch ID ('' = none), idempotency key ('' = none), cache TTL (ms, how
+-- long a success is served from the cache), ix (as enqueue-n.lua takes it).
 --
 -- Returns, per job, the ID it exists under (as enqueue-n.lua does).
 local prefix = ARGV[1]
 local now, now_s = redis_now()
 local ttl = tonumber(ARGV[2])
 local idem_ttl = ARGV[3]
-local n = (#ARGV - 3) / 6
+local n = (#ARGV - 4) / 7
+local member_ix = {}
+for k = IXT - tonumber(ARGV[4]) + 1, IXT do
+  member_ix[string.sub(KEYS[k], #prefix + 4)] = KEYS[k]
+end
+for i = 5, #ARGV, 7 do
+  for suffix in string.gmatch(ARGV[i + 6], '[^\t]+') do
+    if not member_ix[suffix] then
+      return redis.error_reply('ERR membership index ix:' .. suffix .. ' not declared')
+    end
+  end
+end
 local pj = prefix .. 'job:'
 local out = {}
 local deltas = {}
@@ -37,16 +50,22 @@ local served = nil
 -- batches with a job ended here: their records expire with it, as any ended job's do
 local ended_batches = {}
 local j = 0
-for i = 4, #ARGV, 6 do
+for i = 5, #ARGV, 7 do
   local kj = 2 + n + j * 3
   j = j + 1
   local id, spec, meta, batch, idem, cache_ttl =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local ix = ARGV[i + 6]
   local ck = KEYS[2 + j]
   local jk = KEYS[kj + 1]
   local result_id, skip = claim_new(KEYS[kj + 2], jk, id, idem, idem_ttl)
   if not skip then
-    redis.call('HSET', jk, 'spec', spec, 'meta', stamp_meta(meta, now, now_s), 'cache', ck, 'cache_ttl', cache_ttl)
+    redis.call('HSET', jk, 'spec', spec, 'meta', stamp_meta(meta, now, now_s), 'cache', ck,
+      'cache_ttl', cache_ttl, 'ix', ix)
+    for suffix in string.gmatch(ix, '[^\t]+') do
+      ix_push(ix_add, member_ix[suffix], id)
+    end
+    hist_add('enqueued', 1)
     if batch ~= '' then
       redis.call('HSET', jk, 'batch', batch)
       count_move(deltas, batch, nil, 'total')
@@ -58,6 +77,9 @@ for i = 4, #ARGV, 6 do
       if src[1] == 'succeeded' and src[2] then
         count_move(deltas, batch, nil, 'succeeded')
         serve_cached(prefix, jk, id, e[2], src[2], now_s, ttl)
+        ix_move(id, nil, 'succeeded')
+        ix_ended(id, ix, ttl)
+        hist_add('succeeded', 1)
         if batch ~= '' then
           ended_batches[batch] = true
         end
@@ -72,6 +94,7 @@ for i = 4, #ARGV, 6 do
     if not hit then
       count_move(deltas, batch, nil, 'queued')
       redis.call('HSET', jk, 'status', 'queued')
+      ix_move(id, nil, 'queued')
       local leader = e[2]
       local live = false
       if e[1] == 'running' and leader and leader ~= id then
@@ -92,6 +115,7 @@ for i = 4, #ARGV, 6 do
   out[#out + 1] = result_id
 end
 write_counts(prefix, deltas, nil, true)
+ix_flush(now, now_s)
 if ttl > 0 then
   for batch in pairs(ended_batches) do
     redis.call('PEXPIRE', prefix .. 'batch:' .. batch, ttl)

@@ -9,7 +9,8 @@
 -- the worker decided: the attempt may have ended another way before it saw the cancel.
 --
 -- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead,
--- KEYS[6] the record `job:<id>`, KEYS[7] its attempts `attempts:<id>`
+-- KEYS[6] the record `job:<id>`, KEYS[7] its attempts `attempts:<id>`,
+-- then the index tail (_index.lua)
 -- (its batch record and result cache entry are found in its record: not declared)
 --
 -- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] token, ARGV[4] decision,
@@ -26,7 +27,7 @@ if fence == 'settled' then
 elseif fence ~= 'ok' then
   return 0
 end
-local now = redis_now()
+local now, now_s = redis_now()
 local decision = ARGV[4]
 redis.call('ZREM', KEYS[1], id)
 local f = redis.call('HMGET', jk, 'started_at', 'cancel')
@@ -39,7 +40,11 @@ if f[2] == '1' and decision ~= 'cancelled' then
   redis.call('HSET', jk, 'error', CANCELLED_ERROR)
   decision = 'cancelled'
 end
+if decision == 'retry' or decision == 'dead' then
+  hist_add('failed', 1)
+end
 if decision == 'retry' then
+  hist_add('retried', 1)
   local run_at = now + tonumber(ARGV[5])
   set_status(prefix, jk, 'retrying')
   redis.call('HSET', jk, 'run_at', run_at)
@@ -59,4 +64,5 @@ else
   finish(prefix, jk, id, now, tonumber(ARGV[8]))
   cache_hand_over(prefix, jk, id, KEYS[2], KEYS[4])
 end
+ix_flush(now, now_s)
 return 1

@@ -7,6 +7,7 @@
 -- KEYS[5] token    STRING fencing-token counter
 -- KEYS[6] dead     ZSET  dead-lettered job ID -> time (ms)
 -- KEYS[7] fetch    STRING `fetch:<worker>:<fetch ID>`: what this call leased
+-- then the index tail (_index.lua)
 --
 -- The records of the jobs it promotes and pops (and their batch records) are found in
 -- `delayed` and `wait` by this call: they are not declared (docs/ARCHITECTURE.md, "Keys
@@ -83,6 +84,7 @@ for _, id in ipairs(due) do
   local f = redis.call('HMGET', jk, 'status', 'batch')
   if f[1] then
     count_move(deltas, f[2], f[1], 'queued')
+    ix_move(id, f[1], 'queued')
     redis.call('HSET', jk, 'status', 'queued')
     redis.call('HDEL', jk, 'run_at')
     redis.call('LPUSH', KEYS[1], id)
@@ -102,9 +104,12 @@ if ids then
         'error', cjson.encode({ class = 'permanent',
           message = 'undecodable job: no job record for this ID' }))
       redis.call('ZADD', KEYS[6], now, id)
+      ix_move(id, nil, 'dead')
+      hist_add('dead', 1)
       redis.call('PUBLISH', prefix .. 'done', id)
     elseif status == 'queued' and f[6] == '1' then
       count_move(deltas, f[2], status, 'cancelled')
+      ix_move(id, status, 'cancelled')
       redis.call('HSET', jk, 'status', 'cancelled', 'error', CANCELLED_ERROR)
       redis.call('HDEL', jk, 'cancel')
       finish(prefix, jk, id, now, result_ttl)
@@ -117,6 +122,7 @@ if ids then
       redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', token,
         'worker', worker, 'started_at', now_s)
       redis.call('ZADD', KEYS[2], lease_until, id)
+      ix_move(id, 'queued', 'running')
       out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
       out[#out + 1] = f[4] or ''
       leased[#leased + 1] = id
@@ -131,6 +137,7 @@ if ids then
   end
 end
 write_counts(prefix, deltas, nil, false)
+ix_flush(now, now_s)
 
 if ids and #ids == max and redis.call('LLEN', KEYS[1]) > 0 then
   -- more work left: wake another idle worker

@@ -2,14 +2,15 @@
 -- status `failed`, until the result TTL runs out, so `fleet status` still explains them.
 --
 -- KEYS[1] dead, then per job: its record `job:<id>`, attempts `attempts:<id>` and
--- answer `answer:<id>` (its batch record is found in its record: not declared)
+-- answer `answer:<id>` (its batch record is found in its record: not declared),
+-- then the index tail (_index.lua)
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms),
 -- then job IDs (the caller reads the oldest of the dead set when the user named none)
 --
 -- Returns the number of jobs purged.
 local prefix = ARGV[1]
-local now = redis_now()
+local now, now_s = redis_now()
 local ids = dead_ids(3)
 local n = 0
 for j, id in ipairs(ids) do
@@ -22,4 +23,5 @@ for j, id in ipairs(ids) do
     n = n + 1
   end
 end
+ix_flush(now, now_s)
 return n

@@ -14,7 +14,8 @@
 -- - nothing is reclaimed for ARGV[6] ms, while the calls queued during the stall run
 --   and the holders renew.
 --
--- KEYS[1] active, KEYS[2] wait, KEYS[3] marker, KEYS[4] dead, KEYS[5] reclaim_clock
+-- KEYS[1] active, KEYS[2] wait, KEYS[3] marker, KEYS[4] dead, KEYS[5] reclaim_clock,
+-- then the index tail (_index.lua)
 -- (the expired jobs' records, attempts and batch records are found in `active`: not
 -- declared; docs/ARCHITECTURE.md, "Keys and Redis Cluster")
 --
@@ -62,6 +63,7 @@ for _, id in ipairs(ids) do
     -- The stale holder's token goes: its complete/fail/renew calls are refused.
     redis.call('HDEL', jk, 'token')
     keep_first_start(jk, f[4])
+    hist_add('failed', 1)
     if f[5] == '1' then
       set_status(prefix, jk, 'cancelled')
       redis.call('HDEL', jk, 'cancel')
@@ -73,6 +75,7 @@ for _, id in ipairs(ids) do
     else
       set_status(prefix, jk, 'queued')
       redis.call('RPUSH', KEYS[2], id)
+      hist_add('retried', 1)
       requeued = true
     end
   end
@@ -80,4 +83,5 @@ end
 if requeued then
   redis.call('ZADD', KEYS[3], 0, '0')
 end
+ix_flush(now, string.format('%d', now))
 return #ids

@@ -4,7 +4,8 @@
 -- cannot run: it ends `failed` (as purge_dead does) instead of staying forever.
 --
 -- KEYS[1] dead, KEYS[2] wait, KEYS[3] marker, then per job: its record `job:<id>` and
--- attempts `attempts:<id>` (its batch record is found in its record: not declared)
+-- attempts `attempts:<id>` (its batch record is found in its record: not declared),
+-- then the index tail (_index.lua)
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms),
 -- then job IDs (the caller reads the oldest of the dead set when the user named none)
@@ -12,6 +13,7 @@
 -- Returns the number of jobs requeued.
 local prefix = ARGV[1]
 local ids = dead_ids(3)
+local now, now_s = redis_now()
 local n = 0
 for j, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
@@ -23,14 +25,16 @@ for j, id in ipairs(ids) do
       redis.call('HDEL', jk, 'finished_at', 'cancel')
       set_status(prefix, jk, 'queued')
       redis.call('LPUSH', KEYS[2], id)
+      hist_add('retried', 1)
       n = n + 1
     elseif redis.call('EXISTS', jk) == 1 then
       set_status(prefix, jk, 'failed')
-      finish(prefix, jk, id, redis_now(), tonumber(ARGV[2]))
+      finish(prefix, jk, id, now, tonumber(ARGV[2]))
     end
   end
 end
 if n > 0 then
   redis.call('ZADD', KEYS[3], 0, '0')
 end
+ix_flush(now, now_s)
 return n

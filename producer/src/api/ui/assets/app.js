@@ -129,7 +129,7 @@ screens.overview = (root) => {
   const stats = h("div", { class: "stats", id: "depths" });
   const chart = h("div", { id: "chart" });
   root.append(h("h1", {}, "Overview"), stats,
-    h("h2", {}, "Finished per minute (jobs created in the last hour)"), chart);
+    h("h2", {}, "Throughput and failures per minute (last 30 minutes)"), chart);
   every(REFRESH_MS, async () => {
     const [q, workers, agents] = await Promise.all([api("/v1/queues"), api("/v1/workers"), api("/v1/agents")]);
     const r = q.research || {}, l = q.lifecycle || {};
@@ -144,21 +144,23 @@ screens.overview = (root) => {
       cell("agents", agents.agents.length, "stat-agents"));
   });
   every(CHART_REFRESH_MS, async () => {
-    const since = Date.now() - 3600 * 1000;
-    const page = await api(`/v1/jobs?status=succeeded,dead,failed&since=${since}&limit=1000`);
-    chart.replaceChildren(throughputChart(page.jobs),
-      page.truncated || page.next_cursor ? h("p", { class: "muted" }, "Only the newest 1000 jobs are counted.") : "");
+    // The per-minute counters the queue keeps (GET /v1/stats/history, Redis' clock).
+    const history = await api(`/v1/stats/history?from=${Date.now() - 31 * 60000}`);
+    chart.replaceChildren(throughputChart(history));
   });
 };
 
-// Bars per minute over the last 30 minutes: succeeded up, failed (dead) down.
-function throughputChart(jobs) {
-  const minutes = 30, now = Date.now(), start = now - minutes * 60000;
+// Bars per minute over the last 30 minutes: succeeded up, failed attempts down.
+function throughputChart(history) {
+  const minutes = 30, end = history.to - (history.to % 60000) + 60000, start = end - minutes * 60000;
   const ok = new Array(minutes).fill(0), bad = new Array(minutes).fill(0);
-  for (const j of jobs) {
-    if (!j.finished_at || j.finished_at < start) continue;
-    const i = Math.min(minutes - 1, Math.floor((j.finished_at - start) / 60000));
-    (j.status === "succeeded" ? ok : bad)[i]++;
+  let cost = 0;
+  for (const m of history.minutes) {
+    if (m.minute < start || m.minute >= end) continue;
+    const i = Math.floor((m.minute - start) / 60000);
+    ok[i] += m.succeeded;
+    bad[i] += m.failed;
+    cost += m.cost_usd;
   }
   const top = Math.max(1, ...ok, ...bad), W = 1000, H = 160, mid = 105, bw = W / minutes;
   const bars = [];
@@ -176,7 +178,8 @@ function throughputChart(jobs) {
       svg("line", { class: "axis", x1: 0, x2: W, y1: mid, y2: mid }), bars,
       svg("text", { x: 2, y: 12 }, `max ${top}/min`), svg("text", { x: W - 40, y: H - 4 }, "now")),
     h("figcaption", { class: "legend" },
-      h("span", { class: "ok" }, `${total} succeeded`), h("span", { class: "bad" }, `${failed} failed`)));
+      h("span", { class: "ok" }, `${total} succeeded`), h("span", { class: "bad" }, `${failed} failed attempts`),
+      h("span", { class: "cost" }, `$${cost.toFixed(2)} spent`)));
 }
 
 function recentBatches() {
@@ -452,11 +455,13 @@ screens.agents = (root) => {
   } }, verb);
   every(REFRESH_MS, async () => {
     const out = await api("/v1/agents");
-    const headers = ["agent", "profile", "state", "jobs served", "active", "paused", "worker", "health"];
+    const headers = ["agent", "profile", "state", "jobs served", "active", "paused", "cost", "worker", "health"];
     list.replaceChildren(table(isAdmin() ? [...headers, "actions"] : headers, out.agents.map((a) => h("tr", { "data-row": a.agent_id },
       h("td", { class: "mono" }, a.agent_id), h("td", {}, a.profile), h("td", {}, badge(a.state)),
       h("td", { class: "num" }, a.jobs_served), h("td", { class: "num" }, secs(a.active_secs)),
-      h("td", { class: "num" }, secs(a.paused_secs)), h("td", {}, a.worker || "—"), h("td", {}, a.health || ""),
+      h("td", { class: "num" }, secs(a.paused_secs)),
+      h("td", { class: "num", "data-cost": a.agent_id }, `$${(a.cost_usd || 0).toFixed(4)}`),
+      h("td", {}, a.worker || "—"), h("td", {}, a.health || ""),
       isAdmin() ? h("td", {}, button(a, "Pause"), " ", button(a, "Resume"), " ", button(a, "Terminate")) : ""))));
   });
 };
