@@ -288,6 +288,73 @@ impl RedisCluster {
             .unwrap()
     }
 
+    /// Step by step, as `redis-cli --cluster reshard` moves one slot: mark `slot`
+    /// importing on node `to` and migrating on node `from`. Then move keys with
+    /// [`RedisCluster::migrate_keys`] and end with [`RedisCluster::finish_migration`].
+    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) {
+        let set = |node: usize, state: &str, peer: usize| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(self.node_id(peer))
+                .query(&mut self.nodes[node].conn())
+                .unwrap();
+        };
+        set(to, "IMPORTING", from);
+        set(from, "MIGRATING", to);
+    }
+
+    /// `MIGRATE` these keys of a migrating slot from node `from` to node `to`.
+    pub fn migrate_keys(&self, from: usize, to: usize, keys: &[String]) {
+        let _: redis::Value = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.nodes[to].port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query(&mut self.nodes[from].conn())
+            .unwrap();
+    }
+
+    /// Move the rest of `slot`'s keys and give the slot to node `to` on every primary.
+    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut self.nodes[from].conn())
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            self.migrate_keys(from, to, &keys);
+        }
+        let id = self.node_id(to);
+        // The new owner first, then the old, then the other primaries (replicas refuse
+        // SETSLOT and learn it from gossip).
+        let others = (0..self.nodes.len()).filter(|&n| n != to && n != from);
+        for node in [to, from].into_iter().chain(others) {
+            let set: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&id)
+                .query(&mut self.nodes[node].conn());
+            if node == to || node == from {
+                set.unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.slot_owner(slot) != Some(to) {
+            assert!(Instant::now() < deadline, "slot {slot} not on node {to}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Move `slots` slots from node `from` to node `to` with `redis-cli --cluster
     /// reshard`, and wait for it.
     pub fn reshard(&self, from: usize, to: usize, slots: u16) {

@@ -379,3 +379,82 @@ async fn resharding_the_queues_slot_mid_batch_loses_and_strands_no_job() {
         out.lost
     );
 }
+
+/// A lease that expires while its slot migrates is reclaimed, not stranded. The old
+/// `reclaim_expired` found the expired job's record by reading `active` and touched
+/// it undeclared: on the migrating primary, with the record already moved, Redis
+/// stopped the script at that access ("Script attempted to access a non local key")
+/// after it had taken the job off `active` — the job stayed `running` with no lease,
+/// and no reclaim would ever see it again. Now the expired IDs are read first and the
+/// reclaim declares every key it touches, so Redis refuses it whole (TRYAGAIN, ASK)
+/// until the slot has moved, and the next pass reclaims the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_expiring_while_its_slot_migrates_is_reclaimed_not_stranded() {
+    use fleet_shared::queue::{AttemptRecord, Settlement};
+    use redis::AsyncCommands;
+    let cluster = RedisCluster::start();
+    let s = settings(
+        &cluster.cluster_url(),
+        &[("QUEUE__RESEARCH__MAX_ATTEMPTS", "1")],
+    );
+    let mut config = QueueConfig::from_settings(&s, QueueKind::Research);
+    config.give_up_after = Some(Duration::from_secs(1));
+    let q = RedisQueue::open(&s.redis, config).await.unwrap();
+    let k = q.keys().clone();
+    let error = serde_json::json!({"class": "permanent", "message": "x"});
+
+    // Every key the old script declared exists, so Redis would let it run: a dead
+    // letter, a queued job, the marker, the reclaim clock, and the lease (expired).
+    let (dead, _) = q.enqueue(JobSpec::research("dead", "test")).await.unwrap();
+    let lease = q.fetch("w", 1).await.unwrap().leases.remove(0);
+    q.fail(&lease, Settlement::Dead, &error, &AttemptRecord::default())
+        .await
+        .unwrap();
+    let (job, _) = q
+        .enqueue(JobSpec::research("its lease expires", "test"))
+        .await
+        .unwrap();
+    let leased = q.fetch("w", 1).await.unwrap().leases.remove(0);
+    assert_eq!(leased.id, job.to_string());
+    q.enqueue(JobSpec::research("queued", "test"))
+        .await
+        .unwrap();
+    assert_eq!(q.reclaim_expired(10).await.unwrap(), 0);
+    let mut conn = q.connection();
+    let _: () = conn.zadd(&k.active, job.to_string(), 0).await.unwrap();
+    for key in [&k.active, &k.wait, &k.marker, &k.dead, &k.reclaim_clock] {
+        let exists: bool = conn.exists(key).await.unwrap();
+        assert!(exists, "{key} exists");
+    }
+    assert!(q.job_record(&dead.to_string()).await.unwrap().is_some());
+
+    // The slot starts moving; the job's record is among the keys already moved.
+    let slot = cluster.keyslot(&k.wait);
+    let from = cluster.slot_owner(slot).unwrap();
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && cluster.slot_owner(0) == Some(i))
+        .unwrap();
+    cluster.begin_migration(slot, from, to);
+    cluster.migrate_keys(from, to, &[k.job(&job.to_string())]);
+
+    // A reclaim pass now is refused whole (TRYAGAIN until the slot has moved: given
+    // up after a few seconds here) or succeeds; it changes nothing by halves.
+    match tokio::time::timeout(Duration::from_secs(3), q.reclaim_expired(10)).await {
+        Err(_) | Ok(Ok(_)) | Ok(Err(QueueError::Unreachable { .. })) => {}
+        Ok(Err(e)) => panic!("a reclaim during the migration failed: {e}"),
+    }
+    cluster.finish_migration(slot, from, to);
+
+    eventually("the expired job reclaimed", Duration::from_secs(30), || {
+        let q = q.clone();
+        let id = job.to_string();
+        async move {
+            let _ = q.reclaim_expired(10).await;
+            let r = q.job_record(&id).await.ok()??;
+            (r.status == JobStatus::Dead).then_some(r)
+        }
+    })
+    .await;
+    let active: Vec<String> = conn.zrange(&k.active, 0, -1).await.unwrap();
+    assert!(active.is_empty(), "{active:?}");
+}

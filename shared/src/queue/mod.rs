@@ -895,28 +895,99 @@ impl RedisQueue {
     /// reach) is not held against the leases: after such a gap, longer than twice the
     /// reclaim interval and a third of the lease TTL, every lease is extended by it and
     /// nothing is reclaimed for one lease TTL, so their holders get the chance to
-    /// renew (see the script).
+    /// renew (see reclaim_clock-2.lua).
+    ///
+    /// Three steps, so that every script touches only keys it was given: the clock
+    /// script names the expired leases, a read learns the keys reclaiming them touches
+    /// (batch and cache records, the jobs waiting on a cache entry), and
+    /// `reclaim_expired` takes them back, checking each again. Nothing changes before
+    /// the last step, so a crash in between loses nothing. Off the hot path: a pass
+    /// that finds no expired lease is one call, as before.
     pub async fn reclaim_expired(&self, max: usize) -> Result<u64, QueueError> {
         let stall_ms = (self.config.reclaim_interval * 2)
             .max(self.config.lease_ttl / 3)
             .as_millis() as u64;
         let grace_ms = self.config.lease_ttl.as_millis() as u64;
+        let expired: Vec<String> = self
+            .retrying("reclaim_expired", || {
+                let mut conn = self.conn.clone();
+                let mut inv = SCRIPTS.reclaim_clock.prepare_invoke();
+                inv.key(&self.keys.active)
+                    .key(&self.keys.reclaim_clock)
+                    .arg(max)
+                    .arg(stall_ms)
+                    .arg(grace_ms);
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let job_keys = self
+            .retrying("reclaim_expired", || self.keys_of_jobs(&expired))
+            .await?;
         self.retrying("reclaim_expired", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.reclaim_expired.prepare_invoke();
             inv.key(&self.keys.active)
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
-                .key(&self.keys.dead)
-                .key(&self.keys.reclaim_clock)
-                .arg(&self.keys.prefix)
-                .arg(max)
-                .arg(self.config.result_ttl.as_millis() as u64)
-                .arg(stall_ms)
-                .arg(grace_ms);
+                .key(&self.keys.dead);
+            for k in &job_keys {
+                inv.key(k);
+            }
+            inv.arg(&self.keys.prefix)
+                .arg(self.config.result_ttl.as_millis() as u64);
+            for id in &expired {
+                inv.arg(id);
+            }
             async move { inv.invoke_async(&mut conn).await }
         })
         .await
+    }
+
+    /// Every key a transition that ends or requeues these jobs may touch: each job's
+    /// record and attempts, its batch record and result cache entry (named in the
+    /// record), and the records of the jobs waiting on that entry (named in it).
+    /// Read with two pipelined round trips (the second only for jobs in the cache).
+    async fn keys_of_jobs(&self, ids: &[String]) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.job(id))
+                .arg("batch")
+                .arg("cache");
+        }
+        let fields: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let mut keys: Vec<String> = Vec::with_capacity(ids.len() * 2);
+        let mut caches: Vec<String> = Vec::new();
+        for (id, (batch, cache)) in ids.iter().zip(fields) {
+            keys.push(self.keys.job(id));
+            keys.push(self.keys.attempts(id));
+            if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+                keys.push(self.keys.batch(&batch));
+            }
+            if let Some(cache) = cache {
+                caches.push(cache);
+            }
+        }
+        if !caches.is_empty() {
+            let mut pipe = redis::pipe();
+            for cache in &caches {
+                pipe.hkeys(cache);
+            }
+            let fields: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            for field in fields.iter().flatten() {
+                if let Some(follower) = field.strip_prefix("f:") {
+                    keys.push(self.keys.job(follower));
+                }
+            }
+            keys.extend(caches);
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Cancel a job: at once if it has not started, else by telling its worker.
