@@ -23,6 +23,8 @@ const DISCOVERED: &[(&str, &[&str])] = &[
     ("renew_leases", &[]),
     ("enqueue_cached", &["job", "answer"]),
     ("fetch", &["job", "attempts", "batch", "cache"]),
+    ("due_delayed", &[]),
+    ("promote_delayed", &[]),
     ("reclaim_clock", &[]),
     ("reclaim_expired", &[]),
     ("complete", &["job", "answer", "batch", "cache"]),

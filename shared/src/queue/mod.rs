@@ -709,7 +709,7 @@ impl RedisQueue {
     pub async fn fetch(&self, worker: &str, max: usize) -> Result<Fetched, QueueError> {
         let fetch_id = new_fetch_id();
         let reply = self
-            .retrying("fetch", || self.invoke_fetch(worker, max, &fetch_id))
+            .retrying("fetch", || self.fetch_promoting(worker, max, &fetch_id))
             .await?;
         parse_fetched(reply)
     }
@@ -723,8 +723,66 @@ impl RedisQueue {
         max: usize,
         fetch_id: &str,
     ) -> Result<Fetched, QueueError> {
-        let reply = self.invoke_fetch(worker, max, fetch_id).await?;
+        let reply = self.fetch_promoting(worker, max, fetch_id).await?;
         parse_fetched(reply)
+    }
+
+    /// One try of fetch `fetch_id`, promoting due delayed jobs when its reply says one
+    /// is due: then, if the fetch leased nothing, it is tried again (same fetch ID) to
+    /// lease what was promoted. Promotion is its own two steps (`promote_due`) so that
+    /// every key it touches is declared; a drain with nothing delayed never runs it.
+    async fn fetch_promoting(
+        &self,
+        worker: &str,
+        max: usize,
+        fetch_id: &str,
+    ) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let reply = self.invoke_fetch(worker, max, fetch_id).await?;
+        let due = reply.first().is_some_and(|clock| {
+            let clock = String::from_utf8_lossy(clock);
+            let (now, next) = clock.split_once('\t').unwrap_or(("", ""));
+            matches!(
+                (now.parse::<u64>(), next.parse::<f64>()),
+                (Ok(now), Ok(next)) if next as u64 <= now
+            )
+        });
+        if !due {
+            return Ok(reply);
+        }
+        let promoted = self.promote_due().await?;
+        if promoted > 0 && reply.len() == 1 {
+            return self.invoke_fetch(worker, max, fetch_id).await;
+        }
+        Ok(reply)
+    }
+
+    /// Move due delayed jobs (at most `queue.promote_chunk`) to `wait`: `due_delayed`
+    /// names them, their batch fields are read, and `promote_delayed` moves them with
+    /// every key declared, checking each again. Returns how many were made ready.
+    async fn promote_due(&self) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let due: Vec<String> = SCRIPTS
+            .due_delayed
+            .key(&self.keys.delayed)
+            .arg(self.config.promote_chunk)
+            .invoke_async(&mut conn)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let job_keys = self.keys_of_jobs(&due).await?;
+        let mut inv = SCRIPTS.promote_delayed.prepare_invoke();
+        inv.key(&self.keys.wait)
+            .key(&self.keys.delayed)
+            .key(&self.keys.marker);
+        for k in &job_keys {
+            inv.key(k);
+        }
+        inv.arg(&self.keys.prefix);
+        for id in &due {
+            inv.arg(id);
+        }
+        inv.invoke_async(&mut conn).await
     }
 
     fn invoke_fetch(

@@ -9,6 +9,8 @@ use redis::Script;
 pub struct Scripts {
     pub enqueue: Script,
     pub fetch: Script,
+    pub due_delayed: Script,
+    pub promote_delayed: Script,
     pub renew_leases: Script,
     pub complete: Script,
     pub fail: Script,
@@ -31,6 +33,8 @@ fn load(body: &str) -> Script {
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: load(include_str!("lua/enqueue-n.lua")),
     fetch: load(include_str!("lua/fetch-7.lua")),
+    due_delayed: load(include_str!("lua/due_delayed-1.lua")),
+    promote_delayed: load(include_str!("lua/promote_delayed-n.lua")),
     renew_leases: load(include_str!("lua/renew_leases-n.lua")),
     complete: load(include_str!("lua/complete-n.lua")),
     fail: load(include_str!("lua/fail-7.lua")),
@@ -49,6 +53,8 @@ impl Scripts {
         [
             ("enqueue", &self.enqueue),
             ("fetch", &self.fetch),
+            ("due_delayed", &self.due_delayed),
+            ("promote_delayed", &self.promote_delayed),
             ("renew_leases", &self.renew_leases),
             ("complete", &self.complete),
             ("fail", &self.fail),
