@@ -225,6 +225,184 @@ impl RedisCluster {
         self.nodes.iter().map(Node::url).collect()
     }
 
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a running node).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.running_node().conn())
+            .unwrap()
+    }
+
+    fn running_node(&self) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a node runs")
+    }
+
+    /// The index in [`RedisCluster::nodes`] of the primary serving `slot`, as every
+    /// running node's `CLUSTER SLOTS` agrees (None while they disagree or nobody
+    /// serves it).
+    pub fn slot_owner(&self, slot: u16) -> Option<usize> {
+        let mut owner = None;
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            let (_, _, port) = slot_ranges(n.conn())
+                .into_iter()
+                .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))?;
+            let seen = self.nodes.iter().position(|n| n.port == port)?;
+            if *owner.get_or_insert(seen) != seen {
+                return None;
+            }
+        }
+        owner
+    }
+
+    /// The first and last slot of the contiguous range holding `slot`, as a running
+    /// node's `CLUSTER SLOTS` lists it.
+    pub fn slot_range(&self, slot: u16) -> (u16, u16) {
+        slot_ranges(self.running_node().conn())
+            .into_iter()
+            .map(|(lo, hi, _)| (lo, hi))
+            .find(|(lo, hi)| (*lo..=*hi).contains(&slot))
+            .expect("every slot is served")
+    }
+
+    /// Until every running node names one primary for `slot` other than node
+    /// `old`, and that primary serves it; returns its index.
+    pub fn wait_slot_moved_from(&self, slot: u16, old: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(owner) = self.slot_owner(slot)
+                && owner != old
+            {
+                let role: Vec<redis::Value> = redis::cmd("ROLE")
+                    .query(&mut self.nodes[owner].conn())
+                    .unwrap_or_default();
+                if matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master") {
+                    return owner;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} still on node {old} (port {})",
+                self.nodes[old].port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The cluster node ID of node `i` (`CLUSTER MYID`).
+    pub fn node_id(&self, i: usize) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[i].conn())
+            .unwrap()
+    }
+
+    /// Step by step, as `redis-cli --cluster reshard` moves one slot: mark `slot`
+    /// importing on node `to` and migrating on node `from`. Then move keys with
+    /// [`RedisCluster::migrate_keys`] and end with [`RedisCluster::finish_migration`].
+    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) {
+        let set = |node: usize, state: &str, peer: usize| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(self.node_id(peer))
+                .query(&mut self.nodes[node].conn())
+                .unwrap();
+        };
+        set(to, "IMPORTING", from);
+        set(from, "MIGRATING", to);
+    }
+
+    /// `MIGRATE` these keys of a migrating slot from node `from` to node `to`.
+    pub fn migrate_keys(&self, from: usize, to: usize, keys: &[String]) {
+        let _: redis::Value = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.nodes[to].port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query(&mut self.nodes[from].conn())
+            .unwrap();
+    }
+
+    /// Move the rest of `slot`'s keys and give the slot to node `to` on every primary.
+    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut self.nodes[from].conn())
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            self.migrate_keys(from, to, &keys);
+        }
+        let id = self.node_id(to);
+        // The new owner first, then the old, then the other primaries (replicas refuse
+        // SETSLOT and learn it from gossip).
+        let others = (0..self.nodes.len()).filter(|&n| n != to && n != from);
+        for node in [to, from].into_iter().chain(others) {
+            let set: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&id)
+                .query(&mut self.nodes[node].conn());
+            if node == to || node == from {
+                set.unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.slot_owner(slot) != Some(to) {
+            assert!(Instant::now() < deadline, "slot {slot} not on node {to}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Move `slots` slots from node `from` to node `to` with `redis-cli --cluster
+    /// reshard`, and wait for it.
+    pub fn reshard(&self, from: usize, to: usize, slots: u16) {
+        let out = self
+            .start_reshard(from, to, slots, 10)
+            .wait_with_output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start `redis-cli --cluster reshard` moving `slots` slots (redis-cli takes a
+    /// source's lowest slots first) from node `from` to node `to`, moving
+    /// `pipeline` keys per MIGRATE. Returns the running child: the caller waits for it.
+    pub fn start_reshard(&self, from: usize, to: usize, slots: u16, pipeline: u16) -> Child {
+        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+        Command::new(cli)
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{}", self.nodes[from].port))
+            .args(["--cluster-from", &self.node_id(from)])
+            .args(["--cluster-to", &self.node_id(to)])
+            .args(["--cluster-slots", &slots.to_string()])
+            .args(["--cluster-pipeline", &pipeline.to_string()])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run redis-cli --cluster reshard")
+    }
+
     /// The `redis+cluster://` URL naming three of the nodes.
     pub fn cluster_url(&self) -> String {
         let hosts: Vec<String> = self.nodes[..3]
@@ -233,6 +411,32 @@ impl RedisCluster {
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
+}
+
+/// A node's `CLUSTER SLOTS`: (first slot, last slot, primary's port) per range;
+/// empty if the node does not answer.
+fn slot_ranges(mut conn: redis::Connection) -> Vec<(u16, u16, u16)> {
+    use redis::Value;
+    let int = |v: &Value| match v {
+        Value::Int(i) => u16::try_from(*i).ok(),
+        _ => None,
+    };
+    let ranges: Vec<Value> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut conn)
+        .unwrap_or_default();
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let Some(Value::Array(primary)) = parts.get(2) else {
+                return None;
+            };
+            Some((int(&parts[0])?, int(&parts[1])?, int(primary.get(1)?)?))
+        })
+        .collect()
 }
 
 /// The master name the sentinels of [`SentinelSet`] watch.

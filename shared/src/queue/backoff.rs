@@ -48,11 +48,14 @@ pub fn redis_backoff(give_up_after: Option<Duration>) -> ExponentialBuilder {
 /// Whether a Redis error is weather (retry) rather than a bug or bad request: a
 /// broken or refused link, a timeout, a server still loading, and every refusal a
 /// failover or a resharding causes — READONLY (a primary demoted to replica),
-/// MASTERDOWN, TRYAGAIN, CLUSTERDOWN, and MOVED/ASK that outlived the cluster
-/// client's own redirects (a slot map in flux). None of them ran the command.
+/// MASTERDOWN, TRYAGAIN, CLUSTERDOWN, MOVED/ASK that outlived the cluster client's
+/// own redirects (a slot map in flux), and the cluster client finding no connection
+/// for a slot (its primary died and no replica serves it yet). None of them ran the
+/// command.
 pub fn is_transient(err: &redis::RedisError) -> bool {
     use redis::ServerErrorKind as K;
     err.is_io_error()
+        || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
@@ -122,6 +125,11 @@ mod tests {
         }
         let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(is_transient(&reset));
+        // The cluster client's own answer when it reaches no node for a slot (the
+        // primary died and the slot map has not caught up yet).
+        let no_node =
+            RedisError::from((ErrorKind::ClusterConnectionNotFound, "No connections found"));
+        assert!(is_transient(&no_node));
         let bug = RedisError::from((ErrorKind::Server(K::ResponseError), "ERR wrong args"));
         assert!(!is_transient(&bug));
         let slot = RedisError::from((ErrorKind::Server(K::CrossSlot), "CROSSSLOT"));

@@ -779,7 +779,7 @@ impl RedisQueue {
     pub async fn fetch(&self, worker: &str, max: usize) -> Result<Fetched, QueueError> {
         let fetch_id = new_fetch_id();
         let reply = self
-            .retrying("fetch", || self.invoke_fetch(worker, max, &fetch_id))
+            .retrying("fetch", || self.fetch_promoting(worker, max, &fetch_id))
             .await?;
         parse_fetched(reply)
     }
@@ -793,8 +793,69 @@ impl RedisQueue {
         max: usize,
         fetch_id: &str,
     ) -> Result<Fetched, QueueError> {
-        let reply = self.invoke_fetch(worker, max, fetch_id).await?;
+        let reply = self.fetch_promoting(worker, max, fetch_id).await?;
         parse_fetched(reply)
+    }
+
+    /// One try of fetch `fetch_id`, promoting due delayed jobs when its reply says one
+    /// is due: then, if the fetch leased nothing, it is tried again (same fetch ID) to
+    /// lease what was promoted. Promotion is its own two steps (`promote_due`) so that
+    /// every key it touches is declared; a drain with nothing delayed never runs it.
+    async fn fetch_promoting(
+        &self,
+        worker: &str,
+        max: usize,
+        fetch_id: &str,
+    ) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let reply = self.invoke_fetch(worker, max, fetch_id).await?;
+        let due = reply.first().is_some_and(|clock| {
+            let clock = String::from_utf8_lossy(clock);
+            let (now, next) = clock.split_once('\t').unwrap_or(("", ""));
+            matches!(
+                (now.parse::<u64>(), next.parse::<f64>()),
+                (Ok(now), Ok(next)) if next as u64 <= now
+            )
+        });
+        if !due {
+            return Ok(reply);
+        }
+        let promoted = self.promote_due().await?;
+        if promoted > 0 && reply.len() == 1 {
+            return self.invoke_fetch(worker, max, fetch_id).await;
+        }
+        Ok(reply)
+    }
+
+    /// Move due delayed jobs (at most `queue.promote_chunk`) to `wait`: `due_delayed`
+    /// names them, their batch fields are read, and `promote_delayed` moves them with
+    /// every key declared, checking each again. Returns how many were made ready.
+    async fn promote_due(&self) -> redis::RedisResult<u64> {
+        let mut conn = self.conn.clone();
+        let due: Vec<String> = SCRIPTS
+            .due_delayed
+            .key(&self.keys.delayed)
+            .arg(self.config.promote_chunk)
+            .invoke_async(&mut conn)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let job_keys = self.keys_of_jobs(&due).await?;
+        let mut inv = SCRIPTS.promote_delayed.prepare_invoke();
+        inv.key(&self.keys.wait)
+            .key(&self.keys.delayed)
+            .key(&self.keys.marker);
+        for k in &job_keys {
+            inv.key(k);
+        }
+        for k in &self.keys.index_tail {
+            inv.key(k);
+        }
+        inv.arg(&self.keys.prefix);
+        for id in &due {
+            inv.arg(id);
+        }
+        inv.invoke_async(&mut conn).await
     }
 
     fn invoke_fetch(
@@ -978,31 +1039,102 @@ impl RedisQueue {
     /// reach) is not held against the leases: after such a gap, longer than twice the
     /// reclaim interval and a third of the lease TTL, every lease is extended by it and
     /// nothing is reclaimed for one lease TTL, so their holders get the chance to
-    /// renew (see the script).
+    /// renew (see reclaim_clock-2.lua).
+    ///
+    /// Three steps, so that every script touches only keys it was given: the clock
+    /// script names the expired leases, a read learns the keys reclaiming them touches
+    /// (batch and cache records, the jobs waiting on a cache entry), and
+    /// `reclaim_expired` takes them back, checking each again. Nothing changes before
+    /// the last step, so a crash in between loses nothing. Off the hot path: a pass
+    /// that finds no expired lease is one call, as before.
     pub async fn reclaim_expired(&self, max: usize) -> Result<u64, QueueError> {
         let stall_ms = (self.config.reclaim_interval * 2)
             .max(self.config.lease_ttl / 3)
             .as_millis() as u64;
         let grace_ms = self.config.lease_ttl.as_millis() as u64;
+        let expired: Vec<String> = self
+            .retrying("reclaim_expired", || {
+                let mut conn = self.conn.clone();
+                let mut inv = SCRIPTS.reclaim_clock.prepare_invoke();
+                inv.key(&self.keys.active)
+                    .key(&self.keys.reclaim_clock)
+                    .arg(max)
+                    .arg(stall_ms)
+                    .arg(grace_ms);
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let job_keys = self
+            .retrying("reclaim_expired", || self.keys_of_jobs(&expired))
+            .await?;
         self.retrying("reclaim_expired", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.reclaim_expired.prepare_invoke();
             inv.key(&self.keys.active)
                 .key(&self.keys.wait)
                 .key(&self.keys.marker)
-                .key(&self.keys.dead)
-                .key(&self.keys.reclaim_clock);
+                .key(&self.keys.dead);
+            for k in &job_keys {
+                inv.key(k);
+            }
             for k in &self.keys.index_tail {
                 inv.key(k);
             }
             inv.arg(&self.keys.prefix)
-                .arg(max)
-                .arg(self.config.result_ttl.as_millis() as u64)
-                .arg(stall_ms)
-                .arg(grace_ms);
+                .arg(self.config.result_ttl.as_millis() as u64);
+            for id in &expired {
+                inv.arg(id);
+            }
             async move { inv.invoke_async(&mut conn).await }
         })
         .await
+    }
+
+    /// Every key a transition that ends or requeues these jobs may touch: each job's
+    /// record and attempts, its batch record and result cache entry (named in the
+    /// record), and the records of the jobs waiting on that entry (named in it).
+    /// Read with two pipelined round trips (the second only for jobs in the cache).
+    async fn keys_of_jobs(&self, ids: &[String]) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.job(id))
+                .arg("batch")
+                .arg("cache");
+        }
+        let fields: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        let mut keys: Vec<String> = Vec::with_capacity(ids.len() * 2);
+        let mut caches: Vec<String> = Vec::new();
+        for (id, (batch, cache)) in ids.iter().zip(fields) {
+            keys.push(self.keys.job(id));
+            keys.push(self.keys.attempts(id));
+            if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+                keys.push(self.keys.batch(&batch));
+            }
+            if let Some(cache) = cache {
+                caches.push(cache);
+            }
+        }
+        if !caches.is_empty() {
+            let mut pipe = redis::pipe();
+            for cache in &caches {
+                pipe.hkeys(cache);
+            }
+            let fields: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            for field in fields.iter().flatten() {
+                if let Some(follower) = field.strip_prefix("f:") {
+                    keys.push(self.keys.job(follower));
+                }
+            }
+            keys.extend(caches);
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Cancel a job: at once if it has not started, else by telling its worker.

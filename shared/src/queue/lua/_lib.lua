@@ -5,10 +5,11 @@
 -- Keys. Every key the caller can name is passed in KEYS (each script's header lists
 -- them). The one exception, documented in docs/ARCHITECTURE.md ("Keys and Redis
 -- Cluster"): records a script reaches through data it reads in the same step -- job
--- records named by IDs it pops from `wait`, `delayed` or `active`, a job's batch record
--- (its `batch` field), and a result cache entry's jobs. Those names are built here from
+-- records named by IDs it pops from `wait` or `delayed`, a job's batch record (its
+-- `batch` field), and a result cache entry's jobs. Those names are built here from
 -- the prefix, always under the queue's hash tag, so they live in the slot of the
--- declared keys.
+-- declared keys. (reclaim_expired is given all of them: its caller reads the names
+-- first, and it checks they were declared before touching them.)
 --
 -- Time. Every timestamp a script writes or compares is Redis' clock (`TIME`), never a
 -- caller's: workers whose clocks disagree still agree on leases, delays and deadlines.

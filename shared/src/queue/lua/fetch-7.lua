@@ -1,4 +1,5 @@
--- fetch: promote due delayed jobs (a bounded chunk), then lease up to N ready jobs.
+-- fetch: lease up to N ready jobs. Due delayed jobs are promoted by `due_delayed` and
+-- `promote_delayed`, which the caller runs when this reply says one is due.
 --
 -- KEYS[1] wait     LIST  ready job IDs
 -- KEYS[2] active   ZSET  job ID -> lease expiry (ms)
@@ -9,12 +10,12 @@
 -- KEYS[7] fetch    STRING `fetch:<worker>:<fetch ID>`: what this call leased
 -- then the index tail (_index.lua)
 --
--- The records of the jobs it promotes and pops (and their batch records) are found in
--- `delayed` and `wait` by this call: they are not declared (docs/ARCHITECTURE.md, "Keys
+-- The records of the jobs it pops (and their batch records) are found in `wait` by
+-- this call: they are not declared (docs/ARCHITECTURE.md, "Keys
 -- and Redis Cluster"); their names are built from the prefix, in the queue's slot.
 --
 -- ARGV[1] prefix, ARGV[2] lease TTL (ms), ARGV[3] max jobs, ARGV[4] worker name,
--- ARGV[5] promote chunk, ARGV[6] result TTL (ms),
+-- ARGV[5] unused (was the promote chunk, now due_delayed's), ARGV[6] result TTL (ms),
 -- ARGV[7] fetch ID (chosen by the worker, kept across retries of one fetch; a UUID)
 --
 -- Idempotent: the leases a call hands out are noted under KEYS[7] (one SET per call,
@@ -77,19 +78,6 @@ if prior then
 end
 
 local deltas = {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_s, 'LIMIT', '0', ARGV[5])
-for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[3], id)
-  local jk = pj .. id
-  local f = redis.call('HMGET', jk, 'status', 'batch')
-  if f[1] then
-    count_move(deltas, f[2], f[1], 'queued')
-    ix_move(id, f[1], 'queued')
-    redis.call('HSET', jk, 'status', 'queued')
-    redis.call('HDEL', jk, 'run_at')
-    redis.call('LPUSH', KEYS[1], id)
-  end
-end
 
 local ids = redis.call('RPOP', KEYS[1], ARGV[3])
 if ids then
