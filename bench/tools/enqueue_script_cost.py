@@ -6,7 +6,8 @@
 Run from the repository root. REV is a git revision, or `.` for the working tree. Each round, for
 each version in turn: FLUSHALL, CONFIG RESETSTAT, then 200 script calls of 500 research
 jobs (one agent, no batch, UUIDs in creation order like v7), and the EVALSHA time from
-INFO commandstats divided by the 100,000 jobs. Needs a redis-server of your own on
+INFO commandstats divided by the 100,000 jobs. With PER_CALL=n in the environment, calls
+of n jobs instead of 500 (PER_CALL=1: enqueue one at a time, 10,000 calls). Needs a redis-server of your own on
 127.0.0.1:PORT (e.g. `redis-server --port PORT --save '' --appendonly no`): it is
 flushed. A version before the listing indexes (no `_index.lua`) is called without the
 index tail and membership arguments, as it was.
@@ -15,6 +16,7 @@ import json
 import socket
 import subprocess
 import sys
+import os
 import uuid
 
 LUA = "shared/src/queue/lua/"
@@ -68,6 +70,9 @@ class Conn:
 
 def main():
     port, rounds = int(sys.argv[1]), int(sys.argv[2])
+    per_call = int(os.environ.get("PER_CALL", "500"))
+    calls = 200 if per_call == 500 else max(1, (10_000 if per_call == 1 else 100_000) // per_call)
+    jobs = calls * per_call
     versions = [a.split("=", 1) for a in sys.argv[3:]]
     c = Conn(port)
     loaded = {}
@@ -87,9 +92,9 @@ def main():
             sha, indexed = loaded[name]
             c.cmd("FLUSHALL")
             c.cmd("CONFIG", "RESETSTAT")
-            for _ in range(200):
+            for _ in range(calls):
                 ids = []
-                for _ in range(500):
+                for _ in range(per_call):
                     counter += 1
                     ids.append(str(uuid.UUID(int=counter)))
                 keys = [P + "wait", P + "delayed", P + "marker"] + [P + "job:" + i for i in ids]
@@ -103,10 +108,10 @@ def main():
                     for i in ids:
                         argv += [i, spec, "3\t0"]
                 c.cmd("EVALSHA", sha, len(keys), *keys, *argv)
-            assert int(c.cmd("LLEN", P + "wait")) == 100_000
+            assert int(c.cmd("LLEN", P + "wait")) == jobs
             stats = c.cmd("INFO", "commandstats").decode()
             line = next(l for l in stats.splitlines() if l.startswith("cmdstat_evalsha:"))
-            results[name].append(int(line.split("usec=")[1].split(",")[0]) / 100_000)
+            results[name].append(int(line.split("usec=")[1].split(",")[0]) / jobs)
     for name, xs in results.items():
         median = sorted(xs)[len(xs) // 2]
         runs = " ".join(f"{x:.2f}" for x in xs)
