@@ -303,6 +303,31 @@ async fn ten_thousand_jobs_enqueued_at_once_all_complete() {
 }
 
 #[tokio::test]
+async fn jobs_enqueued_together_are_made_ready_in_call_order() {
+    // enqueue pushes a call's ready IDs in chunks of 500: the wait list must still hold
+    // them in the order of the call, after the jobs of earlier calls, so the oldest is
+    // fetched first; an ID that exists already (here: repeated in the call) once.
+    let redis = RedisServer::start();
+    let s = settings(&redis.url(), &[]);
+    let q = queue(&s, QueueKind::Research).await;
+    let (first, _) = q.enqueue(spec("first")).await.unwrap();
+    let mut jobs: Vec<Job> = (0..1_201)
+        .map(|i| Job::new(spec(&format!("q{i}"))))
+        .collect();
+    jobs.insert(600, jobs[3].clone());
+    let ids = q.enqueue_jobs(&jobs, None).await.unwrap();
+    assert_eq!(ids.len(), 1_202);
+    let mut expected = vec![first.to_string()];
+    expected.extend(jobs.iter().map(|j| j.id.to_string()));
+    expected.remove(601);
+    let mut conn = redis.conn();
+    let mut wait: Vec<String> = conn.lrange(&q.keys().wait, 0, -1).unwrap();
+    wait.reverse(); // LPUSH at the head, fetch pops the tail
+    assert_eq!(wait, expected);
+    assert_eq!(q.counts().await.unwrap().ready, 1_202);
+}
+
+#[tokio::test]
 async fn ten_thousand_due_retries_do_not_break_the_queue() {
     // apalis-redis 1.0.0's fetch dies above ~8,000 due tasks (Lua unpack limit).
     let redis = RedisServer::start_with(false);

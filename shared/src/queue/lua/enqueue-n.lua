@@ -41,12 +41,27 @@ local member_ix = {}
 for k = IXT - tonumber(ARGV[4]) + 1, IXT do
   member_ix[string.sub(KEYS[k], #prefix + 4)] = KEYS[k]
 end
+-- Each distinct `ix` value of the call, split once into the lists of IDs its jobs join
+-- (the jobs of a call mostly share one or two): no per-job string splitting.
+local ix_lists = {}
 -- Refuse a call that could not be written whole before writing any of it.
 for i = 5, #ARGV, per do
-  for suffix in string.gmatch(ARGV[i + 3], '[^\t]+') do
-    if not member_ix[suffix] then
-      return redis.error_reply('ERR membership index ix:' .. suffix .. ' not declared')
+  local ix = ARGV[i + 3]
+  if not ix_lists[ix] then
+    local lists = {}
+    for suffix in string.gmatch(ix, '[^\t]+') do
+      local key = member_ix[suffix]
+      if not key then
+        return redis.error_reply('ERR membership index ix:' .. suffix .. ' not declared')
+      end
+      local l = ix_add[key]
+      if not l then
+        l = {}
+        ix_add[key] = l
+      end
+      lists[#lists + 1] = l
     end
+    ix_lists[ix] = lists
   end
 end
 if per == 7 and (tonumber(idem_ttl) or 0) < 1 then
@@ -58,6 +73,11 @@ if per == 7 and (tonumber(idem_ttl) or 0) < 1 then
 end
 local j = 0
 local enqueued = 0
+-- the IDs made ready now, pushed at the end in one LPUSH per chunk (in call order, as
+-- one LPUSH each would), and the status index they join
+local ready = {}
+local queued_ix = {}
+ix_add[IX.queued] = queued_ix
 for i = 5, #ARGV, per do
   local kj = 3 + j * kper
   j = j + 1
@@ -79,20 +99,25 @@ for i = 5, #ARGV, per do
       count_move(deltas, batch, nil, 'total')
       count_move(deltas, batch, nil, 'queued')
     end
-    ix_move(id, nil, 'queued')
-    for suffix in string.gmatch(ix, '[^\t]+') do
-      ix_push(ix_add, member_ix[suffix], id)
+    queued_ix[#queued_ix + 1] = id
+    local lists = ix_lists[ix]
+    for n = 1, #lists do
+      local l = lists[n]
+      l[#l + 1] = id
     end
     enqueued = enqueued + 1
     if run_at_s ~= '0' and tonumber(run_at_s) > now then
       redis.call('HSET', jk, 'run_at', run_at_s)
       redis.call('ZADD', KEYS[2], run_at_s, id)
     else
-      redis.call('LPUSH', KEYS[1], id)
+      ready[#ready + 1] = id
     end
     woke = true
   end
   out[#out + 1] = result_id
+end
+for i = 1, #ready, IX_CHUNK do
+  redis.call('LPUSH', KEYS[1], unpack(ready, i, math.min(i + IX_CHUNK - 1, #ready)))
 end
 write_counts(prefix, deltas, nil, true)
 hist_add('enqueued', enqueued)
