@@ -261,6 +261,6 @@ fn is_queue_level_key(key: &str) -> bool {
         ":hist:cur",
         ":hist:log",
     ]
-        .iter()
-        .any(|suffix| key.ends_with(suffix))
+    .iter()
+    .any(|suffix| key.ends_with(suffix))
 }
