@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use fleet_shared::job::{JobId, JobPayload, QueueKind};
-use fleet_shared::queue::listing::{JobFilter, JobPage, JobSummary, Order};
+use fleet_shared::queue::listing::{JobFilter, JobPage, JobSummary, Order, merge_pages};
 use fleet_shared::results::JobStatus;
 use serde::Serialize;
 use serde_json::Value;
@@ -251,16 +251,8 @@ async fn page(
     let queues = s.queues().await?;
     let scan_max = s.ctx.settings.api.list_scan_max;
     let cursor = cursor.map(|c| c.to_string());
-    let mut all = Vec::new();
     let mut total = JobPage::default();
-    // Where each queue's page ended without being the last (its next_cursor): the
-    // merged page may not go past the nearest of these, or it would skip that queue's
-    // jobs before it.
-    let mut frontier: Option<String> = None;
-    let before = |a: &str, b: &str| match order {
-        Order::OldestFirst => a < b,
-        Order::NewestFirst => a > b,
-    };
+    let mut parts = Vec::with_capacity(kinds.len());
     for kind in kinds {
         let q = queues.get(*kind);
         let p = s
@@ -273,26 +265,11 @@ async fn page(
             .await?;
         total.scanned += p.scanned;
         total.truncated |= p.truncated;
-        if let Some(next) = p.next_cursor
-            && frontier.as_deref().is_none_or(|f| before(&next, f))
-        {
-            frontier = Some(next);
-        }
-        all.extend(p.jobs.into_iter().map(|j| (*kind, j)));
+        let jobs: Vec<(QueueKind, JobSummary)> = p.jobs.into_iter().map(|j| (*kind, j)).collect();
+        parts.push((jobs, p.next_cursor));
     }
-    all.sort_by(|(_, a), (_, b)| a.id.cmp(&b.id));
-    if order == Order::NewestFirst {
-        all.reverse();
-    }
-    if let Some(f) = &frontier {
-        all.retain(|(_, j)| !before(f, &j.id));
-    }
-    if all.len() > limit {
-        all.truncate(limit);
-        total.next_cursor = all.last().map(|(_, j)| j.id.clone());
-    } else {
-        total.next_cursor = frontier;
-    }
+    let (all, next_cursor) = merge_pages(parts, |(_, j)| &j.id, order, limit);
+    total.next_cursor = next_cursor;
     total.more = total.next_cursor.is_some();
     Ok((all, total))
 }

@@ -168,6 +168,48 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// Merge pages that several queues (or shards) gave for one request into one page of
+/// at most `limit`, in `order` by job ID. Each part is its items and its `next_cursor`.
+/// A part that ended early (it has a next cursor) sets a frontier: the merged page may
+/// not pass the nearest one, or the next page (which starts after the merged page's
+/// cursor in every part) would skip that part's items before it. Returns the items and
+/// the merged page's next cursor.
+pub fn merge_pages<T>(
+    parts: Vec<(Vec<T>, Option<String>)>,
+    id: impl Fn(&T) -> &str,
+    order: Order,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
+    let before = |a: &str, b: &str| match order {
+        Order::OldestFirst => a < b,
+        Order::NewestFirst => a > b,
+    };
+    let mut frontier: Option<String> = None;
+    let mut all = Vec::new();
+    for (items, next) in parts {
+        if let Some(next) = next
+            && frontier.as_deref().is_none_or(|f| before(&next, f))
+        {
+            frontier = Some(next);
+        }
+        all.extend(items);
+    }
+    all.sort_by(|a, b| id(a).cmp(id(b)));
+    if order == Order::NewestFirst {
+        all.reverse();
+    }
+    if let Some(f) = &frontier {
+        all.retain(|j| !before(f, id(j)));
+    }
+    if all.len() > limit {
+        all.truncate(limit);
+        let next = all.last().map(|j| id(j).to_string());
+        (all, next)
+    } else {
+        (all, frontier)
+    }
+}
+
 /// The first 13 characters of every UUID v7 created in millisecond `ms`
 /// (`xxxxxxxx-xxxx`): a bound of a range of IDs by creation time.
 fn id_prefix(ms: u64) -> String {
@@ -443,6 +485,43 @@ impl RedisQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_pages_stop_at_the_nearest_part_that_ended_early() {
+        let part = |ids: &[&str], next: Option<&str>| {
+            (
+                ids.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                next.map(str::to_string),
+            )
+        };
+        // Part one gave its page up to "c" and has more after it; part two is done.
+        // "d" and "e" may not be shown yet: part one may hold jobs between "c" and "d".
+        let (items, next) = merge_pages(
+            vec![part(&["a", "c"], Some("c")), part(&["b", "d", "e"], None)],
+            |s: &String| s.as_str(),
+            Order::OldestFirst,
+            10,
+        );
+        assert_eq!(items, ["a", "b", "c"]);
+        assert_eq!(next.as_deref(), Some("c"));
+        // Newest first, over the limit: the last shown is the cursor.
+        let (items, next) = merge_pages(
+            vec![part(&["e", "c"], None), part(&["d", "b"], None)],
+            |s: &String| s.as_str(),
+            Order::NewestFirst,
+            3,
+        );
+        assert_eq!(items, ["e", "d", "c"]);
+        assert_eq!(next.as_deref(), Some("c"));
+        // Everything fits and nothing ended early: no next page.
+        let (items, next) = merge_pages(
+            vec![part(&["a"], None), part(&["b"], None)],
+            |s: &String| s.as_str(),
+            Order::OldestFirst,
+            3,
+        );
+        assert_eq!((items.len(), next), (2, None));
+    }
 
     fn summary(status: JobStatus) -> JobSummary {
         let mut spec = JobSpec::research("q", "demo");

@@ -420,38 +420,16 @@ impl RedisQueue {
         }
         let shards = self.shards();
         let share = scan_max.div_ceil(shards.len()).max(1);
-        let before = |a: &str, b: &str| match order {
-            Order::OldestFirst => a < b,
-            Order::NewestFirst => a > b,
-        };
         let mut page = JobPage::default();
-        // Where a shard's page ended early (its next_cursor): the merged page may not
-        // go past the nearest of these, or the next page would skip that shard's jobs.
-        let mut frontier: Option<String> = None;
+        let mut parts = Vec::with_capacity(shards.len());
         for shard in shards {
             let part = shard.list_jobs(filter, order, cursor, limit, share).await?;
             page.scanned += part.scanned;
             page.truncated |= part.truncated;
-            if let Some(next) = part.next_cursor
-                && frontier.as_deref().is_none_or(|f| before(&next, f))
-            {
-                frontier = Some(next);
-            }
-            page.jobs.extend(part.jobs);
+            parts.push((part.jobs, part.next_cursor));
         }
-        page.jobs.sort_by(|a, b| a.id.cmp(&b.id));
-        if order == Order::NewestFirst {
-            page.jobs.reverse();
-        }
-        if let Some(f) = &frontier {
-            page.jobs.retain(|j| !before(f, &j.id));
-        }
-        if page.jobs.len() > limit {
-            page.jobs.truncate(limit);
-            page.next_cursor = page.jobs.last().map(|j| j.id.clone());
-        } else {
-            page.next_cursor = frontier;
-        }
+        (page.jobs, page.next_cursor) =
+            super::listing::merge_pages(parts, |j: &JobSummary| &j.id, order, limit);
         page.more = page.next_cursor.is_some();
         Ok(page)
     }
