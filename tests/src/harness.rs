@@ -46,6 +46,17 @@ where
     }
 }
 
+/// How many of batch `batch`'s jobs have ended (0 while its record cannot be read,
+/// as during a failover).
+pub async fn batch_finished(q: &fleet_shared::queue::RedisQueue, batch: &str) -> u64 {
+    q.batch_record(batch)
+        .await
+        .ok()
+        .flatten()
+        .map(|b| b.finished())
+        .unwrap_or(0)
+}
+
 /// The workspace root (where `agents/`, `config/` live).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

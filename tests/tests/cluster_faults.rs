@@ -141,14 +141,8 @@ async fn run_under_fault(durability: &str, fault: Fault) -> Outcome {
     };
 
     paused_rx.await.unwrap();
-    let finished = |q: RedisQueue| async move {
-        q.batch_record("load")
-            .await
-            .ok()
-            .flatten()
-            .map(|b| b.finished())
-            .unwrap_or(0)
-    };
+    let finished =
+        |q: RedisQueue| async move { fleet_tests::harness::batch_finished(&q, "load").await };
     eventually(
         "a fifth of the jobs queued up front done",
         Duration::from_secs(120),

@@ -431,12 +431,7 @@ async fn a_primary_killed_mid_batch_loses_no_acknowledged_job_and_workers_go_on(
         .map(|id| id.to_string())
         .collect();
     let finished = |q: fleet_shared::queue::RedisQueue| async move {
-        q.batch_record("load")
-            .await
-            .ok()
-            .flatten()
-            .map(|b| b.finished())
-            .unwrap_or(0)
+        fleet_tests::harness::batch_finished(&q, "load").await
     };
     eventually(
         "a fifth of the batch done",

@@ -31,12 +31,18 @@ local HIST_KEEP_MS = 8 * 24 * 3600 * 1000
 local IX_CHUNK = 500
 local ix_add, ix_rem, ix_end, hist = {}, {}, {}, {}
 
-local function ix_push(t, key, v)
+-- The list of members gathered for index `key` in table `t` (made on first use).
+local function ix_list(t, key)
   local l = t[key]
   if not l then
     l = {}
     t[key] = l
   end
+  return l
+end
+
+local function ix_push(t, key, v)
+  local l = ix_list(t, key)
   l[#l + 1] = v
 end
 

@@ -54,12 +54,7 @@ for i = 5, #ARGV, per do
       if not key then
         return redis.error_reply('ERR membership index ix:' .. suffix .. ' not declared')
       end
-      local l = ix_add[key]
-      if not l then
-        l = {}
-        ix_add[key] = l
-      end
-      lists[#lists + 1] = l
+      lists[#lists + 1] = ix_list(ix_add, key)
     end
     ix_lists[ix] = lists
   end
