@@ -3,7 +3,8 @@
 
     python3 bench/tools/enqueue_script_cost.py PORT ROUNDS NAME=REV [NAME=REV ...]
 
-Run from the repository root. REV is a git revision, or `.` for the working tree. Each round, for
+Run from the repository root. REV is a git revision, `.` for the working tree, or an
+absolute path to a directory holding the scripts (a variant being tried). Each round, for
 each version in turn: FLUSHALL, CONFIG RESETSTAT, then 200 script calls of 500 research
 jobs (one agent, no batch, UUIDs in creation order like v7), and the EVALSHA time from
 INFO commandstats divided by the 100,000 jobs. With PER_CALL=n in the environment, calls
@@ -24,9 +25,11 @@ P = "fleet:{research}:"
 
 
 def source(rev, name):
-    if rev == ".":
+    if rev == "." or rev.startswith("/"):
+        # the working tree, or a directory holding the scripts (a variant to try)
+        path = LUA + name if rev == "." else os.path.join(rev, name)
         try:
-            return open(LUA + name).read()
+            return open(path).read()
         except FileNotFoundError:
             return None
     r = subprocess.run(["git", "show", f"{rev}:{LUA}{name}"], capture_output=True, text=True)
@@ -36,8 +39,15 @@ def source(rev, name):
 def script(rev):
     # the order scripts.rs loads them in
     parts = [source(rev, n) for n in ("_index.lua", "_lib.lua", "_results.lua", "enqueue-n.lua")]
-    indexed = parts[0] is not None
-    return "\n".join(p for p in parts if p is not None), indexed
+    # the index tail: ten keys with an `ix:running`, nine since `running` is read from
+    # `active`; None before the indexes
+    tail = None
+    if parts[0] is not None:
+        statuses = "queued retrying succeeded failed dead cancelled ended"
+        if "ix:running" in parts[0]:
+            statuses = "queued running retrying succeeded failed dead cancelled ended"
+        tail = [P + "ix:" + s for s in statuses.split()] + [P + "hist:cur", P + "hist:log"]
+    return "\n".join(p for p in parts if p is not None), tail
 
 
 class Conn:
@@ -77,11 +87,8 @@ def main():
     c = Conn(port)
     loaded = {}
     for name, rev in versions:
-        body, indexed = script(rev)
-        loaded[name] = (c.cmd("SCRIPT", "LOAD", body).decode(), indexed)
-    tail = [P + "ix:" + s for s in
-            "queued running retrying succeeded failed dead cancelled ended".split()]
-    tail += [P + "hist:cur", P + "hist:log"]
+        body, tail = script(rev)
+        loaded[name] = (c.cmd("SCRIPT", "LOAD", body).decode(), tail)
     spec = json.dumps({"payload": {"kind": "research", "agent": "dexter",
                                    "query": "What was Acme's revenue in 2023, quarter by quarter?"},
                        "options": {}})
@@ -89,7 +96,7 @@ def main():
     results = {name: [] for name, _ in versions}
     for _ in range(rounds):
         for name, _ in versions:
-            sha, indexed = loaded[name]
+            sha, tail = loaded[name]
             c.cmd("FLUSHALL")
             c.cmd("CONFIG", "RESETSTAT")
             for _ in range(calls):
@@ -98,7 +105,7 @@ def main():
                     counter += 1
                     ids.append(str(uuid.UUID(int=counter)))
                 keys = [P + "wait", P + "delayed", P + "marker"] + [P + "job:" + i for i in ids]
-                if indexed:
+                if tail:
                     keys += [P + "ix:agent:dexter"] + tail
                     argv = [P, "0", "4", "1"]
                     for i in ids:

@@ -205,6 +205,10 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
     }
     let succeeded: BTreeSet<String> = leases[..500].iter().map(|l| l.id.clone()).collect();
     let dead: BTreeSet<String> = leases[500..].iter().map(|l| l.id.clone()).collect();
+    // 150 more stay running: their index is the lease set (`active`, scored by expiry)
+    let running_leases = q.fetch("w", 150).await.unwrap().leases;
+    assert_eq!(running_leases.len(), 150);
+    let running: BTreeSet<String> = running_leases.iter().map(|l| l.id.clone()).collect();
 
     let scan_max = 100;
     let exact = |f: JobFilter, order: Order, limit: usize| {
@@ -242,7 +246,7 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
     let mut union: Vec<String> = succeeded.union(&dead).cloned().collect();
     union.reverse();
     assert_eq!(both, union);
-    // queued: the 4,300 that did not run
+    // queued: the 4,150 that did not run
     let queued = exact(
         JobFilter {
             statuses: vec![JobStatus::Queued],
@@ -252,7 +256,37 @@ async fn filtered_pages_are_exact_past_the_scan_bound() {
         1000,
     )
     .await;
-    assert_eq!(queued.len(), 4300);
+    assert_eq!(queued.len(), 4150);
+    // running, in pages smaller than the set, both ways, alone and beside another status
+    for order in [Order::OldestFirst, Order::NewestFirst] {
+        let got = exact(
+            JobFilter {
+                statuses: vec![JobStatus::Running],
+                ..Default::default()
+            },
+            order,
+            40,
+        )
+        .await;
+        let mut want: Vec<String> = running.iter().cloned().collect();
+        if order == Order::NewestFirst {
+            want.reverse();
+        }
+        assert_eq!(got, want);
+    }
+    let running_or_dead = exact(
+        JobFilter {
+            statuses: vec![JobStatus::Running, JobStatus::Dead],
+            ..Default::default()
+        },
+        Order::OldestFirst,
+        60,
+    )
+    .await;
+    assert_eq!(
+        running_or_dead,
+        running.union(&dead).cloned().collect::<Vec<_>>()
+    );
     // by batch, by agent
     let batch0 = exact(
         JobFilter {

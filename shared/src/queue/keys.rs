@@ -26,7 +26,7 @@
 //! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
 //! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
-//! | `…:ix:<status>`            | ZSET   | listing index: IDs of the jobs in that status, all scored 0 (ordered by ID) |
+//! | `…:ix:<status>`            | ZSET   | listing index: IDs of the jobs in that status, all scored 0 (ordered by ID); `running` has none (`active` is its index) |
 //! | `…:ix:agent:<name>`        | ZSET   | listing index: jobs for an agent profile or addressed to an agent ID |
 //! | `…:ix:batch:<id>`          | ZSET   | listing index: a batch's jobs                      |
 //! | `…:ix:ended`               | ZSET   | `<id>\t<ix>` → when the job ended (ms): for the index trim |
@@ -51,8 +51,9 @@ pub struct Keys {
     pub done_channel: String,
     pub cancel_channel: String,
     /// The index tail every status-changing script declares last (lua/_index.lua):
-    /// the seven status indexes, `ix:ended`, `hist:cur`, `hist:log`.
-    pub index_tail: [String; 10],
+    /// the six status indexes (`running` has none: [`Keys::status_index`]),
+    /// `ix:ended`, `hist:cur`, `hist:log`.
+    pub index_tail: [String; 9],
 }
 
 /// The statuses with an index, in the order of the index tail.
@@ -90,7 +91,6 @@ impl Keys {
             cancel_channel: k("cancel"),
             index_tail: [
                 k("ix:queued"),
-                k("ix:running"),
                 k("ix:retrying"),
                 k("ix:succeeded"),
                 k("ix:failed"),
@@ -104,8 +104,13 @@ impl Keys {
         }
     }
 
-    /// The index of jobs in `status` (one of [`INDEXED_STATUSES`]).
+    /// The index of jobs in `status` (one of [`INDEXED_STATUSES`]). For `running` it
+    /// is `active`, the leases (ID → lease expiry, not ordered by ID): no script keeps
+    /// a second set of the running jobs, and the listing reads this one whole.
     pub fn status_index(&self, status: &str) -> String {
+        if status == "running" {
+            return self.active.clone();
+        }
         format!("{}ix:{status}", self.prefix)
     }
 
@@ -115,15 +120,15 @@ impl Keys {
     }
 
     pub fn ended_index(&self) -> &str {
-        &self.index_tail[7]
+        &self.index_tail[6]
     }
 
     pub fn history_current(&self) -> &str {
-        &self.index_tail[8]
+        &self.index_tail[7]
     }
 
     pub fn history_log(&self) -> &str {
-        &self.index_tail[9]
+        &self.index_tail[8]
     }
 
     pub fn job(&self, id: &str) -> String {

@@ -2,7 +2,9 @@
 //! dead letters a page at a time, the leases running now.
 //!
 //! Job filters read the listing indexes the scripts keep (index.rs): one ZSET per
-//! status, per agent and per batch, each ordered by job ID (UUID v7: creation order).
+//! status, per agent and per batch, each ordered by job ID (UUID v7: creation order);
+//! `running` is read from `active`, the leases, whole (as many as the fleet runs at
+//! once) and cut to the same range here ([`lex_page`]).
 //! A page is a `ZRANGEBYLEX` of the index the filter names (the union of several for
 //! more than one status, or of all seven for none), from the cursor on, within the
 //! time range (an ID's first 48 bits are its creation time, so a time range is a range
@@ -210,6 +212,28 @@ pub fn merge_pages<T>(
     }
 }
 
+/// What `ZRANGEBYLEX` (or `ZREVRANGEBYLEX` for [`Order::NewestFirst`]) with these
+/// bounds and `LIMIT 0 limit` would give of `ids`: for a set not ordered by ID.
+fn lex_page(mut ids: Vec<String>, min: &str, max: &str, order: Order, limit: usize) -> Vec<String> {
+    let above = |id: &str| match min.split_at_checked(1) {
+        Some(("[", b)) => id >= b,
+        Some(("(", b)) => id > b,
+        _ => true,
+    };
+    let below = |id: &str| match max.split_at_checked(1) {
+        Some(("[", b)) => id <= b,
+        Some(("(", b)) => id < b,
+        _ => true,
+    };
+    ids.retain(|id| above(id) && below(id));
+    ids.sort_unstable();
+    if order == Order::NewestFirst {
+        ids.reverse();
+    }
+    ids.truncate(limit);
+    ids
+}
+
 /// The first 13 characters of every UUID v7 created in millisecond `ms`
 /// (`xxxxxxxx-xxxx`): a bound of a range of IDs by creation time.
 fn id_prefix(ms: u64) -> String {
@@ -345,11 +369,18 @@ impl RedisQueue {
         let mut page = JobPage::default();
         loop {
             let (min, max) = filter.lex_range(order, pos.as_deref());
+            let active = &self.keys().active;
             let lists: Vec<Vec<String>> = self
                 .retrying("list_jobs", || {
                     let mut conn = self.connection();
                     let mut pipe = redis::pipe();
                     for key in &drivers {
+                        if key == active {
+                            // the running jobs' index is the lease set, scored by
+                            // expiry: read whole (the fleet's concurrency), cut below
+                            pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1);
+                            continue;
+                        }
                         match order {
                             Order::OldestFirst => {
                                 pipe.cmd("ZRANGEBYLEX").arg(key).arg(&min).arg(&max)
@@ -363,6 +394,17 @@ impl RedisQueue {
                     async move { pipe.query_async(&mut conn).await }
                 })
                 .await?;
+            let lists: Vec<Vec<String>> = lists
+                .into_iter()
+                .zip(&drivers)
+                .map(|(l, key)| {
+                    if key == active {
+                        lex_page(l, &min, &max, order, chunk)
+                    } else {
+                        l
+                    }
+                })
+                .collect();
             let exhausted = lists.iter().all(|l| l.len() < chunk);
             let mut ids: Vec<String> = lists.concat();
             ids.sort_unstable();
@@ -485,6 +527,19 @@ impl RedisQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_not_ordered_by_id_pages_as_zrangebylex_would() {
+        let ids = || ["d", "a", "e", "b", "c"].map(String::from).to_vec();
+        let old = Order::OldestFirst;
+        let new = Order::NewestFirst;
+        assert_eq!(lex_page(ids(), "-", "+", old, 3), ["a", "b", "c"]);
+        assert_eq!(lex_page(ids(), "(b", "+", old, 10), ["c", "d", "e"]);
+        assert_eq!(lex_page(ids(), "[b", "(d", old, 10), ["b", "c"]);
+        assert_eq!(lex_page(ids(), "-", "(d", new, 2), ["c", "b"]);
+        assert_eq!(lex_page(ids(), "[c", "+", new, 10), ["e", "d", "c"]);
+        assert!(lex_page(ids(), "(e", "+", old, 10).is_empty());
+    }
 
     #[test]
     fn merged_pages_stop_at_the_nearest_part_that_ended_early() {

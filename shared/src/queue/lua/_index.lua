@@ -1,11 +1,15 @@
 -- Listing indexes and history counters, prepended after _results.lua to every queue
 -- script (scripts.rs); the Rust side is queue/index.rs.
 --
--- The index tail. Every script that changes a job's status declares the same ten keys
+-- The index tail. Every script that changes a job's status declares the same nine keys
 -- LAST in KEYS, after the keys its header lists (its file name counts only those):
---   ix:queued ix:running ix:retrying ix:succeeded ix:failed ix:dead ix:cancelled
+--   ix:queued ix:retrying ix:succeeded ix:failed ix:dead ix:cancelled
 --                  ZSETs, one per status: the IDs of the jobs in it, all scored 0, so
---                  ordered by ID (UUID v7: creation time) and paged with ZRANGEBYLEX
+--                  ordered by ID (UUID v7: creation time) and paged with ZRANGEBYLEX.
+--                  `running` has none: its jobs are the members of `active` (the
+--                  leases), a set as small as the fleet's concurrency, which the
+--                  listing reads whole (listing.rs); a second ZSET would cost every
+--                  fetch a ZADD and every settle a ZREM for nothing.
 --   ix:ended       ZSET "<id><TAB><ix>" -> when the job ended (ms): what the index trim
 --                  (trim_indexes-n.lua) removes once the job's record has expired
 --   hist:cur       HASH the current minute's counters (`minute` = its start, ms)
@@ -18,13 +22,12 @@
 -- Index changes are gathered over one call and written at its end (ix_flush): adds
 -- before removes, which is right because within one call a job only ever passes
 -- through a status (retrying -> queued -> running in one fetch), never comes back to it.
-local IXT = #KEYS - 10
+local IXT = #KEYS - 9
 local IX = {
-  queued = KEYS[IXT + 1], running = KEYS[IXT + 2], retrying = KEYS[IXT + 3],
-  succeeded = KEYS[IXT + 4], failed = KEYS[IXT + 5], dead = KEYS[IXT + 6],
-  cancelled = KEYS[IXT + 7],
+  queued = KEYS[IXT + 1], retrying = KEYS[IXT + 2], succeeded = KEYS[IXT + 3],
+  failed = KEYS[IXT + 4], dead = KEYS[IXT + 5], cancelled = KEYS[IXT + 6],
 }
-local IX_ENDED, HIST_CUR, HIST_LOG = KEYS[IXT + 8], KEYS[IXT + 9], KEYS[IXT + 10]
+local IX_ENDED, HIST_CUR, HIST_LOG = KEYS[IXT + 7], KEYS[IXT + 8], KEYS[IXT + 9]
 -- history kept: 8 days of minutes (the charts need 7)
 local HIST_KEEP_MS = 8 * 24 * 3600 * 1000
 -- members per ZADD/ZREM call (Lua's unpack has a stack limit)
@@ -46,7 +49,9 @@ local function ix_push(t, key, v)
   l[#l + 1] = v
 end
 
--- Job `id` leaves the index of status `old` (nil: none) for that of `new` (nil: none).
+-- Job `id` leaves the index of status `old` (nil: none) for that of `new` (nil: none);
+-- `running` has no index here (its jobs are `active`'s members), so a move to or from
+-- it touches one index only.
 local function ix_move(id, old, new)
   if old == new then
     return
