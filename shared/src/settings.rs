@@ -186,6 +186,9 @@ pub struct QueueSettings {
     /// How many shards (each its own hash tag, so its own cluster slot) the research
     /// queue is spread over (`queue/shards.rs`). 1: one slot, as before sharding.
     pub shards: u16,
+    /// Whether the queue scripts keep the listing indexes (`GET /v1/jobs`, batch
+    /// results, the dashboard's job lists): `queue/index.rs`.
+    pub listing_indexes: bool,
     pub research: RetryPolicy,
     pub lifecycle: RetryPolicy,
 }

@@ -545,3 +545,52 @@ async fn every_transition_is_counted_in_its_minute_and_old_minutes_roll_into_the
     let minutes = q.history(now_ms - 300_000, now_ms + 120_000).await.unwrap();
     assert_eq!(total(&minutes).enqueued, 5, "{minutes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_indexes_off_no_index_is_written_and_the_history_still_counts() {
+    let redis = RedisServer::start();
+    let q = open(
+        &redis,
+        &[
+            ("QUEUE__LISTING_INDEXES", "false"),
+            ("QUEUE__RESEARCH__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    assert!(!q.keys().indexes_on());
+    let batch = uuid::Uuid::now_v7().to_string();
+    let specs = (0..4).map(|n| spec(&format!("q{n}"), "demo")).collect();
+    let ids = q.enqueue_many(specs, Some(&batch)).await.unwrap();
+    q.enqueue(spec("alone", "demo")).await.unwrap();
+    q.cancel(&ids[3]).await.unwrap();
+    let leases = q.fetch("w", 10).await.unwrap().leases;
+    assert_eq!(leases.len(), 4, "the cancelled one is dropped");
+    q.complete(&leases[0], r#"{"answer":"ok"}"#).await.unwrap();
+    let error = json!({"class": "permanent", "message": "no"});
+    q.fail(&leases[1], Settlement::Dead, &error, &record(1))
+        .await
+        .unwrap();
+    let mut conn = q.connection();
+    let ix_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*ix:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ix_keys.is_empty(), "no index kept: {ix_keys:?}");
+    let job: Option<String> = conn
+        .hget(q.keys().job(&ids[0].to_string()), "ix")
+        .await
+        .unwrap();
+    assert_eq!(job.as_deref(), Some(""), "no memberships noted");
+    // the batch counts and the history are kept either way
+    let minutes = q.history(0, u64::MAX).await.unwrap();
+    let sum = minutes.iter().fold(
+        Default::default(),
+        |mut a: fleet_shared::queue::index::HistoryMinute, m| {
+            a.add(m);
+            a
+        },
+    );
+    assert_eq!((sum.enqueued, sum.succeeded, sum.dead), (5, 1, 1));
+    assert_eq!(q.trim_indexes(100).await.unwrap(), 0);
+}

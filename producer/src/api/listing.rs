@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use fleet_shared::job::{JobId, JobPayload, QueueKind};
 use fleet_shared::queue::listing::{JobFilter, JobPage, JobSummary, Order, merge_pages};
 use fleet_shared::results::JobStatus;
@@ -239,6 +240,19 @@ fn parse_list_query(
     })
 }
 
+/// A listing needs the listing indexes (`queue.listing_indexes`): 409 without them,
+/// before anything else is asked.
+fn indexes_on(s: &Shared) -> Result<(), ApiError> {
+    if s.ctx.settings.queue.listing_indexes {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "listing jobs needs the listing indexes, and this deployment runs without them \
+         (queue.listing_indexes = false); a job is still found by its ID: GET /v1/jobs/{id}",
+    ))
+}
+
 /// One page over `kinds` together: each queue's page, merged in `order`.
 async fn page(
     s: &Shared,
@@ -276,12 +290,15 @@ async fn page(
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListQuery),
     responses((status = 200, description = "a page of jobs, newest first unless order=oldest", body = JobListPage),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, description = "the listing indexes are off (queue.listing_indexes)", body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 /// `GET /v1/jobs`: jobs by status, queue, batch, agent, creation time and metadata.
 pub async fn list(
     State(s): State<Shared>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobListPage>, ApiError> {
+    indexes_on(&s)?;
     let ListRequest {
         filter,
         kinds,
@@ -328,13 +345,15 @@ pub struct BatchResultsPage {
 #[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "batches",
     params(("id" = String, Path, description = "batch ID"), BatchResultsQuery),
     responses((status = 200, description = "a page of the batch's answers and errors", body = BatchResultsPage),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the listing indexes are off (queue.listing_indexes)", body = ErrorBody)))]
 /// `GET /v1/batches/{id}/results`: each job's answer or error, in submission order.
 pub async fn batch_results(
     State(s): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<BatchResultsPage>, ApiError> {
+    indexes_on(&s)?;
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = uuid::Uuid::parse_str(raw.trim())
         .map_err(|_| ApiError::bad_request(format!("not a batch ID (expected a UUID): {raw:?}")))?

@@ -522,3 +522,20 @@ fn token_settings_are_checked_by_name() {
         "api.tokens[0].token_env: set exactly one of token_env and token_file"
     );
 }
+
+#[tokio::test]
+async fn listings_say_so_when_the_indexes_are_off() {
+    let app = app(&[("FLEET_QUEUE__LISTING_INDEXES", "false")]);
+    let batch = uuid::Uuid::now_v7();
+    for path in [
+        "/v1/jobs?status=failed".to_string(),
+        format!("/v1/batches/{batch}/results"),
+    ] {
+        let (status, body) = call(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
+        assert!(
+            error_of(&body).contains("queue.listing_indexes = false"),
+            "{path}: {body}"
+        );
+    }
+}

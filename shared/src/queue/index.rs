@@ -182,7 +182,9 @@ impl RedisQueue {
             for m in &members {
                 inv.key(keys.index(m));
             }
-            for k in &keys.index_tail {
+            // every index named, also when they are off: what was indexed before
+            // goes when its record expires
+            for k in keys.full_index_tail() {
                 inv.key(k);
             }
             inv.arg(&keys.prefix).arg(ttl).arg(members.len());

@@ -119,8 +119,43 @@ impl Keys {
         format!("{}ix:{suffix}", self.prefix)
     }
 
-    pub fn ended_index(&self) -> &str {
-        &self.index_tail[6]
+    /// These keys as a queue with `queue.listing_indexes = on` uses them: when off,
+    /// the tail the scripts get names `ix:off` in place of each of its seven index
+    /// keys, and lua/_index.lua then keeps no index (only the history).
+    pub fn with_indexes(mut self, on: bool) -> Keys {
+        if !on {
+            let off = format!("{}ix:off", self.prefix);
+            for k in &mut self.index_tail[..7] {
+                k.clone_from(&off);
+            }
+        }
+        self
+    }
+
+    /// Whether the scripts keep the listing indexes ([`Keys::with_indexes`]).
+    pub fn indexes_on(&self) -> bool {
+        self.index_tail[0] != self.index_tail[1]
+    }
+
+    /// The index tail with every index named, whatever the setting: the trim takes
+    /// out what was indexed before the indexes were turned off.
+    pub fn full_index_tail(&self) -> [String; 9] {
+        let k = |name: &str| format!("{}{name}", self.prefix);
+        [
+            k("ix:queued"),
+            k("ix:retrying"),
+            k("ix:succeeded"),
+            k("ix:failed"),
+            k("ix:dead"),
+            k("ix:cancelled"),
+            k("ix:ended"),
+            k("hist:cur"),
+            k("hist:log"),
+        ]
+    }
+
+    pub fn ended_index(&self) -> String {
+        format!("{}ix:ended", self.prefix)
     }
 
     pub fn history_current(&self) -> &str {

@@ -117,6 +117,8 @@ pub struct QueueConfig {
     pub shards: u16,
     /// Which shard a handle opened with this config is (0 for the queue itself).
     pub shard: u16,
+    /// Whether the scripts keep the listing indexes (`queue.listing_indexes`).
+    pub listing_indexes: bool,
 }
 
 impl QueueConfig {
@@ -141,6 +143,7 @@ impl QueueConfig {
                 QueueKind::Lifecycle => 1,
             },
             shard: 0,
+            listing_indexes: q.listing_indexes,
         }
     }
 }
@@ -509,11 +512,10 @@ impl RedisQueue {
     ) -> RedisQueue {
         RedisQueue {
             conn,
-            keys: Arc::new(Keys::for_shard(
-                &redis.key_prefix,
-                config.kind,
-                config.shard,
-            )),
+            keys: Arc::new(
+                Keys::for_shard(&redis.key_prefix, config.kind, config.shard)
+                    .with_indexes(config.listing_indexes),
+            ),
             redis: Arc::new(redis.clone()),
             // A handle opened on one shard (a lease keeper's) acts on that shard.
             routing: config.shard == 0,
@@ -768,7 +770,12 @@ impl RedisQueue {
                 self.deadline_ms(&spec)
             ),
             idempotency_key: spec.options.idempotency_key.clone().unwrap_or_default(),
-            ix: index::memberships(&spec, &batch).join("\t"),
+            // no memberships when the indexes are off: the job joins no index
+            ix: if self.config.listing_indexes {
+                index::memberships(&spec, &batch).join("\t")
+            } else {
+                String::new()
+            },
             batch,
         }
     }

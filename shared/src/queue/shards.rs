@@ -81,11 +81,10 @@ impl RedisQueue {
         RedisQueue {
             conn: self.conn.clone(),
             redis: self.redis.clone(),
-            keys: std::sync::Arc::new(super::Keys::for_shard(
-                &self.redis.key_prefix,
-                config.kind,
-                k,
-            )),
+            keys: std::sync::Arc::new(
+                super::Keys::for_shard(&self.redis.key_prefix, config.kind, k)
+                    .with_indexes(config.listing_indexes),
+            ),
             config: std::sync::Arc::new(config),
             routing: false,
             spread: self.spread.clone(),

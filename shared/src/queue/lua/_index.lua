@@ -23,11 +23,19 @@
 -- before removes, which is right because within one call a job only ever passes
 -- through a status (retrying -> queued -> running in one fetch), never comes back to it.
 local IXT = #KEYS - 9
-local IX = {
-  queued = KEYS[IXT + 1], retrying = KEYS[IXT + 2], succeeded = KEYS[IXT + 3],
-  failed = KEYS[IXT + 4], dead = KEYS[IXT + 5], cancelled = KEYS[IXT + 6],
-}
-local IX_ENDED, HIST_CUR, HIST_LOG = KEYS[IXT + 7], KEYS[IXT + 8], KEYS[IXT + 9]
+-- `queue.listing_indexes = false`: the caller passes `ix:off` in place of each of the
+-- seven index keys (queue/keys.rs), and the scripts keep no index, only the history.
+local IX_ON = KEYS[IXT + 1] ~= KEYS[IXT + 2]
+local IX = {}
+local IX_ENDED = nil
+if IX_ON then
+  IX = {
+    queued = KEYS[IXT + 1], retrying = KEYS[IXT + 2], succeeded = KEYS[IXT + 3],
+    failed = KEYS[IXT + 4], dead = KEYS[IXT + 5], cancelled = KEYS[IXT + 6],
+  }
+  IX_ENDED = KEYS[IXT + 7]
+end
+local HIST_CUR, HIST_LOG = KEYS[IXT + 8], KEYS[IXT + 9]
 -- history kept: 8 days of minutes (the charts need 7)
 local HIST_KEEP_MS = 8 * 24 * 3600 * 1000
 -- members per ZADD/ZREM call (Lua's unpack has a stack limit)
@@ -67,7 +75,7 @@ end
 -- Job `id` ended (succeeded, failed, cancelled): its record expires after the result
 -- TTL `ttl` (ms; none when 0), and then the trim takes it out of the indexes.
 local function ix_ended(id, ix_field, ttl)
-  if ttl and ttl > 0 then
+  if IX_ENDED and ttl and ttl > 0 then
     ix_end[#ix_end + 1] = id .. '\t' .. (ix_field or '')
   end
 end
@@ -129,6 +137,10 @@ end
 -- Write what the call gathered: index adds, then removes, ended jobs, history.
 -- `now` is Redis' clock (ms) as a number, `now_s` the same as a string.
 local function ix_flush(now, now_s)
+  if not IX_ON then
+    hist_flush(now)
+    return
+  end
   for key, ids in pairs(ix_add) do
     zadd_all(key, ids, '0')
   end

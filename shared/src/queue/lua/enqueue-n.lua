@@ -72,7 +72,9 @@ local enqueued = 0
 -- one LPUSH each would), and the status index they join
 local ready = {}
 local queued_ix = {}
-ix_add[IX.queued] = queued_ix
+if IX.queued then
+  ix_add[IX.queued] = queued_ix
+end
 for i = 5, #ARGV, per do
   local kj = 3 + j * kper
   j = j + 1
