@@ -152,7 +152,7 @@ impl Keys {
         format!("{}idem:{key}", self.prefix)
     }
 
-    /// What one fetch leased, for its retries (fetch-7.lua).
+    /// What one fetch claimed, then leased, for its retries (claim-5.lua, lease-n.lua).
     pub fn fetch(&self, worker: &str, fetch_id: &str) -> String {
         format!("{}fetch:{worker}:{fetch_id}", self.prefix)
     }

@@ -1,0 +1,190 @@
+-- lease: the last step of a fetch. It leases the jobs `claim` (the first step) took
+-- off `wait` for this fetch, as its fetch record lists them: each `queued` job becomes
+-- `running` under this call's fencing token.
+--
+-- Every key this script touches is in KEYS: the caller names, per claimed job, its
+-- record, attempts and batch record (and, for a job cancelled while queued, its cache
+-- entry and the jobs waiting on it), from what it read after the claim. Each job is
+-- checked again here: it must still be claimed (in `active`), and every key leasing
+-- it (or ending it) could touch must have been declared; a job whose keys were not all
+-- declared goes back to the front of `wait`, claimed by nobody (a later fetch takes it).
+--
+-- KEYS[1] wait     LIST  ready job IDs
+-- KEYS[2] active   ZSET  job ID -> lease expiry (ms)
+-- KEYS[3] delayed  ZSET  job ID -> run_at (ms): read for the clock line only
+-- KEYS[4] marker   ZSET  wakes a blocked worker
+-- KEYS[5] token    STRING fencing-token counter
+-- KEYS[6] dead     ZSET  dead-lettered job ID -> time (ms)
+-- KEYS[7] fetch    STRING `fetch:<worker>:<fetch ID>`: what this fetch claimed (claim-5.lua),
+--                  then what it leased
+-- then any number of job, attempts, batch, cache and follower job keys, in any order,
+-- then the index tail (_index.lua)
+--
+-- ARGV[1] prefix, ARGV[2] lease TTL (ms), ARGV[3] worker name, ARGV[4] result TTL
+-- (ms), ARGV[5] fetch ID (chosen by the worker, kept across retries of one fetch; a UUID)
+--
+-- Idempotent: the leases this call hands out replace the claim in the fetch record
+-- (one SET per call, expiring after a lease TTL). The same call again (its reply was
+-- lost to a cut connection or a timeout) leases nothing new and returns those leases,
+-- re-read, as far as they still run under that call's token. A fetch record that is
+-- gone (a stall past the lease TTL) leases nothing: reclaim returns what it claimed.
+--
+-- Cancelled jobs are dropped here: `cancel` leaves a queued job's ID in `wait` (no scan
+-- of the list), and its record's TTL starts when the ID comes out. A queued job that
+-- carries a cancel flag ends `cancelled` instead of running.
+--
+-- Returns a flat array { clock, meta_1, spec_1, meta_2, spec_2, ... }: clock is
+-- "<now><TAB><next_due>", Redis' time of this call and the run_at of the earliest delayed
+-- job ('' if none), so an idle worker knows how long to block by Redis' clock; per lease,
+-- meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
+-- created_at<TAB>id" (the job's `meta` field as enqueue wrote it, in the middle; the ID
+-- last, so it may hold anything) and spec the job's JSON.
+-- Two bulk strings per job instead of a nested array of seven: building and parsing the
+-- reply was the worker's largest cost (BENCHMARKS.md).
+-- The fencing token is one per call, shared by the jobs this call leases: a token still
+-- names one attempt of one job. It is "<counter>.<nonce>": the counter (INCR) grows with
+-- every call, and the nonce (the fetch ID's last 12 hex digits, random) tells apart two
+-- calls that drew the same counter value -- as after a failover to a replica that had
+-- not yet seen the last INCRs -- so a token is never issued twice. Tokens are only ever
+-- compared whole, for equality.
+-- An ID without a job record is dead-lettered with the reason, never dropped.
+-- Per leased job: one ZSCORE, one HMGET, one HSET, one ZADD, all with string arguments
+-- (the hot path; see BENCHMARKS.md).
+local prefix = ARGV[1]
+local now, now_s = redis_now()
+local lease_until = string.format('%d', now + tonumber(ARGV[2]))
+local worker = ARGV[3]
+local result_ttl = tonumber(ARGV[4])
+local pj = prefix .. 'job:'
+local fk = KEYS[7]
+local out = { '' }
+local declared = {}
+for i = 8, IXT do
+  declared[KEYS[i]] = true
+end
+
+local function next_due()
+  local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
+  return now_s .. '\t' .. (head[2] or '')
+end
+
+local claim = redis.call('GET', fk)
+if not claim then
+  out[1] = next_due()
+  return out
+end
+local rec = cjson.decode(claim)
+if rec[1] ~= '' then
+  -- A retried call: hand back what it leased, nothing new.
+  local token = rec[1]
+  for i = 2, #rec do
+    local id = rec[i]
+    local jk = pj .. id
+    if declared[jk] then
+      local f = redis.call('HMGET', jk, 'status', 'token', 'attempts', 'spec', 'meta')
+      if f[1] == 'running' and f[2] == token then
+        out[#out + 1] = token .. '\t' .. f[3] .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
+        out[#out + 1] = f[4] or ''
+      end
+    end
+  end
+  out[1] = next_due()
+  return out
+end
+
+-- Whether the keys ending a cancelled job `id` (record `jk`) may touch were declared:
+-- its attempts, and its cache entry with the jobs waiting on it.
+local function end_declared(id, cache)
+  if not declared[prefix .. 'attempts:' .. id] then
+    return false
+  end
+  if cache then
+    if not declared[cache] then
+      return false
+    end
+    for _, field in ipairs(redis.call('HKEYS', cache)) do
+      if string.sub(field, 1, 2) == 'f:' and not declared[pj .. string.sub(field, 3)] then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+local deltas = {}
+local token = redis.call('INCR', KEYS[5]) .. '.' .. string.sub(ARGV[5], -12)
+local leased = { token }
+local unclaimed = {}
+for i = 2, #rec do
+  local id = rec[i]
+  local jk = pj .. id
+  if not redis.call('ZSCORE', KEYS[2], id) then
+    -- no longer claimed: reclaim took it back after a stall past the lease TTL
+  elseif not declared[jk] then
+    unclaimed[#unclaimed + 1] = id
+  else
+    local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta', 'cancel',
+      'cache')
+    local status, batch = f[1], f[2]
+    if not status then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HSET', jk, 'id', id, 'status', 'dead', 'attempts', 0, 'finished_at', now,
+        'error', cjson.encode({ class = 'permanent',
+          message = 'undecodable job: no job record for this ID' }))
+      redis.call('ZADD', KEYS[6], now, id)
+      ix_move(id, nil, 'dead')
+      hist_add('dead', 1)
+      redis.call('PUBLISH', prefix .. 'done', id)
+    elseif batch and batch ~= '' and not declared[prefix .. 'batch:' .. batch] then
+      unclaimed[#unclaimed + 1] = id
+    elseif status == 'queued' and f[6] == '1' then
+      if end_declared(id, f[7]) then
+        redis.call('ZREM', KEYS[2], id)
+        count_move(deltas, batch, status, 'cancelled')
+        ix_move(id, status, 'cancelled')
+        redis.call('HSET', jk, 'status', 'cancelled', 'error', CANCELLED_ERROR)
+        redis.call('HDEL', jk, 'cancel')
+        finish(prefix, jk, id, now, result_ttl)
+        cache_hand_over(prefix, jk, id, KEYS[1], KEYS[4])
+      else
+        unclaimed[#unclaimed + 1] = id
+      end
+    elseif status == 'queued' then
+      local attempt = succ(f[3] or '0')
+      if batch then
+        count_move(deltas, batch, status, 'running')
+      end
+      redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', token,
+        'worker', worker, 'started_at', now_s)
+      -- GT: never undo what reclaim added to the claim's expiry for a stall
+      redis.call('ZADD', KEYS[2], 'XX', 'GT', lease_until, id)
+      ix_move(id, 'queued', 'running')
+      out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
+      out[#out + 1] = f[4] or ''
+      leased[#leased + 1] = id
+    elseif not declared[prefix .. 'attempts:' .. id] then
+      unclaimed[#unclaimed + 1] = id
+    else
+      redis.call('ZREM', KEYS[2], id)
+      if redis.call('HDEL', jk, 'in_wait') == 1 then
+        -- cancelled while queued: its entry is gone now, so its record may expire
+        expire_ended(prefix, jk, id, result_ttl)
+      end
+      -- any other status is a stale list entry: skip it
+    end
+  end
+end
+if #unclaimed > 0 then
+  -- Back to the front of `wait` in the order they were popped; the next fetch reads
+  -- their keys afresh.
+  for i = #unclaimed, 1, -1 do
+    redis.call('ZREM', KEYS[2], unclaimed[i])
+    redis.call('RPUSH', KEYS[1], unclaimed[i])
+  end
+  redis.call('ZADD', KEYS[4], '0', '0')
+end
+redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[2])
+write_counts(prefix, deltas, nil, false)
+ix_flush(now, now_s)
+out[1] = next_due()
+return out
