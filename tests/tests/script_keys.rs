@@ -9,11 +9,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use fleet_shared::job::{Job, JobSpec};
-use fleet_shared::queue::{AttemptRecord, Completion, Renewal, Settlement, script_digests};
+use fleet_shared::job::{Job, JobSpec, QueueKind};
+use fleet_shared::queue::{
+    AttemptRecord, Completion, Fenced, Renewal, Settlement, script_digests,
+};
 use fleet_shared::results::JobStatus;
 use fleet_tests::fixture::Fleet;
+use fleet_tests::harness::{self, eventually};
 use fleet_tests::script_audit::{Monitor, ScriptCall, command_keys};
+use fleet_tests::tcp_proxy::{Fault, TcpProxy};
 use redis::AsyncCommands;
 
 /// The queue scripts the test must see run (every one of `script_digests()`).
@@ -269,4 +273,67 @@ async fn every_script_touches_only_declared_keys() {
     for name in QUEUE_SCRIPTS {
         assert!(seen.contains(*name), "the test never ran the {name} script");
     }
+}
+
+/// A completion whose cache entry gains a follower between the read of its keys and
+/// the script: the script refuses it (a key it would touch was not declared), the
+/// caller reads again and sends it again, and every follower gets the result; no call
+/// touches an undeclared key, and the result is written once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completion_whose_followers_changed_since_the_read_is_sent_again() {
+    let fleet = Fleet::start("cat", "cache = true\n").await;
+    let q = fleet.queue.clone();
+    // Every script loaded first, so the calls audited below are the real ones (not a
+    // NOSCRIPT answered by loading the script).
+    q.enqueue(spec("warm up", false)).await.unwrap();
+    let warm = q.fetch("w", 1).await.unwrap();
+    q.complete(&warm.leases[0], "{}").await.unwrap();
+
+    let proxy = TcpProxy::start(fleet.redis.port());
+    let mut s = fleet.settings.clone();
+    s.redis.url = proxy.url();
+    let through = harness::queue(&s, QueueKind::Research).await;
+    let first: Vec<Job> = (0..2).map(|_| Job::new(spec("same query", true))).collect();
+    q.enqueue_jobs(&first, None).await.unwrap();
+    let fetched = through.fetch("w", 10).await.unwrap();
+    assert_eq!(fetched.leases.len(), 1, "the second job follows the first");
+    let leader = fetched.leases[0].clone();
+
+    let monitor = Monitor::start(fleet.redis.port());
+    // The complete reads the entry's followers (HKEYS on the entry): that reply is held
+    // while another identical job joins the entry.
+    proxy.inject(":cache:", Fault::HoldReply, 1);
+    let done = tokio::spawn(async move {
+        through
+            .complete(&leader, r#"{"output":{"answer":"ok"}}"#)
+            .await
+    });
+    eventually("the followers' read", Duration::from_secs(10), || async {
+        (proxy.injected() == 1).then_some(())
+    })
+    .await;
+    let late = Job::new(spec("same query", true));
+    q.enqueue_jobs(std::slice::from_ref(&late), None)
+        .await
+        .unwrap();
+    proxy.release_held();
+    assert_eq!(done.await.unwrap().unwrap(), Fenced::Accepted);
+
+    for job in first.iter().chain([&late]) {
+        let r = q.job_record(&job.id.to_string()).await.unwrap().unwrap();
+        assert_eq!(r.status, JobStatus::Succeeded, "{}", job.id);
+    }
+    let calls = monitor.finish();
+    let complete = script_digests()
+        .into_iter()
+        .find(|(n, _)| *n == "complete")
+        .unwrap()
+        .1;
+    assert_eq!(
+        calls.iter().filter(|c| c.sha == complete).count(),
+        2,
+        "refused once (the late follower undeclared), then sent again"
+    );
+    let (found, _) = violations(&calls, &mut fleet.redis.conn());
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }

@@ -162,6 +162,9 @@ for i = 2, #rec do
       out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
       out[#out + 1] = f[4] or ''
       leased[#leased + 1] = id
+    elseif status == 'running' then
+      -- leased since by another fetch (reclaim had taken this claim back after a
+      -- stall past the lease TTL, and another fetch claimed it): not ours, untouched
     elseif not declared[prefix .. 'attempts:' .. id] then
       unclaimed[#unclaimed + 1] = id
     else
