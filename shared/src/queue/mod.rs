@@ -13,7 +13,8 @@
 //!                                     └─fail(cancelled) / cancel ──► cancelled
 //! ```
 //!
-//! - **Leases and fencing.** `fetch` gives each attempt a lease (an expiry in the
+//! - **Leases and fencing.** `fetch` (claim, read, lease: every key a script touches
+//!   is declared) gives each attempt a lease (an expiry in the
 //!   `active` set, by Redis' clock) and a fencing token (a counter and a nonce, so a
 //!   failover that loses the counter's last steps cannot issue one twice). The worker renews its leases from a
 //!   thread of its own (`lease_keeper`). Any worker reclaims expired leases. A result,

@@ -2,7 +2,9 @@
 -- killed, or stalled past the TTL), as named by `reclaim_clock` (the first step; the
 -- stall rules live there). Each lost lease is recorded as an attempt of class
 -- `lease_lost`; the job runs again at once, or is dead-lettered once its attempts are
--- spent. Its old token goes, so the stale holder's writes are refused.
+-- spent. Its old token goes, so the stale holder's writes are refused. A job a fetch
+-- claimed and never leased (claim-5.lua: still `queued`) goes back to the front of
+-- `wait`, no attempt charged.
 --
 -- Every key this script touches is in KEYS: the caller names, per job, its record,
 -- attempts, batch record and cache entry, and the jobs waiting on that entry, from
