@@ -376,8 +376,10 @@ pub struct RedisQueue {
     routing: bool,
     /// The round-robin turn of the next job enqueued without a home shard.
     spread: Arc<std::sync::atomic::AtomicUsize>,
-    /// Per job leased through this handle and not yet settled, its batch ID as the
-    /// fetch read it: its settle declares the batch record without reading it again.
+    /// Per job leased through this handle and not yet settled, in a batch or in the
+    /// result cache: its batch ID as the fetch read it (its settle declares the batch
+    /// record without reading it again), or `None` for a job in the cache (its settle
+    /// reads its entry's followers first).
     hints: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
 }
 
@@ -468,8 +470,9 @@ fn fenced_codes(codes: Vec<i64>) -> Vec<Fenced> {
 struct JobRefs {
     batch: Option<String>,
     cache: Option<String>,
-    /// Its cancellation was requested (the `cancel` flag).
-    cancel: bool,
+    /// Its cancellation was requested (the `cancel` flag), or it was cancelled while
+    /// queued (`in_wait`): a fetch that pops it ends it.
+    ends: bool,
 }
 
 /// The queue scripts by name and SHA1 digest (see `Scripts::digests`).
@@ -921,15 +924,15 @@ impl RedisQueue {
             .drain(1..)
             .map(|id| String::from_utf8_lossy(&id).into_owned())
             .collect();
-        // Followers are named only for a job that ends here (cancelled while queued):
-        // a lease touches no cache entry, so a drain reads nothing more.
+        // Attempts, cache entry and followers are named only for a job that ends here
+        // (cancelled while queued): a lease touches none of them, so a drain reads
+        // nothing more.
         let refs = self.job_refs(&ids).await?;
-        let job_keys = self.keys_of(&ids, &refs, |r| r.cancel).await?;
+        let job_keys = self.keys_of(&ids, &refs, |r| r.ends).await?;
         self.remember_leased(&ids, &refs);
         let mut inv = SCRIPTS.lease.prepare_invoke();
         inv.key(&self.keys.wait)
             .key(&self.keys.active)
-            .key(&self.keys.delayed)
             .key(&self.keys.marker)
             .key(&self.keys.token)
             .key(&self.keys.dead)
@@ -945,7 +948,14 @@ impl RedisQueue {
             .arg(worker)
             .arg(self.config.result_ttl.as_millis() as u64)
             .arg(fetch_id);
-        inv.invoke_async(&mut conn).await
+        let mut reply: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await?;
+        // The clock line: the lease's time, the claim's earliest delayed job.
+        if let (Some(now), Some(clock)) = (reply.first_mut(), claimed.first()) {
+            if let Some(tab) = clock.iter().position(|b| *b == b'\t') {
+                now.extend_from_slice(&clock[tab..]);
+            }
+        }
+        Ok(reply)
     }
 
     /// Renew leases held by this worker; one code per lease, in order.
@@ -1211,7 +1221,7 @@ impl RedisQueue {
     }
 
     /// What names the keys of these jobs beyond their own: each record's `batch`,
-    /// `cache` and `cancel` fields, in one pipelined round trip.
+    /// `cache`, `cancel` and `in_wait` fields, in one pipelined round trip.
     async fn job_refs(&self, ids: &[String]) -> redis::RedisResult<Vec<JobRefs>> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
@@ -1220,40 +1230,43 @@ impl RedisQueue {
                 .arg(self.keys.job(id))
                 .arg("batch")
                 .arg("cache")
-                .arg("cancel");
+                .arg("cancel")
+                .arg("in_wait");
         }
-        let fields: Vec<(Option<String>, Option<String>, Option<String>)> =
-            pipe.query_async(&mut conn).await?;
+        type Fields = (Option<String>, Option<String>, Option<String>, Option<String>);
+        let fields: Vec<Fields> = pipe.query_async(&mut conn).await?;
         Ok(fields
             .into_iter()
-            .map(|(batch, cache, cancel)| JobRefs {
+            .map(|(batch, cache, cancel, in_wait)| JobRefs {
                 batch: batch.filter(|b| !b.is_empty()),
                 cache,
-                cancel: cancel.as_deref() == Some("1"),
+                ends: cancel.as_deref() == Some("1") || in_wait.as_deref() == Some("1"),
             })
             .collect())
     }
 
-    /// The keys of `ids` from what [`RedisQueue::job_refs`] read: record, attempts,
-    /// batch record, and for the jobs `with_followers` picks, the cache entry and the
+    /// The keys of `ids` from what [`RedisQueue::job_refs`] read: record and batch
+    /// record, and for the jobs `ending` picks, the attempts, the cache entry and the
     /// records of the jobs waiting on it (one more round trip, only if there are any).
     /// Sorted, each once.
     async fn keys_of(
         &self,
         ids: &[String],
         refs: &[JobRefs],
-        with_followers: impl Fn(&JobRefs) -> bool,
+        ending: impl Fn(&JobRefs) -> bool,
     ) -> redis::RedisResult<Vec<String>> {
-        let mut keys: Vec<String> = Vec::with_capacity(ids.len() * 3);
+        let mut keys: Vec<String> = Vec::with_capacity(ids.len() * 2);
         let mut caches: Vec<String> = Vec::new();
         for (id, r) in ids.iter().zip(refs) {
             keys.push(self.keys.job(id));
-            keys.push(self.keys.attempts(id));
             if let Some(batch) = &r.batch {
                 keys.push(self.keys.batch(batch));
             }
-            if let Some(cache) = r.cache.as_ref().filter(|_| with_followers(r)) {
-                caches.push(cache.clone());
+            if ending(r) {
+                keys.push(self.keys.attempts(id));
+                if let Some(cache) = &r.cache {
+                    caches.push(cache.clone());
+                }
             }
         }
         for followers in self.cache_followers(&caches).await? {
@@ -1270,9 +1283,11 @@ impl RedisQueue {
     /// dead-letter scripts): each one's batch record, and for a job in the result
     /// cache, its entry, its answer, and each follower's record, answer and batch
     /// record. With `hinted`, what the fetch that leased a job read stands in for a
-    /// read (a job's batch never changes; a job in the cache is always read, its
-    /// followers change). A read is one pipelined round trip, one more for jobs in the
-    /// cache, one more when their entries have followers. Sorted, each once.
+    /// read: its batch (a job's batch never changes); a job in the cache is read (its
+    /// followers change); a job the fetch found in neither, or that this handle did
+    /// not fetch, declares nothing more, and the script says (code 4) if it needed
+    /// more. A read is one pipelined round trip, one more for jobs in the cache, one
+    /// more when their entries have followers. Sorted, each once.
     async fn settle_keys(&self, ids: &[String], hinted: bool) -> redis::RedisResult<Vec<String>> {
         let mut keys: Vec<String> = Vec::new();
         let mut unknown: Vec<String> = Vec::new();
@@ -1280,8 +1295,9 @@ impl RedisQueue {
             let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 match hints.get(id) {
-                    Some(batch) => keys.extend(batch.iter().map(|b| self.keys.batch(b))),
-                    None => unknown.push(id.clone()),
+                    Some(Some(batch)) => keys.push(self.keys.batch(batch)),
+                    Some(None) => unknown.push(id.clone()),
+                    None => {}
                 }
             }
         } else {
@@ -1322,8 +1338,12 @@ impl RedisQueue {
     }
 
     /// Note what the fetch read of the jobs it leased, for their settles
-    /// ([`RedisQueue::settle_keys`]): the batch of each job outside the result cache.
+    /// ([`RedisQueue::settle_keys`]): the batch of a job in one, and that a job in
+    /// the result cache must be read. A job in neither is not noted.
     fn remember_leased(&self, ids: &[String], refs: &[JobRefs]) {
+        if refs.iter().all(|r| r.batch.is_none() && r.cache.is_none()) {
+            return;
+        }
         let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
         // Leases that are never settled here (lost, or settled by another process)
         // leave their note behind: past a bound, all are dropped (settles read instead).
@@ -1331,8 +1351,10 @@ impl RedisQueue {
             hints.clear();
         }
         for (id, r) in ids.iter().zip(refs) {
-            if r.cache.is_none() {
-                hints.insert(id.clone(), r.batch.clone());
+            if r.cache.is_some() {
+                hints.insert(id.clone(), None);
+            } else if let Some(batch) = &r.batch {
+                hints.insert(id.clone(), Some(batch.clone()));
             }
         }
     }
@@ -1340,6 +1362,9 @@ impl RedisQueue {
     /// The jobs were settled: their notes go.
     fn forget_settled(&self, ids: &[String]) {
         let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.is_empty() {
+            return;
+        }
         for id in ids {
             hints.remove(id);
         }

@@ -47,22 +47,27 @@ local kper = 2
 if per == 5 then
   kper = 4
 end
-local declared = {}
-for k = 2, IXT do
-  declared[KEYS[k]] = true
-end
 local pj = prefix .. 'job:'
 local pb = prefix .. 'batch:'
+-- The declared keys, looked up by name; built on first use (a completion of a job in
+-- no batch and not in the cache needs none).
+local declared_set = nil
+local function declared(k)
+  if not declared_set then
+    declared_set = declared_keys(2)
+  end
+  return declared_set[k]
+end
 
 local function batch_declared(batch)
-  return not batch or batch == '' or declared[pb .. batch]
+  return not batch or batch == '' or declared(pb .. batch)
 end
 
 -- Whether settling cache entry `ck` for job `id` may touch only declared keys: the
 -- entry, the job's answer (copied to the followers), and each follower's record,
 -- answer and batch record. An entry that names another job is not touched.
 local function cache_declared(ck, id)
-  if not declared[ck] then
+  if not declared(ck) then
     return false
   end
   local entry = redis.call('HGETALL', ck)
@@ -71,11 +76,11 @@ local function cache_declared(ck, id)
       return true
     end
   end
-  if not declared[answer_key(prefix, id)] then
+  if not declared(answer_key(prefix, id)) then
     return false
   end
   for _, fid in ipairs(cache_followers(entry)) do
-    if not (declared[pj .. fid] and declared[answer_key(prefix, fid)]) then
+    if not (declared(pj .. fid) and declared(answer_key(prefix, fid))) then
       return false
     end
     if not batch_declared(redis.call('HGET', pj .. fid, 'batch')) then

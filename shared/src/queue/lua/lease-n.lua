@@ -3,20 +3,22 @@
 -- `running` under this call's fencing token.
 --
 -- Every key this script touches is in KEYS: the caller names, per claimed job, its
--- record, attempts and batch record (and, for a job cancelled while queued, its cache
--- entry and the jobs waiting on it), from what it read after the claim. Each job is
--- checked again here: it must still be claimed (in `active`), and every key leasing
--- it (or ending it) could touch must have been declared; a job whose keys were not all
--- declared goes back to the front of `wait`, claimed by nobody (a later fetch takes it).
+-- record and batch record (and, for a job cancelled while queued, its attempts, its
+-- cache entry and the jobs waiting on it), from what it read after the claim. Each
+-- job is checked again here: every key leasing it (or ending it) could touch must have
+-- been declared; a job whose keys were not all declared goes back to the front of
+-- `wait`, claimed by nobody (a later fetch takes it). While the fetch record lives,
+-- its claims have not expired (both were written with one TTL by one call), so reclaim
+-- has not taken them back; a lease still re-adds the job to `active` (not `XX`), so
+-- that a job is never `running` without a lease.
 --
 -- KEYS[1] wait     LIST  ready job IDs
 -- KEYS[2] active   ZSET  job ID -> lease expiry (ms)
--- KEYS[3] delayed  ZSET  job ID -> run_at (ms): read for the clock line only
--- KEYS[4] marker   ZSET  wakes a blocked worker
--- KEYS[5] token    STRING fencing-token counter
--- KEYS[6] dead     ZSET  dead-lettered job ID -> time (ms)
--- KEYS[7] fetch    STRING `fetch:<worker>:<fetch ID>`: what this fetch claimed (claim-5.lua),
---                  then what it leased
+-- KEYS[3] marker   ZSET  wakes a blocked worker
+-- KEYS[4] token    STRING fencing-token counter
+-- KEYS[5] dead     ZSET  dead-lettered job ID -> time (ms)
+-- KEYS[6] fetch    STRING `fetch:<worker>:<fetch ID>`: what this fetch claimed
+--                  (claim-5.lua), then what it leased
 -- then any number of job, attempts, batch, cache and follower job keys, in any order,
 -- then the index tail (_index.lua)
 --
@@ -33,9 +35,9 @@
 -- of the list), and its record's TTL starts when the ID comes out. A queued job that
 -- carries a cancel flag ends `cancelled` instead of running.
 --
--- Returns a flat array { clock, meta_1, spec_1, meta_2, spec_2, ... }: clock is
--- "<now><TAB><next_due>", Redis' time of this call and the run_at of the earliest delayed
--- job ('' if none), so an idle worker knows how long to block by Redis' clock; per lease,
+-- Returns a flat array { now, meta_1, spec_1, meta_2, spec_2, ... }: now is Redis' time
+-- of this call (the caller adds the earliest delayed job's run_at from the claim's
+-- reply, making the clock line "<now><TAB><next_due>" of claim-5.lua); per lease,
 -- meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
 -- created_at<TAB>id" (the job's `meta` field as enqueue wrote it, in the middle; the ID
 -- last, so it may hold anything) and spec the job's JSON.
@@ -48,29 +50,23 @@
 -- not yet seen the last INCRs -- so a token is never issued twice. Tokens are only ever
 -- compared whole, for equality.
 -- An ID without a job record is dead-lettered with the reason, never dropped.
--- Per leased job: one ZSCORE, one HMGET, one HSET, one ZADD, all with string arguments
--- (the hot path; see BENCHMARKS.md).
+-- Per leased job: one HMGET, one HSET, one ZADD, all with string arguments (the hot
+-- path; see BENCHMARKS.md).
 local prefix = ARGV[1]
 local now, now_s = redis_now()
 local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local worker = ARGV[3]
 local result_ttl = tonumber(ARGV[4])
 local pj = prefix .. 'job:'
-local fk = KEYS[7]
-local out = { '' }
+local fk = KEYS[6]
+local out = { now_s }
 local declared = {}
-for i = 8, IXT do
+for i = 7, IXT do
   declared[KEYS[i]] = true
-end
-
-local function next_due()
-  local head = redis.call('ZRANGE', KEYS[3], '0', '0', 'WITHSCORES')
-  return now_s .. '\t' .. (head[2] or '')
 end
 
 local claim = redis.call('GET', fk)
 if not claim then
-  out[1] = next_due()
   return out
 end
 local rec = cjson.decode(claim)
@@ -88,12 +84,11 @@ if rec[1] ~= '' then
       end
     end
   end
-  out[1] = next_due()
   return out
 end
 
--- Whether the keys ending a cancelled job `id` (record `jk`) may touch were declared:
--- its attempts, and its cache entry with the jobs waiting on it.
+-- Whether the keys ending a cancelled job `id` may touch were declared: its attempts,
+-- and its cache entry with the jobs waiting on it.
 local function end_declared(id, cache)
   if not declared[prefix .. 'attempts:' .. id] then
     return false
@@ -112,26 +107,24 @@ local function end_declared(id, cache)
 end
 
 local deltas = {}
-local token = redis.call('INCR', KEYS[5]) .. '.' .. string.sub(ARGV[5], -12)
+local token = redis.call('INCR', KEYS[4]) .. '.' .. string.sub(ARGV[5], -12)
 local leased = { token }
 local unclaimed = {}
 for i = 2, #rec do
   local id = rec[i]
   local jk = pj .. id
-  if not redis.call('ZSCORE', KEYS[2], id) then
-    -- no longer claimed: reclaim took it back after a stall past the lease TTL
-  elseif not declared[jk] then
+  if not declared[jk] then
     unclaimed[#unclaimed + 1] = id
   else
     local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta', 'cancel',
-      'cache')
+      'cache', 'in_wait')
     local status, batch = f[1], f[2]
     if not status then
       redis.call('ZREM', KEYS[2], id)
       redis.call('HSET', jk, 'id', id, 'status', 'dead', 'attempts', 0, 'finished_at', now,
         'error', cjson.encode({ class = 'permanent',
           message = 'undecodable job: no job record for this ID' }))
-      redis.call('ZADD', KEYS[6], now, id)
+      redis.call('ZADD', KEYS[5], now, id)
       ix_move(id, nil, 'dead')
       hist_add('dead', 1)
       redis.call('PUBLISH', prefix .. 'done', id)
@@ -145,7 +138,7 @@ for i = 2, #rec do
         redis.call('HSET', jk, 'status', 'cancelled', 'error', CANCELLED_ERROR)
         redis.call('HDEL', jk, 'cancel')
         finish(prefix, jk, id, now, result_ttl)
-        cache_hand_over(prefix, jk, id, KEYS[1], KEYS[4])
+        cache_hand_over(prefix, jk, id, KEYS[1], KEYS[3])
       else
         unclaimed[#unclaimed + 1] = id
       end
@@ -157,20 +150,20 @@ for i = 2, #rec do
       redis.call('HSET', jk, 'status', 'running', 'attempts', attempt, 'token', token,
         'worker', worker, 'started_at', now_s)
       -- GT: never undo what reclaim added to the claim's expiry for a stall
-      redis.call('ZADD', KEYS[2], 'XX', 'GT', lease_until, id)
+      redis.call('ZADD', KEYS[2], 'GT', lease_until, id)
       ix_move(id, 'queued', 'running')
       out[#out + 1] = token .. '\t' .. attempt .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
       out[#out + 1] = f[4] or ''
       leased[#leased + 1] = id
     elseif status == 'running' then
-      -- leased since by another fetch (reclaim had taken this claim back after a
-      -- stall past the lease TTL, and another fetch claimed it): not ours, untouched
-    elseif not declared[prefix .. 'attempts:' .. id] then
+      -- already leased by another fetch (its ID was in `wait` twice): not ours
+    elseif f[8] == '1' and not declared[prefix .. 'attempts:' .. id] then
       unclaimed[#unclaimed + 1] = id
     else
       redis.call('ZREM', KEYS[2], id)
-      if redis.call('HDEL', jk, 'in_wait') == 1 then
+      if f[8] == '1' then
         -- cancelled while queued: its entry is gone now, so its record may expire
+        redis.call('HDEL', jk, 'in_wait')
         expire_ended(prefix, jk, id, result_ttl)
       end
       -- any other status is a stale list entry: skip it
@@ -184,10 +177,9 @@ if #unclaimed > 0 then
     redis.call('ZREM', KEYS[2], unclaimed[i])
     redis.call('RPUSH', KEYS[1], unclaimed[i])
   end
-  redis.call('ZADD', KEYS[4], '0', '0')
+  redis.call('ZADD', KEYS[3], '0', '0')
 end
 redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[2])
 write_counts(prefix, deltas, nil, false)
 ix_flush(now, now_s)
-out[1] = next_due()
 return out
