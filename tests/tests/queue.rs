@@ -746,7 +746,10 @@ async fn a_claim_never_leased_is_taken_back_by_reclaim_and_runs_elsewhere() {
         direct.renew(&held).await.unwrap(),
         [fleet_shared::queue::Renewal::Renewed]
     );
-    assert_eq!(direct.complete(lease, "{}").await.unwrap(), Fenced::Accepted);
+    assert_eq!(
+        direct.complete(lease, "{}").await.unwrap(),
+        Fenced::Accepted
+    );
     let r = direct.job_record(&ids[0]).await.unwrap().unwrap();
     assert_eq!((r.status, r.attempts), (JobStatus::Succeeded, 1));
 }

@@ -10,9 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use fleet_shared::job::{Job, JobSpec, QueueKind};
-use fleet_shared::queue::{
-    AttemptRecord, Completion, Fenced, Renewal, Settlement, script_digests,
-};
+use fleet_shared::queue::{AttemptRecord, Completion, Fenced, Renewal, Settlement, script_digests};
 use fleet_shared::results::JobStatus;
 use fleet_tests::fixture::Fleet;
 use fleet_tests::harness::{self, eventually};
@@ -71,7 +69,11 @@ fn violations(
         seen.insert(name.to_string());
         let tags: HashSet<&str> = call.declared.iter().filter_map(|k| hash_tag(k)).collect();
         if name != "a script outside the queue" && tags.len() != 1 {
-            out.push(format!("{name} ({}): keys of {} hash tags", call.sha, tags.len()));
+            out.push(format!(
+                "{name} ({}): keys of {} hash tags",
+                call.sha,
+                tags.len()
+            ));
         }
         for cmd in &call.commands {
             for key in command_keys(conn, cmd) {
@@ -269,7 +271,11 @@ async fn every_script_touches_only_declared_keys() {
         found.join("\n")
     );
     let all: HashSet<&str> = script_digests().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(all, QUEUE_SCRIPTS.iter().copied().collect(), "a queue script is not listed");
+    assert_eq!(
+        all,
+        QUEUE_SCRIPTS.iter().copied().collect(),
+        "a queue script is not listed"
+    );
     for name in QUEUE_SCRIPTS {
         assert!(seen.contains(*name), "the test never ran the {name} script");
     }

@@ -1233,7 +1233,12 @@ impl RedisQueue {
                 .arg("cancel")
                 .arg("in_wait");
         }
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<String>);
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let fields: Vec<Fields> = pipe.query_async(&mut conn).await?;
         Ok(fields
             .into_iter()
