@@ -950,10 +950,10 @@ impl RedisQueue {
             .arg(fetch_id);
         let mut reply: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await?;
         // The clock line: the lease's time, the claim's earliest delayed job.
-        if let (Some(now), Some(clock)) = (reply.first_mut(), claimed.first()) {
-            if let Some(tab) = clock.iter().position(|b| *b == b'\t') {
-                now.extend_from_slice(&clock[tab..]);
-            }
+        if let (Some(now), Some(clock)) = (reply.first_mut(), claimed.first())
+            && let Some(tab) = clock.iter().position(|b| *b == b'\t')
+        {
+            now.extend_from_slice(&clock[tab..]);
         }
         Ok(reply)
     }
