@@ -891,13 +891,15 @@ impl RedisQueue {
         inv.invoke_async(&mut conn).await
     }
 
-    /// One try of a fetch in its three steps: `claim` takes ready IDs off `wait` for
-    /// this fetch (no job record touched), their records' `batch` and `cache` fields
-    /// are read, and `lease` leases them with every key declared, checking each again
-    /// (lease-n.lua). Two round trips more than one script would take, the price of
-    /// naming every key in KEYS (docs/ARCHITECTURE.md, "Keys and Redis Cluster"); an
-    /// empty fetch is still one. Each step is idempotent under the fetch ID, so a
-    /// retry of the whole returns the same leases.
+    /// One try of a fetch in its steps: `claim` takes ready IDs off `wait` for this
+    /// fetch (no job record touched), their records' `batch`, `cache`, `cancel` and
+    /// `in_wait` fields are read, and `lease` leases them with every key declared,
+    /// checking each again (lease-n.lua). The read travels with a first lease that
+    /// declares the records only, so a fetch of jobs in no batch is one round trip
+    /// more than one script would take, of jobs in a batch two: the price of naming
+    /// every key in KEYS (docs/ARCHITECTURE.md, "Keys and Redis Cluster"); an empty
+    /// fetch is still one. Each step is idempotent under the fetch ID, so a retry of
+    /// the whole returns the same leases.
     async fn invoke_fetch(
         &self,
         worker: &str,
@@ -924,38 +926,70 @@ impl RedisQueue {
             .drain(1..)
             .map(|id| String::from_utf8_lossy(&id).into_owned())
             .collect();
-        // Attempts, cache entry and followers are named only for a job that ends here
-        // (cancelled while queued): a lease touches none of them, so a drain reads
-        // nothing more.
-        let refs = self.job_refs(&ids).await?;
-        let job_keys = self.keys_of(&ids, &refs, |r| r.ends).await?;
+        // The read and a first lease that declares the records only, sent together:
+        // one round trip leases every job in no batch and not ending here. What the
+        // read names (batch records; for a job cancelled while queued its attempts,
+        // cache entry and followers, which a lease otherwise never touches) is declared
+        // in a second call, only if the first left jobs claimed.
+        let records: Vec<String> = ids.iter().map(|id| self.keys.job(id)).collect();
+        let (refs, first) = tokio::join!(
+            self.job_refs(&ids),
+            self.invoke_lease(worker, fetch_id, &fetch_key, &records, true)
+        );
+        let refs = refs?;
+        let mut reply = first?;
+        let claimed_left = reply
+            .first()
+            .and_then(|head| head.iter().position(|b| *b == b'\t').map(|t| &head[t + 1..]))
+            .is_some_and(|left| left != b"0");
+        if claimed_left {
+            let job_keys = self.keys_of(&ids, &refs, |r| r.ends).await?;
+            reply = self
+                .invoke_lease(worker, fetch_id, &fetch_key, &job_keys, false)
+                .await?;
+        }
         self.remember_leased(&ids, &refs);
+        // The clock line: the lease's time, the claim's earliest delayed job.
+        if let (Some(head), Some(clock)) = (reply.first_mut(), claimed.first()) {
+            if let Some(tab) = head.iter().position(|b| *b == b'\t') {
+                head.truncate(tab);
+            }
+            if let Some(tab) = clock.iter().position(|b| *b == b'\t') {
+                head.extend_from_slice(&clock[tab..]);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// One call of the lease script (lease-n.lua) with these job keys declared;
+    /// `more`: another call of this fetch follows (jobs whose keys were not declared
+    /// stay claimed for it), else they go back to `wait`.
+    fn invoke_lease(
+        &self,
+        worker: &str,
+        fetch_id: &str,
+        fetch_key: &str,
+        job_keys: &[String],
+        more: bool,
+    ) -> impl Future<Output = redis::RedisResult<Vec<Vec<u8>>>> + use<> {
+        let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.lease.prepare_invoke();
         inv.key(&self.keys.wait)
             .key(&self.keys.active)
             .key(&self.keys.marker)
             .key(&self.keys.token)
             .key(&self.keys.dead)
-            .key(&fetch_key);
-        for k in &job_keys {
-            inv.key(k);
-        }
-        for k in &self.keys.index_tail {
+            .key(fetch_key);
+        for k in job_keys.iter().chain(&self.keys.index_tail) {
             inv.key(k);
         }
         inv.arg(&self.keys.prefix)
             .arg(self.config.lease_ttl.as_millis() as u64)
             .arg(worker)
             .arg(self.config.result_ttl.as_millis() as u64)
-            .arg(fetch_id);
-        let mut reply: Vec<Vec<u8>> = inv.invoke_async(&mut conn).await?;
-        // The clock line: the lease's time, the claim's earliest delayed job.
-        if let (Some(now), Some(clock)) = (reply.first_mut(), claimed.first())
-            && let Some(tab) = clock.iter().position(|b| *b == b'\t')
-        {
-            now.extend_from_slice(&clock[tab..]);
-        }
-        Ok(reply)
+            .arg(fetch_id)
+            .arg(if more { "more" } else { "last" });
+        async move { inv.invoke_async(&mut conn).await }
     }
 
     /// Renew leases held by this worker; one code per lease, in order.

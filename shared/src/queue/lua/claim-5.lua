@@ -15,12 +15,13 @@
 -- KEYS[3] delayed  ZSET  job ID -> run_at (ms): read for the clock line only
 -- KEYS[4] marker   ZSET  wakes a blocked worker
 -- KEYS[5] fetch    STRING `fetch:<worker>:<fetch ID>`: what this fetch claimed, then
---                  leased (a JSON array: the token, '' until `lease` ran, then the IDs)
+--                  leased: JSON [token ('' until `lease` leased), leased IDs, claimed IDs
+--                  not leased yet]
 --
 -- ARGV[1] lease TTL (ms), ARGV[2] max jobs
 --
 -- Idempotent: the same fetch ID again (its reply was lost) pops nothing and returns the
--- IDs the fetch record holds: those claimed, or, once `lease` ran, those it leased.
+-- IDs the fetch record holds: those leased and those still claimed.
 --
 -- Returns { clock, id_1, id_2, ... }: clock is "<now><TAB><next_due>" as `lease`
 -- returns it (lease-n.lua).
@@ -31,20 +32,20 @@ local out = { '' }
 local prior = redis.call('GET', fk)
 if prior then
   local rec = cjson.decode(prior)
-  for i = 2, #rec do
-    out[#out + 1] = rec[i]
+  for _, part in ipairs({ rec[2], rec[3] }) do
+    for _, id in ipairs(part) do
+      out[#out + 1] = id
+    end
   end
 else
   local ids = redis.call('RPOP', KEYS[1], ARGV[2])
   if ids then
     local until_s = string.format('%d', now + tonumber(ARGV[1]))
-    local rec = { '' }
     for _, id in ipairs(ids) do
       out[#out + 1] = id
-      rec[#rec + 1] = id
     end
     zadd_all(KEYS[2], ids, until_s)
-    redis.call('SET', fk, cjson.encode(rec), 'PX', ARGV[1])
+    redis.call('SET', fk, cjson.encode({ '', {}, ids }), 'PX', ARGV[1])
     if #ids == tonumber(ARGV[2]) and redis.call('LLEN', KEYS[1]) > 0 then
       -- more work left: wake another idle worker
       redis.call('ZADD', KEYS[4], '0', '0')

@@ -6,8 +6,12 @@
 -- record and batch record (and, for a job cancelled while queued, its attempts, its
 -- cache entry and the jobs waiting on it), from what it read after the claim. Each
 -- job is checked again here: every key leasing it (or ending it) could touch must have
--- been declared; a job whose keys were not all declared goes back to the front of
--- `wait`, claimed by nobody (a later fetch takes it). While the fetch record lives,
+-- been declared; a job whose keys were not all declared stays claimed for the next
+-- call of this fetch (ARGV[6] = 'more'), or goes back to the front of `wait`, claimed by
+-- nobody, when this is the fetch's last call. The caller sends its first call with the
+-- records only, together with its read (one round trip for a job in no batch and not
+-- cancelled), and a second with what the read named, only if the first left a job
+-- claimed. While the fetch record lives,
 -- its claims have not expired (both were written with one TTL by one call), so reclaim
 -- has not taken them back; a lease still re-adds the job to `active` (not `XX`), so
 -- that a job is never `running` without a lease.
@@ -17,27 +21,31 @@
 -- KEYS[3] marker   ZSET  wakes a blocked worker
 -- KEYS[4] token    STRING fencing-token counter
 -- KEYS[5] dead     ZSET  dead-lettered job ID -> time (ms)
--- KEYS[6] fetch    STRING `fetch:<worker>:<fetch ID>`: what this fetch claimed
---                  (claim-5.lua), then what it leased
+-- KEYS[6] fetch    STRING `fetch:<worker>:<fetch ID>`: JSON [token, leased IDs, claimed
+--                  IDs not leased yet] (claim-5.lua writes ['', [], IDs])
 -- then any number of job, attempts, batch, cache and follower job keys, in any order,
 -- then the index tail (_index.lua)
 --
 -- ARGV[1] prefix, ARGV[2] lease TTL (ms), ARGV[3] worker name, ARGV[4] result TTL
--- (ms), ARGV[5] fetch ID (chosen by the worker, kept across retries of one fetch; a UUID)
+-- (ms), ARGV[5] fetch ID (chosen by the worker, kept across retries of one fetch; a UUID),
+-- ARGV[6] 'more' when another call of this fetch follows, else 'last'
 --
--- Idempotent: the leases this call hands out replace the claim in the fetch record
--- (one SET per call, expiring after a lease TTL). The same call again (its reply was
--- lost to a cut connection or a timeout) leases nothing new and returns those leases,
--- re-read, as far as they still run under that call's token. A fetch record that is
--- gone (a stall past the lease TTL) leases nothing: reclaim returns what it claimed.
+-- Idempotent: the leases a call hands out move from the claimed IDs to the leased ones
+-- in the fetch record (one SET per call, expiring after a lease TTL), all under the
+-- fetch's one token (drawn by its first call that leases). A call returns every lease
+-- of the fetch, re-read, as far as it still runs under that token: the same call again
+-- (its reply was lost to a cut connection or a timeout) leases nothing twice. A fetch
+-- record that is gone (a stall past the lease TTL) leases nothing: reclaim returns what
+-- it claimed.
 --
 -- Cancelled jobs are dropped here: `cancel` leaves a queued job's ID in `wait` (no scan
 -- of the list), and its record's TTL starts when the ID comes out. A queued job that
 -- carries a cancel flag ends `cancelled` instead of running.
 --
--- Returns a flat array { now, meta_1, spec_1, meta_2, spec_2, ... }: now is Redis' time
--- of this call (the caller adds the earliest delayed job's run_at from the claim's
--- reply, making the clock line "<now><TAB><next_due>" of claim-5.lua); per lease,
+-- Returns a flat array { head, meta_1, spec_1, meta_2, spec_2, ... }: head is
+-- "<now><TAB><claimed>", Redis' time of this call and how many jobs stay claimed for the
+-- next call (the caller makes it the clock line "<now><TAB><next_due>" of claim-5.lua,
+-- with the claim's earliest delayed job); per lease,
 -- meta is "token<TAB>attempt<TAB>max_attempts<TAB>deadline_at<TAB>
 -- created_at<TAB>id" (the job's `meta` field as enqueue wrote it, in the middle; the ID
 -- last, so it may hold anything) and spec the job's JSON.
@@ -57,9 +65,10 @@ local now, now_s = redis_now()
 local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local worker = ARGV[3]
 local result_ttl = tonumber(ARGV[4])
+local last = ARGV[6] ~= 'more'
 local pj = prefix .. 'job:'
 local fk = KEYS[6]
-local out = { now_s }
+local out = { now_s .. '\t0' }
 local declared = {}
 for i = 7, IXT do
   declared[KEYS[i]] = true
@@ -70,20 +79,20 @@ if not claim then
   return out
 end
 local rec = cjson.decode(claim)
-if rec[1] ~= '' then
-  -- A retried call: hand back what it leased, nothing new.
-  local token = rec[1]
-  for i = 2, #rec do
-    local id = rec[i]
-    local jk = pj .. id
-    if declared[jk] then
-      local f = redis.call('HMGET', jk, 'status', 'token', 'attempts', 'spec', 'meta')
-      if f[1] == 'running' and f[2] == token then
-        out[#out + 1] = token .. '\t' .. f[3] .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
-        out[#out + 1] = f[4] or ''
-      end
+local token, leased, claimed = rec[1], rec[2], rec[3]
+
+-- What earlier calls of this fetch leased (a retried call), re-read.
+for _, id in ipairs(leased) do
+  local jk = pj .. id
+  if declared[jk] then
+    local f = redis.call('HMGET', jk, 'status', 'token', 'attempts', 'spec', 'meta')
+    if f[1] == 'running' and f[2] == token then
+      out[#out + 1] = token .. '\t' .. f[3] .. '\t' .. job_meta(jk, f[5]) .. '\t' .. id
+      out[#out + 1] = f[4] or ''
     end
   end
+end
+if #claimed == 0 then
   return out
 end
 
@@ -107,14 +116,14 @@ local function end_declared(id, cache)
 end
 
 local deltas = {}
-local token = redis.call('INCR', KEYS[4]) .. '.' .. string.sub(ARGV[5], -12)
-local leased = { token }
-local unclaimed = {}
-for i = 2, #rec do
-  local id = rec[i]
+if token == '' then
+  token = redis.call('INCR', KEYS[4]) .. '.' .. string.sub(ARGV[5], -12)
+end
+local left = {}
+for _, id in ipairs(claimed) do
   local jk = pj .. id
   if not declared[jk] then
-    unclaimed[#unclaimed + 1] = id
+    left[#left + 1] = id
   else
     local f = redis.call('HMGET', jk, 'status', 'batch', 'attempts', 'spec', 'meta', 'cancel',
       'cache', 'in_wait')
@@ -129,7 +138,7 @@ for i = 2, #rec do
       hist_add('dead', 1)
       redis.call('PUBLISH', prefix .. 'done', id)
     elseif batch and batch ~= '' and not declared[prefix .. 'batch:' .. batch] then
-      unclaimed[#unclaimed + 1] = id
+      left[#left + 1] = id
     elseif status == 'queued' and f[6] == '1' then
       if end_declared(id, f[7]) then
         redis.call('ZREM', KEYS[2], id)
@@ -140,7 +149,7 @@ for i = 2, #rec do
         finish(prefix, jk, id, now, result_ttl)
         cache_hand_over(prefix, jk, id, KEYS[1], KEYS[3])
       else
-        unclaimed[#unclaimed + 1] = id
+        left[#left + 1] = id
       end
     elseif status == 'queued' then
       local attempt = succ(f[3] or '0')
@@ -158,7 +167,7 @@ for i = 2, #rec do
     elseif status == 'running' then
       -- already leased by another fetch (its ID was in `wait` twice): not ours
     elseif f[8] == '1' and not declared[prefix .. 'attempts:' .. id] then
-      unclaimed[#unclaimed + 1] = id
+      left[#left + 1] = id
     else
       redis.call('ZREM', KEYS[2], id)
       if f[8] == '1' then
@@ -170,16 +179,18 @@ for i = 2, #rec do
     end
   end
 end
-if #unclaimed > 0 then
+if last and #left > 0 then
   -- Back to the front of `wait` in the order they were popped; the next fetch reads
   -- their keys afresh.
-  for i = #unclaimed, 1, -1 do
-    redis.call('ZREM', KEYS[2], unclaimed[i])
-    redis.call('RPUSH', KEYS[1], unclaimed[i])
+  for i = #left, 1, -1 do
+    redis.call('ZREM', KEYS[2], left[i])
+    redis.call('RPUSH', KEYS[1], left[i])
   end
   redis.call('ZADD', KEYS[3], '0', '0')
+  left = {}
 end
-redis.call('SET', fk, cjson.encode(leased), 'PX', ARGV[2])
+redis.call('SET', fk, cjson.encode({ token, leased, left }), 'PX', ARGV[2])
 write_counts(prefix, deltas, nil, false)
 ix_flush(now, now_s)
+out[1] = now_s .. '\t' .. #left
 return out
