@@ -1,6 +1,6 @@
 -- lease: the last step of a fetch. It leases the jobs `claim` (the first step) took
 -- off `wait` for this fetch, as its fetch record lists them: each `queued` job becomes
--- `running` under this call's fencing token.
+-- `running` under the fetch's fencing token.
 --
 -- Every key this script touches is in KEYS: the caller names, per claimed job, its
 -- record and batch record (and, for a job cancelled while queued, its attempts, its
@@ -11,10 +11,10 @@
 -- nobody, when this is the fetch's last call. The caller sends its first call with the
 -- records only, together with its read (one round trip for a job in no batch and not
 -- cancelled), and a second with what the read named, only if the first left a job
--- claimed. While the fetch record lives,
--- its claims have not expired (both were written with one TTL by one call), so reclaim
--- has not taken them back; a lease still re-adds the job to `active` (not `XX`), so
--- that a job is never `running` without a lease.
+-- claimed. While the fetch record lives, its claims have not expired (both were
+-- written with one TTL by one call), so reclaim has not taken them back; a lease still
+-- re-adds the job to `active` (not `XX`), so that a job is never `running` without a
+-- lease.
 --
 -- KEYS[1] wait     LIST  ready job IDs
 -- KEYS[2] active   ZSET  job ID -> lease expiry (ms)
@@ -51,10 +51,10 @@
 -- last, so it may hold anything) and spec the job's JSON.
 -- Two bulk strings per job instead of a nested array of seven: building and parsing the
 -- reply was the worker's largest cost (BENCHMARKS.md).
--- The fencing token is one per call, shared by the jobs this call leases: a token still
+-- The fencing token is one per fetch, shared by the jobs its calls lease: a token still
 -- names one attempt of one job. It is "<counter>.<nonce>": the counter (INCR) grows with
--- every call, and the nonce (the fetch ID's last 12 hex digits, random) tells apart two
--- calls that drew the same counter value -- as after a failover to a replica that had
+-- every fetch, and the nonce (the fetch ID's last 12 hex digits, random) tells apart two
+-- fetches that drew the same counter value -- as after a failover to a replica that had
 -- not yet seen the last INCRs -- so a token is never issued twice. Tokens are only ever
 -- compared whole, for equality.
 -- An ID without a job record is dead-lettered with the reason, never dropped.
