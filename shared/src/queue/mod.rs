@@ -940,7 +940,11 @@ impl RedisQueue {
         let mut reply = first?;
         let claimed_left = reply
             .first()
-            .and_then(|head| head.iter().position(|b| *b == b'\t').map(|t| &head[t + 1..]))
+            .and_then(|head| {
+                head.iter()
+                    .position(|b| *b == b'\t')
+                    .map(|t| &head[t + 1..])
+            })
             .is_some_and(|left| left != b"0");
         if claimed_left {
             let job_keys = self.keys_of(&ids, &refs, |r| r.ends).await?;
