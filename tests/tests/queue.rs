@@ -631,6 +631,129 @@ async fn a_fetch_retried_after_a_lost_reply_returns_the_same_leases() {
     drop(s);
 }
 
+/// Retry `fetch_once` under one fetch ID until a try gets through (a cut connection
+/// makes the next try or two fail while it reconnects).
+async fn fetch_until_ok(
+    q: &fleet_shared::queue::RedisQueue,
+    worker: &str,
+    max: usize,
+    fetch_id: &str,
+) -> fleet_shared::queue::Fetched {
+    for _ in 0..20 {
+        if let Ok(f) = q.fetch_once(worker, max, fetch_id).await {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fetch {fetch_id} kept failing");
+}
+
+fn lease_ids(f: &fleet_shared::queue::Fetched) -> Vec<(String, String, u32)> {
+    f.leases
+        .iter()
+        .map(|l| (l.id.clone(), l.token.clone(), l.attempt))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fetch_retried_after_its_claim_or_its_lease_returns_the_same_jobs_never_new_ones() {
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    let direct = queue(&settings(&redis.url(), &[]), QueueKind::Research).await;
+    // The lease script loaded first: a lost reply below must be the lease's own.
+    direct.enqueue(spec("warm up")).await.unwrap();
+    let warm = direct.fetch("w0", 1).await.unwrap();
+    direct.complete(&warm.leases[0], "{}").await.unwrap();
+    let ids: Vec<String> = direct
+        .enqueue_many(vec![spec("a"), spec("b"), spec("c"), spec("d")], None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+
+    // After the claim: the lease (the only step that declares the token counter) is
+    // refused, so the fetch has claimed two jobs and leased none.
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::Error, 1);
+    assert!(q.fetch_once("w1", 2, "fetch-1").await.is_err());
+    assert_eq!(proxy.injected(), 1);
+    let more = direct.enqueue(spec("e")).await.unwrap().0.to_string();
+    let once = fetch_until_ok(&q, "w1", 2, "fetch-1").await;
+    let got: Vec<String> = once.leases.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(got, ids[..2], "the two it claimed, oldest first");
+    // And again after the lease: the same leases, same tokens, nothing new.
+    let twice = fetch_until_ok(&q, "w1", 2, "fetch-1").await;
+    assert_eq!(lease_ids(&twice), lease_ids(&once));
+
+    // After the lease, its reply lost with the connection: the retry hands back what
+    // the lost call leased.
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::LoseReply, 1);
+    let lost = q.fetch_once("w1", 2, "fetch-2").await;
+    assert!(lost.is_err(), "the reply was lost");
+    assert_eq!(proxy.injected(), 2);
+    let again = fetch_until_ok(&q, "w1", 2, "fetch-2").await;
+    let got: Vec<String> = again.leases.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(got, ids[2..4]);
+    assert!(again.leases.iter().all(|l| l.attempt == 1));
+    let third = fetch_until_ok(&q, "w1", 2, "fetch-2").await;
+    assert_eq!(lease_ids(&third), lease_ids(&again));
+    for l in once.leases.iter().chain(&again.leases) {
+        let r = q.job_record(&l.id).await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempts), (JobStatus::Running, 1));
+    }
+    // The job enqueued in between went to neither: a new fetch gets it.
+    let next = q.fetch("w1", 10).await.unwrap();
+    let got: Vec<String> = next.leases.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(got, [more]);
+}
+
+#[tokio::test]
+async fn a_claim_never_leased_is_taken_back_by_reclaim_and_runs_elsewhere() {
+    let redis = RedisServer::start();
+    let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
+    let direct = queue(&settings(&redis.url(), &[]), QueueKind::Research).await;
+    let ids: Vec<String> = direct
+        .enqueue_many(vec![spec("first"), spec("second")], None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    // A worker claims the oldest job and dies before its lease (refused here).
+    proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::Error, 1);
+    assert!(q.fetch_once("gone", 1, "fetch-gone").await.is_err());
+    let mut conn = redis.conn();
+    let waiting: Vec<String> = conn.lrange(&direct.keys().wait, 0, -1).unwrap();
+    assert_eq!(waiting, [ids[1].clone()], "the claimed job left `wait`");
+    let r = direct.job_record(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempts), (JobStatus::Queued, 0));
+    // Its claim expires (moved into the past): reclaim puts it back at the front.
+    let _: () = conn.zadd(&direct.keys().active, &ids[0], 0).unwrap();
+    assert_eq!(direct.reclaim_expired(10).await.unwrap(), 1);
+    let other = direct.fetch("w2", 1).await.unwrap();
+    assert_eq!(other.leases.len(), 1);
+    let lease = &other.leases[0];
+    assert_eq!(
+        (lease.id.as_str(), lease.attempt),
+        (ids[0].as_str(), 1),
+        "still first in line, no attempt charged"
+    );
+    // The dead worker's fetch, retried late, takes nothing from the new holder.
+    let late = fetch_until_ok(&q, "gone", 1, "fetch-gone").await;
+    assert!(late.leases.is_empty());
+    let held = [(lease.id.clone(), lease.token.clone())];
+    assert_eq!(
+        direct.renew(&held).await.unwrap(),
+        [fleet_shared::queue::Renewal::Renewed]
+    );
+    assert_eq!(
+        direct.complete(lease, "{}").await.unwrap(),
+        Fenced::Accepted
+    );
+    let r = direct.job_record(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempts), (JobStatus::Succeeded, 1));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_fetch_reply_does_not_cost_a_single_attempt_job_its_run() {
     let redis = RedisServer::start();
@@ -668,7 +791,16 @@ async fn a_fetch_in_flight_when_the_worker_stops_hands_its_jobs_back() {
     let q = queue(&settings(&redis.url(), &overrides), QueueKind::Research).await;
     let ran = Arc::new(Mutex::new(Vec::new()));
     let stop = run_worker(&s, "w1", 2, ran.clone(), |q| Ok(json!({"answer": q}))).await;
+    // One job first, so the worker has loaded the lease script: the held reply below
+    // must be the lease's, not a NOSCRIPT the client would answer by loading it.
+    let (warm, _) = q.enqueue(spec("warm up")).await.unwrap();
+    eventually("the first job to run", Duration::from_secs(10), || async {
+        let r = q.job_record(&warm.to_string()).await.ok()??;
+        (r.status == JobStatus::Succeeded).then_some(())
+    })
+    .await;
     wait_idle(&redis).await;
+    // The token counter is declared by the fetch's last step (lease-n.lua) only.
     proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::HoldReply, 1);
     let mut one = spec("leased as the worker stops");
     one.options.max_attempts = Some(1);
@@ -702,7 +834,7 @@ async fn a_fetch_in_flight_when_the_worker_stops_hands_its_jobs_back() {
         "handed back unstarted, no attempt charged ({:?})",
         r.error
     );
-    assert!(ran.lock().unwrap().is_empty());
+    assert_eq!(*ran.lock().unwrap(), ["warm up"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

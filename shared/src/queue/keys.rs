@@ -1,15 +1,15 @@
 //! The Redis key map of one queue. Every key starts with `<key_prefix>:{<queue>}:`;
 //! the braces are a Redis Cluster hash tag, so one queue lives in one slot and each
 //! Lua script touches keys of one slot only. A sharded queue (`shards.rs`) has this map
-//! once per shard, each under its own tag ([`shard_tag`]: `{research}` for shard 0). Callers pass every key they can name in
-//! KEYS; what a script may reach undeclared (records it finds by reading) is listed in
-//! docs/ARCHITECTURE.md, "Keys and Redis Cluster", and checked by
-//! tests/tests/script_keys.rs.
+//! once per shard, each under its own tag ([`shard_tag`]: `{research}` for shard 0). Callers pass every key a
+//! script touches in KEYS, reading first the names held in records (a job's batch and
+//! cache entry, an entry's jobs, the IDs a fetch claims): docs/ARCHITECTURE.md, "Keys
+//! and Redis Cluster"; checked by tests/tests/script_keys.rs.
 //!
 //! | key                        | type   | holds                                              |
 //! |----------------------------|--------|----------------------------------------------------|
 //! | `…:wait`                   | LIST   | ready job IDs (LPUSH in, RPOP out: FIFO)           |
-//! | `…:active`                 | ZSET   | running job ID → lease expiry (ms)                 |
+//! | `…:active`                 | ZSET   | running (or claimed) job ID → lease expiry (ms)    |
 //! | `…:delayed`                | ZSET   | job ID → run_at (ms): retries and scheduled jobs   |
 //! | `…:dead`                   | ZSET   | dead-lettered job ID → when (ms)                   |
 //! | `…:marker`                 | ZSET   | one member; wakes a worker blocked in BZPOPMIN     |
@@ -23,7 +23,7 @@
 //! | `…:answer:<id>`            | HASH   | a large answer in chunks: field `0`, `1`, … (results/store.rs) |
 //! | `…:staged:<id>:<token>`    | HASH   | an attempt's answer chunks until its complete renames them |
 //! | `…:cache:<sha256>`         | HASH   | result cache entry: `job`, `state` (running/done), `f:<id>` followers |
-//! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch leased, for its retries (lease TTL) |
+//! | `…:fetch:<worker>:<fid>`   | STRING | what one fetch claimed, then leased, for its retries (lease TTL) |
 //! | `…:worker:<name>`          | STRING | a live worker (expires one lease TTL after its last beat) |
 //! | `…:workers`                | SET    | names of workers that announced themselves (dead ones are removed by the reconcile that killed their sandboxes) |
 //! | `…:ix:<status>`            | ZSET   | listing index: IDs of the jobs in that status, all scored 0 (ordered by ID); `running` has none (`active` is its index) |
@@ -192,7 +192,7 @@ impl Keys {
         format!("{}idem:{key}", self.prefix)
     }
 
-    /// What one fetch leased, for its retries (fetch-7.lua).
+    /// What one fetch claimed, then leased, for its retries (claim-5.lua, lease-n.lua).
     pub fn fetch(&self, worker: &str, fetch_id: &str) -> String {
         format!("{}fetch:{worker}:{fetch_id}", self.prefix)
     }

@@ -13,7 +13,8 @@
 //!                                     └─fail(cancelled) / cancel ──► cancelled
 //! ```
 //!
-//! - **Leases and fencing.** `fetch` gives each attempt a lease (an expiry in the
+//! - **Leases and fencing.** `fetch` (claim, read, lease: every key a script touches
+//!   is declared) gives each attempt a lease (an expiry in the
 //!   `active` set, by Redis' clock) and a fencing token (a counter and a nonce, so a
 //!   failover that loses the counter's last steps cannot issue one twice). The worker renews its leases from a
 //!   thread of its own (`lease_keeper`). Any worker reclaims expired leases. A result,
@@ -378,10 +379,31 @@ pub struct RedisQueue {
     routing: bool,
     /// The round-robin turn of the next job enqueued without a home shard.
     spread: Arc<std::sync::atomic::AtomicUsize>,
+    /// Per job leased through this handle and not yet settled, in a batch or in the
+    /// result cache: its batch ID as the fetch read it (its settle declares the batch
+    /// record without reading it again), or `None` for a job in the cache (its settle
+    /// reads its entry's followers first).
+    hints: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>,
+}
+
+/// Notes kept in [`RedisQueue`]'s `hints` at most (a few MB).
+const HINTS_MAX: usize = 50_000;
+
+/// How many times a settle reads its keys again when the script found one undeclared
+/// (a follower joined a cache entry in between) before it gives up for this try.
+pub(crate) const REREADS: usize = 5;
+
+/// A settle whose keys changed under it [`REREADS`] times: passing (TRYAGAIN), the
+/// retry loop tries again.
+pub(crate) fn keys_kept_changing() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+        "the job's keys kept changing between their read and the script",
+    ))
 }
 
 /// The fetch script's reply: `[now<TAB>next_due, meta, spec, meta, spec, …]`
-/// (fetch-7.lua), Redis' clock.
+/// (lease-n.lua), Redis' clock.
 fn parse_fetched(reply: Vec<Vec<u8>>) -> Result<Fetched, QueueError> {
     let mut items = reply.into_iter();
     let clock = items
@@ -446,12 +468,22 @@ fn fenced_codes(codes: Vec<i64>) -> Vec<Fenced> {
         .collect()
 }
 
+/// What a job's record names beyond its own keys (read by [`RedisQueue::job_refs`]).
+#[derive(Debug, Clone, Default)]
+struct JobRefs {
+    batch: Option<String>,
+    cache: Option<String>,
+    /// Its cancellation was requested (the `cancel` flag), or it was cancelled while
+    /// queued (`in_wait`): a fetch that pops it ends it.
+    ends: bool,
+}
+
 /// The queue scripts by name and SHA1 digest (see `Scripts::digests`).
 pub fn script_digests() -> Vec<(&'static str, String)> {
     SCRIPTS.digests()
 }
 
-/// A new fetch ID: names one fetch across its retries (fetch-7.lua).
+/// A new fetch ID: names one fetch across its retries (claim-5.lua, lease-n.lua).
 pub fn new_fetch_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
@@ -525,6 +557,7 @@ impl RedisQueue {
             spread: Arc::new(std::sync::atomic::AtomicUsize::new(
                 rand::random::<u16>().into(),
             )),
+            hints: Default::default(),
         }
     }
 
@@ -865,31 +898,108 @@ impl RedisQueue {
         inv.invoke_async(&mut conn).await
     }
 
-    fn invoke_fetch(
+    /// One try of a fetch in its steps: `claim` takes ready IDs off `wait` for this
+    /// fetch (no job record touched), their records' `batch`, `cache`, `cancel` and
+    /// `in_wait` fields are read, and `lease` leases them with every key declared,
+    /// checking each again (lease-n.lua). The read travels with a first lease that
+    /// declares the records only, so a fetch of jobs in no batch is one round trip
+    /// more than one script would take, of jobs in a batch two: the price of naming
+    /// every key in KEYS (docs/ARCHITECTURE.md, "Keys and Redis Cluster"); an empty
+    /// fetch is still one. Each step is idempotent under the fetch ID, so a retry of
+    /// the whole returns the same leases.
+    async fn invoke_fetch(
         &self,
         worker: &str,
         max: usize,
         fetch_id: &str,
-    ) -> impl Future<Output = redis::RedisResult<Vec<Vec<u8>>>> + use<> {
+    ) -> redis::RedisResult<Vec<Vec<u8>>> {
         let mut conn = self.conn.clone();
-        let mut inv = SCRIPTS.fetch.prepare_invoke();
-        inv.key(&self.keys.wait)
+        let fetch_key = self.keys.fetch(worker, fetch_id);
+        let mut claimed: Vec<Vec<u8>> = SCRIPTS
+            .claim
+            .key(&self.keys.wait)
             .key(&self.keys.active)
             .key(&self.keys.delayed)
             .key(&self.keys.marker)
+            .key(&fetch_key)
+            .arg(self.config.lease_ttl.as_millis() as u64)
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await?;
+        if claimed.len() <= 1 {
+            return Ok(claimed);
+        }
+        let ids: Vec<String> = claimed
+            .drain(1..)
+            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .collect();
+        // The read and a first lease that declares the records only, sent together:
+        // one round trip leases every job in no batch and not ending here. What the
+        // read names (batch records; for a job cancelled while queued its attempts,
+        // cache entry and followers, which a lease otherwise never touches) is declared
+        // in a second call, only if the first left jobs claimed.
+        let records: Vec<String> = ids.iter().map(|id| self.keys.job(id)).collect();
+        let (refs, first) = tokio::join!(
+            self.job_refs(&ids),
+            self.invoke_lease(worker, fetch_id, &fetch_key, &records, true)
+        );
+        let refs = refs?;
+        let mut reply = first?;
+        let claimed_left = reply
+            .first()
+            .and_then(|head| {
+                head.iter()
+                    .position(|b| *b == b'\t')
+                    .map(|t| &head[t + 1..])
+            })
+            .is_some_and(|left| left != b"0");
+        if claimed_left {
+            let job_keys = self.keys_of(&ids, &refs, |r| r.ends).await?;
+            reply = self
+                .invoke_lease(worker, fetch_id, &fetch_key, &job_keys, false)
+                .await?;
+        }
+        self.remember_leased(&ids, &refs);
+        // The clock line: the lease's time, the claim's earliest delayed job.
+        if let (Some(head), Some(clock)) = (reply.first_mut(), claimed.first()) {
+            if let Some(tab) = head.iter().position(|b| *b == b'\t') {
+                head.truncate(tab);
+            }
+            if let Some(tab) = clock.iter().position(|b| *b == b'\t') {
+                head.extend_from_slice(&clock[tab..]);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// One call of the lease script (lease-n.lua) with these job keys declared;
+    /// `more`: another call of this fetch follows (jobs whose keys were not declared
+    /// stay claimed for it), else they go back to `wait`.
+    fn invoke_lease(
+        &self,
+        worker: &str,
+        fetch_id: &str,
+        fetch_key: &str,
+        job_keys: &[String],
+        more: bool,
+    ) -> impl Future<Output = redis::RedisResult<Vec<Vec<u8>>>> + use<> {
+        let mut conn = self.conn.clone();
+        let mut inv = SCRIPTS.lease.prepare_invoke();
+        inv.key(&self.keys.wait)
+            .key(&self.keys.active)
+            .key(&self.keys.marker)
             .key(&self.keys.token)
             .key(&self.keys.dead)
-            .key(self.keys.fetch(worker, fetch_id));
-        for k in &self.keys.index_tail {
+            .key(fetch_key);
+        for k in job_keys.iter().chain(&self.keys.index_tail) {
             inv.key(k);
         }
         inv.arg(&self.keys.prefix)
             .arg(self.config.lease_ttl.as_millis() as u64)
-            .arg(max)
             .arg(worker)
-            .arg(self.config.promote_chunk)
             .arg(self.config.result_ttl.as_millis() as u64)
-            .arg(fetch_id);
+            .arg(fetch_id)
+            .arg(if more { "more" } else { "last" });
         async move { inv.invoke_async(&mut conn).await }
     }
 
@@ -943,7 +1053,7 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let codes = self
-            .retrying("complete", || self.invoke_complete(completions))
+            .retrying("complete", || self.complete_declared(completions))
             .await?;
         self.confirm_settled("complete").await;
         Ok(fenced_codes(codes))
@@ -958,14 +1068,44 @@ impl RedisQueue {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let codes = self.invoke_complete(completions).await?;
+        let codes = self.complete_declared(completions).await?;
         self.confirm_settled("complete").await;
         Ok(fenced_codes(codes))
+    }
+
+    /// One try of the complete script with every key it may touch declared: the
+    /// further keys (batch records; for a cache leader its entry and followers) come
+    /// from what the fetch read ([`RedisQueue::settle_keys`]), or are read now; a
+    /// completion the script sends back (code 4: a follower joined in between) is read
+    /// again and sent again, a bounded number of times.
+    async fn complete_declared(&self, completions: &[Completion]) -> redis::RedisResult<Vec<i64>> {
+        let ids: Vec<String> = completions.iter().map(|c| c.id.clone()).collect();
+        let extra = self.settle_keys(&ids, true).await?;
+        let mut codes = self.invoke_complete(completions, &extra).await?;
+        for _ in 0..REREADS {
+            let again: Vec<usize> = (0..codes.len()).filter(|&i| codes[i] == 4).collect();
+            if again.is_empty() {
+                break;
+            }
+            let subset: Vec<Completion> = again.iter().map(|&i| completions[i].clone()).collect();
+            let ids: Vec<String> = subset.iter().map(|c| c.id.clone()).collect();
+            let extra = self.settle_keys(&ids, false).await?;
+            let redo = self.invoke_complete(&subset, &extra).await?;
+            for (&i, code) in again.iter().zip(redo) {
+                codes[i] = code;
+            }
+        }
+        if codes.contains(&4) {
+            return Err(keys_kept_changing());
+        }
+        self.forget_settled(&ids);
+        Ok(codes)
     }
 
     fn invoke_complete(
         &self,
         completions: &[Completion],
+        extra: &[String],
     ) -> impl Future<Output = redis::RedisResult<Vec<i64>>> + use<> {
         let mut conn = self.conn.clone();
         let mut inv = SCRIPTS.complete.prepare_invoke();
@@ -987,6 +1127,9 @@ impl RedisQueue {
                 inv.arg(if c.staged { "1" } else { "" });
             }
         }
+        for k in extra {
+            inv.key(k);
+        }
         for k in &self.keys.index_tail {
             inv.key(k);
         }
@@ -1007,31 +1150,44 @@ impl RedisQueue {
         };
         let error = error.to_string();
         let record = serde_json::to_string(record).expect("attempt record serialises");
+        let ids = [lease.id.clone()];
         let code: i64 = self
-            .retrying("fail", || {
-                let mut conn = self.conn.clone();
-                let mut inv = SCRIPTS.fail.prepare_invoke();
-                inv.key(&self.keys.active)
-                    .key(&self.keys.wait)
-                    .key(&self.keys.delayed)
-                    .key(&self.keys.marker)
-                    .key(&self.keys.dead)
-                    .key(self.keys.job(&lease.id))
-                    .key(self.keys.attempts(&lease.id));
-                for k in &self.keys.index_tail {
-                    inv.key(k);
+            .retrying("fail", || async {
+                // Every key declared (fail-n.lua): what the fetch read, or read now;
+                // code 4 (a follower joined the job's cache entry in between): again.
+                let mut hinted = true;
+                for _ in 0..=REREADS {
+                    let extra = self.settle_keys(&ids, hinted).await?;
+                    hinted = false;
+                    let mut conn = self.conn.clone();
+                    let mut inv = SCRIPTS.fail.prepare_invoke();
+                    inv.key(&self.keys.active)
+                        .key(&self.keys.wait)
+                        .key(&self.keys.delayed)
+                        .key(&self.keys.marker)
+                        .key(&self.keys.dead)
+                        .key(self.keys.job(&lease.id))
+                        .key(self.keys.attempts(&lease.id));
+                    for k in extra.iter().chain(&self.keys.index_tail) {
+                        inv.key(k);
+                    }
+                    inv.arg(&self.keys.prefix)
+                        .arg(&lease.id)
+                        .arg(&lease.token)
+                        .arg(settlement.as_str())
+                        .arg(delay)
+                        .arg(&error)
+                        .arg(&record)
+                        .arg(self.config.result_ttl.as_millis() as u64);
+                    let code: i64 = inv.invoke_async(&mut conn).await?;
+                    if code != 4 {
+                        return Ok(code);
+                    }
                 }
-                inv.arg(&self.keys.prefix)
-                    .arg(&lease.id)
-                    .arg(&lease.token)
-                    .arg(settlement.as_str())
-                    .arg(delay)
-                    .arg(&error)
-                    .arg(&record)
-                    .arg(self.config.result_ttl.as_millis() as u64);
-                async move { inv.invoke_async(&mut conn).await }
+                Err(keys_kept_changing())
             })
             .await?;
+        self.forget_settled(&ids);
         self.confirm_settled("fail").await;
         Ok(if code == 0 {
             Fenced::Stale
@@ -1105,43 +1261,185 @@ impl RedisQueue {
     /// record), and the records of the jobs waiting on that entry (named in it).
     /// Read with two pipelined round trips (the second only for jobs in the cache).
     async fn keys_of_jobs(&self, ids: &[String]) -> redis::RedisResult<Vec<String>> {
+        let refs = self.job_refs(ids).await?;
+        self.keys_of(ids, &refs, |_| true).await
+    }
+
+    /// What names the keys of these jobs beyond their own: each record's `batch`,
+    /// `cache`, `cancel` and `in_wait` fields, in one pipelined round trip.
+    async fn job_refs(&self, ids: &[String]) -> redis::RedisResult<Vec<JobRefs>> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HMGET")
                 .arg(self.keys.job(id))
                 .arg("batch")
-                .arg("cache");
+                .arg("cache")
+                .arg("cancel")
+                .arg("in_wait");
         }
-        let fields: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let fields: Vec<Fields> = pipe.query_async(&mut conn).await?;
+        Ok(fields
+            .into_iter()
+            .map(|(batch, cache, cancel, in_wait)| JobRefs {
+                batch: batch.filter(|b| !b.is_empty()),
+                cache,
+                ends: cancel.as_deref() == Some("1") || in_wait.as_deref() == Some("1"),
+            })
+            .collect())
+    }
+
+    /// The keys of `ids` from what [`RedisQueue::job_refs`] read: record and batch
+    /// record, and for the jobs `ending` picks, the attempts, the cache entry and the
+    /// records of the jobs waiting on it (one more round trip, only if there are any).
+    /// Sorted, each once.
+    async fn keys_of(
+        &self,
+        ids: &[String],
+        refs: &[JobRefs],
+        ending: impl Fn(&JobRefs) -> bool,
+    ) -> redis::RedisResult<Vec<String>> {
         let mut keys: Vec<String> = Vec::with_capacity(ids.len() * 2);
         let mut caches: Vec<String> = Vec::new();
-        for (id, (batch, cache)) in ids.iter().zip(fields) {
+        for (id, r) in ids.iter().zip(refs) {
             keys.push(self.keys.job(id));
-            keys.push(self.keys.attempts(id));
-            if let Some(batch) = batch.filter(|b| !b.is_empty()) {
-                keys.push(self.keys.batch(&batch));
+            if let Some(batch) = &r.batch {
+                keys.push(self.keys.batch(batch));
             }
-            if let Some(cache) = cache {
-                caches.push(cache);
-            }
-        }
-        if !caches.is_empty() {
-            let mut pipe = redis::pipe();
-            for cache in &caches {
-                pipe.hkeys(cache);
-            }
-            let fields: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-            for field in fields.iter().flatten() {
-                if let Some(follower) = field.strip_prefix("f:") {
-                    keys.push(self.keys.job(follower));
+            if ending(r) {
+                keys.push(self.keys.attempts(id));
+                if let Some(cache) = &r.cache {
+                    caches.push(cache.clone());
                 }
             }
-            keys.extend(caches);
         }
+        for followers in self.cache_followers(&caches).await? {
+            keys.extend(followers.iter().map(|f| self.keys.job(f)));
+        }
+        keys.extend(caches);
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// The keys beyond a job's record and attempts that settling, cancelling or
+    /// requeuing these jobs may touch (complete-n.lua, fail-n.lua, cancel-n.lua, the
+    /// dead-letter scripts): each one's batch record, and for a job in the result
+    /// cache, its entry, its answer, and each follower's record, answer and batch
+    /// record. With `hinted`, what the fetch that leased a job read stands in for a
+    /// read: its batch (a job's batch never changes); a job in the cache is read (its
+    /// followers change); a job the fetch found in neither, or that this handle did
+    /// not fetch, declares nothing more, and the script says (code 4) if it needed
+    /// more. A read is one pipelined round trip, one more for jobs in the cache, one
+    /// more when their entries have followers. Sorted, each once.
+    async fn settle_keys(&self, ids: &[String], hinted: bool) -> redis::RedisResult<Vec<String>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        if hinted {
+            let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                match hints.get(id) {
+                    Some(Some(batch)) => keys.push(self.keys.batch(batch)),
+                    Some(None) => unknown.push(id.clone()),
+                    None => {}
+                }
+            }
+        } else {
+            unknown = ids.to_vec();
+        }
+        if unknown.is_empty() {
+            return Ok(keys);
+        }
+        let refs = self.job_refs(&unknown).await?;
+        let mut caches: Vec<String> = Vec::new();
+        for (id, r) in unknown.iter().zip(&refs) {
+            if let Some(batch) = &r.batch {
+                keys.push(self.keys.batch(batch));
+            }
+            if let Some(cache) = &r.cache {
+                caches.push(cache.clone());
+                keys.push(self.keys.answer(id));
+            }
+        }
+        let followers: Vec<String> = self
+            .cache_followers(&caches)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !followers.is_empty() {
+            for (f, r) in followers.iter().zip(self.job_refs(&followers).await?) {
+                keys.extend([self.keys.job(f), self.keys.answer(f)]);
+                if let Some(batch) = r.batch {
+                    keys.push(self.keys.batch(&batch));
+                }
+            }
+        }
+        keys.extend(caches);
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Note what the fetch read of the jobs it leased, for their settles
+    /// ([`RedisQueue::settle_keys`]): the batch of a job in one, and that a job in
+    /// the result cache must be read. A job in neither is not noted.
+    fn remember_leased(&self, ids: &[String], refs: &[JobRefs]) {
+        if refs.iter().all(|r| r.batch.is_none() && r.cache.is_none()) {
+            return;
+        }
+        let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        // Leases that are never settled here (lost, or settled by another process)
+        // leave their note behind: past a bound, all are dropped (settles read instead).
+        if hints.len() > HINTS_MAX {
+            hints.clear();
+        }
+        for (id, r) in ids.iter().zip(refs) {
+            if r.cache.is_some() {
+                hints.insert(id.clone(), None);
+            } else if let Some(batch) = &r.batch {
+                hints.insert(id.clone(), Some(batch.clone()));
+            }
+        }
+    }
+
+    /// The jobs were settled: their notes go.
+    fn forget_settled(&self, ids: &[String]) {
+        let mut hints = self.hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.is_empty() {
+            return;
+        }
+        for id in ids {
+            hints.remove(id);
+        }
+    }
+
+    /// The IDs of the jobs waiting on each of these cache entries (fields `f:<id>`),
+    /// in one pipelined round trip (none for no entries).
+    async fn cache_followers(&self, caches: &[String]) -> redis::RedisResult<Vec<Vec<String>>> {
+        if caches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for cache in caches {
+            pipe.hkeys(cache);
+        }
+        let fields: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        Ok(fields
+            .into_iter()
+            .map(|f| {
+                f.into_iter()
+                    .filter_map(|f| f.strip_prefix("f:").map(str::to_string))
+                    .collect()
+            })
+            .collect())
     }
 
     /// Cancel a job: at once if it has not started, else by telling its worker.
@@ -1154,22 +1452,31 @@ impl RedisQueue {
 
     /// [`RedisQueue::cancel`] on this handle's own keys.
     pub(crate) async fn cancel_here(&self, id: &JobId) -> Result<CancelOutcome, QueueError> {
+        let ids = [id.to_string()];
         let out: String = self
-            .retrying("cancel", || {
-                let mut conn = self.conn.clone();
-                let mut inv = SCRIPTS.cancel.prepare_invoke();
-                let id = id.to_string();
-                inv.key(&self.keys.wait)
-                    .key(&self.keys.delayed)
-                    .key(self.keys.job(&id))
-                    .key(self.keys.attempts(&id));
-                for k in &self.keys.index_tail {
-                    inv.key(k);
+            .retrying("cancel", || async {
+                // Every key declared (cancel-n.lua), read first; 'reread' (the job's
+                // cache entry changed in between): again.
+                for _ in 0..=REREADS {
+                    let extra = self.settle_keys(&ids, false).await?;
+                    let mut conn = self.conn.clone();
+                    let mut inv = SCRIPTS.cancel.prepare_invoke();
+                    inv.key(&self.keys.wait)
+                        .key(&self.keys.delayed)
+                        .key(self.keys.job(&ids[0]))
+                        .key(self.keys.attempts(&ids[0]));
+                    for k in extra.iter().chain(&self.keys.index_tail) {
+                        inv.key(k);
+                    }
+                    inv.arg(&self.keys.prefix)
+                        .arg(&ids[0])
+                        .arg(self.config.result_ttl.as_millis() as u64);
+                    let out: String = inv.invoke_async(&mut conn).await?;
+                    if out != "reread" {
+                        return Ok(out);
+                    }
                 }
-                inv.arg(&self.keys.prefix)
-                    .arg(&id)
-                    .arg(self.config.result_ttl.as_millis() as u64);
-                async move { inv.invoke_async(&mut conn).await }
+                Err(keys_kept_changing())
             })
             .await?;
         Ok(match out.as_str() {
@@ -1249,6 +1556,9 @@ impl RedisQueue {
         if ids.is_empty() {
             return Ok(0);
         }
+        let extra = self
+            .retrying("retry_dead", || self.settle_keys(&ids, false))
+            .await?;
         self.retrying("retry_dead", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.retry_dead.prepare_invoke();
@@ -1262,7 +1572,7 @@ impl RedisQueue {
                     .key(self.keys.attempts(id))
                     .arg(id);
             }
-            for k in &self.keys.index_tail {
+            for k in extra.iter().chain(&self.keys.index_tail) {
                 inv.key(k);
             }
             async move { inv.invoke_async(&mut conn).await }
@@ -1306,6 +1616,9 @@ impl RedisQueue {
         if ids.is_empty() {
             return Ok(0);
         }
+        let extra = self
+            .retrying("purge_dead", || self.settle_keys(&ids, false))
+            .await?;
         self.retrying("purge_dead", || {
             let mut conn = self.conn.clone();
             let mut inv = SCRIPTS.purge_dead.prepare_invoke();
@@ -1318,7 +1631,7 @@ impl RedisQueue {
                     .key(self.keys.answer(id))
                     .arg(id);
             }
-            for k in &self.keys.index_tail {
+            for k in extra.iter().chain(&self.keys.index_tail) {
                 inv.key(k);
             }
             async move { inv.invoke_async(&mut conn).await }

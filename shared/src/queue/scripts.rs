@@ -9,7 +9,8 @@ use redis::Script;
 
 pub struct Scripts {
     pub enqueue: Script,
-    pub fetch: Script,
+    pub claim: Script,
+    pub lease: Script,
     pub due_delayed: Script,
     pub promote_delayed: Script,
     pub renew_leases: Script,
@@ -36,15 +37,16 @@ fn load(body: &str) -> Script {
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: load(include_str!("lua/enqueue-n.lua")),
-    fetch: load(include_str!("lua/fetch-7.lua")),
+    claim: load(include_str!("lua/claim-5.lua")),
+    lease: load(include_str!("lua/lease-n.lua")),
     due_delayed: load(include_str!("lua/due_delayed-1.lua")),
     promote_delayed: load(include_str!("lua/promote_delayed-n.lua")),
     renew_leases: load(include_str!("lua/renew_leases-n.lua")),
     complete: load(include_str!("lua/complete-n.lua")),
-    fail: load(include_str!("lua/fail-7.lua")),
+    fail: load(include_str!("lua/fail-n.lua")),
     reclaim_clock: load(include_str!("lua/reclaim_clock-2.lua")),
     reclaim_expired: load(include_str!("lua/reclaim_expired-n.lua")),
-    cancel: load(include_str!("lua/cancel-4.lua")),
+    cancel: load(include_str!("lua/cancel-n.lua")),
     retry_dead: load(include_str!("lua/retry_dead-n.lua")),
     purge_dead: load(include_str!("lua/purge_dead-n.lua")),
     enqueue_cached: load(include_str!("lua/enqueue_cached-n.lua")),
@@ -57,7 +59,8 @@ impl Scripts {
     pub fn digests(&self) -> Vec<(&'static str, String)> {
         [
             ("enqueue", &self.enqueue),
-            ("fetch", &self.fetch),
+            ("claim", &self.claim),
+            ("lease", &self.lease),
             ("due_delayed", &self.due_delayed),
             ("promote_delayed", &self.promote_delayed),
             ("renew_leases", &self.renew_leases),

@@ -88,6 +88,8 @@ impl RedisQueue {
             config: std::sync::Arc::new(config),
             routing: false,
             spread: self.spread.clone(),
+            // job IDs are unique over the shards: one set of notes serves them all
+            hints: self.hints.clone(),
         }
     }
 

@@ -210,19 +210,40 @@ impl RedisQueue {
             }
             keys.extend(job_keys);
             keys.extend(batches.iter().map(|b| self.keys().batch(b)));
-            keys.extend(indexes);
-            keys.extend(self.keys().index_tail.iter().cloned());
+            let mut entries: Vec<&String> = keys[2..2 + chunk.len()].iter().collect();
+            entries.sort();
+            entries.dedup();
             let ids: Vec<String> = self
-                .retrying("enqueue_cached", || {
-                    let mut conn = self.connection();
-                    let mut inv = crate::queue::scripts_enqueue_cached().prepare_invoke();
-                    for k in &keys {
-                        inv.key(k);
+                .retrying("enqueue_cached", || async {
+                    // The job each entry names, read first so that it is declared; an
+                    // entry taken over in between sends the call back (no IDs): again.
+                    for _ in 0..=crate::queue::REREADS {
+                        let mut conn = self.connection();
+                        let mut pipe = redis::pipe();
+                        for entry in &entries {
+                            pipe.hget(*entry, "job");
+                        }
+                        let leaders: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+                        let mut inv = crate::queue::scripts_enqueue_cached().prepare_invoke();
+                        for k in &keys {
+                            inv.key(k);
+                        }
+                        for leader in leaders.iter().flatten() {
+                            inv.key(self.keys().job(leader))
+                                .key(self.keys().answer(leader));
+                        }
+                        for k in indexes.iter().chain(&self.keys().index_tail) {
+                            inv.key(k);
+                        }
+                        for a in &args {
+                            inv.arg(a);
+                        }
+                        let ids: Vec<String> = inv.invoke_async(&mut conn).await?;
+                        if !ids.is_empty() {
+                            return Ok(ids);
+                        }
                     }
-                    for a in &args {
-                        inv.arg(a);
-                    }
-                    async move { inv.invoke_async(&mut conn).await }
+                    Err(crate::queue::keys_kept_changing())
                 })
                 .await?;
             for id in ids {

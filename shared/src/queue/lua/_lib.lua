@@ -2,14 +2,14 @@
 -- Every key a script touches starts with the queue's prefix "<key_prefix>:{<queue>}:",
 -- so all of them hash to one Redis Cluster slot.
 --
--- Keys. Every key the caller can name is passed in KEYS (each script's header lists
--- them). The one exception, documented in docs/ARCHITECTURE.md ("Keys and Redis
--- Cluster"): records a script reaches through data it reads in the same step -- job
--- records named by IDs it pops from `wait` or `delayed`, a job's batch record (its
--- `batch` field), and a result cache entry's jobs. Those names are built here from
--- the prefix, always under the queue's hash tag, so they live in the slot of the
--- declared keys. (reclaim_expired is given all of them: its caller reads the names
--- first, and it checks they were declared before touching them.)
+-- Keys. Every key a script touches is passed in KEYS (each script's header lists
+-- them), with no exception (docs/ARCHITECTURE.md, "Keys and Redis Cluster"). The keys
+-- a script would otherwise find by reading -- the records of jobs popped from `wait`
+-- or `delayed`, a job's batch record (its `batch` field), a result cache entry and
+-- the jobs waiting on it -- are read by the caller first and declared; the script
+-- checks they were declared before touching them (names are built here from the
+-- prefix only to look them up among KEYS), and what changed in between is left for
+-- another pass or refused with a code that makes the caller read again.
 --
 -- Time. Every timestamp a script writes or compares is Redis' clock (`TIME`), never a
 -- caller's: workers whose clocks disagree still agree on leases, delays and deadlines.
@@ -31,6 +31,36 @@ end
 
 local function job_key(prefix, id)
   return prefix .. 'job:' .. id
+end
+
+-- The set of KEYS[first..] before the index tail, to look names up in.
+local function declared_keys(first)
+  local declared = {}
+  for i = first, IXT do
+    declared[KEYS[i]] = true
+  end
+  return declared
+end
+
+-- Whether ending or requeuing the job whose record is `jk` may touch only keys in
+-- `declared` (declared_keys): its batch record, and its result cache entry with the
+-- records of the jobs waiting on it.
+local function job_keys_declared(prefix, jk, declared)
+  local f = redis.call('HMGET', jk, 'batch', 'cache')
+  if f[1] and f[1] ~= '' and not declared[prefix .. 'batch:' .. f[1]] then
+    return false
+  end
+  if f[2] then
+    if not declared[f[2]] then
+      return false
+    end
+    for _, field in ipairs(redis.call('HKEYS', f[2])) do
+      if string.sub(field, 1, 2) == 'f:' and not declared[prefix .. 'job:' .. string.sub(field, 3)] then
+        return false
+      end
+    end
+  end
+  return true
 end
 
 -- Redis' clock in ms, as a number and as a decimal string (no "%.17g" formatting).

@@ -5,12 +5,17 @@
 -- batches them while a call is in flight), which saves a round trip per job.
 --
 -- KEYS[1] active  ZSET job ID -> lease expiry (ms)
--- then per completion: its record `job:<id>` and attempts `attempts:<id>`, and with 4
+-- then per completion: its record `job:<id>` and attempts `attempts:<id>`, and with 5
 --   arguments per completion also its answer `answer:<id>` and staged answer
 --   `staged:<id>:<token>` (declared whether or not that completion staged one);
+-- then any number of further keys, in any order: the batch records of the jobs, and
+--   for a job that leads a result cache entry, the entry, the job's answer, and the
+--   record, answer and batch record of each job waiting on the entry (the caller reads
+--   them first: docs/ARCHITECTURE.md, "Keys and Redis Cluster");
 -- then the index tail (_index.lua).
--- A job's batch record and result cache entry (and the jobs waiting on it) are found in
--- its record: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
+-- A completion whose keys were not all declared (its cache entry gained a follower
+-- since the caller read it) changes nothing and gets code 4: the caller reads again
+-- and sends it again.
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] arguments per
 -- completion (4, or 5 when some completion of the call staged its answer),
@@ -25,7 +30,8 @@
 -- (_results.lua).
 --
 -- Returns one code per completion: 1 done, 2 already done by this token (a retried
--- call), 0 refused (stale), 3 refused: its staged answer is gone (expired).
+-- call), 0 refused (stale), 3 refused: its staged answer is gone (expired), 4 not done:
+-- a key it would touch was not declared (read again and retry).
 --
 -- An `error` or `cancel` field left by earlier attempts stays in the hash: readers ignore
 -- both on a succeeded job (results.rs), which saves reading and deleting them here.
@@ -41,6 +47,49 @@ local kper = 2
 if per == 5 then
   kper = 4
 end
+local pj = prefix .. 'job:'
+local pb = prefix .. 'batch:'
+-- The declared keys, looked up by name; built on first use (a completion of a job in
+-- no batch and not in the cache needs none).
+local declared_set = nil
+local function declared(k)
+  if not declared_set then
+    declared_set = declared_keys(2)
+  end
+  return declared_set[k]
+end
+
+local function batch_declared(batch)
+  return not batch or batch == '' or declared(pb .. batch)
+end
+
+-- Whether settling cache entry `ck` for job `id` may touch only declared keys: the
+-- entry, the job's answer (copied to the followers), and each follower's record,
+-- answer and batch record. An entry that names another job is not touched.
+local function cache_declared(ck, id)
+  if not declared(ck) then
+    return false
+  end
+  local entry = redis.call('HGETALL', ck)
+  for i = 1, #entry, 2 do
+    if entry[i] == 'job' and entry[i + 1] ~= id then
+      return true
+    end
+  end
+  if not declared(answer_key(prefix, id)) then
+    return false
+  end
+  for _, fid in ipairs(cache_followers(entry)) do
+    if not (declared(pj .. fid) and declared(answer_key(prefix, fid))) then
+      return false
+    end
+    if not batch_declared(redis.call('HGET', pj .. fid, 'batch')) then
+      return false
+    end
+  end
+  return true
+end
+
 local j = 0
 for i = 4, #ARGV, per do
   local kj = 1 + j * kper
@@ -61,6 +110,8 @@ for i = 4, #ARGV, per do
     out[#out + 1] = 2
   elseif staged and redis.call('EXISTS', staged) == 0 then
     out[#out + 1] = 3
+  elseif not batch_declared(f[3]) or (f[6] and not cache_declared(f[6], id)) then
+    out[#out + 1] = 4
   else
     redis.call('ZREM', KEYS[1], id)
     if f[3] then

@@ -16,16 +16,22 @@
 -- then 3 per job: its record `job:<id>`, its idempotency key `idem:<key>` (`idem:`
 --   alone when it has none: declared, unused), its answer `answer:<id>`;
 -- then the record `batch:<id>` of each batch the jobs belong to, once each;
+-- then the record `job:<id>` and answer `answer:<id>` of each job the cache entries
+--   name (`job` field), as the caller read them just before (docs/ARCHITECTURE.md,
+--   "Keys and Redis Cluster");
 -- then the membership indexes the jobs join (ARGV[4] of them), then the index tail
--- (_index.lua). Hence `-n`: 2 + 4 per job + batches + indexes + 10. The job a cache entry names (and its answer) is
--- found in the entry: not declared (docs/ARCHITECTURE.md, "Keys and Redis Cluster").
+-- (_index.lua). Hence `-n`: 2 + 4 per job + batches + named jobs' 2 + indexes + tail.
+-- An entry that names a job whose keys were not declared (another enqueue took it over
+-- in between) stops the call before it writes anything: it returns no IDs, and the
+-- caller reads the entries again and sends the call again.
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms), ARGV[3] idempotency TTL (ms), ARGV[4] how
 -- many membership index keys, then 7 per job: id, spec JSON, meta (as enqueue-n.lua
 -- takes it), batch ID ('' = none), idempotency key ('' = none), cache TTL (ms, how
 -- long a success is served from the cache), ix (as enqueue-n.lua takes it).
 --
--- Returns, per job, the ID it exists under (as enqueue-n.lua does).
+-- Returns, per job, the ID it exists under (as enqueue-n.lua does); none (an empty
+-- array) when an entry names a job not declared.
 local prefix = ARGV[1]
 local now, now_s = redis_now()
 local ttl = tonumber(ARGV[2])
@@ -43,6 +49,13 @@ for i = 5, #ARGV, 7 do
   end
 end
 local pj = prefix .. 'job:'
+local declared = declared_keys(3 + n)
+for k = 3, 2 + n do
+  local leader = redis.call('HGET', KEYS[k], 'job')
+  if leader and not (declared[pj .. leader] and declared[answer_key(prefix, leader)]) then
+    return {}
+  end
+end
 local out = {}
 local deltas = {}
 local woke = false

@@ -2,7 +2,9 @@
 -- killed, or stalled past the TTL), as named by `reclaim_clock` (the first step; the
 -- stall rules live there). Each lost lease is recorded as an attempt of class
 -- `lease_lost`; the job runs again at once, or is dead-lettered once its attempts are
--- spent. Its old token goes, so the stale holder's writes are refused.
+-- spent. Its old token goes, so the stale holder's writes are refused. A job a fetch
+-- claimed and never leased (claim-5.lua: still `queued`) goes back to the front of
+-- `wait`, no attempt charged.
 --
 -- Every key this script touches is in KEYS: the caller names, per job, its record,
 -- attempts, batch record and cache entry, and the jobs waiting on that entry, from
@@ -55,11 +57,19 @@ for i = 3, #ARGV do
   local expiry = tonumber(redis.call('ZSCORE', KEYS[1], id))
   if expiry and expiry <= now and declared[jk] then
     local f = redis.call('HMGET', jk, 'attempts', 'meta', 'worker', 'started_at', 'cancel',
-      'status', 'batch', 'cache')
+      'status', 'batch', 'cache', 'in_wait')
     if f[6] ~= 'running' then
-      -- a stale entry (the job settled, or has no record): it only leaves `active`
       redis.call('ZREM', KEYS[1], id)
       taken = taken + 1
+      if f[6] == 'queued' or not f[6] or f[9] == '1' then
+        -- claimed by a fetch that never leased it (claim-5.lua; its worker died in
+        -- between): it was popped from the front of `wait`, so it goes back there, where
+        -- the next fetch leases it (or drops a cancelled one, or dead-letters an ID
+        -- without a record, as it would have)
+        redis.call('RPUSH', KEYS[2], id)
+        requeued = true
+      end
+      -- any other status: a stale entry (the job settled), it only leaves `active`
     elseif all_declared(id, jk, f[7], f[8]) then
       redis.call('ZREM', KEYS[1], id)
       taken = taken + 1

@@ -4,8 +4,10 @@
 -- cannot run: it ends `failed` (as purge_dead does) instead of staying forever.
 --
 -- KEYS[1] dead, KEYS[2] wait, KEYS[3] marker, then per job: its record `job:<id>` and
--- attempts `attempts:<id>` (its batch record is found in its record: not declared),
--- then the index tail (_index.lua)
+-- attempts `attempts:<id>`; then any number of further keys, in any order: the jobs'
+-- batch records (and cache entries with their followers' records), read by the caller
+-- first (docs/ARCHITECTURE.md, "Keys and Redis Cluster"); then the index tail
+-- (_index.lua). A job whose batch record was not declared is left dead (not counted).
 --
 -- ARGV[1] prefix, ARGV[2] result TTL (ms),
 -- then job IDs (the caller reads the oldest of the dead set when the user named none)
@@ -15,9 +17,10 @@ local prefix = ARGV[1]
 local ids = dead_ids(3)
 local now, now_s = redis_now()
 local n = 0
+local declared = declared_keys(4)
 for j, id in ipairs(ids) do
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    local jk = KEYS[2 + 2 * j]
+  local jk = KEYS[2 + 2 * j]
+  if job_keys_declared(prefix, jk, declared) and redis.call('ZREM', KEYS[1], id) == 1 then
     if redis.call('HEXISTS', jk, 'spec') == 1 then
       redis.call('PERSIST', jk)
       redis.call('PERSIST', KEYS[3 + 2 * j])

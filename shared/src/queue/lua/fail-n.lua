@@ -10,14 +10,18 @@
 --
 -- KEYS[1] active, KEYS[2] wait, KEYS[3] delayed, KEYS[4] marker, KEYS[5] dead,
 -- KEYS[6] the record `job:<id>`, KEYS[7] its attempts `attempts:<id>`,
+-- then any number of further keys, in any order: its batch record, its result cache
+-- entry and the records of the jobs waiting on that entry (the caller reads them
+-- first: docs/ARCHITECTURE.md, "Keys and Redis Cluster"),
 -- then the index tail (_index.lua)
--- (its batch record and result cache entry are found in its record: not declared)
 --
 -- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] token, ARGV[4] decision,
 -- ARGV[5] delay (ms; the job is due at Redis' clock + delay),
 -- ARGV[6] error JSON, ARGV[7] attempt record JSON, ARGV[8] result TTL (ms)
 --
--- Returns 1 done, 2 already done by this token, 0 refused (stale).
+-- Returns 1 done, 2 already done by this token, 0 refused (stale), 4 not done: a key
+-- it would touch was not declared (its cache entry gained a follower since the caller
+-- read it; read again and retry).
 local prefix = ARGV[1]
 local id = ARGV[2]
 local jk = KEYS[6]
@@ -26,6 +30,9 @@ if fence == 'settled' then
   return 2
 elseif fence ~= 'ok' then
   return 0
+end
+if not job_keys_declared(prefix, jk, declared_keys(8)) then
+  return 4
 end
 local now, now_s = redis_now()
 local decision = ARGV[4]

@@ -7,13 +7,16 @@
 -- drops it when it comes out, and only then starts its record's TTL (`in_wait`).
 --
 -- KEYS[1] wait, KEYS[2] delayed, KEYS[3] the record `job:<id>`, KEYS[4] its attempts,
+-- then any number of further keys, in any order: its batch record, its result cache
+-- entry and the records of the jobs waiting on that entry (the caller reads them
+-- first: docs/ARCHITECTURE.md, "Keys and Redis Cluster"),
 -- then the index tail (_index.lua)
--- (its batch record and result cache entry are found in its record: not declared)
 --
 -- ARGV[1] prefix, ARGV[2] job ID, ARGV[3] result TTL (ms)
 --
--- Returns 'cancelled', 'cancelling', 'missing', or 'ended:<status>' for a job that had
--- already ended (nothing changes).
+-- Returns 'cancelled', 'cancelling', 'missing', 'ended:<status>' for a job that had
+-- already ended (nothing changes), or 'reread' when a key it would touch was not
+-- declared (its cache entry changed since the caller read it; nothing changes).
 local prefix = ARGV[1]
 local id = ARGV[2]
 local jk = KEYS[3]
@@ -22,6 +25,9 @@ if not status then
   return 'missing'
 end
 if status == 'queued' or status == 'retrying' then
+  if not job_keys_declared(prefix, jk, declared_keys(5)) then
+    return 'reread'
+  end
   local ttl = tonumber(ARGV[3])
   if status == 'queued' and cache_unfollow(prefix, jk, id) then
     -- it waited on an identical job (result cache): in no ready list, so it ends here
