@@ -22,8 +22,15 @@ use crate::work;
 /// Key prefix of the benchmark queue (`bench:{research}:…`).
 pub const KEY_PREFIX: &str = "bench";
 
+/// The defaults, and `FLEET_QUEUE__LISTING_INDEXES` from the environment when set (the
+/// worker processes inherit it): `FLEET_QUEUE__LISTING_INDEXES=false` measures the queue
+/// without its listing indexes (BENCHMARKS.md).
 fn settings() -> Settings {
-    Settings::from_layers(None, &[]).expect("the default settings load")
+    let key = "FLEET_QUEUE__LISTING_INDEXES";
+    let layers: Vec<(String, String)> = std::env::var(key)
+        .map(|v| vec![(key.to_string(), v)])
+        .unwrap_or_default();
+    Settings::from_layers(None, &layers).expect("the default settings load")
 }
 
 pub fn redis_settings(url: &str) -> RedisSettings {

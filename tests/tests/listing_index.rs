@@ -582,6 +582,15 @@ async fn with_the_indexes_off_no_index_is_written_and_the_history_still_counts()
         .await
         .unwrap();
     assert_eq!(job.as_deref(), Some(""), "no memberships noted");
+    let (alone, _) = q.enqueue(spec("no batch", "demo")).await.unwrap();
+    let field: Option<String> = conn
+        .hget(q.keys().job(&alone.to_string()), "ix")
+        .await
+        .unwrap();
+    assert_eq!(
+        field, None,
+        "a job in no batch and no index has no `ix` field"
+    );
     // the batch counts and the history are kept either way
     let minutes = q.history(0, u64::MAX).await.unwrap();
     let sum = minutes.iter().fold(
@@ -591,6 +600,6 @@ async fn with_the_indexes_off_no_index_is_written_and_the_history_still_counts()
             a
         },
     );
-    assert_eq!((sum.enqueued, sum.succeeded, sum.dead), (5, 1, 1));
+    assert_eq!((sum.enqueued, sum.succeeded, sum.dead), (6, 1, 1));
     assert_eq!(q.trim_indexes(100).await.unwrap(), 0);
 }

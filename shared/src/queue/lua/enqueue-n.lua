@@ -87,7 +87,11 @@ for i = 5, #ARGV, per do
   local jk = KEYS[kj + 1]
   local result_id, skip = claim_new(KEYS[kj + 2], jk, id, idem, idem_ttl)
   if not skip then
-    if batch == '' then
+    if batch == '' and ix == '' then
+      -- no index to join (`queue.listing_indexes = false`): no `ix` field
+      redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
+        'meta', stamp_meta(ARGV[i + 2], now, now_s))
+    elseif batch == '' then
       redis.call('HSET', jk, 'spec', ARGV[i + 1], 'status', 'queued',
         'meta', stamp_meta(ARGV[i + 2], now, now_s), 'ix', ix)
     else
