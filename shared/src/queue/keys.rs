@@ -67,6 +67,23 @@ pub const INDEXED_STATUSES: [&str; 7] = [
     "cancelled",
 ];
 
+/// The index tail under `prefix` (lua/_index.lua): the six status indexes, `ix:ended`,
+/// `hist:cur`, `hist:log`.
+fn index_tail(prefix: &str) -> [String; 9] {
+    [
+        "ix:queued",
+        "ix:retrying",
+        "ix:succeeded",
+        "ix:failed",
+        "ix:dead",
+        "ix:cancelled",
+        "ix:ended",
+        "hist:cur",
+        "hist:log",
+    ]
+    .map(|name| format!("{prefix}{name}"))
+}
+
 impl Keys {
     pub fn new(key_prefix: &str, queue: QueueKind) -> Keys {
         Keys::for_shard(key_prefix, queue, 0)
@@ -89,17 +106,7 @@ impl Keys {
             reclaim_clock: k("reclaim_clock"),
             done_channel: k("done"),
             cancel_channel: k("cancel"),
-            index_tail: [
-                k("ix:queued"),
-                k("ix:retrying"),
-                k("ix:succeeded"),
-                k("ix:failed"),
-                k("ix:dead"),
-                k("ix:cancelled"),
-                k("ix:ended"),
-                k("hist:cur"),
-                k("hist:log"),
-            ],
+            index_tail: index_tail(&prefix),
             prefix,
         }
     }
@@ -140,18 +147,7 @@ impl Keys {
     /// The index tail with every index named, whatever the setting: the trim takes
     /// out what was indexed before the indexes were turned off.
     pub fn full_index_tail(&self) -> [String; 9] {
-        let k = |name: &str| format!("{}{name}", self.prefix);
-        [
-            k("ix:queued"),
-            k("ix:retrying"),
-            k("ix:succeeded"),
-            k("ix:failed"),
-            k("ix:dead"),
-            k("ix:cancelled"),
-            k("ix:ended"),
-            k("hist:cur"),
-            k("hist:log"),
-        ]
+        index_tail(&self.prefix)
     }
 
     pub fn ended_index(&self) -> String {

@@ -42,6 +42,23 @@ local function declared_keys(first)
   return declared
 end
 
+-- Whether result cache entry `cache` (nil: none) and the records of the jobs waiting on
+-- it (its `f:<id>` fields) are all in `declared`.
+local function cache_keys_declared(prefix, cache, declared)
+  if not cache then
+    return true
+  end
+  if not declared[cache] then
+    return false
+  end
+  for _, field in ipairs(redis.call('HKEYS', cache)) do
+    if string.sub(field, 1, 2) == 'f:' and not declared[prefix .. 'job:' .. string.sub(field, 3)] then
+      return false
+    end
+  end
+  return true
+end
+
 -- Whether ending or requeuing the job whose record is `jk` may touch only keys in
 -- `declared` (declared_keys): its batch record, and its result cache entry with the
 -- records of the jobs waiting on it.
@@ -50,17 +67,7 @@ local function job_keys_declared(prefix, jk, declared)
   if f[1] and f[1] ~= '' and not declared[prefix .. 'batch:' .. f[1]] then
     return false
   end
-  if f[2] then
-    if not declared[f[2]] then
-      return false
-    end
-    for _, field in ipairs(redis.call('HKEYS', f[2])) do
-      if string.sub(field, 1, 2) == 'f:' and not declared[prefix .. 'job:' .. string.sub(field, 3)] then
-        return false
-      end
-    end
-  end
-  return true
+  return cache_keys_declared(prefix, f[2], declared)
 end
 
 -- Redis' clock in ms, as a number and as a decimal string (no "%.17g" formatting).

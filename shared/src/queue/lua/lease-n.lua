@@ -102,17 +102,7 @@ local function end_declared(id, cache)
   if not declared[prefix .. 'attempts:' .. id] then
     return false
   end
-  if cache then
-    if not declared[cache] then
-      return false
-    end
-    for _, field in ipairs(redis.call('HKEYS', cache)) do
-      if string.sub(field, 1, 2) == 'f:' and not declared[pj .. string.sub(field, 3)] then
-        return false
-      end
-    end
-  end
-  return true
+  return cache_keys_declared(prefix, cache, declared)
 end
 
 local deltas = {}

@@ -36,17 +36,7 @@ local function all_declared(id, jk, batch, cache)
   if batch and batch ~= '' and not declared[prefix .. 'batch:' .. batch] then
     return false
   end
-  if cache then
-    if not declared[cache] then
-      return false
-    end
-    for _, field in ipairs(redis.call('HKEYS', cache)) do
-      if string.sub(field, 1, 2) == 'f:' and not declared[prefix .. 'job:' .. string.sub(field, 3)] then
-        return false
-      end
-    end
-  end
-  return true
+  return cache_keys_declared(prefix, cache, declared)
 end
 
 local taken = 0
