@@ -68,7 +68,10 @@ pub async fn confirm(
         Durability::Replica => {
             let mut cmd = redis::cmd("WAIT");
             cmd.arg(1).arg(ms);
-            let replicas: i64 = redis::from_redis_value(conn.query_for_key(&cmd, key).await?)?;
+            // an error reply comes back as a value: made an error here, so that a
+            // failover's refusal is seen as one (backoff::is_transient)
+            let reply = conn.query_for_key(&cmd, key).await?.extract_error()?;
+            let replicas: i64 = redis::from_redis_value(reply)?;
             if replicas >= 1 {
                 Ok(Ok(()))
             } else {
@@ -78,7 +81,8 @@ pub async fn confirm(
         Durability::Aof => {
             let mut cmd = redis::cmd("WAITAOF");
             cmd.arg(1).arg(0).arg(ms);
-            let counts: Vec<i64> = redis::from_redis_value(conn.query_for_key(&cmd, key).await?)?;
+            let reply = conn.query_for_key(&cmd, key).await?.extract_error()?;
+            let counts: Vec<i64> = redis::from_redis_value(reply)?;
             if counts.first().copied().unwrap_or(0) >= 1 {
                 Ok(Ok(()))
             } else {

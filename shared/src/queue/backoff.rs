@@ -72,6 +72,9 @@ pub fn is_transient(err: &redis::RedisError) -> bool {
             )
         )
         || err.to_string().contains("LOADING")
+        // WAIT/WAITAOF (`queue.durability`) sent to a primary just demoted to replica,
+        // before the cluster client's slot map caught up: READONLY, for those two
+        || err.to_string().contains("cannot be used with replica instances")
 }
 
 #[cfg(test)]
@@ -130,6 +133,14 @@ mod tests {
         let no_node =
             RedisError::from((ErrorKind::ClusterConnectionNotFound, "No connections found"));
         assert!(is_transient(&no_node));
+        // the durability confirmation reaching a demoted primary (a failover test
+        // met it: cluster_faults.rs)
+        let demoted = RedisError::from((
+            ErrorKind::Server(K::ResponseError),
+            "ERR:",
+            "WAIT cannot be used with replica instances. Please also note ...".to_string(),
+        ));
+        assert!(is_transient(&demoted));
         let bug = RedisError::from((ErrorKind::Server(K::ResponseError), "ERR wrong args"));
         assert!(!is_transient(&bug));
         let slot = RedisError::from((ErrorKind::Server(K::CrossSlot), "CROSSSLOT"));
