@@ -655,6 +655,19 @@ fn lease_ids(f: &fleet_shared::queue::Fetched) -> Vec<(String, String, u32)> {
         .collect()
 }
 
+/// Enqueue one job per query, in one call; their IDs in order.
+async fn enqueue_ids<const N: usize>(
+    q: &fleet_shared::queue::RedisQueue,
+    queries: [&str; N],
+) -> Vec<String> {
+    q.enqueue_many(queries.map(spec).to_vec(), None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_fetch_retried_after_its_claim_or_its_lease_returns_the_same_jobs_never_new_ones() {
     let redis = RedisServer::start();
@@ -664,13 +677,7 @@ async fn a_fetch_retried_after_its_claim_or_its_lease_returns_the_same_jobs_neve
     direct.enqueue(spec("warm up")).await.unwrap();
     let warm = direct.fetch("w0", 1).await.unwrap();
     direct.complete(&warm.leases[0], "{}").await.unwrap();
-    let ids: Vec<String> = direct
-        .enqueue_many(vec![spec("a"), spec("b"), spec("c"), spec("d")], None)
-        .await
-        .unwrap()
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
+    let ids = enqueue_ids(&direct, ["a", "b", "c", "d"]).await;
 
     // After the claim: the lease (the only step that declares the token counter) is
     // refused, so the fetch has claimed two jobs and leased none.
@@ -712,13 +719,7 @@ async fn a_claim_never_leased_is_taken_back_by_reclaim_and_runs_elsewhere() {
     let redis = RedisServer::start();
     let (proxy, _s, q) = queue_through_proxy(&redis, &[]).await;
     let direct = queue(&settings(&redis.url(), &[]), QueueKind::Research).await;
-    let ids: Vec<String> = direct
-        .enqueue_many(vec![spec("first"), spec("second")], None)
-        .await
-        .unwrap()
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
+    let ids = enqueue_ids(&direct, ["first", "second"]).await;
     // A worker claims the oldest job and dies before its lease (refused here).
     proxy.inject(&q.keys().token, fleet_tests::tcp_proxy::Fault::Error, 1);
     assert!(q.fetch_once("gone", 1, "fetch-gone").await.is_err());
