@@ -214,7 +214,7 @@ pub fn merge_pages<T>(
 
 /// What `ZRANGEBYLEX` (or `ZREVRANGEBYLEX` for [`Order::NewestFirst`]) with these
 /// bounds and `LIMIT 0 limit` would give of `ids`: for a set not ordered by ID.
-fn lex_page(mut ids: Vec<String>, min: &str, max: &str, order: Order, limit: usize) -> Vec<String> {
+fn lex_page(ids: &[String], min: &str, max: &str, order: Order, limit: usize) -> Vec<String> {
     let above = |id: &str| match min.split_at_checked(1) {
         Some(("[", b)) => id >= b,
         Some(("(", b)) => id > b,
@@ -225,7 +225,11 @@ fn lex_page(mut ids: Vec<String>, min: &str, max: &str, order: Order, limit: usi
         Some(("(", b)) => id < b,
         _ => true,
     };
-    ids.retain(|id| above(id) && below(id));
+    let mut ids: Vec<String> = ids
+        .iter()
+        .filter(|id| above(id) && below(id))
+        .cloned()
+        .collect();
     ids.sort_unstable();
     if order == Order::NewestFirst {
         ids.reverse();
@@ -367,20 +371,31 @@ impl RedisQueue {
         };
         let mut pos: Option<String> = cursor.map(str::to_string);
         let mut page = JobPage::default();
+        // The running jobs' index is the lease set, scored by expiry: read whole (the
+        // fleet's concurrency) once per page, and cut to each round's range here.
+        let active = &self.keys().active;
+        let (drivers, running): (Vec<String>, Vec<String>) =
+            drivers.into_iter().partition(|k| k != active);
+        let running: Option<Vec<String>> = match running.is_empty() {
+            true => None,
+            false => Some(
+                self.retrying("list_jobs_running", || {
+                    let mut conn = self.connection();
+                    let key = active.clone();
+                    async move { redis::AsyncCommands::zrange(&mut conn, key, 0, -1).await }
+                })
+                .await?,
+            ),
+        };
         loop {
             let (min, max) = filter.lex_range(order, pos.as_deref());
-            let active = &self.keys().active;
-            let lists: Vec<Vec<String>> = self
-                .retrying("list_jobs", || {
+            let mut lists: Vec<Vec<String>> = if drivers.is_empty() {
+                Vec::new()
+            } else {
+                self.retrying("list_jobs", || {
                     let mut conn = self.connection();
                     let mut pipe = redis::pipe();
                     for key in &drivers {
-                        if key == active {
-                            // the running jobs' index is the lease set, scored by
-                            // expiry: read whole (the fleet's concurrency), cut below
-                            pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1);
-                            continue;
-                        }
                         match order {
                             Order::OldestFirst => {
                                 pipe.cmd("ZRANGEBYLEX").arg(key).arg(&min).arg(&max)
@@ -393,18 +408,11 @@ impl RedisQueue {
                     }
                     async move { pipe.query_async(&mut conn).await }
                 })
-                .await?;
-            let lists: Vec<Vec<String>> = lists
-                .into_iter()
-                .zip(&drivers)
-                .map(|(l, key)| {
-                    if key == active {
-                        lex_page(l, &min, &max, order, chunk)
-                    } else {
-                        l
-                    }
-                })
-                .collect();
+                .await?
+            };
+            if let Some(running) = &running {
+                lists.push(lex_page(running, &min, &max, order, chunk));
+            }
             let exhausted = lists.iter().all(|l| l.len() < chunk);
             let mut ids: Vec<String> = lists.concat();
             ids.sort_unstable();
@@ -530,7 +538,8 @@ mod tests {
 
     #[test]
     fn a_set_not_ordered_by_id_pages_as_zrangebylex_would() {
-        let ids = || ["d", "a", "e", "b", "c"].map(String::from).to_vec();
+        let set = ["d", "a", "e", "b", "c"].map(String::from);
+        let ids = || &set[..];
         let old = Order::OldestFirst;
         let new = Order::NewestFirst;
         assert_eq!(lex_page(ids(), "-", "+", old, 3), ["a", "b", "c"]);
